@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir
+from cadence.train import train
+from tests.conftest import tiny_train_config
+
+
+def _obs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    state = torch.rand(3, 2, 6, generator=g) - 0.5
+    return {"state": state}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = tiny_train_config(tiny_store, run, steps=6)
+    train(cfg, run, progress=False)
+    return run
+
+
+@pytest.mark.parametrize("process", ["ddpm", "flow", "regression"])
+def test_round_trip_gives_the_same_actions(tiny_store, tmp_path, process):
+    cfg = tiny_train_config(tiny_store, tmp_path, process=process, steps=4)
+    cfg.eval.episodes = 0
+    train(cfg, tmp_path, progress=False)
+    a, _, meta = load_policy(tmp_path)
+    b, cfg_b, _ = load_policy(tmp_path / "checkpoint")
+    noise = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(1))
+    out_a = a.predict_chunk(_obs(), noise=noise).actions
+    out_b = b.predict_chunk(_obs(), noise=noise).actions
+    assert torch.equal(out_a, out_b)
+    assert out_a.shape == (3, 8, 2) and torch.isfinite(out_a).all()
+    assert meta["step"] == 4 and cfg_b.policy.process == process
+    # The loaded weights are the EMA weights that were saved, not a fresh initialisation.
+    saved = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    for name, tensor in a.weights().items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def test_normalizer_comes_back_from_the_checkpoint(trained_run, tiny_store):
+    from cadence.datasets.episode_store import EpisodeStore
+
+    policy, _, meta = load_policy(trained_run)
+    assert meta["normalizer_modes"] == {"state": "limits", "action": "limits"}
+    stats = EpisodeStore.open(tiny_store).stats("action")
+    low = torch.tensor(stats["min"], dtype=torch.float32)
+    high = torch.tensor(stats["max"], dtype=torch.float32)
+    assert torch.allclose(policy.normalizer.normalize("action", low), -torch.ones(2), atol=1e-5)
+    assert torch.allclose(policy.normalizer.normalize("action", high), torch.ones(2), atol=1e-5)
+
+
+def test_shape_mismatch_names_the_tensor(trained_run, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(resolve_checkpoint_dir(trained_run), ckpt)
+    weights = load_file(str(ckpt / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("mlp.0.weight"))
+    weights[name] = torch.zeros(weights[name].shape[0] + 1, weights[name].shape[1])
+    save_file(weights, str(ckpt / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.") + ".*shape"):
+        load_policy(ckpt)
+
+
+def test_config_that_builds_another_network_is_refused(trained_run, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(resolve_checkpoint_dir(trained_run), ckpt)
+    text = (ckpt / "config.yaml").read_text().replace("- 32\n", "- 48\n")
+    (ckpt / "config.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="shape"):
+        load_policy(ckpt)
+
+
+def test_unknown_config_key_and_missing_checkpoint(trained_run, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(resolve_checkpoint_dir(trained_run), ckpt)
+    (ckpt / "config.yaml").write_text((ckpt / "config.yaml").read_text() + "bogus_key: 1\n")
+    with pytest.raises(CheckpointError, match="bogus_key"):
+        load_policy(ckpt)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_policy(tmp_path / "nowhere")
+
+
+def test_checkpoint_holds_no_pickle(trained_run):
+    ckpt = resolve_checkpoint_dir(trained_run)
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == ["config.yaml", "meta.json", "model.safetensors", "normalizer.safetensors",
+                     "train_state.json", "train_state.safetensors"]
+    json.loads((ckpt / "meta.json").read_text())
+    for p in ckpt.iterdir():
+        assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks like a pickle"

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cadence.checkpoint import CheckpointError
+from cadence.lr_schedule import warmup_cosine
+from cadence.train import train
+from tests.conftest import tiny_train_config
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoint" / "train_state.safetensors"))
+
+
+def test_resume_continues_exactly(tiny_store, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cfg = tiny_train_config(tiny_store, straight, steps=8)
+    cfg.eval.episodes = 0
+    train(cfg, straight, progress=False)
+
+    first = tiny_train_config(tiny_store, split, steps=8, checkpoint_every=4)
+    first.eval.episodes = 0
+    # Stop after 4 of 8 steps: train to step 4 with the same schedule, then resume.
+    first_half = first.copy()
+    first_half.train.steps = 8
+    _train_until(first_half, split, stop_at=4)
+    meta = json.loads((split / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 4
+    with pytest.raises(CheckpointError, match="resume=true"):
+        train(first, split, progress=False)
+    first.resume = True
+    train(first, split, progress=False)
+
+    a, b = _weights(straight), _weights(split)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    losses = lambda run: [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert losses(split)[-2:] == losses(straight)[-2:]
+
+
+def _train_until(cfg, run, stop_at):
+    """Run training and kill it (by exception) right after the checkpoint at ``stop_at``."""
+    import cadence.train as train_module
+
+    original = train_module.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(*args, **kwargs):
+        path = original(*args, **kwargs)
+        if args[3] == stop_at:
+            raise Stop
+        return path
+
+    train_module.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train(cfg, run, progress=False)
+    finally:
+        train_module.save_checkpoint = original
+
+
+def test_training_reduces_the_loss_and_writes_metrics(tiny_store, tmp_path):
+    cfg = tiny_train_config(tiny_store, tmp_path, process="regression", steps=40, lr=3e-3, log_every=10)
+    train(cfg, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0]
+    assert all({"lr", "grad_norm", "samples_per_s"} <= r.keys() for r in records if "loss" in r)
+    final = [r for r in records if "eval/success_rate" in r]
+    assert len(final) == 1 and final[0]["step"] == 40 and final[0]["eval/n_episodes"] == 2
+    assert (tmp_path / "eval-step40" / "eval.json").is_file()
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    factors = [warmup_cosine(s, 100, 10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 1e-3

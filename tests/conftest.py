@@ -1,0 +1,35 @@
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest
+from omegaconf import OmegaConf
+
+from cadence.config import TrainApp
+from cadence.datasets.episode_store import EpisodeStore
+from cadence.envs.demonstrations import expert_episodes
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """Ten real expert episodes of the default task (five start/goal pairs, both sides)."""
+    path = tmp_path_factory.mktemp("data") / "bimodal_reach.zarr"
+    store = EpisodeStore.create(path, fps=10)
+    for episode, info in expert_episodes("bimodal_reach", "cadence/BimodalReach-v0", 10, seed=0):
+        assert info["is_success"]
+        store.append_episode(episode)
+    return path
+
+
+def tiny_train_config(dataset, run_dir, process="ddpm", steps=6, **train):
+    """A TrainApp config small enough to train in a second or two."""
+    cfg = OmegaConf.structured(TrainApp)
+    return OmegaConf.merge(cfg, {
+        "task": {"dataset": str(dataset)},
+        "policy": {"name": process, "process": process, "pred_horizon": 8, "exec_horizon": 4,
+                   "down_dims": [16, 32], "level_embed_dim": 16, "obs_feature_dim": 16, "sample_steps": 4},
+        "train": {"steps": steps, "batch_size": 16, "warmup_steps": 2, "log_every": 2, "checkpoint_every": 0,
+                  **train},
+        "eval": {"episodes": 2, "video_episodes": 0, "plot": False, "latency_calls": 1},
+        "run_dir": str(run_dir),
+    })

@@ -1,0 +1,214 @@
+"""rollout(): lockstep vector rollouts with receding-horizon chunk execution, on the real task."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import json  # noqa: E402
+from functools import partial  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import cadence.envs  # noqa: E402,F401
+from cadence.action_chunk import ActionChunk  # noqa: E402
+from cadence.envs.bimodal_reach import OBSTACLE_RADIUS, AGENT_RADIUS  # noqa: E402
+from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y  # noqa: E402
+from cadence.envs.rollout import RolloutResult, rollout  # noqa: E402
+
+TO, TA, TP = 2, 8, 16
+SPEED = 0.45  # m/s of the carrot
+DT = 0.1
+SEEDS = list(range(8))
+
+
+def make_env(**kwargs):
+    return gym.make("cadence/BimodalReach-v0", **kwargs)
+
+
+def _along(points: np.ndarray, s: float) -> np.ndarray:
+    """The point at arc length ``s`` along a polyline (clamped at its end)."""
+    seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    s = min(s, cum[-1])
+    i = min(int(np.searchsorted(cum, s, side="right")) - 1, len(points) - 2)
+    u = (s - cum[i]) / max(seg[i], 1e-9)
+    return points[i] + u * (points[i + 1] - points[i])
+
+
+class CarrotPolicy:
+    """A closed-loop version of the scripted expert: at each replan it lays the expert's
+    polyline (sideways to the lane, up the lane, diagonal to the goal) from the agent's latest
+    position and returns the carrot ``SPEED * dt`` further along it per future step. The side
+    is left when the goal's x < 0, else right; ``side="straight"`` drives straight up at x = 0.
+    Records what it was fed."""
+
+    def __init__(self, side: str | None = None):
+        self.side = side
+        self.batch_sizes: list[int] = []
+        self.seen: list[dict[str, torch.Tensor]] = []
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+
+    def _path(self, pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        if self.side == "straight":
+            return np.array([pos, (0.0, pos[1]), (0.0, goal[1])])
+        sign = -1.0 if goal[0] < 0 else 1.0
+        if pos[1] < TURN_Y:
+            return np.array([pos, (sign * SIDE_X, pos[1]), (sign * SIDE_X, TURN_Y), goal])
+        return np.array([pos, goal])
+
+    def predict_chunk(self, obs: dict[str, torch.Tensor]) -> ActionChunk:
+        state = obs["state"]
+        self.batch_sizes.append(state.shape[0])
+        self.seen.append({k: v.clone() for k, v in obs.items()})
+        latest = state[:, -1].numpy().astype(float)
+        actions = np.zeros((state.shape[0], TP, 2), np.float32)
+        for b, s in enumerate(latest):
+            pos, goal = s[:2], s[4:6]
+            path = self._path(pos, goal)
+            actions[b, : TO - 1] = pos  # the past part of the chunk
+            for k in range(TP - TO + 1):
+                actions[b, TO - 1 + k] = _along(path, SPEED * (k + 1) * DT + SPEED * SERVO_LAG)
+        return ActionChunk(torch.from_numpy(actions), start=TO - 1)
+
+
+def _run(policy, seeds=SEEDS, **kwargs):
+    return rollout(policy, make_env, seeds, obs_horizon=TO, exec_horizon=TA,
+                   obs_keys=["state"], progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def expert_run():
+    policy = CarrotPolicy()
+    return policy, _run(policy)
+
+
+def test_expert_policy_succeeds_with_the_goal_side_rule(expert_run):
+    policy, result = expert_run
+    assert isinstance(result, RolloutResult)
+    assert result.seeds == SEEDS
+    assert policy.resets == 1
+    assert result.success.dtype == bool and result.success.shape == (len(SEEDS),)
+    assert result.success.all(), result.modes
+    goals_x = np.array([s[0, 4] for s in result.states])
+    assert (goals_x < 0).any() and (goals_x >= 0).any()  # both sides are exercised
+    expected = ["left" if gx < 0 else "right" for gx in goals_x]
+    assert result.modes == expected
+    np.testing.assert_array_equal(result.returns, 1.0)
+    # each episode's goal is its seed's: the initial states match single-env resets
+    for seed, states in zip(SEEDS, result.states):
+        env = make_env()
+        try:
+            np.testing.assert_array_equal(env.reset(seed=seed)[0]["state"], states[0])
+        finally:
+            env.close()
+
+
+def test_lengths_and_states_are_consistent(expert_run):
+    _, result = expert_run
+    assert result.lengths.dtype.kind == "i"
+    assert len(result.states) == len(SEEDS)
+    for length, states in zip(result.lengths, result.states):
+        assert states.shape == (length + 1, 6)
+        assert states.dtype == np.float32
+        # the last state is the terminal one: at the goal, not an auto-reset start
+        assert np.linalg.norm(states[-1, :2] - states[-1, 4:6]) < 0.1
+        assert np.linalg.norm(states[-2, :2] - states[-2, 4:6]) >= 0.1
+        # the goal never changes within an episode (no reset leaked into it)
+        np.testing.assert_array_equal(states[:, 4:6], np.broadcast_to(states[0, 4:6], (length + 1, 2)))
+    assert len(set(result.lengths.tolist())) > 1  # episodes end at different steps
+    assert result.frames == []
+
+
+def test_finished_envs_are_not_fed_to_the_policy(expert_run):
+    policy, result = expert_run
+    sizes = policy.batch_sizes
+    assert sizes[0] == len(SEEDS)
+    assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes
+    assert sizes[-1] < len(SEEDS)
+    # one replan per TA steps of the longest episode
+    assert len(sizes) == -(-int(result.lengths.max()) // TA)
+    for call, (size, obs) in enumerate(zip(sizes, policy.seen)):
+        assert set(obs) == {"state"}
+        assert obs["state"].shape == (size, TO, 6) and obs["state"].dtype == torch.float32
+        # the rows are the envs still running at this replan, in order, and each row holds the
+        # last TO states of its episode (the reset one repeated at the start)
+        t = call * TA
+        running = [i for i in range(len(SEEDS)) if result.lengths[i] > t]
+        assert len(running) == size
+        for row, i in enumerate(running):
+            window = [result.states[i][max(t - TO + 1 + j, 0)] for j in range(TO)]
+            np.testing.assert_array_equal(obs["state"][row].numpy(), np.stack(window))
+
+
+def test_rollout_is_deterministic(expert_run):
+    _, first = expert_run
+    second = _run(CarrotPolicy())
+    np.testing.assert_array_equal(first.success, second.success)
+    np.testing.assert_array_equal(first.lengths, second.lengths)
+    np.testing.assert_array_equal(first.returns, second.returns)
+    assert first.modes == second.modes
+    for a, b in zip(first.states, second.states):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_summary_matches_the_arrays(expert_run):
+    _, result = expert_run
+    summary = result.summary()
+    json.dumps(summary)  # JSON-able
+    assert summary["n_episodes"] == len(SEEDS)
+    assert summary["success_rate"] == pytest.approx(result.success.mean()) == 1.0
+    assert summary["mean_return"] == pytest.approx(result.returns.mean())
+    assert summary["mean_length"] == pytest.approx(result.lengths.mean())
+    n_left = result.modes.count("left")
+    assert summary["mode_counts"] == {"left": n_left, "right": len(SEEDS) - n_left}
+    assert summary["mode_shares"]["left"] == pytest.approx(n_left / len(SEEDS))
+    assert summary["mode_shares"]["right"] == pytest.approx(1 - n_left / len(SEEDS))
+
+    mixed = RolloutResult(seeds=[0, 1, 2, 3], success=np.array([True, True, True, False]),
+                          returns=np.array([1.0, 1.0, 1.0, 0.0]), lengths=np.array([5, 6, 7, 9]),
+                          modes=["left", "right", "right", "left"], states=[], frames=[])
+    s = mixed.summary()
+    assert s["success_rate"] == 0.75 and s["mean_length"] == 6.75
+    assert s["mode_shares"] == {"left": pytest.approx(1 / 3), "right": pytest.approx(2 / 3)}
+    failed = RolloutResult(seeds=[0], success=np.array([False]), returns=np.array([0.0]),
+                           lengths=np.array([3]), modes=["none"])
+    assert failed.summary()["mode_shares"] == {} and failed.summary()["success_rate"] == 0.0
+
+
+def test_driving_straight_up_collides():
+    policy = CarrotPolicy(side="straight")
+    result = _run(policy, seeds=SEEDS[:4])
+    assert not result.success.any()
+    assert result.summary()["success_rate"] == 0.0
+    np.testing.assert_array_equal(result.returns, 0.0)
+    for length, states in zip(result.lengths, result.states):
+        assert length < 120  # ended early by the collision, not by truncation
+        final = states[-1, :2]
+        assert np.linalg.norm(final) < OBSTACLE_RADIUS + AGENT_RADIUS + 0.02
+        assert final[1] < 0  # stopped below the obstacle
+
+
+def test_image_observations_are_fed_as_uint8():
+    policy = CarrotPolicy()
+    result = rollout(policy, partial(make_env, image_size=16, max_steps=10), [0, 1],
+                     obs_horizon=TO, exec_horizon=4, obs_keys=["state", "image"],
+                     progress=False)
+    assert result.lengths.tolist() == [10, 10]  # truncated, both ran the full time
+    assert len(policy.seen) == 3  # steps 0, 4, 8
+    for obs in policy.seen:
+        assert obs["image"].dtype == torch.uint8 and obs["image"].shape == (2, TO, 16, 16, 3)
+        assert obs["state"].dtype == torch.float32
+    first = policy.seen[0]["image"]
+    torch.testing.assert_close(first[:, 0], first[:, 1])  # padded with the reset image
+
+
+def test_video_needs_rgb_array_render_mode():
+    with pytest.raises(RuntimeError, match="render_mode='rgb_array'"):
+        _run(CarrotPolicy(), seeds=[0], video_episodes=1)
