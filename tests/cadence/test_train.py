@@ -81,3 +81,47 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 1e-3
+
+
+def test_image_observations_train_and_evaluate_end_to_end(tmp_path):
+    from cadence.checkpoint import load_policy
+    from cadence.datasets.episode_store import EpisodeStore
+    from cadence.envs.demonstrations import expert_episodes
+
+    store = EpisodeStore.create(tmp_path / "images.zarr", fps=10)
+    for episode, _ in expert_episodes("bimodal_reach", "cadence/BimodalReach-v0", 4, env_kwargs={"image_size": 32}):
+        store.append_episode(episode)
+    assert store.features["image"].shape == (32, 32, 3) and store.features["image"].dtype == "uint8"
+
+    cfg = tiny_train_config(tmp_path / "images.zarr", tmp_path / "run", steps=3)
+    cfg.task.env_kwargs = {"image_size": 32}
+    cfg.task.obs_keys = ["state", "image"]
+    cfg.eval.episodes = 1
+    train(cfg, tmp_path / "run", progress=False)
+    policy, _, meta = load_policy(tmp_path / "run")
+    assert meta["obs_shapes"] == {"state": [6], "image": [32, 32, 3]}
+    assert "image" in policy.encoder.image_keys and "image" not in policy.normalizer
+    summary = json.loads((tmp_path / "run" / "eval-step3" / "eval.json").read_text())
+    assert summary["n_episodes"] == 1
+    # The image path matters: a different image changes the condition.
+    obs = {"state": torch.zeros(1, 2, 6), "image": torch.zeros(1, 2, 32, 32, 3, dtype=torch.uint8)}
+    bright = dict(obs, image=torch.full_like(obs["image"], 200))
+    assert not torch.allclose(policy.encoder(obs, policy.normalizer), policy.encoder(bright, policy.normalizer))
+
+
+def test_tracking_falls_back_to_local_metrics_without_wandb(tiny_store, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    cfg = tiny_train_config(tiny_store, tmp_path, steps=2, log_every=1)
+    cfg.tracking.mode = "offline"
+    cfg.eval.episodes = 0
+    train(cfg, tmp_path, progress=False)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

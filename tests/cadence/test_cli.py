@@ -1,0 +1,81 @@
+"""The `cadence` command end to end, as a user runs it: real processes, real files."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_POLICY = ["policy.pred_horizon=8", "policy.exec_horizon=4", "policy.down_dims=[16,32]",
+               "policy.level_embed_dim=16", "policy.obs_feature_dim=16", "policy.sample_steps=4"]
+TINY_TRAIN = ["train.steps=6", "train.batch_size=16", "train.warmup_steps=2", "train.log_every=3",
+              "train.checkpoint_every=0"]
+TINY_EVAL = ["eval.episodes=3", "eval.video_episodes=1", "eval.latency_calls=2"]
+
+
+def cadence(*args, cwd, check=True):
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run([sys.executable, "-m", "cadence.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cadence {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_collect_train_eval_end_to_end(tmp_path):
+    out = cadence("collect", "collect.episodes=6", cwd=tmp_path).stdout
+    assert "wrote 6 episodes" in out and "expert success 1.000" in out
+    assert (tmp_path / "data" / "bimodal_reach.zarr" / "meta" / "episode_ends").is_dir()
+
+    cadence("train", "run_dir=runs/tiny", *TINY_POLICY, *TINY_TRAIN, *TINY_EVAL, cwd=tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    assert (run / "checkpoint" / "model.safetensors").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 6]          # two training logs, then the final evaluation
+    final = json.loads((run / "eval-step6" / "eval.json").read_text())
+    assert final["n_episodes"] == 3 and Path(final["video"]).is_file() and Path(final["plot"]).is_file()
+
+    proc = cadence("eval", "checkpoint=runs/tiny", "out_dir=evals/a", "eval.episodes=4", "eval.video_episodes=0",
+                   "eval.sample_steps=2", cwd=tmp_path)
+    result = json.loads((tmp_path / "evals" / "a" / "eval.json").read_text())
+    assert result["n_episodes"] == 4 and result["sample_steps"] == 2
+    assert f"success {result['success_rate']:.2f} over 4 episodes" in proc.stdout
+
+    # Continuing a finished run needs resume=true; more steps then extend it.
+    refused = cadence("train", "run_dir=runs/tiny", *TINY_POLICY, *TINY_TRAIN, cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and "resume=true" in refused.stderr + refused.stdout
+    cadence("train", "run_dir=runs/tiny", "resume=true", *TINY_POLICY, *TINY_TRAIN, "train.steps=9",
+            "eval.episodes=0", cwd=tmp_path)
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 9
+
+
+def test_demo_end_to_end(tmp_path):
+    proc = cadence("demo", "collect.episodes=6", "demo.out_dir=out", "demo.steps={diffusion:4,flow:4,regression:4}",
+                   *[f"policies.{p}.{o.removeprefix('policy.')}" for p in ("diffusion", "flow", "regression")
+                     for o in TINY_POLICY],
+                   *TINY_TRAIN[1:], "eval.episodes=2", "eval.video_episodes=0", "eval.latency_calls=1",
+                   cwd=tmp_path)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["policy"] for r in results["rows"]] == ["diffusion", "flow", "regression"]
+    assert all(r["eval"]["n_episodes"] == 2 for r in results["rows"])
+    assert "| policy" in proc.stdout and (tmp_path / "out" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("command,groups", [("train", ["policy:", "task:"]), ("collect", ["task:"]),
+                                            ("demo", ["task:"]), ("eval", [])])
+def test_help_lists_config_groups(tmp_path, command, groups):
+    out = cadence(command, "--help", cwd=tmp_path).stdout
+    assert f"cadence {command}" in out and "== Config ==" in out
+    for group in groups:
+        assert group in out
+
+
+def test_unknown_key_and_command_fail_with_their_names(tmp_path):
+    proc = cadence("train", "train.stepz=3", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "stepz" in proc.stderr
+    proc = cadence("trian", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+    proc = cadence("eval", "checkpoint=nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "no checkpoint" in proc.stderr
