@@ -20,6 +20,23 @@ USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".
     f"  {name:<8} {doc}\n" for name, (_, _, doc) in COMMANDS.items())
 
 
+def _reporting_errors(command: str, run):
+    """Known input errors end the command with their message (exit 1) instead of a traceback."""
+    import functools
+
+    from cadence.checkpoint import CheckpointError
+    from cadence.datasets.episode_store import StoreError
+
+    @functools.wraps(run)
+    def wrapped(cfg):
+        try:
+            return run(cfg)
+        except (StoreError, CheckpointError) as exc:
+            print(f"cadence {command}: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+    return wrapped
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -38,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     register()
     module_name, config_name, _ = COMMANDS[command]
     module = importlib.import_module(module_name)
-    app = hydra.main(version_base="1.3", config_path="pkg://cadence.configs", config_name=config_name)(module.run)
+    app = hydra.main(version_base="1.3", config_path="pkg://cadence.configs",
+                     config_name=config_name)(_reporting_errors(command, module.run))
     sys.argv = [f"cadence {command}", *rest]
     app()
     return 0

@@ -72,9 +72,11 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
     policy.eval()
     seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
     video = eval_cfg.video_episodes if out_dir is not None else 0
-    result = rollout(policy, partial(make_env, task_cfg, video > 0), seeds, policy_cfg.obs_horizon,
-                     policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
-                     video_episodes=video, progress=progress)
+    with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
+        torch.manual_seed(eval_cfg.seed)
+        result = rollout(policy, partial(make_env, task_cfg, video > 0), seeds, policy_cfg.obs_horizon,
+                         policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
+                         video_episodes=video, progress=progress)
     summary = result.summary()
     if eval_cfg.latency_calls > 0:
         summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),

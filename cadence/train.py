@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cadence.checkpoint import CheckpointError, load_weights, resolve_checkpoint_dir, save_checkpoint
-from cadence.datasets.episode_store import EpisodeStore
+from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset
 from cadence.device import resolve_device
@@ -79,6 +79,9 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         raise CheckpointError(f"{run_dir} already holds a checkpoint: pass resume=true to continue it, "
                               f"or choose another run_dir")
 
+    if not Path(cfg.task.dataset).exists():
+        raise StoreError(f"{cfg.task.dataset}: no episode store here; create it with "
+                         f"`cadence collect task={cfg.task.name}` or set task.dataset=PATH")
     store = EpisodeStore.open(cfg.task.dataset)
     data = WindowDataset(store, cfg.task.obs_keys, cfg.task.action_key, pcfg.obs_horizon, pcfg.pred_horizon)
     normalizer = fit_normalizer(store, data, pcfg.normalizer)

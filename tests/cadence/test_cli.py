@@ -78,4 +78,6 @@ def test_unknown_key_and_command_fail_with_their_names(tmp_path):
     proc = cadence("trian", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
     proc = cadence("eval", "checkpoint=nowhere", cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "no checkpoint" in proc.stderr
+    assert proc.returncode == 1 and "cadence eval: error: nowhere: no checkpoint" in proc.stderr
+    proc = cadence("train", "run_dir=r", "task.dataset=missing.zarr", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "missing.zarr" in proc.stderr and "cadence collect" in proc.stderr

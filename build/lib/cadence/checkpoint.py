@@ -1,0 +1,109 @@
+"""Checkpoints: safetensors weights, the resolved YAML config and JSON metadata. No pickle.
+
+A checkpoint folder holds::
+
+    model.safetensors        policy weights (the EMA weights: the ones evaluated)
+    normalizer.safetensors   normalizer scale/offset per key
+    config.yaml              the resolved training config
+    meta.json                step, observation shapes, action dim, normalizer modes
+    train_state.safetensors  raw weights and optimizer moments, for resume (optional)
+    train_state.json         optimizer step counts and hyper-parameters, for resume (optional)
+
+Folders are written beside their target and swapped in, so a crash while saving leaves the
+previous checkpoint intact (``checkpoint.old`` is used if the swap itself was cut short).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from cadence.config import TrainApp
+from cadence.datasets.normalizer import Normalizer
+from cadence.policies.factory import build_policy
+from cadence.policies.policy import Policy
+
+FORMAT_VERSION = 1
+DIR_NAME = "checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match its config."""
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Accept a checkpoint folder or a run folder holding ``checkpoint/``."""
+    path = Path(path)
+    for candidate in (path, path / DIR_NAME, path / f"{DIR_NAME}.old"):
+        if (candidate / "model.safetensors").is_file():
+            return candidate
+    raise CheckpointError(f"{path}: no checkpoint here (looked for model.safetensors in it and in {DIR_NAME}/)")
+
+
+def save_checkpoint(target: str | os.PathLike, policy: Policy, cfg: DictConfig, step: int,
+                    obs_shapes: Mapping[str, tuple], train_state: Mapping[str, torch.Tensor] | None = None,
+                    train_state_json: Mapping | None = None) -> Path:
+    target = Path(target)
+    tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.weights().items()}, str(tmp / "model.safetensors"))
+    save_file(policy.normalizer.tensors(), str(tmp / "normalizer.safetensors"))
+    (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    meta = {"format": FORMAT_VERSION, "step": step, "obs_shapes": {k: list(s) for k, s in obs_shapes.items()},
+            "action_dim": policy.action_dim, "normalizer_modes": dict(policy.normalizer.modes)}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if train_state is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in train_state.items()}, str(tmp / "train_state.safetensors"))
+        (tmp / "train_state.json").write_text(json.dumps(train_state_json or {}, indent=2))
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_config(ckpt: Path) -> DictConfig:
+    path = ckpt / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: missing config.yaml")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainApp), OmegaConf.load(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: does not match the config schema: {exc}") from exc
+
+
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Policy, DictConfig, dict]:
+    """Rebuild the policy from config + meta, load its weights strictly; never unpickles."""
+    ckpt = resolve_checkpoint_dir(path)
+    cfg = load_config(ckpt)
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt}: unreadable meta.json ({exc})") from exc
+    normalizer = Normalizer.from_tensors(load_file(str(ckpt / "normalizer.safetensors")), meta["normalizer_modes"])
+    policy = build_policy(cfg.policy, {k: tuple(v) for k, v in meta["obs_shapes"].items()}, meta["action_dim"],
+                          normalizer, action_key=cfg.task.action_key)
+    load_weights(policy, load_file(str(ckpt / "model.safetensors")), source=ckpt / "model.safetensors")
+    return policy.to(device).eval(), cfg, meta
+
+
+def load_weights(policy: Policy, weights: Mapping[str, torch.Tensor], source: os.PathLike | str) -> None:
+    expected = policy.weights()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: tensors do not match the config's network "
+                              f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
+    for name, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, but the config "
+                                  f"builds {tuple(expected[name].shape)}")
+    policy.load_state_dict(dict(weights), strict=False)

@@ -1,0 +1,66 @@
+"""The ``cadence`` command: ``cadence <command> [key=value ...]``, each command a Hydra app.
+
+``cadence <command> --help`` lists the command's config groups and its full config.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "collect": ("cadence.collect", "collect", "write scripted-expert demonstrations into an episode store"),
+    "train": ("cadence.train", "train", "train a policy on an episode store"),
+    "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
+    "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
+}
+
+USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".join(
+    f"  {name:<8} {doc}\n" for name, (_, _, doc) in COMMANDS.items())
+
+
+def _reporting_errors(command: str, run):
+    """Known input errors end the command with their message (exit 1) instead of a traceback."""
+    import functools
+
+    from cadence.checkpoint import CheckpointError
+    from cadence.datasets.episode_store import StoreError
+
+    @functools.wraps(run)
+    def wrapped(cfg):
+        try:
+            return run(cfg)
+        except (StoreError, CheckpointError) as exc:
+            print(f"cadence {command}: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+    return wrapped
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"cadence: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)   # PyOpenGL's import chatter
+    import hydra
+
+    from cadence.config import register
+
+    register()
+    module_name, config_name, _ = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    app = hydra.main(version_base="1.3", config_path="pkg://cadence.configs",
+                     config_name=config_name)(_reporting_errors(command, module.run))
+    sys.argv = [f"cadence {command}", *rest]
+    app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""``cadence collect``: write scripted-expert episodes into the task's episode store."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from cadence.datasets.episode_store import EpisodeStore
+from cadence.envs.demonstrations import expert_episodes
+
+log = logging.getLogger(__name__)
+
+
+def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
+    """Collect ``collect_cfg.episodes`` successful expert episodes; returns a summary."""
+    path = Path(task_cfg.dataset)
+    store = EpisodeStore.create(path, fps=task_cfg.fps, overwrite=collect_cfg.overwrite)
+    kept, outcomes, modes = 0, Counter(), Counter()
+    bar = tqdm(total=collect_cfg.episodes, desc=f"collect {task_cfg.name}", disable=not progress, dynamic_ncols=True)
+    for episode, info in expert_episodes(task_cfg.expert, task_cfg.env_id, collect_cfg.episodes,
+                                         collect_cfg.seed, dict(task_cfg.env_kwargs)):
+        outcomes[bool(info.get("is_success"))] += 1
+        if info.get("is_success"):
+            store.append_episode(episode)
+            modes[info.get("mode", "none")] += 1
+            kept += 1
+        bar.update(1)
+    bar.close()
+    total = sum(outcomes.values())
+    summary = {"path": str(path), "episodes": kept, "steps": store.n_steps,
+               "expert_success_rate": outcomes[True] / max(1, total), "modes": dict(modes)}
+    return summary
+
+
+def run(cfg: DictConfig) -> dict:
+    summary = collect(cfg.task, cfg.collect)
+    print(f"wrote {summary['episodes']} episodes ({summary['steps']} steps) to {summary['path']}; "
+          f"expert success {summary['expert_success_rate']:.3f}, modes {summary['modes']}")
+    return summary

@@ -1,0 +1,252 @@
+"""Episode store: demonstrations on zarr, in the Diffusion Policy ReplayBuffer layout.
+
+Layout (zarr v2 directory)::
+
+    data/<key>          every feature, all episodes concatenated along time (axis 0)
+    meta/episode_ends   int64, cumulative end index of each episode
+    .zattrs             {"cadence_store": 1, "fps": ..., "features": {key: {shape, dtype}},
+                         "stats": {...}}  (optional: stores written elsewhere open too)
+
+``meta/episode_ends`` is the commit record. Appending an episode first writes every data
+array past the committed length, then commits by writing the new ``episode_ends`` chunk
+and only after it the array's shape (each one atomic file replace). A process killed at any
+point leaves a store that opens with exactly the episodes committed before; steps past the
+last episode end are an interrupted append's leftovers, ignored on read and overwritten by
+the next append.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import zarr
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_ENDS = "meta/episode_ends"
+
+
+class StoreError(ValueError):
+    """A store (or an episode offered to it) is malformed; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    shape: tuple[int, ...]   # per-step shape
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+class EpisodeStore:
+    """Open with :meth:`open` (existing) or :meth:`create` (new, empty)."""
+
+    def __init__(self, root: zarr.Group, path: Path, writable: bool):
+        self._root = root
+        self.path = path
+        self.writable = writable
+        self._validate()
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> "EpisodeStore":
+        """Open an existing store; ``mode="a"`` to append. Raises :class:`StoreError`."""
+        path = Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        if not path.exists():
+            raise StoreError(f"{path}: no episode store here")
+        try:
+            root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        except Exception as exc:  # zarr raises several types for "not a group"
+            raise StoreError(f"{path}: not a zarr group ({exc})") from exc
+        return cls(root, path, writable=(mode == "a"))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, fps: float, overwrite: bool = False) -> "EpisodeStore":
+        """Create an empty store. Refuses to replace an existing one unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path}: already exists (pass overwrite=True to replace it)")
+        root = zarr.open_group(str(path), mode="w")
+        root.create_group("data")
+        root.require_group("meta").zeros("episode_ends", shape=(0,), chunks=(4096,), dtype=np.int64)
+        root.attrs.update({"cadence_store": FORMAT_VERSION, "fps": float(fps), "features": {}})
+        return cls(root, path, writable=True)
+
+    # --- validation --------------------------------------------------------------------
+    def _validate(self) -> None:
+        where = self.path
+        if "data" not in self._root:
+            raise StoreError(f"{where}: missing group 'data'")
+        if _ENDS not in self._root:
+            raise StoreError(f"{where}: missing array '{_ENDS}'")
+        ends = self._root[_ENDS][:]
+        if ends.ndim != 1 or not np.issubdtype(ends.dtype, np.integer):
+            raise StoreError(f"{where}: '{_ENDS}' must be a 1-D integer array, got {ends.dtype} {ends.shape}")
+        if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
+            bad = int(np.argmax(np.diff(np.concatenate([[0], ends])) <= 0))
+            raise StoreError(f"{where}: '{_ENDS}' must be strictly increasing and positive "
+                             f"(episode {bad} ends at {ends[bad]})")
+        self._ends = ends.astype(np.int64)
+        n = self.n_steps
+        for key in self.keys:
+            length = self._root["data"][key].shape[0]
+            if length < n:
+                raise StoreError(f"{where}: data/{key} has {length} steps but '{_ENDS}' says "
+                                 f"the episodes end at step {n}")
+            if length > n:
+                log.warning("%s: data/%s has %d steps past the last episode end (an interrupted "
+                            "append); they are ignored", where, key, length - n)
+        declared = self._root.attrs.get("features", {})
+        missing = sorted(set(declared) - set(self.keys))
+        if missing and n > 0:
+            raise StoreError(f"{where}: features {missing} are declared in .zattrs but missing under data/")
+
+    # --- reading -----------------------------------------------------------------------
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self._ends.copy()
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self._root["data"].array_keys())
+
+    @property
+    def fps(self) -> float | None:
+        fps = self._root.attrs.get("fps")
+        return None if fps is None else float(fps)
+
+    @property
+    def features(self) -> dict[str, FeatureSpec]:
+        return {k: FeatureSpec(tuple(a.shape[1:]), str(a.dtype))
+                for k, a in ((k, self._root["data"][k]) for k in self.keys)}
+
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(np.concatenate([[0], self._ends]))
+
+    def load(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """All committed steps of ``keys`` (default: every key), as numpy arrays."""
+        keys = self.keys if keys is None else list(keys)
+        for key in keys:
+            if key not in self.keys:
+                raise StoreError(f"{self.path}: no key data/{key} (have {self.keys})")
+        return {k: self._root["data"][k][: self.n_steps] for k in keys}
+
+    def episode(self, index: int) -> dict[str, np.ndarray]:
+        if not -self.n_episodes <= index < self.n_episodes:
+            raise IndexError(f"episode {index} out of range ({self.n_episodes} episodes)")
+        index %= self.n_episodes
+        start = 0 if index == 0 else int(self._ends[index - 1])
+        return {k: self._root["data"][k][start: int(self._ends[index])] for k in self.keys}
+
+    def stats(self, key: str) -> dict[str, np.ndarray]:
+        """Per-element min, max, mean and std over all committed steps of ``key``."""
+        if key not in self.keys:
+            raise StoreError(f"{self.path}: no key data/{key} (have {self.keys})")
+        cached = self._root.attrs.get("stats", {}).get(key)
+        if cached and cached.get("n_steps") == self.n_steps:
+            return {s: np.asarray(cached[s], dtype=np.float64) for s in ("min", "max", "mean", "std")}
+        stats = _compute_stats(self._root["data"][key], self.n_steps)
+        if self.writable:
+            all_stats = dict(self._root.attrs.get("stats", {}))
+            all_stats[key] = {"n_steps": self.n_steps, **{s: v.tolist() for s, v in stats.items()}}
+            self._root.attrs["stats"] = all_stats
+        return stats
+
+    # --- writing -----------------------------------------------------------------------
+    def append_episode(self, episode: Mapping[str, np.ndarray]) -> None:
+        """Append one episode (``{key: (T, ...) array}``) atomically; validates before writing."""
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only; open with mode='a' to append")
+        episode = {k: np.asarray(v) for k, v in episode.items()}
+        self._check_episode(episode)
+        data = self._root["data"]
+        if self.n_steps == 0:   # nothing committed: arrays here are an interrupted first append's leftovers
+            for key in list(data.array_keys()):
+                del data[key]
+        for key, values in episode.items():
+            if key not in data:
+                chunk_steps = max(1, min(1024, (1 << 20) // max(1, values[0].nbytes)))
+                data.zeros(key, shape=(0, *values.shape[1:]), chunks=(chunk_steps, *values.shape[1:]),
+                           dtype=values.dtype)
+            array = data[key]
+            if array.shape[0] != self.n_steps:       # drop an interrupted append's leftovers
+                array.resize(self.n_steps, *array.shape[1:])
+            array.append(values.astype(array.dtype, copy=False))
+        self._commit_ends(np.append(self._ends, self.n_steps + len(next(iter(episode.values())))))
+        if self._root.attrs.get("features") != self._feature_json():
+            self._root.attrs["features"] = self._feature_json()
+
+    def _feature_json(self) -> dict:
+        return {k: spec.to_json() for k, spec in self.features.items()}
+
+    def _check_episode(self, episode: Mapping[str, np.ndarray]) -> None:
+        where = self.path
+        if not episode:
+            raise StoreError(f"{where}: empty episode (no keys)")
+        existing = set(self.keys) if self.n_steps else set()   # no episode yet: no schema to match
+        if existing and set(episode) != existing:
+            missing, extra = sorted(existing - set(episode)), sorted(set(episode) - existing)
+            raise StoreError(f"{where}: episode keys do not match the store "
+                             f"(missing {missing}, unexpected {extra})")
+        lengths = {k: v.shape[0] if v.ndim else 0 for k, v in episode.items()}
+        if len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise StoreError(f"{where}: every key needs the same, non-zero number of steps, got {lengths}")
+        for key, values in episode.items():
+            if key in existing:
+                spec = self.features[key]
+                if tuple(values.shape[1:]) != spec.shape:
+                    raise StoreError(f"{where}: data/{key} has per-step shape {spec.shape}, "
+                                     f"episode gives {tuple(values.shape[1:])}")
+                if not np.can_cast(values.dtype, spec.dtype, casting="same_kind"):
+                    raise StoreError(f"{where}: data/{key} holds {spec.dtype}, episode gives {values.dtype} "
+                                     f"(convert it explicitly)")
+            if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+                step = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
+                raise StoreError(f"{where}: episode key '{key}' holds NaN or infinite values "
+                                 f"(first at step {step}); nothing was written")
+
+    def _commit_ends(self, new_ends: np.ndarray) -> None:
+        """Write the new ``episode_ends`` chunk(s), then the shape that makes them visible."""
+        array = self._root[_ENDS]
+        old_n, new_n, chunk = array.shape[0], len(new_ends), array.chunks[0]
+        for c in range(old_n // chunk, (new_n - 1) // chunk + 1):
+            block = np.zeros(chunk, dtype=array.dtype)
+            values = new_ends[c * chunk:(c + 1) * chunk]
+            block[: len(values)] = values
+            for f in array.filters or []:
+                block = f.encode(block)
+            payload = array.compressor.encode(block) if array.compressor else np.ascontiguousarray(block).tobytes()
+            array.store[f"{array.path}/{c}"] = payload
+        array.resize(new_n)
+        self._ends = new_ends.astype(np.int64)
+
+
+def _compute_stats(array: zarr.Array, n_steps: int, block: int = 4096) -> dict[str, np.ndarray]:
+    if n_steps == 0:
+        raise StoreError(f"cannot compute statistics of {array.name}: the store is empty")
+    lo = hi = total = total_sq = None
+    for start in range(0, n_steps, block):
+        x = array[start: min(n_steps, start + block)].astype(np.float64)
+        lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
+        hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
+        total = x.sum(0) if total is None else total + x.sum(0)
+        total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
+    mean = total / n_steps
+    std = np.sqrt(np.maximum(total_sq / n_steps - mean * mean, 0.0))
+    return {"min": lo, "max": hi, "mean": mean, "std": std}

@@ -1,0 +1,1 @@
+"""Export, inference runtimes and the real-time control loop (issue 3)."""

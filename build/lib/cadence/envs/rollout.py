@@ -1,0 +1,218 @@
+"""Receding-horizon policy rollouts over a gymnasium vector environment.
+
+All episodes (one per seed) run in lockstep in a :class:`gymnasium.vector.SyncVectorEnv`. At
+each replan the policy sees, for every env whose episode is still running, the last
+``obs_horizon`` observations (padded at the episode start by repeating the reset observation)
+and returns an :class:`~cadence.action_chunk.ActionChunk`; ``exec_horizon`` actions of it are
+executed, one per env step, then the policy is asked again.
+
+Gymnasium 1.x vector envs reset a finished sub-env on the *next* step, so a ``done`` mask is
+kept and everything a sub-env does after its episode ended is ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["RolloutResult", "rollout"]
+
+
+@dataclass
+class RolloutResult:
+    """Per-episode outcomes of :func:`rollout`, in the order of ``seeds``."""
+
+    seeds: list[int]
+    success: np.ndarray            # bool (N,)
+    returns: np.ndarray            # float (N,)
+    lengths: np.ndarray            # int (N,): env steps taken in the episode
+    modes: list[str]               # info["mode"] at the episode's end, "none" if not reported
+    states: list[np.ndarray] = field(default_factory=list)  # per episode (L+1, Ds)
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W*V, 3) uint8 per step
+
+    def summary(self) -> dict:
+        """JSON-able aggregate numbers.
+
+        ``mode_shares``: fraction of the *successful* episodes per mode (keys "left", "right"
+        and any other mode seen among the successes; empty if none succeeded).
+        ``mode_counts``: the number of successful episodes per mode (same keys; "left" and
+        "right" always present).
+        """
+        n = len(self.seeds)
+        success = np.asarray(self.success, dtype=bool)
+        n_success = int(success.sum())
+        counts: dict[str, int] = {"left": 0, "right": 0}
+        for mode, ok in zip(self.modes, success):
+            if ok:
+                counts[str(mode)] = counts.get(str(mode), 0) + 1
+        shares = {m: c / n_success for m, c in counts.items()} if n_success else {}
+        return {
+            "n_episodes": n,
+            "n_success": n_success,
+            "success_rate": float(success.mean()) if n else 0.0,
+            "mean_return": float(np.mean(self.returns)) if n else 0.0,
+            "mean_length": float(np.mean(self.lengths)) if n else 0.0,
+            "mode_shares": shares,
+            "mode_counts": counts,
+        }
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def _info_at(infos: Any, key: str, i: int, default: Any) -> Any:
+    """``infos[key]`` of sub-env ``i``: gymnasium 1.x dict of arrays with ``_key`` masks, or a
+    list/tuple of per-env dicts (older layout)."""
+    if isinstance(infos, dict):
+        if key not in infos:
+            return default
+        mask = infos.get("_" + key)
+        if mask is not None and not bool(np.asarray(mask)[i]):
+            return default
+        value = infos[key]
+        try:
+            return value[i]
+        except (TypeError, IndexError, KeyError):
+            return value
+    if isinstance(infos, (list, tuple)) and i < len(infos) and isinstance(infos[i], dict):
+        return infos[i].get(key, default)
+    return default
+
+
+def _as_dict(obs: Any) -> dict[str, np.ndarray]:
+    return obs if isinstance(obs, dict) else {"obs": obs}
+
+
+def _render(envs: gym.vector.SyncVectorEnv, i: int) -> np.ndarray:
+    frame = envs.envs[i].render()
+    if frame is None:
+        raise RuntimeError(
+            "env.render() returned None: for video_episodes > 0 make_env must create the env "
+            "with render_mode='rgb_array'")
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    return frame
+
+
+def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
+
+
+# --- rollout ---------------------------------------------------------------------------
+
+def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_horizon: int,
+            exec_horizon: int, obs_keys: Sequence[str], device: str | torch.device = "cpu",
+            video_episodes: int = 0, progress: bool = True) -> RolloutResult:
+    """Run one episode per seed with receding-horizon control and return the outcomes.
+
+    ``policy.predict_chunk({key: (B, obs_horizon, ...) tensor})`` is called with the B envs
+    still running (float observations as float32, uint8 ones kept uint8, on ``device``) and
+    must return an ActionChunk whose batch is B. ``frames`` holds, for the first
+    ``video_episodes`` envs, their renders tiled side by side, one tiled frame for the reset
+    and one per env step until the last of those episodes ended (a finished episode keeps
+    showing its last frame).
+    """
+    seeds = [int(s) for s in seeds]
+    n = len(seeds)
+    if n == 0:
+        raise ValueError("seeds must not be empty")
+    if obs_horizon < 1 or exec_horizon < 1:
+        raise ValueError(f"obs_horizon and exec_horizon must be >= 1, got {obs_horizon}, "
+                         f"{exec_horizon}")
+    obs_keys = list(obs_keys)
+    device = torch.device(device)
+    n_video = max(0, min(int(video_episodes), n))
+
+    envs = gym.vector.SyncVectorEnv([make_env] * n)
+    bar = tqdm(desc="rollout", unit="step", disable=not progress, leave=False)
+    try:
+        obs, _ = envs.reset(seed=seeds)
+        obs = _as_dict(obs)
+        missing = [k for k in obs_keys if k not in obs]
+        if missing:
+            raise KeyError(f"observation keys {missing} not in the env's observation "
+                           f"(has {sorted(obs)})")
+
+        # Observation history per key: (N, To, ...), padded with the reset observation.
+        history = {k: np.repeat(np.asarray(obs[k])[:, None], obs_horizon, axis=1)
+                   for k in obs_keys}
+        has_state = "state" in obs
+        states: list[list[np.ndarray]] = [
+            [np.array(obs["state"][i], copy=True)] if has_state else [] for i in range(n)]
+
+        done = np.zeros(n, dtype=bool)
+        success = np.zeros(n, dtype=bool)
+        returns = np.zeros(n, dtype=np.float64)
+        lengths = np.zeros(n, dtype=np.int64)
+        modes = ["none"] * n
+
+        frames: list[np.ndarray] = []
+        last_frames: list[np.ndarray] = []
+        if n_video:
+            last_frames = [_render(envs, i) for i in range(n_video)]
+            frames.append(np.concatenate(last_frames, axis=1))
+
+        action_space = envs.single_action_space
+        idle_action = np.zeros(action_space.shape, dtype=action_space.dtype)
+        if isinstance(action_space, gym.spaces.Box):
+            idle_action = np.clip(idle_action, action_space.low, action_space.high).astype(
+                action_space.dtype)
+
+        reset = getattr(policy, "reset", None)
+        if callable(reset):
+            reset()
+
+        with torch.no_grad():
+            while not done.all():
+                running = np.flatnonzero(~done)
+                batch = {k: _to_tensor(history[k][running], device) for k in obs_keys}
+                chunk = policy.predict_chunk(batch)
+                actions = chunk.executable(exec_horizon).detach().to("cpu", torch.float32).numpy()
+                if actions.shape[0] != len(running):
+                    raise ValueError(f"policy returned a chunk for {actions.shape[0]} envs, "
+                                     f"expected {len(running)}")
+                for t in range(exec_horizon):
+                    active = running[~done[running]]
+                    if active.size == 0:
+                        break
+                    full = np.broadcast_to(idle_action, (n, *idle_action.shape)).copy()
+                    # rows of `actions` follow `running`; pick those still active
+                    full[active] = actions[np.searchsorted(running, active), t].reshape(
+                        (active.size, *idle_action.shape))
+                    obs, reward, terminated, truncated, infos = envs.step(full)
+                    obs = _as_dict(obs)
+                    bar.update(1)
+                    for i in active:
+                        returns[i] += float(reward[i])
+                        lengths[i] += 1
+                        for k in obs_keys:
+                            history[k][i, :-1] = history[k][i, 1:]
+                            history[k][i, -1] = obs[k][i]
+                        if has_state:
+                            states[i].append(np.array(obs["state"][i], copy=True))
+                        if terminated[i] or truncated[i]:
+                            done[i] = True
+                            success[i] = bool(_info_at(infos, "is_success", i, False))
+                            mode = _info_at(infos, "mode", i, None)
+                            modes[i] = "none" if mode is None else str(mode)
+                    if n_video and np.any(active < n_video):
+                        # render after the step, before the next step's autoreset, so a
+                        # finished episode's terminal state is its last frame
+                        for i in active[active < n_video]:
+                            last_frames[i] = _render(envs, int(i))
+                        frames.append(np.concatenate(last_frames, axis=1))
+                    bar.set_postfix(running=int((~done).sum()))
+    finally:
+        bar.close()
+        envs.close()
+
+    return RolloutResult(
+        seeds=seeds, success=success, returns=returns, lengths=lengths, modes=modes,
+        states=[np.stack(s) if s else np.zeros((0,), np.float32) for s in states],
+        frames=frames)

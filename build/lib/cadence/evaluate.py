@@ -1,0 +1,117 @@
+"""Evaluate a policy: rollouts on fixed seeds, batch-1 latency, video and trajectory plot.
+
+``cadence eval checkpoint=RUN_DIR`` runs this on a checkpoint; training calls
+:func:`evaluate_policy` directly for its periodic and final evaluations.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+from omegaconf import DictConfig
+
+import cadence.envs  # noqa: F401  (registers the tasks)
+from cadence.envs.rollout import RolloutResult, rollout
+from cadence.envs.trajectory_plot import plot_trajectories
+from cadence.envs.video import save_video
+
+log = logging.getLogger(__name__)
+
+
+def make_env(task_cfg, render: bool = False) -> gym.Env:
+    kwargs = dict(task_cfg.env_kwargs)
+    if render:
+        kwargs["render_mode"] = "rgb_array"
+    return gym.make(task_cfg.env_id, **kwargs)
+
+
+def set_sample_steps(policy, steps: int | None) -> None:
+    """Override the number of sampling steps of a trained policy (DDIM / Euler)."""
+    if steps is None:
+        return
+    process = policy.process
+    limit = getattr(process, "train_steps", None)
+    if steps < 1 or (limit is not None and steps > limit):
+        raise ValueError(f"eval.sample_steps must be in [1, {limit or 'inf'}], got {steps}")
+    process.sample_steps = steps
+
+
+def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:
+    """Milliseconds per ``predict_chunk`` call at batch size 1 (median and 90th percentile)."""
+    times = []
+    for i in range(warmup + calls):
+        start = time.perf_counter()
+        policy.predict_chunk(obs)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+    times.sort()
+    return {"ms_per_chunk": round(statistics.median(times), 3),
+            "ms_per_chunk_p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
+
+
+def first_observation(task_cfg, obs_horizon: int, seed: int, device) -> dict[str, torch.Tensor]:
+    env = make_env(task_cfg)
+    try:
+        obs, _ = env.reset(seed=seed)
+    finally:
+        env.close()
+    return {k: torch.as_tensor(obs[k], device=device)[None, None].expand(1, obs_horizon, *obs[k].shape)
+            for k in task_cfg.obs_keys}
+
+
+def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device,
+                    progress: bool = True, title: str = "") -> tuple[dict, RolloutResult]:
+    """Roll out ``eval_cfg.episodes`` seeded episodes; write eval.json, video and plot to ``out_dir``."""
+    policy.eval()
+    seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
+    video = eval_cfg.video_episodes if out_dir is not None else 0
+    with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
+        torch.manual_seed(eval_cfg.seed)
+        result = rollout(policy, partial(make_env, task_cfg, video > 0), seeds, policy_cfg.obs_horizon,
+                         policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
+                         video_episodes=video, progress=progress)
+    summary = result.summary()
+    if eval_cfg.latency_calls > 0:
+        summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),
+                                       eval_cfg.latency_calls))
+    summary["sample_steps"] = getattr(policy.process, "sample_steps", None)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if video > 0:
+            summary["video"] = str(save_video(result.frames, out_dir / f"rollouts.{eval_cfg.video_format}",
+                                              fps=task_cfg.fps))
+        if eval_cfg.plot:
+            summary["plot"] = str(plot_trajectories(result, out_dir / "trajectories.png", title=title))
+        (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    return summary, result
+
+
+def format_summary(summary: dict) -> str:
+    shares = ", ".join(f"{m} {s:.2f}" for m, s in sorted(summary.get("mode_shares", {}).items())) or "-"
+    latency = f", {summary['ms_per_chunk']:.1f} ms/chunk" if "ms_per_chunk" in summary else ""
+    return (f"success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes "
+            f"(modes among successes: {shares}), mean length {summary['mean_length']:.1f}{latency}")
+
+
+def run(cfg: DictConfig) -> dict:
+    from cadence.checkpoint import load_policy, resolve_checkpoint_dir
+    from cadence.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    ckpt = resolve_checkpoint_dir(cfg.checkpoint)
+    policy, train_cfg, meta = load_policy(ckpt, device)
+    set_sample_steps(policy, cfg.eval.sample_steps)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
+    summary, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy, cfg.eval, out_dir, device,
+                                 title=f"{train_cfg.policy.name} @ step {meta['step']}")
+    print(f"{train_cfg.policy.name}: {format_summary(summary)}")
+    print(f"results in {out_dir}")
+    return summary
+

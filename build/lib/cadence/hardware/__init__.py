@@ -1,0 +1,1 @@
+"""Robot protocol, simulated and networked robots, safety (issue 3)."""

@@ -1,0 +1,1 @@
+"""Observation encoders, denoiser networks, generative processes and the policy that joins them."""

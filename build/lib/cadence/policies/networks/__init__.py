@@ -1,0 +1,1 @@
+"""Denoiser networks: net(x, level, cond) -> y."""

@@ -1,0 +1,51 @@
+"""Policy = normalizer + observation encoder + denoiser + process.
+
+Batches and observations are in the task's units; the policy normalises inside.
+``compute_loss(batch)`` trains; ``predict_chunk(obs)`` returns an :class:`ActionChunk` whose
+actions at ``start = To - 1`` onwards are the ones to execute (receding horizon: execute
+``Ta`` of them, observe, predict again).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from cadence.action_chunk import ActionChunk
+from cadence.datasets.normalizer import Normalizer
+
+from .obs_encoder import ObsEncoder
+
+
+class Policy(nn.Module):
+    def __init__(self, normalizer: Normalizer, encoder: ObsEncoder, denoiser: nn.Module, process,
+                 obs_horizon: int, pred_horizon: int, action_dim: int, action_key: str = "action"):
+        super().__init__()
+        self.normalizer = normalizer
+        self.encoder = encoder
+        self.denoiser = denoiser
+        self.process = process
+        self.obs_horizon, self.pred_horizon, self.action_dim = obs_horizon, pred_horizon, action_dim
+        self.action_key = action_key
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """``batch``: the observation keys (B, To, ...) and ``action_key`` (B, Tp, Da)."""
+        actions = self.normalizer.normalize(self.action_key, batch[self.action_key].float())
+        return self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer), generator)
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+                      noise: torch.Tensor | None = None) -> ActionChunk:
+        """``obs``: each observation key (B, To, ...). ``noise`` (B, Tp, Da) fixes the start sample."""
+        cond = self.encoder(obs, self.normalizer)
+        shape = (cond.shape[0], self.pred_horizon, self.action_dim)
+        x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise)
+        return ActionChunk(self.normalizer.unnormalize(self.action_key, x), start=self.obs_horizon - 1)
+
+    def reset(self) -> None:
+        """Clear per-episode state (none here; streaming processes keep their buffer)."""
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Trainable weights, without the normalizer (saved in its own file)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("normalizer.")}

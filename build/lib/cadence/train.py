@@ -1,0 +1,178 @@
+"""Training: AdamW, warm-up + cosine learning rate, EMA weights, periodic evaluation, resume.
+
+Every step draws its batch and its noise from a generator seeded by (seed, step), and the
+learning rate is a function of the step, so a run resumed from a checkpoint continues
+exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from cadence.checkpoint import CheckpointError, load_weights, resolve_checkpoint_dir, save_checkpoint
+from cadence.datasets.episode_store import EpisodeStore, StoreError
+from cadence.datasets.normalizer import Normalizer
+from cadence.datasets.window_dataset import WindowDataset
+from cadence.device import resolve_device
+from cadence.ema import EMA
+from cadence.evaluate import evaluate_policy, format_summary
+from cadence.lr_schedule import warmup_cosine
+from cadence.policies.factory import build_policy
+from cadence.tracking import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+
+def fit_normalizer(store: EpisodeStore, dataset: WindowDataset, mode: str) -> Normalizer:
+    keys = [k for k, shape in dataset.obs_shapes.items() if len(shape) == 1] + [dataset.action_key]
+    return Normalizer.from_stats({k: store.stats(k) for k in keys}, {k: mode for k in keys})
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1_000_003 + step)
+    return gen
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer moments as flat tensors (safetensors) plus per-parameter step counts (JSON)."""
+    tensors, steps = {}, {}
+    for i, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if name == "step":
+                steps[str(i)] = float(value)
+            else:
+                tensors[f"optim.{i}.{name}"] = value
+    return tensors, steps
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, steps: dict) -> None:
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = value
+    for i, step in steps.items():
+        state.setdefault(int(i), {})["step"] = torch.tensor(step)
+    full = optimizer.state_dict()
+    full["state"] = state
+    optimizer.load_state_dict(full)
+
+
+def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
+    """Train per ``cfg`` (a TrainApp config) in ``run_dir``; returns the checkpoint folder."""
+    run_dir = Path(run_dir)
+    tcfg, pcfg = cfg.train, cfg.policy
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(tcfg.device)
+    ckpt_dir = run_dir / "checkpoint"
+    has_ckpt = any((run_dir / n / "model.safetensors").exists() for n in ("checkpoint", "checkpoint.old"))
+    if has_ckpt and not cfg.resume:
+        raise CheckpointError(f"{run_dir} already holds a checkpoint: pass resume=true to continue it, "
+                              f"or choose another run_dir")
+
+    if not Path(cfg.task.dataset).exists():
+        raise StoreError(f"{cfg.task.dataset}: no episode store here; create it with "
+                         f"`cadence collect task={cfg.task.name}` or set task.dataset=PATH")
+    store = EpisodeStore.open(cfg.task.dataset)
+    data = WindowDataset(store, cfg.task.obs_keys, cfg.task.action_key, pcfg.obs_horizon, pcfg.pred_horizon)
+    normalizer = fit_normalizer(store, data, pcfg.normalizer)
+    torch.manual_seed(tcfg.seed)   # weight initialisation
+    policy = build_policy(pcfg, data.obs_shapes, data.action_dim, normalizer, cfg.task.action_key).to(device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    ema = EMA(policy, max_decay=tcfg.ema_decay)
+    start = 0
+    if cfg.resume and has_ckpt:
+        start = _resume(resolve_checkpoint_dir(run_dir), policy, ema, optimizer, device)
+        log.info("resumed %s at step %d", run_dir, start)
+    elif cfg.resume:
+        log.info("resume=true but %s holds no checkpoint yet: starting from step 0", run_dir)
+
+    n_params = sum(p.numel() for p in policy.parameters())
+    log.info("%s policy, %.2fM parameters, %d training windows from %d episodes, device %s",
+             pcfg.name, n_params / 1e6, len(data), store.n_episodes, device)
+    metrics = MetricsLogger(run_dir, cfg.tracking.mode, cfg.tracking.project,
+                            OmegaConf.to_container(cfg, resolve=True), name=run_dir.name)
+
+    def checkpoint(step: int) -> None:
+        tensors, steps = optimizer_state(optimizer)
+        tensors.update({f"model.{k}": v for k, v in policy.weights().items()})
+        save_checkpoint(ckpt_dir, ema.model, cfg, step, data.obs_shapes, tensors, {"optimizer_steps": steps})
+
+    def evaluate(step: int) -> None:
+        out = run_dir / f"eval-step{step}"
+        summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
+                                     title=f"{pcfg.name} @ step {step}")
+        metrics.log({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, step)
+        log.info("step %d: %s", step, format_summary(summary))
+
+    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {pcfg.name}", disable=not progress, dynamic_ncols=True)
+    window_loss, window_start = 0.0, time.perf_counter()
+    policy.train()
+    for step in range(start, tcfg.steps):
+        lr = tcfg.lr * warmup_cosine(step, tcfg.steps, tcfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        gen = step_generator(tcfg.seed, step, device)
+        samples = torch.randint(0, len(data), (tcfg.batch_size,), generator=gen, device=device)
+        loss = policy.compute_loss(data.batch(samples, device), generator=gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
+        optimizer.step()
+        ema.update(policy, step)
+        window_loss += loss.item()
+        done = step + 1
+        bar.update(1)
+        if done % tcfg.log_every == 0 or done == tcfg.steps:
+            n = (done - start) % tcfg.log_every or tcfg.log_every
+            elapsed = time.perf_counter() - window_start
+            record = {"loss": window_loss / n, "lr": lr, "grad_norm": float(grad_norm),
+                      "samples_per_s": n * tcfg.batch_size / max(elapsed, 1e-9)}
+            metrics.log(record, done)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}")
+            window_loss, window_start = 0.0, time.perf_counter()
+        if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.steps:
+            checkpoint(done)
+        if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
+            evaluate(done)
+    bar.close()
+    checkpoint(tcfg.steps)
+    if cfg.eval.episodes > 0 and start < tcfg.steps:
+        evaluate(tcfg.steps)
+    metrics.close()
+    return ckpt_dir
+
+
+def _resume(ckpt: Path, policy, ema: EMA, optimizer, device) -> int:
+    state_path = ckpt / "train_state.safetensors"
+    if not state_path.is_file():
+        raise CheckpointError(f"{ckpt}: no train_state.safetensors, cannot resume training from it")
+    tensors = load_file(str(state_path), device=str(device))
+    load_weights(policy, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, state_path)
+    load_weights(ema.model, load_file(str(ckpt / "model.safetensors"), device=str(device)), ckpt / "model.safetensors")
+    normalizer = load_file(str(ckpt / "normalizer.safetensors"), device=str(device))
+    policy.normalizer.load_state_dict(normalizer)
+    ema.model.normalizer.load_state_dict(normalizer)
+    steps = json.loads((ckpt / "train_state.json").read_text()).get("optimizer_steps", {})
+    restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, steps)
+    return int(json.loads((ckpt / "meta.json").read_text())["step"])
+
+
+def run(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt = train(cfg, run_dir)
+    print(f"checkpoint: {ckpt}")
+    return ckpt
