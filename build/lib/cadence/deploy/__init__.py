@@ -1,1 +1,0 @@
-"""Export, inference runtimes and the real-time control loop (issue 3)."""

@@ -1,1 +1,0 @@
-"""Robot protocol, simulated and networked robots, safety (issue 3)."""

@@ -1,1 +1,0 @@
-"""Observation encoders, denoiser networks, generative processes and the policy that joins them."""

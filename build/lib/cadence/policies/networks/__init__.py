@@ -1,1 +1,0 @@
-"""Denoiser networks: net(x, level, cond) -> y."""
