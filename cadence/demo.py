@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cadence.checkpoint import load_policy
 from cadence.collect import collect
 from cadence.config import TrainApp
+from cadence.evaluate import first_observation, measure_latency
 from cadence.train import train
 
 log = logging.getLogger(__name__)
@@ -58,10 +61,25 @@ def run_demo(cfg: DictConfig, out_dir: Path, progress: bool = True) -> list[dict
         rows.append({"policy": name, "process": cfg.policies[name].process, "train steps": steps,
                      "train s": round(seconds), "success": f"{result['success_rate']:.2f}",
                      "left": f"{shares.get('left', 0.0):.2f}", "right": f"{shares.get('right', 0.0):.2f}",
-                     "steps/chunk": result.get("sample_steps"), "ms/chunk": f"{result.get('ms_per_chunk', float('nan')):.1f}",
+                     "steps/chunk": result.get("sample_steps"),
                      "eval": result, "run_dir": str(run_dir)})
+    for row, ms in zip(rows, side_by_side_latency(cfg, [row["run_dir"] for row in rows])):
+        row["ms/chunk"] = f"{ms:.1f}"
     write_report(cfg, out_dir, rows)
     return rows
+
+
+def side_by_side_latency(cfg: DictConfig, run_dirs: list[str], rounds: int = 5) -> list[float]:
+    """Median batch-1 ms per chunk of each trained policy, timed in interleaved rounds so that
+    all of them see the same machine state."""
+    policies = [load_policy(run_dir)[0] for run_dir in run_dirs]
+    obs = [first_observation(cfg.task, p.obs_horizon, cfg.eval.seed, "cpu") for p in policies]
+    calls = max(1, cfg.eval.latency_calls // rounds)
+    samples: list[list[float]] = [[] for _ in policies]
+    for _ in range(rounds):
+        for i, (policy, o) in enumerate(zip(policies, obs)):
+            samples[i].append(measure_latency(policy, o, calls, warmup=1)["ms_per_chunk"])
+    return [statistics.median(s) for s in samples]
 
 
 def write_report(cfg: DictConfig, out_dir: Path, rows: list[dict]) -> None:
@@ -71,7 +89,8 @@ def write_report(cfg: DictConfig, out_dir: Path, rows: list[dict]) -> None:
     lines = [f"# cadence demo on {cfg.task.name}", "",
              f"{cfg.eval.episodes} evaluation episodes per policy (seeds {cfg.eval.seed}..."
              f"{cfg.eval.seed + cfg.eval.episodes - 1}); left/right = share of successful episodes per mode; "
-             "ms/chunk = median batch-1 `predict_chunk` time on this machine.", "", text, ""]
+             "ms/chunk = median batch-1 `predict_chunk` time on this machine, all policies timed in "
+             "interleaved rounds after training.", "", text, ""]
     for row in rows:
         plot = row["eval"].get("plot")
         if plot:

@@ -59,7 +59,7 @@ def test_demo_end_to_end(tmp_path):
                    cwd=tmp_path)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["policy"] for r in results["rows"]] == ["diffusion", "flow", "regression"]
-    assert all(r["eval"]["n_episodes"] == 2 for r in results["rows"])
+    assert all(r["eval"]["n_episodes"] == 2 and float(r["ms/chunk"]) > 0 for r in results["rows"])
     assert "| policy" in proc.stdout and (tmp_path / "out" / "report.md").is_file()
 
 
