@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from cadence.datasets.episode_store import EpisodeStore
+from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.envs.demonstrations import expert_episodes
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
     """Collect ``collect_cfg.episodes`` successful expert episodes; returns a summary."""
     path = Path(task_cfg.dataset)
+    if path.exists() and not collect_cfg.overwrite:
+        raise StoreError(f"{path} already exists; pass collect.overwrite=true to replace it "
+                         f"or task.dataset=OTHER_PATH to write elsewhere")
     store = EpisodeStore.create(path, fps=task_cfg.fps, overwrite=collect_cfg.overwrite)
     kept, outcomes, modes = 0, Counter(), Counter()
     bar = tqdm(total=collect_cfg.episodes, desc=f"collect {task_cfg.name}", disable=not progress, dynamic_ncols=True)

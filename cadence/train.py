@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from cadence.checkpoint import CheckpointError, load_weights, resolve_checkpoint_dir, save_checkpoint
+from cadence.checkpoint import (CheckpointError, load_config, load_weights, resolve_checkpoint_dir,
+                                save_checkpoint)
 from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset
@@ -79,6 +80,9 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         raise CheckpointError(f"{run_dir} already holds a checkpoint: pass resume=true to continue it, "
                               f"or choose another run_dir")
 
+    if cfg.resume and has_ckpt:
+        cfg = _with_checkpoint_model(cfg, resolve_checkpoint_dir(run_dir))
+        tcfg, pcfg = cfg.train, cfg.policy
     if not Path(cfg.task.dataset).exists():
         raise StoreError(f"{cfg.task.dataset}: no episode store here; create it with "
                          f"`cadence collect task={cfg.task.name}` or set task.dataset=PATH")
@@ -152,6 +156,18 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         evaluate(tcfg.steps)
     metrics.close()
     return ckpt_dir
+
+
+def _with_checkpoint_model(cfg: DictConfig, ckpt: Path) -> DictConfig:
+    """A resumed run keeps the task and policy it was started with, whatever the command line says."""
+    saved = load_config(ckpt)
+    for group in ("task", "policy"):
+        now, then = OmegaConf.to_container(cfg[group], resolve=True), OmegaConf.to_container(saved[group], resolve=True)
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        if changed:
+            log.warning("resume: keeping the checkpoint's %s settings; ignoring %s", group,
+                        ", ".join(f"{group}.{k}={now.get(k)!r} (checkpoint: {then.get(k)!r})" for k in changed))
+    return OmegaConf.merge(cfg, {"task": saved.task, "policy": saved.policy})
 
 
 def _resume(ckpt: Path, policy, ema: EMA, optimizer, device) -> int:

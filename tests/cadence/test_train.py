@@ -125,3 +125,19 @@ def test_tracking_falls_back_to_local_metrics_without_wandb(tiny_store, tmp_path
     cfg.eval.episodes = 0
     train(cfg, tmp_path, progress=False)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_keeps_the_checkpoints_policy(tiny_store, tmp_path, caplog):
+    cfg = tiny_train_config(tiny_store, tmp_path, process="flow", steps=3)
+    cfg.eval.episodes = 0
+    train(cfg, tmp_path, progress=False)
+    again = tiny_train_config(tiny_store, tmp_path, process="ddpm", steps=5)   # forgot policy=flow
+    again.eval.episodes, again.resume = 0, True
+    with caplog.at_level("WARNING"):
+        train(again, tmp_path, progress=False)
+    assert "policy.process='ddpm' (checkpoint: 'flow')" in caplog.text
+    from cadence.checkpoint import load_policy
+
+    policy, saved, meta = load_policy(tmp_path)
+    assert meta["step"] == 5 and saved.policy.process == "flow" and saved.train.steps == 5
+    assert type(policy.process).__name__ == "RectifiedFlowProcess"
