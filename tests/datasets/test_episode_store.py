@@ -462,3 +462,17 @@ def test_append_is_atomic_under_sigkill(tmp_path, n_base):
     assert saw_leftovers
     elapsed = time.monotonic() - t0
     print(f"{n_writes} writes per append, {n_writes + 1} child processes, {elapsed:.1f} s")
+
+
+def test_append_with_a_lossy_dtype_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = EpisodeStore.create(path, fps=10)
+    first = make_episode(np.random.default_rng(0), 5)
+    store.append_episode(first)
+    bad = make_episode(np.random.default_rng(1), 4)
+    bad["image"] = bad["image"].astype(np.float32) + 0.7     # float pixels into a uint8 array
+    with pytest.raises(StoreError, match="image.*uint8.*float32"):
+        store.append_episode(bad)
+    reopened = EpisodeStore.open(path)
+    assert reopened.n_episodes == 1
+    np.testing.assert_array_equal(reopened.episode(0)["image"], first["image"])
