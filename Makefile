@@ -6,7 +6,6 @@ PY     := $(VENV)/bin/python
 # CPU wheel by default; on a CUDA machine use e.g. `make TORCH=torch demo`.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
-export MUJOCO_GL ?= egl
 
 .PHONY: install demo test test-all clean
 

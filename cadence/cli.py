@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
+
+from cadence.envs.rendering import choose_gl_backend
 
 COMMANDS = {
     "collect": ("cadence.collect", "collect", "write scripted-expert demonstrations into an episode store"),
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"cadence: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    choose_gl_backend()
     logging.getLogger("OpenGL").setLevel(logging.WARNING)   # PyOpenGL's import chatter
     import hydra
 

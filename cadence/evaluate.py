@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 import cadence.envs  # noqa: F401  (registers the tasks)
+from cadence.envs.rendering import rendering_problem
 from cadence.envs.rollout import RolloutResult, rollout
 from cadence.envs.trajectory_plot import plot_trajectories
 from cadence.envs.video import save_video
@@ -72,6 +73,9 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
     policy.eval()
     seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
     video = eval_cfg.video_episodes if out_dir is not None else 0
+    if video and rendering_problem():
+        log.warning("no rollout video: %s", rendering_problem())
+        video = 0
     with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
         torch.manual_seed(eval_cfg.seed)
         result = rollout(policy, partial(make_env, task_cfg, video > 0), seeds, policy_cfg.obs_horizon,

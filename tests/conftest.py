@@ -1,9 +1,9 @@
-import os
+from cadence.envs.rendering import choose_gl_backend
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+choose_gl_backend()   # before anything imports mujoco
 
-import pytest
-from omegaconf import OmegaConf
+import pytest  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from cadence.config import TrainApp
 from cadence.datasets.episode_store import EpisodeStore

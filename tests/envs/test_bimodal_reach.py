@@ -2,18 +2,14 @@
 seeding, image observations, input checks and truncation. Real MuJoCo simulation throughout."""
 from __future__ import annotations
 
-import os
+import gymnasium as gym
+import numpy as np
+import pytest
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import cadence.envs  # noqa: E402,F401  (registers the task)
-from cadence.envs import DEFAULT_TASK_ID  # noqa: E402
-from cadence.envs.bimodal_reach import BimodalReachEnv  # noqa: E402
-from cadence.envs.bimodal_reach_expert import BimodalReachExpert  # noqa: E402
+import cadence.envs  # noqa: F401  (registers the task)
+from cadence.envs import DEFAULT_TASK_ID
+from cadence.envs.bimodal_reach import BimodalReachEnv
+from cadence.envs.bimodal_reach_expert import BimodalReachExpert
 
 
 @pytest.fixture

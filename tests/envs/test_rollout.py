@@ -1,23 +1,19 @@
 """rollout(): lockstep vector rollouts with receding-horizon chunk execution, on the real task."""
 from __future__ import annotations
 
-import os
+import json
+from functools import partial
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
 
-import json  # noqa: E402
-from functools import partial  # noqa: E402
-
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import cadence.envs  # noqa: E402,F401
-from cadence.action_chunk import ActionChunk  # noqa: E402
-from cadence.envs.bimodal_reach import OBSTACLE_RADIUS, AGENT_RADIUS  # noqa: E402
-from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y  # noqa: E402
-from cadence.envs.rollout import RolloutResult, rollout  # noqa: E402
+import cadence.envs  # noqa: F401
+from cadence.action_chunk import ActionChunk
+from cadence.envs.bimodal_reach import OBSTACLE_RADIUS, AGENT_RADIUS
+from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y
+from cadence.envs.rollout import RolloutResult, rollout
 
 TO, TA, TP = 2, 8, 16
 SPEED = 0.45  # m/s of the carrot

@@ -1,26 +1,22 @@
 """Rendered rollouts to a GIF and trajectories to a PNG, from a real MuJoCo rollout."""
 from __future__ import annotations
 
-import os
+from functools import partial
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import gymnasium as gym
+import imageio.v3 as iio
+import matplotlib.colors as mcolors
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
 
-from functools import partial  # noqa: E402
-
-import gymnasium as gym  # noqa: E402
-import imageio.v3 as iio  # noqa: E402
-import matplotlib.colors as mcolors  # noqa: E402
-import matplotlib.image as mpimg  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import cadence.envs  # noqa: E402,F401
-from cadence.action_chunk import ActionChunk  # noqa: E402
-from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y  # noqa: E402
-from cadence.envs.rollout import RolloutResult, rollout  # noqa: E402
-from cadence.envs.trajectory_plot import plot_trajectories  # noqa: E402
-from cadence.envs.video import save_video  # noqa: E402
+import cadence.envs  # noqa: F401
+from cadence.action_chunk import ActionChunk
+from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y
+from cadence.envs.rollout import RolloutResult, rollout
+from cadence.envs.trajectory_plot import plot_trajectories
+from cadence.envs.video import save_video
 
 SIZE = 64
 TO, TA, TP = 1, 8, 8
