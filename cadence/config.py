@@ -52,7 +52,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     ema_decay: float = 0.999         # upper bound; warms up as 1 - (1 + step / 10) ** -0.75
     log_every: int = 50
-    eval_every: int = 0              # 0: evaluate only at the end
+    eval_every: int = 500            # evaluation rollouts every N steps (0: only at the end)
     checkpoint_every: int = 500
     seed: int = 0
     threads: int = 0                 # torch CPU threads; 0 leaves torch's default

@@ -65,15 +65,16 @@ def _train_until(cfg, run, stop_at):
 
 
 def test_training_reduces_the_loss_and_writes_metrics(tiny_store, tmp_path):
-    cfg = tiny_train_config(tiny_store, tmp_path, process="regression", steps=40, lr=3e-3, log_every=10)
+    cfg = tiny_train_config(tiny_store, tmp_path, process="regression", steps=40, lr=3e-3, log_every=10,
+                            eval_every=20)
     train(cfg, tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 4 and losses[-1] < 0.5 * losses[0]
     assert all({"lr", "grad_norm", "samples_per_s"} <= r.keys() for r in records if "loss" in r)
-    final = [r for r in records if "eval/success_rate" in r]
-    assert len(final) == 1 and final[0]["step"] == 40 and final[0]["eval/n_episodes"] == 2
-    assert (tmp_path / "eval-step40" / "eval.json").is_file()
+    evals = [r for r in records if "eval/success_rate" in r]
+    assert [r["step"] for r in evals] == [20, 40] and evals[-1]["eval/n_episodes"] == 2
+    assert (tmp_path / "eval-step20" / "eval.json").is_file() and (tmp_path / "eval-step40" / "eval.json").is_file()
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
