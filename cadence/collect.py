@@ -1,7 +1,6 @@
 """``cadence collect``: write scripted-expert episodes into the task's episode store."""
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from tqdm import tqdm
 from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.envs.demonstrations import expert_episodes
 
-log = logging.getLogger(__name__)
 
 
 def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:

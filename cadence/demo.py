@@ -7,7 +7,6 @@ fixed seeds, prints a table and writes ``results.json`` and ``report.md`` with t
 from __future__ import annotations
 
 import json
-import logging
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ from cadence.config import TrainApp
 from cadence.evaluate import first_observation, measure_latency
 from cadence.train import train
 
-log = logging.getLogger(__name__)
 
 COLUMNS = ("policy", "process", "train steps", "train s", "success", "left", "right", "steps/chunk", "ms/chunk")
 

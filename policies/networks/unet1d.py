@@ -55,7 +55,7 @@ class ConditionalUnet1D(nn.Module):
                                              nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
-        for i, (c_out, c_in) in enumerate(zip(reversed(down_dims[:-1]), reversed(down_dims[1:]))):
+        for c_out, c_in in zip(reversed(down_dims[:-1]), reversed(down_dims[1:])):
             self.up.append(nn.ModuleList([block(2 * c_in, c_out), block(c_out, c_out),
                                           nn.ConvTranspose1d(c_out, c_out, 4, 2, 1)]))
         self.head = nn.Sequential(ConvNormAct(down_dims[0], down_dims[0], kernel_size, n_groups),

@@ -8,7 +8,6 @@ in the middle of an append.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
