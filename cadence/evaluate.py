@@ -21,7 +21,7 @@ import cadence.envs  # noqa: F401  (registers the tasks)
 from cadence.envs.rendering import rendering_problem
 from cadence.envs.rollout import RolloutResult, rollout
 from cadence.envs.trajectory_plot import plot_trajectories
-from cadence.envs.video import save_video
+from cadence.envs.video import check_video_format, save_video
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
     policy.eval()
     seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
     video = eval_cfg.video_episodes if out_dir is not None else 0
+    if video:
+        check_video_format(eval_cfg.video_format)
     if video and rendering_problem():
         log.warning("no rollout video: %s", rendering_problem())
         video = 0

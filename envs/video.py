@@ -25,6 +25,19 @@ def _check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def check_video_format(suffix: str) -> None:
+    """Fail before a rollout, not after it, if frames could not be written as ``suffix``."""
+    suffix = suffix.lower() if suffix.startswith(".") else "." + suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"unsupported video format {suffix!r}: use .gif or .mp4")
+    if suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401  (the backend of imageio's ffmpeg plugin)
+        except ImportError as exc:
+            raise RuntimeError("writing .mp4 needs imageio's ffmpeg plugin, which is not installed: "
+                               "use .gif instead, or `pip install imageio-ffmpeg`") from exc
+
+
 def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: float = 10) -> Path:
     """Write ``frames`` ((H, W, 3) uint8 each) to ``path`` at ``fps``; returns the path.
 
@@ -36,8 +49,7 @@ def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: float = 10) 
         raise ValueError(f"fps must be positive, got {fps}")
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"unsupported video format {path.suffix!r}: use .gif or .mp4")
+    check_video_format(suffix)
     frames = _check_frames(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -51,12 +63,6 @@ def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: float = 10) 
 
     import imageio.v2 as imageio
 
-    try:
-        import imageio_ffmpeg  # noqa: F401  (the backend of imageio's ffmpeg plugin)
-    except ImportError as exc:
-        raise RuntimeError(
-            f"writing {path.name} needs imageio's ffmpeg plugin, which is not installed: "
-            "save a .gif instead, or `pip install imageio-ffmpeg`") from exc
     with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps) as writer:
         for frame in frames:
             writer.append_data(frame)

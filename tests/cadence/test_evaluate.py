@@ -40,3 +40,17 @@ def test_sample_steps_override_is_checked(tiny_policy):
     assert policy.process.timesteps() == [50, 0]
     with pytest.raises(ValueError, match="sample_steps"):
         set_sample_steps(policy, 101)
+
+
+def test_unwritable_video_format_fails_before_the_rollout(tiny_policy, tmp_path):
+    pytest.importorskip("imageio", reason="imageio is a dependency")
+    try:
+        import imageio_ffmpeg  # noqa: F401
+        pytest.skip("imageio-ffmpeg installed: .mp4 is writable here")
+    except ImportError:
+        pass
+    policy, cfg, _ = tiny_policy
+    cfg.eval.video_format, cfg.eval.video_episodes = "mp4", 1
+    with pytest.raises(RuntimeError, match="imageio-ffmpeg"):
+        evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, tmp_path / "out", "cpu", progress=False)
+    assert not (tmp_path / "out").exists()
