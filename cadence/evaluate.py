@@ -75,8 +75,9 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
     video = eval_cfg.video_episodes if out_dir is not None else 0
     if video:
         check_video_format(eval_cfg.video_format)
-    if video and rendering_problem():
-        log.warning("no rollout video: %s", rendering_problem())
+    problem = rendering_problem() if video else None
+    if problem:
+        log.warning("no rollout video: %s", problem)
         video = 0
     with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
         torch.manual_seed(eval_cfg.seed)

@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from cadence.checkpoint import (CheckpointError, load_config, load_weights, resolve_checkpoint_dir,
-                                save_checkpoint)
+from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset
@@ -75,13 +74,14 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         torch.set_num_threads(tcfg.threads)
     device = resolve_device(tcfg.device)
     ckpt_dir = run_dir / "checkpoint"
-    has_ckpt = any((run_dir / n / "model.safetensors").exists() for n in ("checkpoint", "checkpoint.old"))
-    if has_ckpt and not cfg.resume:
+    existing = next((run_dir / n for n in ("checkpoint", "checkpoint.old")
+                     if (run_dir / n / "model.safetensors").exists()), None)
+    if existing and not cfg.resume:
         raise CheckpointError(f"{run_dir} already holds a checkpoint: pass resume=true to continue it, "
                               f"or choose another run_dir")
 
-    if cfg.resume and has_ckpt:
-        cfg = _with_checkpoint_model(cfg, resolve_checkpoint_dir(run_dir))
+    if cfg.resume and existing:
+        cfg = _with_checkpoint_model(cfg, existing)
         tcfg, pcfg = cfg.train, cfg.policy
     if not Path(cfg.task.dataset).exists():
         raise StoreError(f"{cfg.task.dataset}: no episode store here; create it with "
@@ -94,8 +94,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(policy, max_decay=tcfg.ema_decay)
     start = 0
-    if cfg.resume and has_ckpt:
-        start = _resume(resolve_checkpoint_dir(run_dir), policy, ema, optimizer, device)
+    if cfg.resume and existing:
+        start = _resume(existing, policy, ema, optimizer, device)
         log.info("resumed %s at step %d", run_dir, start)
     elif cfg.resume:
         log.info("resume=true but %s holds no checkpoint yet: starting from step 0", run_dir)
@@ -151,9 +151,10 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
             evaluate(done)
     bar.close()
-    checkpoint(tcfg.steps)
-    if cfg.eval.episodes > 0 and start < tcfg.steps:
-        evaluate(tcfg.steps)
+    if start < tcfg.steps:          # a resumed run that was already complete has nothing new to save
+        checkpoint(tcfg.steps)
+        if cfg.eval.episodes > 0:
+            evaluate(tcfg.steps)
     metrics.close()
     return ckpt_dir
 
