@@ -16,6 +16,7 @@ from cadence.action_chunk import ActionChunk
 from cadence.datasets.normalizer import Normalizer
 
 from .obs_encoder import ObsEncoder
+from .processes import KnownActions
 
 
 class Policy(nn.Module):
@@ -36,12 +37,27 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
-                      noise: torch.Tensor | None = None) -> ActionChunk:
-        """``obs``: each observation key (B, To, ...). ``noise`` (B, Tp, Da) fixes the start sample."""
+                      noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> ActionChunk:
+        """``obs``: each observation key (B, To, ...). ``noise`` (B, Tp, Da) fixes the start sample.
+        ``prefix`` (B, P, Da), task units: actions already committed from chunk index ``start`` on;
+        the chunk reproduces them and continues from them (inpainting)."""
         cond = self.encoder(obs, self.normalizer)
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
-        x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise)
+        known = None if prefix is None else self._known(prefix, shape, cond.device)
+        x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise, known=known)
         return ActionChunk(self.normalizer.unnormalize(self.action_key, x), start=self.obs_horizon - 1)
+
+    def _known(self, prefix: torch.Tensor, shape: tuple[int, int, int], device) -> KnownActions:
+        start = self.obs_horizon - 1
+        if prefix.ndim != 3 or prefix.shape[0] != shape[0] or prefix.shape[2] != shape[2] \
+                or not 0 < prefix.shape[1] <= shape[1] - start:
+            raise ValueError(f"prefix must be (B={shape[0]}, 1..{shape[1] - start}, Da={shape[2]}), "
+                             f"got {tuple(prefix.shape)}")
+        values = torch.zeros(shape, device=device)
+        values[:, start: start + prefix.shape[1]] = self.normalizer.normalize(self.action_key, prefix.to(device).float())
+        mask = torch.zeros(shape[1], dtype=torch.bool, device=device)
+        mask[start: start + prefix.shape[1]] = True
+        return KnownActions(values, mask)
 
     def reset(self) -> None:
         """Clear per-episode state (none here; streaming processes keep their buffer)."""

@@ -5,7 +5,8 @@ Training draws ``t ~ U{0..T-1}`` and ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` 
 ``K`` evenly spaced timesteps ``t_k = k * T // K`` from the noisiest down, predicting
 ``x0``, clipping it to [-1, 1] (actions are normalised to that range), re-deriving
 ``eps`` from the clipped ``x0`` and stepping to the next timestep; the last step lands on
-``a = 1``, the clean sample. With ``K = T`` this is the full 100-step chain.
+``a = 1``, the clean sample. With ``K = T`` this is the full 100-step chain. ``known``
+entries (see :mod:`.known_actions`) are re-imposed at every level.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .known_actions import KnownActions
 
 
 def cosine_alphas_cumprod(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -46,10 +49,13 @@ class DDPMProcess:
 
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, known: KnownActions | None = None) -> torch.Tensor:
         x = torch.randn(shape, generator=generator, device=cond.device) if noise is None else noise.clone()
         alphas = self.alphas_cumprod.tolist()
         steps = self.timesteps()
+        start_noise = x.clone()
+        if known is not None:
+            x = known.impose(x, start_noise, math.sqrt(alphas[steps[0]]), math.sqrt(1 - alphas[steps[0]]))
         for i, t in enumerate(steps):
             a = alphas[t]
             a_prev = alphas[steps[i + 1]] if i + 1 < len(steps) else 1.0
@@ -59,4 +65,6 @@ class DDPMProcess:
                 x0 = x0.clamp(-1.0, 1.0)
                 eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
             x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+            if known is not None:
+                x = known.impose(x, start_noise, math.sqrt(a_prev), math.sqrt(1 - a_prev))
         return x

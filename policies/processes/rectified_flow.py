@@ -3,7 +3,8 @@
 ``x_t = (1 - t) * noise + t * x0`` and the network regresses the constant velocity
 ``x0 - noise``. Sampling integrates the learned velocity with ``K`` Euler steps from
 ``t = 0`` to ``t = 1``. The network sees ``level = t * level_scale`` (default 100, the same
-range as DDPM timesteps, so both share the level embedding's frequencies).
+range as DDPM timesteps, so both share the level embedding's frequencies). ``known`` entries
+(see :mod:`.known_actions`) sit on their straight path at every step.
 """
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .known_actions import KnownActions
 
-def euler_integrate(velocity: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 0 to 1 with ``steps`` equal Euler steps."""
+
+def euler_integrate(velocity: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, steps: int,
+                    after_step: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) from t = 0 to 1 with ``steps`` equal Euler steps;
+    ``after_step(x, t)`` may adjust the state reached at each new time ``t``."""
     dt = 1.0 / steps
     for k in range(steps):
         x = x + dt * velocity(x, k * dt)
+        if after_step is not None:
+            x = after_step(x, (k + 1) * dt)
     return x
 
 
@@ -37,7 +44,9 @@ class RectifiedFlowProcess:
 
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, known: KnownActions | None = None) -> torch.Tensor:
         x = torch.randn(shape, generator=generator, device=cond.device) if noise is None else noise.clone()
         level = lambda t: torch.full((shape[0],), t * self.level_scale, device=x.device)  # noqa: E731
-        return euler_integrate(lambda x, t: net(x, level(t), cond), x, self.sample_steps)
+        start = x.clone()
+        after = None if known is None else (lambda x, t: known.impose(x, start, t, 1 - t))
+        return euler_integrate(lambda x, t: net(x, level(t), cond), x, self.sample_steps, after)

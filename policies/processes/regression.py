@@ -2,12 +2,14 @@
 
 The control policy: same network as the generative ones, fed a zero chunk at level 0. With
 two equally likely ways to act it learns their average, which is what makes multimodality
-worth paying for.
+worth paying for. ``known`` entries simply overwrite the prediction.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .known_actions import KnownActions
 
 
 class RegressionProcess:
@@ -18,8 +20,9 @@ class RegressionProcess:
 
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self._predict(net, cond, shape)
+               noise: torch.Tensor | None = None, known: KnownActions | None = None) -> torch.Tensor:
+        x = self._predict(net, cond, shape)
+        return x if known is None else known.impose(x, x, 1.0, 0.0)
 
     @staticmethod
     def _predict(net, cond: torch.Tensor, shape) -> torch.Tensor:
