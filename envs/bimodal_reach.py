@@ -109,6 +109,10 @@ class BimodalReachEnv(gym.Env):
     def position(self) -> np.ndarray:
         return self.data.qpos.copy()
 
+    def hold_action(self) -> np.ndarray:
+        """The action that keeps the agent where it is: its current position as the servo target."""
+        return self.data.qpos.astype(np.float32)
+
     def _observation(self) -> dict:
         state = np.concatenate([self.data.qpos, self.data.qvel, self.goal]).astype(np.float32)
         obs = {"state": state}

@@ -156,3 +156,19 @@ def test_truncates_at_max_steps_when_holding_still():
         assert not info["is_success"] and not info["collided"] and info["mode"] == "none"
     finally:
         env.close()
+
+
+def test_hold_action_is_the_current_position_and_stops_the_agent(env):
+    env.reset(seed=0, options={"start": (0.5, -0.8), "goal": (0.0, 1.0)})
+    for _ in range(3):  # get moving
+        env.step(np.array([1.2, -0.8], np.float32))
+    hold = env.hold_action()
+    assert hold.dtype == np.float32 and hold.shape == env.action_space.shape
+    np.testing.assert_allclose(hold, env.position, atol=1e-6)
+    assert env.data.qvel[0] > 0.1  # still moving when the hold starts
+    for _ in range(15):
+        obs, *_ = env.step(hold)
+    np.testing.assert_allclose(obs["state"][:2], hold, atol=2e-3)   # servoed back to the held pose
+    np.testing.assert_allclose(obs["state"][2:4], 0.0, atol=1e-2)
+    hold[0] = 99.0  # a copy, not a view of the simulation state
+    assert env.position[0] < 1.5
