@@ -1,0 +1,308 @@
+"""Run an ONNX export (``encoder.onnx`` + ``denoiser.onnx`` + ``policy.json``) as a :class:`Policy`.
+
+The graphs replace the observation encoder and the denoiser; the process is rebuilt from
+``policy.json`` and the sampling loop is the same Python code the PyTorch policy runs, so
+``predict_chunk(obs, generator, noise, prefix)`` means the same thing for both. Host-side
+tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
+
+``policy.json`` (format 1)::
+
+    format_version   1
+    process          {"type": "ddpm", "schedule": "cosine", "train_steps", "sample_steps", "clip_sample"}
+                     | {"type": "flow", "sample_steps", "level_scale"} | {"type": "regression"}
+    obs              {key: {"shape": per-step shape, "dtype": "float32" | "uint8"}}   (task units)
+    obs_horizon, pred_horizon, action_dim, action_key, cond_dim
+    action_normalizer {"mode", "scale": [Da], "offset": [Da]}   normalised = action * scale + offset
+    graphs           {"encoder": {"file", "inputs": sorted obs keys, "outputs": ["cond"]},
+                      "denoiser": {"file", "inputs": ["x", "level", "cond"], "outputs": ["out"]}}
+    source           {"checkpoint": path or "", "step": int or null}
+    versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
+    export_check     (optional) {"batch", "encoder_max_abs_err", "denoiser_max_abs_err"}
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cadence.datasets.normalizer import MODES as NORMALIZER_MODES
+from cadence.datasets.normalizer import Normalizer
+from cadence.policies.policy import Policy
+from cadence.policies.processes import (
+    DDPMProcess,
+    RectifiedFlowProcess,
+    RegressionProcess,
+)
+from torch import nn
+
+from .onnx_providers import create_session
+
+FORMAT_VERSION = 1
+SPEC_FILE = "policy.json"
+ENCODER_FILE, DENOISER_FILE = "encoder.onnx", "denoiser.onnx"
+ENCODER_OUTPUTS = ["cond"]
+DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
+OBS_DTYPES = ("float32", "uint8")
+
+_TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
+             "cond_dim", "action_normalizer", "graphs", "source", "versions"}
+_OPTIONAL_TOP_KEYS = {"export_check"}
+_PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "clip_sample"},
+                 "flow": {"type", "sample_steps", "level_scale"},
+                 "regression": {"type"}}
+
+
+class ExportFormatError(ValueError):
+    """A policy.json (or the graphs beside it) that this version cannot run."""
+
+
+# --- process <-> policy.json ----------------------------------------------------------------
+
+def process_spec(process) -> dict[str, Any]:
+    """The parameters that rebuild ``process``."""
+    if isinstance(process, DDPMProcess):
+        return {"type": "ddpm", "schedule": "cosine", "train_steps": int(process.train_steps),
+                "sample_steps": int(process.sample_steps), "clip_sample": bool(process.clip_sample)}
+    if isinstance(process, RectifiedFlowProcess):
+        return {"type": "flow", "sample_steps": int(process.sample_steps), "level_scale": float(process.level_scale)}
+    if isinstance(process, RegressionProcess):
+        return {"type": "regression"}
+    raise TypeError(f"cannot export a policy whose process is {type(process).__name__} "
+                    f"(exportable: {sorted(_PROCESS_KEYS)})")
+
+
+def build_process(spec: Mapping[str, Any]):
+    kind = spec["type"]
+    if kind == "ddpm":
+        return DDPMProcess(spec["train_steps"], spec["sample_steps"], spec["clip_sample"])
+    if kind == "flow":
+        return RectifiedFlowProcess(spec["sample_steps"], spec["level_scale"])
+    return RegressionProcess()
+
+
+# --- policy.json validation -------------------------------------------------------------------
+
+def _keys(where: str, obj: Any, name: str, required: set[str], optional: set[str] = frozenset()) -> None:
+    label = f"'{name}'" if name else "the top level"
+    if not isinstance(obj, dict):
+        raise ExportFormatError(f"{where}: {label} must be an object, got {type(obj).__name__}")
+    prefix = f"{name}." if name else ""
+    missing, unknown = sorted(required - set(obj)), sorted(set(obj) - required - set(optional))
+    if missing:
+        raise ExportFormatError(f"{where}: missing key '{prefix}{missing[0]}'"
+                                + (f" (and {[prefix + m for m in missing[1:]]})" if len(missing) > 1 else ""))
+    if unknown:
+        raise ExportFormatError(f"{where}: unknown key '{prefix}{unknown[0]}' (expected {sorted(required | optional)})")
+
+
+def _typed(where: str, value: Any, name: str, kind: type | tuple[type, ...], minimum: float | None = None) -> Any:
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float, (int, float)))
+    if not ok:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        raise ExportFormatError(f"{where}: '{name}' must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ExportFormatError(f"{where}: '{name}' must be >= {minimum}, got {value!r}")
+    return value
+
+
+def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, Any]:
+    """Check a parsed policy.json; errors name the file and the key."""
+    where = str(where)
+    _keys(where, spec, "", _TOP_KEYS, _OPTIONAL_TOP_KEYS)
+    version = spec["format_version"]
+    if version != FORMAT_VERSION:
+        raise ExportFormatError(f"{where}: 'format_version' is {version!r}; this cadence reads {FORMAT_VERSION} "
+                                "(re-export the checkpoint with this version)")
+    for key in ("obs_horizon", "pred_horizon", "action_dim", "cond_dim"):
+        _typed(where, spec[key], key, int, minimum=1)
+    _typed(where, spec["action_key"], "action_key", str)
+
+    process = spec["process"]
+    if not isinstance(process, dict) or "type" not in process:
+        raise ExportFormatError(f"{where}: missing key 'process.type'")
+    if process["type"] not in _PROCESS_KEYS:
+        raise ExportFormatError(f"{where}: 'process.type' must be one of {sorted(_PROCESS_KEYS)}, got {process['type']!r}")
+    _keys(where, process, "process", _PROCESS_KEYS[process["type"]])
+    if process["type"] == "ddpm":
+        if process["schedule"] != "cosine":
+            raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
+        _typed(where, process["train_steps"], "process.train_steps", int, minimum=1)
+        _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
+        _typed(where, process["clip_sample"], "process.clip_sample", bool)
+    elif process["type"] == "flow":
+        _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
+        _typed(where, process["level_scale"], "process.level_scale", (int, float))
+    try:
+        build_process(process)
+    except ValueError as exc:
+        raise ExportFormatError(f"{where}: 'process': {exc}") from None
+
+    obs = spec["obs"]
+    if not isinstance(obs, dict) or not obs:
+        raise ExportFormatError(f"{where}: 'obs' must be a non-empty object of observation keys")
+    for key, entry in obs.items():
+        _keys(where, entry, f"obs.{key}", {"shape", "dtype"})
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 1 for d in shape):
+            raise ExportFormatError(f"{where}: 'obs.{key}.shape' must be a list of positive ints, got {shape!r}")
+        if entry["dtype"] not in OBS_DTYPES:
+            raise ExportFormatError(f"{where}: 'obs.{key}.dtype' must be one of {OBS_DTYPES}, got {entry['dtype']!r}")
+
+    norm = spec["action_normalizer"]
+    _keys(where, norm, "action_normalizer", {"mode", "scale", "offset"})
+    if norm["mode"] not in NORMALIZER_MODES:
+        raise ExportFormatError(f"{where}: 'action_normalizer.mode' must be one of {NORMALIZER_MODES}, "
+                                f"got {norm['mode']!r}")
+    for name in ("scale", "offset"):
+        values = norm[name]
+        if (not isinstance(values, list) or len(values) != spec["action_dim"]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)):
+            raise ExportFormatError(f"{where}: 'action_normalizer.{name}' must be {spec['action_dim']} finite numbers "
+                                    f"(action_dim), got {values!r}")
+    if any(v == 0 for v in norm["scale"]):
+        raise ExportFormatError(f"{where}: 'action_normalizer.scale' has a zero entry")
+
+    graphs = spec["graphs"]
+    _keys(where, graphs, "graphs", {"encoder", "denoiser"})
+    expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS), "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS)}
+    for name, (inputs, outputs) in expected.items():
+        _keys(where, graphs[name], f"graphs.{name}", {"file", "inputs", "outputs"})
+        _typed(where, graphs[name]["file"], f"graphs.{name}.file", str)
+        if graphs[name]["inputs"] != inputs:
+            raise ExportFormatError(f"{where}: 'graphs.{name}.inputs' must be {inputs}, got {graphs[name]['inputs']!r}")
+        if graphs[name]["outputs"] != outputs:
+            raise ExportFormatError(f"{where}: 'graphs.{name}.outputs' must be {outputs}, "
+                                    f"got {graphs[name]['outputs']!r}")
+    _keys(where, spec["source"], "source", {"checkpoint", "step"})
+    if not isinstance(spec["versions"], dict):
+        raise ExportFormatError(f"{where}: 'versions' must be an object")
+    return spec
+
+
+def read_spec(export_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(export_dir) / SPEC_FILE
+    if not path.is_file():
+        raise ExportFormatError(f"{path}: not found ({export_dir} is not an ONNX export; run `cadence export`)")
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ExportFormatError(f"{path}: not valid JSON ({exc})") from None
+    return validate_spec(spec, path)
+
+
+# --- ONNX Runtime sessions as modules ---------------------------------------------------------
+
+def _session_io(session) -> tuple[list[str], list[str]]:
+    return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+
+
+def _check_io(session, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    got_in, got_out = _session_io(session)
+    if sorted(got_in) != sorted(inputs) or got_out != outputs:
+        raise ExportFormatError(f"{path}: graph takes {got_in} -> {got_out}, but {SPEC_FILE} says "
+                                f"{inputs} -> {outputs}")
+
+
+def _numpy(t: torch.Tensor | np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().numpy()
+    return np.ascontiguousarray(t, dtype=dtype)
+
+
+class OnnxEncoder(nn.Module):
+    """``forward(obs, normalizer=None) -> cond``; normalisation is inside the graph."""
+
+    def __init__(self, session, obs_spec: Mapping[str, Mapping[str, Any]], obs_horizon: int):
+        super().__init__()
+        self.session = session
+        self.keys = sorted(obs_spec)
+        self.shapes = {k: tuple(obs_spec[k]["shape"]) for k in self.keys}
+        self.dtypes = {k: np.dtype(obs_spec[k]["dtype"]) for k in self.keys}
+        self.obs_horizon = obs_horizon
+
+    def forward(self, obs: Mapping[str, torch.Tensor], normalizer: Normalizer | None = None) -> torch.Tensor:
+        missing = [k for k in self.keys if k not in obs]
+        if missing:
+            raise KeyError(f"observation lacks {missing} (the exported encoder takes {self.keys})")
+        feeds, batch, device = {}, None, torch.device("cpu")
+        for key in self.keys:
+            value = obs[key]
+            if isinstance(value, torch.Tensor):
+                device = value.device
+            shape = tuple(value.shape)
+            want = (self.obs_horizon, *self.shapes[key])
+            if len(shape) != len(want) + 1 or shape[1:] != want or (batch is not None and shape[0] != batch):
+                raise ValueError(f"observation {key!r} has shape {shape}; the exported encoder takes (B, *{want}) "
+                                 "with the same B for every key")
+            batch = shape[0]
+            if self.dtypes[key] == np.uint8 and _dtype_name(value) != "uint8":
+                raise TypeError(f"observation {key!r} must be uint8 images (the exported graph takes uint8), "
+                                f"got {_dtype_name(value)}")
+            feeds[key] = _numpy(value, self.dtypes[key])
+        (cond,) = self.session.run(ENCODER_OUTPUTS, feeds)
+        return torch.from_numpy(cond).to(device)
+
+
+def _dtype_name(value) -> str:
+    return str(value.dtype).removeprefix("torch.")
+
+
+class OnnxDenoiser(nn.Module):
+    """``forward(x (B, Tp, Da), level (B,), cond (B, Dc)) -> (B, Tp, Da)``: one ONNX Runtime call."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        level = level.expand(x.shape[0]) if level.ndim == 0 else level
+        feeds = {"x": _numpy(x, np.float32), "level": _numpy(level, np.float32), "cond": _numpy(cond, np.float32)}
+        (out,) = self.session.run(DENOISER_OUTPUTS, feeds)
+        return torch.from_numpy(out).to(x.device)
+
+
+class ExportedPolicy(Policy):
+    """A :class:`Policy` whose encoder and denoiser are ONNX Runtime sessions. Inference only."""
+
+    def __init__(self, spec: Mapping[str, Any], export_dir: Path, encoder: OnnxEncoder, denoiser: OnnxDenoiser,
+                 provider: str):
+        norm_spec = spec["action_normalizer"]
+        normalizer = Normalizer()
+        normalizer.add(spec["action_key"], norm_spec["mode"], torch.tensor(norm_spec["scale"], dtype=torch.float32),
+                       torch.tensor(norm_spec["offset"], dtype=torch.float32))
+        super().__init__(normalizer, encoder, denoiser, build_process(spec["process"]), spec["obs_horizon"],
+                         spec["pred_horizon"], spec["action_dim"], action_key=spec["action_key"])
+        self.spec = copy.deepcopy(dict(spec))
+        self.export_dir = export_dir
+        self.provider = provider        # the ONNX Runtime provider the sessions actually run on
+        self.eval()
+
+    @property
+    def obs_spec(self) -> dict[str, dict[str, Any]]:
+        return self.spec["obs"]
+
+    def compute_loss(self, batch, generator=None):
+        raise NotImplementedError("an ONNX-exported policy is inference-only; train the PyTorch checkpoint")
+
+
+def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None) -> ExportedPolicy:
+    """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op threads."""
+    export_dir = Path(out_dir)
+    spec = read_spec(export_dir)
+    sessions = {}
+    for name in ("encoder", "denoiser"):
+        graph = spec["graphs"][name]
+        path = export_dir / graph["file"]
+        if not path.is_file():
+            raise ExportFormatError(f"{export_dir / SPEC_FILE}: 'graphs.{name}.file' names {graph['file']!r}, "
+                                    f"which is not in {export_dir}")
+        sessions[name] = create_session(path, provider, threads)
+        _check_io(sessions[name], path, graph["inputs"], graph["outputs"])
+    used = sessions["denoiser"].get_providers()[0]
+    return ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
+                          OnnxDenoiser(sessions["denoiser"]), provider=used)

@@ -1,0 +1,224 @@
+"""Export a policy to ONNX: the observation encoder and ONE denoiser call; sampling stays on the host.
+
+``encoder.onnx``   inputs: the observation keys in sorted order, each (B, To, ...) in task units
+                   (uint8 images stay uint8); normalisation is inside. Output ``cond`` (B, Dc).
+``denoiser.onnx``  inputs ``x`` (B, Tp, Da) float32, ``level`` (B,) float32, ``cond`` (B, Dc);
+                   output ``out`` (B, Tp, Da).
+``policy.json``    everything else the host needs (see :mod:`cadence.deploy.exported_policy`).
+
+The batch dimension is dynamic everywhere. Each graph is checked with ``onnx.checker`` and
+run once in ONNX Runtime (CPU) against PyTorch at a batch size other than the traced one;
+the largest difference is printed and stored under ``export_check`` in policy.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from cadence.policies.policy import Policy
+from torch import nn
+
+from cadence.checkpoint import load_policy, resolve_checkpoint_dir
+
+from .exported_policy import (
+    DENOISER_FILE,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    ENCODER_FILE,
+    ENCODER_OUTPUTS,
+    FORMAT_VERSION,
+    SPEC_FILE,
+    process_spec,
+    validate_spec,
+)
+from .onnx_providers import create_session
+
+TRACE_BATCH, CHECK_BATCH = 2, 3     # trace at one batch size, check at another: proves the batch is dynamic
+MIN_TORCH = "2.6"                   # torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...)
+WARN_ABS_ERR = 1e-3                 # warn when ONNX Runtime and PyTorch disagree by more than this
+
+
+class ExportError(RuntimeError):
+    """The policy could not be exported, or the exported graph does not reproduce it."""
+
+
+class _EncoderGraph(nn.Module):
+    """The observation encoder with the normalizer folded in, taking the keys positionally (sorted)."""
+
+    def __init__(self, policy: Policy, keys: Sequence[str]):
+        super().__init__()
+        self.encoder, self.normalizer, self.keys = policy.encoder, policy.normalizer, list(keys)
+
+    def forward(self, *obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(dict(zip(self.keys, obs)), self.normalizer)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence torch.onnx's progress prints, warnings and registry log lines during one export."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                  output_names: list[str], opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    dynamic: tuple = tuple({0: batch} for _ in args)
+    if isinstance(module, _EncoderGraph):
+        dynamic = (dynamic,)        # forward(*obs): one varargs parameter
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with _quiet():
+            torch.onnx.export(module, args, str(tmp), dynamo=True, input_names=input_names, output_names=output_names,
+                              dynamic_shapes=dynamic, opset_version=opset, external_data=False, verbose=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{path.name}: export failed: {type(exc).__name__}: {exc}") from exc
+    tmp.replace(path)
+
+
+def _example_obs(obs_shapes: Mapping[str, Sequence[int]], batch: int, obs_horizon: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    obs = {}
+    for key in sorted(obs_shapes):
+        shape = (batch, obs_horizon, *obs_shapes[key])
+        if _obs_dtype(obs_shapes[key]) == "uint8":
+            obs[key] = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+        else:
+            obs[key] = torch.randn(shape, generator=generator)
+    return obs
+
+
+def _obs_dtype(shape: Sequence[int]) -> str:
+    return "uint8" if len(shape) == 3 else "float32"     # images (H, W, 3) are uint8; vectors float32
+
+
+def _max_err(session, feeds: Mapping[str, torch.Tensor], reference: torch.Tensor, output: str) -> float:
+    (got,) = session.run([output], {k: v.numpy() for k, v in feeds.items()})
+    return float(np.max(np.abs(got - reference.numpy()))) if got.size else 0.0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _infer_obs_shapes(policy: Policy) -> dict[str, tuple[int, ...]]:
+    encoder = policy.encoder
+    if getattr(encoder, "image_keys", None):
+        raise ExportError(f"observation shapes are needed for image keys {encoder.image_keys}: pass obs_shapes "
+                          "(a checkpoint's meta.json has them)")
+    return {k: tuple(policy.normalizer.tensors()[f"{k}__scale"].shape) for k in encoder.lowdim_keys}
+
+
+def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str = "", *,
+                       obs_shapes: Mapping[str, Sequence[int]] | None = None, step: int | None = None,
+                       opset: int = 18, echo: Callable[[str], None] | None = print) -> Path:
+    """Write encoder.onnx, denoiser.onnx and policy.json for ``policy`` into ``out_dir``; returns ``out_dir``.
+
+    ``obs_shapes``: per-step shape of each observation key; defaults to ``policy.obs_shapes``
+    if the policy has one, else vector shapes are read from the normalizer (image keys then
+    need ``obs_shapes``: a checkpoint's meta.json has them). ``echo`` gets one line per graph.
+    """
+    if torch.__version__ < MIN_TORCH:
+        raise ExportError(f"ONNX export needs torch >= {MIN_TORCH} (the dynamo exporter), found {torch.__version__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SPEC_FILE).unlink(missing_ok=True)     # an interrupted re-export must not look complete
+    spec_process = process_spec(policy.process)
+    obs_shapes = obs_shapes or getattr(policy, "obs_shapes", None) or _infer_obs_shapes(policy)
+    obs_shapes = {k: tuple(int(d) for d in s) for k, s in obs_shapes.items()}
+    expected = set(getattr(policy.encoder, "lowdim_keys", [])) | set(getattr(policy.encoder, "image_keys", []))
+    if expected and set(obs_shapes) != expected:
+        raise ExportError(f"obs_shapes has keys {sorted(obs_shapes)}, the policy's encoder takes {sorted(expected)}")
+    keys = sorted(obs_shapes)
+    policy = copy.deepcopy(policy).cpu().float().eval()
+    gen = torch.Generator().manual_seed(0)
+    To, Tp, Da = policy.obs_horizon, policy.pred_horizon, policy.action_dim
+
+    encoder = _EncoderGraph(policy, keys).eval()
+    with torch.no_grad():
+        trace_obs = _example_obs(obs_shapes, TRACE_BATCH, To, gen)
+        cond_dim = int(encoder(*trace_obs.values()).shape[-1])
+        check_obs = _example_obs(obs_shapes, CHECK_BATCH, To, gen)
+        check_cond = encoder(*check_obs.values())
+        level_max = float(spec_process.get("train_steps", spec_process.get("level_scale", 1.0)))
+        trace_den = (torch.randn(TRACE_BATCH, Tp, Da, generator=gen), torch.rand(TRACE_BATCH, generator=gen) * level_max,
+                     torch.randn(TRACE_BATCH, cond_dim, generator=gen))
+        check_den = {"x": torch.randn(CHECK_BATCH, Tp, Da, generator=gen),
+                     "level": torch.rand(CHECK_BATCH, generator=gen) * level_max, "cond": check_cond}
+        check_out = policy.denoiser(*check_den.values())
+
+    graphs = [("encoder", ENCODER_FILE, encoder, tuple(trace_obs.values()), keys, ENCODER_OUTPUTS, check_obs, check_cond),
+              ("denoiser", DENOISER_FILE, policy.denoiser, trace_den, DENOISER_INPUTS, DENOISER_OUTPUTS, check_den,
+               check_out)]
+    errors = {}
+    for name, file, module, args, inputs, outputs, feeds, reference in graphs:
+        start = time.perf_counter()
+        _export_graph(module, args, out / file, inputs, outputs, opset)
+        seconds = time.perf_counter() - start
+        errors[name] = _max_err(create_session(out / file, "cpu"), feeds, reference, outputs[0])
+        if not np.isfinite(errors[name]) or errors[name] > WARN_ABS_ERR * max(1.0, float(reference.abs().max())):
+            warnings.warn(f"{out / file}: ONNX Runtime differs from PyTorch by {errors[name]:.3g} at batch "
+                          f"{CHECK_BATCH}", stacklevel=2)
+        if echo is not None:
+            echo(f"wrote {out / file} ({(out / file).stat().st_size / 1024:.0f} KiB, {seconds:.1f} s, "
+                 f"max |onnxruntime - torch| {errors[name]:.1e})")
+
+    norm = policy.normalizer.tensors()
+    spec: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "process": spec_process,
+        "obs": {k: {"shape": list(obs_shapes[k]), "dtype": _obs_dtype(obs_shapes[k])} for k in keys},
+        "obs_horizon": To, "pred_horizon": Tp, "action_dim": Da, "action_key": policy.action_key,
+        "cond_dim": cond_dim,
+        "action_normalizer": {"mode": policy.normalizer.modes[policy.action_key],
+                              "scale": norm[f"{policy.action_key}__scale"].tolist(),
+                              "offset": norm[f"{policy.action_key}__offset"].tolist()},
+        "graphs": {"encoder": {"file": ENCODER_FILE, "inputs": keys, "outputs": ENCODER_OUTPUTS},
+                   "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": DENOISER_OUTPUTS}},
+        "source": {"checkpoint": str(source), "step": step},
+        "versions": {"cadence": _version("cadence"), "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxscript": _version("onnxscript"), "opset": opset},
+        "export_check": {"batch": CHECK_BATCH, "encoder_max_abs_err": errors["encoder"],
+                         "denoiser_max_abs_err": errors["denoiser"]},
+    }
+    validate_spec(spec, out / SPEC_FILE)
+    tmp = out / (SPEC_FILE + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    tmp.replace(out / SPEC_FILE)
+    return out
+
+
+def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
+                echo: Callable[[str], None] | None = print) -> Path:
+    """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``."""
+    ckpt = resolve_checkpoint_dir(checkpoint)
+    policy, _cfg, meta = load_policy(ckpt, device="cpu")
+    return export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"],
+                              step=meta.get("step"), opset=opset, echo=echo)

@@ -1,0 +1,319 @@
+"""Inference configurations behind one interface: ``Runtime.predict(obs, noise, prefix) -> actions``.
+
+Every runtime takes numpy observations (each key (B, To, ...), task units, uint8 images),
+optionally the start sample ``noise`` (B, Tp, Da) and an action ``prefix`` (B, P, Da) already
+committed at chunk indices ``start .. start + P - 1``, and returns the whole chunk
+(B, Tp, Da) float32 in task units; the actions due now start at index ``start = To - 1``.
+All of them run the same host sampling code (:meth:`Policy.predict_chunk`) on a private copy
+of the process, so they differ only in how the encoder and denoiser are evaluated.
+
+Kinds (``build_runtime``): torch-eager, torch-compile, torch-cudagraph, torch-fp16,
+torch-bf16, onnx-cpu, onnx-cuda. Everything but torch-eager and onnx-cpu needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from cadence.policies.policy import Policy
+from cadence.policies.processes import DDPMProcess, RegressionProcess
+from torch import nn
+
+from .exported_policy import ExportedPolicy, load_exported
+from .onnx_providers import CUDA, cuda_unavailable_reason
+
+KINDS = ("torch-eager", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu", "onnx-cuda")
+MODES = ("eager", "compile", "cudagraph")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    name: str
+    sample_steps: int
+
+    def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
+                prefix: np.ndarray | None = None) -> np.ndarray: ...
+
+
+# --- shared pieces ------------------------------------------------------------------------------
+
+def with_sample_steps(process, steps: int | None):
+    """A private copy of ``process`` sampling with ``steps`` network calls (None: keep its own)."""
+    process = copy.deepcopy(process)
+    if steps is None:
+        return process
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"sample_steps must be a positive int or None, got {steps!r}")
+    if isinstance(process, RegressionProcess):
+        if steps != 1:
+            raise ValueError(f"a regression policy makes exactly one network call; sample_steps must be 1 or None, "
+                             f"got {steps}")
+        return process
+    if not hasattr(process, "sample_steps"):
+        raise TypeError(f"{type(process).__name__} has no sample_steps to override")
+    if isinstance(process, DDPMProcess) and steps > process.train_steps:
+        raise ValueError(f"need 1 <= sample_steps <= train_steps ({process.train_steps}), got {steps}")
+    process.sample_steps = steps
+    return process
+
+
+def _predict_accepts_prefix(policy: Policy) -> bool:
+    return "prefix" in inspect.signature(policy.predict_chunk).parameters
+
+
+def _to_tensor(array, device: torch.device) -> torch.Tensor:
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
+
+
+def _run_policy(policy: Policy, obs: Mapping[str, np.ndarray], noise, prefix, generator: torch.Generator,
+                device: torch.device) -> np.ndarray:
+    obs_t = {k: _to_tensor(v, device) for k, v in obs.items()}
+    extra = {}
+    if prefix is not None:      # only when given, so a predict_chunk without `prefix` still works
+        extra["prefix"] = _to_tensor(np.asarray(prefix, dtype=np.float32), device)
+    noise_t = None if noise is None else _to_tensor(np.asarray(noise, dtype=np.float32), device)
+    if noise_t is not None:
+        b = next(iter(obs_t.values())).shape[0]
+        want = (b, policy.pred_horizon, policy.action_dim)
+        if tuple(noise_t.shape) != want:
+            raise ValueError(f"noise must have shape {want} (B, Tp, Da), got {tuple(noise_t.shape)}")
+    with torch.no_grad():
+        chunk = policy.predict_chunk(obs_t, generator=generator, noise=noise_t, **extra)
+    return chunk.actions.float().cpu().numpy()
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+# --- PyTorch --------------------------------------------------------------------------------------
+
+class _Encoder(nn.Module):
+    """The policy's encoder under autocast; its output ``cond`` is float32 (autocast casts it again inside)."""
+
+    def __init__(self, encoder: nn.Module, autocast):
+        super().__init__()
+        self.inner, self.autocast = encoder, autocast
+
+    def forward(self, obs, normalizer):
+        with self.autocast():
+            return self.inner(obs, normalizer).float()
+
+
+class _Denoiser(nn.Module):
+    """The denoiser under autocast (low precision) whose output is always float32, so the
+    host sampling arithmetic stays in float32."""
+
+    def __init__(self, net: nn.Module, autocast):
+        super().__init__()
+        self.inner, self.autocast = net, autocast
+
+    def forward(self, x, level, cond):
+        with self.autocast():
+            return self.inner(x, level, cond).float()
+
+
+class _Compiled(nn.Module):
+    """``torch.compile(mode="reduce-overhead")`` of the denoiser (CUDA graphs via cudagraph trees).
+    Outputs of a cudagraph-tree replay are overwritten by the next replay, so they are cloned."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.inner = net
+        self._fn = torch.compile(net.forward, mode="reduce-overhead")
+
+    def forward(self, x, level, cond):
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._fn(x, level, cond).clone()
+
+
+class _CudaGraph(nn.Module):
+    """One denoiser call captured into a CUDA graph with static inputs, one graph per input signature
+    (batch size). Inputs are copied into the static buffers, the graph is replayed, the output cloned."""
+
+    WARMUP = 3
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.inner = net
+        self._graphs: dict[tuple, tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.cuda.CUDAGraph]] = {}
+
+    def forward(self, x, level, cond):
+        args = (x, level.expand(x.shape[0]) if level.ndim == 0 else level, cond)
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(args)
+        static_in, static_out, graph = self._graphs[key]
+        for buf, value in zip(static_in, args):
+            buf.copy_(value)
+        graph.replay()
+        return static_out.clone()
+
+    @torch.no_grad()
+    def _capture(self, args):
+        static_in = tuple(a.detach().clone() for a in args)
+        side = torch.cuda.Stream(device=static_in[0].device)
+        side.wait_stream(torch.cuda.current_stream(static_in[0].device))
+        with torch.cuda.stream(side):            # warm up (cuDNN algorithm choice, allocator) off the capture
+            for _ in range(self.WARMUP):
+                self.inner(*static_in)
+        torch.cuda.current_stream(static_in[0].device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.inner(*static_in)
+        return static_in, static_out, graph
+
+
+def _needs_cuda(device: torch.device, what: str) -> None:
+    if device.type != "cuda":
+        raise ValueError(f"{what} needs a CUDA device (got device={str(device)!r}); on this machine use "
+                         "dtype='float32', mode='eager' (or an ONNX runtime)")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{what}: device {str(device)!r} requested but torch sees no CUDA GPU")
+
+
+class TorchRuntime:
+    """The PyTorch policy on ``device``; ``dtype`` float16/bfloat16 and ``mode`` compile/cudagraph need CUDA.
+
+    Works on a private deep copy of the policy: the caller's modules, device and process are
+    never touched. Low precision casts the encoder's and denoiser's parameters (not buffers
+    such as the level-embedding frequencies or the normalizer) and runs them under autocast;
+    the denoiser's output is cast back to float32 so sampling arithmetic stays float32.
+    """
+
+    def __init__(self, policy: Policy, device: str | torch.device = "cpu", sample_steps: int | None = None,
+                 dtype: str | torch.dtype = "float32", mode: str = "eager", seed: int | None = None):
+        if isinstance(policy, ExportedPolicy):
+            raise TypeError("TorchRuntime runs a PyTorch policy; use OnnxRuntime for an ONNX export")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        if isinstance(dtype, torch.dtype):
+            self.dtype = dtype
+        elif dtype in DTYPES:
+            self.dtype = DTYPES[dtype]
+        else:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if self.dtype not in _SHORT:
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if self.dtype != torch.float32:
+            _needs_cuda(self.device, f"dtype {_SHORT[self.dtype]}")
+        if mode != "eager":
+            _needs_cuda(self.device, f"mode {mode!r}")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(self.device)!r} requested but torch sees no CUDA GPU")
+        if self.dtype == torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RuntimeError(f"{torch.cuda.get_device_name(self.device)} does not support bfloat16")
+        self.mode = mode
+
+        private = copy.deepcopy(policy)
+        private.process = with_sample_steps(policy.process, sample_steps)
+        private.to(self.device).eval()
+        autocast = self._autocast_factory()
+        if self.dtype != torch.float32:
+            for module in (private.encoder, private.denoiser):
+                for param in module.parameters():
+                    param.data = param.data.to(self.dtype)
+        denoiser = private.denoiser
+        if self.dtype != torch.float32:     # float32 eager runs the policy's own modules, unwrapped
+            private.encoder = _Encoder(private.encoder, autocast)
+            denoiser = _Denoiser(denoiser, autocast)
+        if mode == "compile":
+            denoiser = _Compiled(denoiser)
+        elif mode == "cudagraph":
+            denoiser = _CudaGraph(denoiser)
+        private.denoiser = denoiser
+        self.policy = private
+        self.sample_steps = int(private.process.sample_steps)
+        self.start = private.obs_horizon - 1
+        self.name = f"torch-{mode}-{self.device.type}-{_SHORT[self.dtype]}"
+        self._generator = _generator(self.device, seed)
+
+    def _autocast_factory(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext
+        device_type, dtype = self.device.type, self.dtype
+        # cache_enabled=False: required inside CUDA-graph capture; the weights are cast already anyway.
+        return lambda: torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=False)
+
+    def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
+                prefix: np.ndarray | None = None) -> np.ndarray:
+        return _run_policy(self.policy, obs, noise, prefix, self._generator, self.device)
+
+
+# --- ONNX Runtime ---------------------------------------------------------------------------------
+
+class OnnxRuntime:
+    """An ONNX export run by ONNX Runtime; the sampling loop runs on the host (CPU tensors)."""
+
+    def __init__(self, export_dir: str | os.PathLike, provider: str = "auto", sample_steps: int | None = None,
+                 threads: int | None = None, seed: int | None = None):
+        self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads)
+        self.policy.process = with_sample_steps(self.policy.process, sample_steps)
+        self.provider = self.policy.provider
+        self.sample_steps = int(self.policy.process.sample_steps)
+        self.start = self.policy.obs_horizon - 1
+        self.name = "onnx-cuda" if self.provider == CUDA else "onnx-cpu"
+        self._generator = _generator(torch.device("cpu"), seed)
+
+    def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
+                prefix: np.ndarray | None = None) -> np.ndarray:
+        return _run_policy(self.policy, obs, noise, prefix, self._generator, torch.device("cpu"))
+
+
+# --- kinds ------------------------------------------------------------------------------------------
+
+def available_runtime_kinds() -> list[str]:
+    """The kinds in :data:`KINDS` this machine can run."""
+    kinds = ["torch-eager"]
+    if torch.cuda.is_available():
+        if importlib.util.find_spec("triton") is not None:
+            kinds.append("torch-compile")
+        kinds += ["torch-cudagraph", "torch-fp16"]
+        if torch.cuda.is_bf16_supported():
+            kinds.append("torch-bf16")
+    kinds.append("onnx-cpu")
+    if cuda_unavailable_reason() is None:
+        kinds.append("onnx-cuda")
+    return kinds
+
+
+def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.PathLike | None = None,
+                  sample_steps: int | None = None, device: str | torch.device | None = None,
+                  threads: int | None = None, seed: int | None = None) -> Runtime:
+    """A runtime from its kind. torch-* need ``policy``, onnx-* need ``export_dir``. ``device``
+    (torch kinds): default cuda when available, and cuda for the GPU-only kinds."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown runtime kind {kind!r}; kinds: {list(KINDS)}")
+    if kind.startswith("onnx-"):
+        if export_dir is None:
+            raise ValueError(f"runtime {kind!r} needs export_dir (an ONNX export; `cadence export` writes one)")
+        return OnnxRuntime(export_dir, provider=kind.removeprefix("onnx-"), sample_steps=sample_steps,
+                           threads=threads, seed=seed)
+    if policy is None:
+        raise ValueError(f"runtime {kind!r} needs a PyTorch policy")
+    if device is None:
+        device = "cuda" if kind != "torch-eager" or torch.cuda.is_available() else "cpu"
+    options = {"torch-eager": {}, "torch-compile": {"mode": "compile"}, "torch-cudagraph": {"mode": "cudagraph"},
+               "torch-fp16": {"dtype": "float16"}, "torch-bf16": {"dtype": "bfloat16"}}[kind]
+    return TorchRuntime(policy, device=device, sample_steps=sample_steps, seed=seed, **options)

@@ -1,0 +1,234 @@
+import inspect
+import logging
+
+import numpy as np
+import pytest
+import torch
+from cadence.deploy import runtimes
+from cadence.deploy.runtimes import (
+    OnnxRuntime,
+    Runtime,
+    TorchRuntime,
+    available_runtime_kinds,
+    build_runtime,
+    with_sample_steps,
+)
+from cadence.policies.policy import Policy
+
+from .onnx_cases import CASES, exported, make_noise, make_obs, make_policy
+
+# ONNX Runtime vs eager PyTorch, same noise, in task units. Measured on CPU: ~1e-6.
+PARITY_ATOL = 1e-4
+# bfloat16 autocast vs float32 (task units, actions span ~3): measured ~1e-2.
+BF16_ATOL = 0.1
+BATCH = 4
+HAS_CUDA = torch.cuda.is_available()
+PREFIX_SUPPORTED = "prefix" in inspect.signature(Policy.predict_chunk).parameters
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine: OpenMP threads only wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+    return exported(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ddpm(tmp_path_factory):
+    return exported("ddpm", tmp_path_factory)
+
+
+def _eager(policy, obs, noise, **extra):
+    with torch.no_grad():
+        chunk = policy.predict_chunk({k: torch.from_numpy(v) for k, v in obs.items()},
+                                     noise=torch.from_numpy(noise), **extra)
+    return chunk.actions.numpy()
+
+
+def test_onnx_matches_eager_pytorch(case):
+    obs, noise = make_obs(BATCH, case.image), make_noise(BATCH)
+    reference = _eager(case.policy, obs, noise)
+    onnx_rt = OnnxRuntime(case.export_dir, provider="cpu")
+    torch_rt = TorchRuntime(case.policy)
+    got = onnx_rt.predict(obs, noise)
+    assert got.shape == (BATCH, 16, 2) and got.dtype == np.float32
+    err = float(np.abs(got - reference).max())
+    print(f"{case.name}: max |onnx - eager| = {err:.2e} (task units)")
+    assert err < PARITY_ATOL
+    np.testing.assert_array_equal(torch_rt.predict(obs, noise), reference)   # the very same computation
+    assert onnx_rt.start == torch_rt.start == 1
+    # the noise matters (except for regression, which ignores it): parity is not trivially zero
+    if CASES[case.name][0] != "regression":
+        assert np.abs(onnx_rt.predict(obs, noise + 1) - got).max() > 1e-3
+
+
+@pytest.mark.parametrize("process", ["ddpm", "flow"])
+def test_sample_steps_override_matches_a_policy_built_with_them(process, tmp_path_factory):
+    policy = make_policy(process, down_dims=[16])              # 3 steps
+    original = policy.process
+    five = make_policy(process, down_dims=[16], sample_steps=5)  # same weights, 5 steps
+    obs, noise = make_obs(2), make_noise(2)
+    runtime = TorchRuntime(policy, sample_steps=5)
+    assert runtime.sample_steps == 5
+    np.testing.assert_array_equal(runtime.predict(obs, noise), _eager(five, obs, noise))
+    assert not np.allclose(runtime.predict(obs, noise), _eager(policy, obs, noise))
+    assert policy.process is original and original.sample_steps == 3     # the caller's policy is untouched
+    assert TorchRuntime(policy).sample_steps == 3
+
+
+def test_onnx_sample_steps_override(ddpm):
+    obs, noise = make_obs(2), make_noise(2)
+    runtime = OnnxRuntime(ddpm.export_dir, provider="cpu", sample_steps=6)
+    assert runtime.sample_steps == 6
+    reference = _eager(TorchRuntime(ddpm.policy, sample_steps=6).policy, obs, noise)
+    assert np.abs(runtime.predict(obs, noise) - reference).max() < PARITY_ATOL
+    assert OnnxRuntime(ddpm.export_dir, provider="cpu").sample_steps == 3
+
+
+def test_bad_sample_steps():
+    with pytest.raises(ValueError, match="regression.*exactly one"):
+        with_sample_steps(make_policy("regression", down_dims=[16]).process, 4)
+    assert with_sample_steps(make_policy("regression", down_dims=[16]).process, 1).sample_steps == 1
+    with pytest.raises(ValueError, match="train_steps"):
+        with_sample_steps(make_policy("ddpm", down_dims=[16]).process, 101)
+    with pytest.raises(ValueError, match="positive int"):
+        with_sample_steps(make_policy("flow", down_dims=[16]).process, 0)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only errors")
+@pytest.mark.parametrize("options, what", [({"dtype": "float16"}, "dtype fp16"), ({"dtype": "bfloat16"}, "dtype bf16"),
+                                           ({"mode": "compile"}, "mode 'compile'"),
+                                           ({"mode": "cudagraph"}, "mode 'cudagraph'")])
+def test_gpu_only_options_are_clear_errors_on_cpu(options, what):
+    policy = make_policy("flow", down_dims=[16])
+    with pytest.raises(ValueError, match=f"{what} needs a CUDA device"):
+        TorchRuntime(policy, device="cpu", **options)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        TorchRuntime(policy, device="cuda", **options)
+
+
+def test_unknown_dtype_and_mode():
+    policy = make_policy("flow", down_dims=[16])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TorchRuntime(policy, dtype="int8")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        TorchRuntime(policy, mode="jit")
+
+
+def test_low_precision_path_runs_and_stays_close(monkeypatch):
+    # bfloat16 is CUDA-only in the public API; CPU autocast lets this machine exercise the same wrapping.
+    monkeypatch.setattr(runtimes, "_needs_cuda", lambda device, what: None)
+    policy = make_policy("ddpm", image=True, down_dims=[16], image_feature_dim=8)
+    obs, noise = make_obs(2, image=True), make_noise(2)
+    runtime = TorchRuntime(policy, dtype="bfloat16")
+    assert runtime.name == "torch-eager-cpu-bf16"
+    assert {p.dtype for p in runtime.policy.denoiser.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}          # the caller's copy is untouched
+    got = runtime.predict(obs, noise)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert np.abs(got - _eager(policy, obs, noise)).max() < BF16_ATOL
+
+
+def test_auto_provider_picks_cpu_without_noise(ddpm, capfd, caplog):
+    caplog.set_level(logging.WARNING)
+    runtime = OnnxRuntime(ddpm.export_dir, provider="auto", threads=1)
+    runtime.predict(make_obs(1), make_noise(1))
+    if not HAS_CUDA:
+        assert runtime.name == "onnx-cpu" and runtime.provider == "CPUExecutionProvider"
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert not caplog.records
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only error")
+def test_forced_cuda_provider_without_gpu_is_a_clear_error(ddpm):
+    with pytest.raises(RuntimeError, match="provider 'cuda' requested but"):
+        OnnxRuntime(ddpm.export_dir, provider="cuda")
+    with pytest.raises(ValueError, match="provider must be one of"):
+        OnnxRuntime(ddpm.export_dir, provider="tensorrt")
+
+
+def test_available_kinds_and_factory(ddpm):
+    kinds = available_runtime_kinds()
+    assert kinds[0] == "torch-eager" and "onnx-cpu" in kinds and set(kinds) <= set(runtimes.KINDS)
+    if not HAS_CUDA:
+        assert kinds == ["torch-eager", "onnx-cpu"]
+    eager = build_runtime("torch-eager", policy=ddpm.policy, sample_steps=2, device="cpu")
+    onnx_rt = build_runtime("onnx-cpu", export_dir=ddpm.export_dir, sample_steps=2)
+    assert (eager.name, eager.sample_steps) == ("torch-eager-cpu-fp32", 2)
+    assert (onnx_rt.name, onnx_rt.sample_steps) == ("onnx-cpu", 2)
+    assert isinstance(eager, Runtime) and isinstance(onnx_rt, Runtime)
+    obs, noise = make_obs(3), make_noise(3)
+    assert np.abs(eager.predict(obs, noise) - onnx_rt.predict(obs, noise)).max() < PARITY_ATOL
+    with pytest.raises(ValueError, match="unknown runtime kind 'tensorrt'"):
+        build_runtime("tensorrt", policy=ddpm.policy)
+    with pytest.raises(ValueError, match="needs export_dir"):
+        build_runtime("onnx-cpu", policy=ddpm.policy)
+    with pytest.raises(ValueError, match="needs a PyTorch policy"):
+        build_runtime("torch-eager", export_dir=ddpm.export_dir)
+    if not HAS_CUDA:
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            build_runtime("torch-fp16", policy=ddpm.policy)
+
+
+def test_seeded_runtimes_repeat_without_noise(ddpm):
+    obs = make_obs(2)
+    a, b = (OnnxRuntime(ddpm.export_dir, provider="cpu", seed=5) for _ in range(2))
+    first = a.predict(obs)
+    np.testing.assert_array_equal(first, b.predict(obs))
+    assert not np.array_equal(first, a.predict(obs))          # the generator advances
+    t1, t2 = TorchRuntime(ddpm.policy, seed=5), TorchRuntime(ddpm.policy, seed=5)
+    np.testing.assert_array_equal(t1.predict(obs), t2.predict(obs))
+
+
+def test_prefix_is_passed_in_task_units(ddpm):
+    seen = []
+
+    def spy(obs, generator=None, noise=None, **extra):
+        seen.append(extra)
+        return original(obs, generator=generator, noise=noise)
+
+    prefix = np.full((2, 3, 2), 0.25, dtype=np.float64)
+    for runtime in (TorchRuntime(ddpm.policy), OnnxRuntime(ddpm.export_dir, provider="cpu")):
+        seen.clear()
+        original = runtime.policy.predict_chunk
+        runtime.policy.predict_chunk = spy
+        runtime.predict(make_obs(2), make_noise(2))
+        runtime.predict(make_obs(2), make_noise(2), prefix=prefix)
+        assert seen[0] == {}
+        assert seen[1]["prefix"].dtype == torch.float32 and seen[1]["prefix"].shape == (2, 3, 2)
+        assert torch.all(seen[1]["prefix"] == 0.25)
+
+
+@pytest.mark.skipif(not PREFIX_SUPPORTED, reason="Policy.predict_chunk does not take a prefix yet")
+def test_prefix_parity(case):
+    obs, noise = make_obs(BATCH, case.image), make_noise(BATCH)
+    prefix = np.random.default_rng(4).uniform(-1, 1, (BATCH, 4, 2)).astype(np.float32)
+    reference = _eager(case.policy, obs, noise, prefix=torch.from_numpy(prefix))
+    got = OnnxRuntime(case.export_dir, provider="cpu").predict(obs, noise, prefix=prefix)
+    assert np.abs(got - reference).max() < PARITY_ATOL
+    np.testing.assert_array_equal(TorchRuntime(case.policy).predict(obs, noise, prefix=prefix), reference)
+
+
+def test_onnx_observation_errors(tmp_path_factory):
+    case = exported("flow_image", tmp_path_factory)
+    runtime = OnnxRuntime(case.export_dir, provider="cpu")
+    obs = make_obs(2, image=True)
+    with pytest.raises(KeyError, match="lacks \\['image'\\]"):
+        runtime.predict({"state": obs["state"]})
+    with pytest.raises(TypeError, match="'image' must be uint8"):
+        runtime.predict({**obs, "image": obs["image"].astype(np.float32)})
+    with pytest.raises(ValueError, match="'state' has shape \\(2, 3, 6\\)"):
+        runtime.predict({**obs, "state": np.zeros((2, 3, 6), np.float32)})
+    with pytest.raises(ValueError, match="noise must have shape \\(2, 16, 2\\)"):
+        runtime.predict(obs, noise=np.zeros((2, 8, 2), np.float32))
+    assert runtime.policy.obs_spec["image"] == {"shape": [24, 32, 3], "dtype": "uint8"}
+    with pytest.raises(NotImplementedError, match="inference-only"):
+        runtime.policy.compute_loss({})
