@@ -1,0 +1,92 @@
+"""Choose the inference configuration at start-up: the most accurate one that fits the budget.
+
+Each candidate (a runtime kind and a number of sampling steps) is built, warmed up and timed
+on calibration observations at batch 1; its accuracy is the mean absolute action error, in
+task units, against the full-quality reference configuration on the same observations with
+the same start noise. The chosen candidate is the most accurate one whose p99 latency is
+within the budget; if none is, :class:`BudgetError` says what each one measured.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+class BudgetError(RuntimeError):
+    """No candidate configuration meets the latency budget."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str            # a runtime kind, see cadence.deploy.runtimes
+    sample_steps: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}/{self.sample_steps} steps"
+
+
+@dataclass
+class Measurement:
+    candidate: Candidate
+    p50_ms: float
+    p99_ms: float
+    action_error: float   # mean |a - a_reference|, task units
+    fits: bool
+    times_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def to_json(self) -> dict:
+        return {"kind": self.candidate.kind, "sample_steps": self.candidate.sample_steps, "p50_ms": self.p50_ms,
+                "p99_ms": self.p99_ms, "action_error": self.action_error, "fits": self.fits}
+
+
+def time_calls(fn: Callable[[int], object], calls: int, warmup: int) -> np.ndarray:
+    """Milliseconds of ``fn(i)`` for ``calls`` timed calls after ``warmup`` untimed ones."""
+    for i in range(warmup):
+        fn(i)
+    out = np.empty(calls)
+    for i in range(calls):
+        t = time.perf_counter()
+        fn(i)
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object], reference,
+            observations: Sequence[Mapping[str, np.ndarray]], noises: Sequence[np.ndarray],
+            budget_ms: float, calls: int = 20, warmup: int = 3, progress: bool = True) -> list[Measurement]:
+    """``observations[i]`` each key (1, To, ...); ``noises[i]`` (1, Tp, Da)."""
+    n = len(observations)
+    targets = [reference.predict(observations[i], noise=noises[i]) for i in range(n)]
+    out = []
+    for cand in tqdm(candidates, desc="timing inference configurations", disable=not progress):
+        runtime = build(cand)
+        ms = time_calls(lambda i, rt=runtime: rt.predict(observations[i % n], noise=noises[i % n]), calls, warmup)
+        error = float(np.mean([np.abs(runtime.predict(observations[i], noise=noises[i]) - targets[i]).mean()
+                               for i in range(n)]))
+        p99 = float(np.percentile(ms, 99))
+        out.append(Measurement(cand, float(np.percentile(ms, 50)), p99, error, p99 <= budget_ms, ms))
+    return out
+
+
+def choose(measurements: Sequence[Measurement], budget_ms: float) -> Measurement:
+    fitting = [m for m in measurements if m.p99_ms <= budget_ms]
+    if not fitting:
+        lines = "\n".join(f"  {m.candidate.label:<28} p99 {m.p99_ms:8.1f} ms" for m in measurements)
+        raise BudgetError(f"no inference configuration fits the budget of {budget_ms:g} ms per inference "
+                          f"(p99 measured after warm-up):\n{lines}\nRaise budget.inference_ms, lower the "
+                          f"control rate, or add cheaper candidates (budget.steps, budget.runtimes).")
+    return min(fitting, key=lambda m: (m.action_error, m.p99_ms))
+
+
+def format_table(measurements: Sequence[Measurement], chosen: Measurement | None = None) -> str:
+    rows = [f"{'configuration':<30} {'p50 ms':>8} {'p99 ms':>8} {'error':>9}  fits"]
+    for m in measurements:
+        mark = "  <- chosen" if chosen is not None and m is chosen else ""
+        rows.append(f"{m.candidate.label:<30} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {m.action_error:9.4f}  "
+                    f"{'yes' if m.fits else 'no'}{mark}")
+    return "\n".join(rows)

@@ -1,0 +1,55 @@
+"""Observations to calibrate on (budget selection, latency benchmarks) and the step candidates.
+
+Calibration observations are observation windows drawn from the training data when its store
+is on disk (they cover the whole task), else the first observations of seeded episodes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = {"ddpm": [100, 50, 20, 10, 5, 2], "flow": [50, 20, 10, 5, 2, 1], "regression": [1]}
+
+
+def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
+    """Sampling steps to try, most first: the given ones, or the defaults plus the trained setting."""
+    if policy_cfg.process == "regression":
+        return [1]
+    chosen = {int(s) for s in steps} if steps else {*DEFAULT_STEPS[policy_cfg.process], int(policy_cfg.sample_steps)}
+    if policy_cfg.process == "ddpm":
+        chosen = {s for s in chosen if s <= policy_cfg.diffusion_steps}
+    return sorted(chosen, reverse=True)
+
+
+def reference_steps(policy_cfg, steps: int | None) -> int:
+    if steps:
+        return int(steps)
+    return {"ddpm": int(policy_cfg.diffusion_steps), "flow": 100, "regression": 1}[policy_cfg.process]
+
+
+def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` observation windows, each key (1, To, ...), from the run's data or its environment."""
+    task, policy = cfg.task, cfg.policy
+    if Path(task.dataset).exists():
+        from cadence.datasets.episode_store import EpisodeStore
+        from cadence.datasets.window_dataset import WindowDataset
+        data = WindowDataset(EpisodeStore.open(task.dataset), list(task.obs_keys), task.action_key,
+                             policy.obs_horizon, policy.pred_horizon)
+        picks = np.random.default_rng(seed).choice(len(data), size=n, replace=len(data) < n)
+        batch = data.batch(torch.from_numpy(picks))
+        return [{k: batch[k][i: i + 1].numpy() for k in task.obs_keys} for i in range(n)]
+    log.warning("%s not found: calibrating on the first observations of %d seeded episodes instead",
+                task.dataset, n)
+    from cadence.evaluate import make_env
+    env = make_env(task)
+    out = []
+    for i in range(n):
+        obs, _ = env.reset(seed=seed + i)
+        out.append({k: np.repeat(np.asarray(obs[k])[None, None], policy.obs_horizon, axis=1) for k in task.obs_keys})
+    env.close()
+    return out

@@ -1,0 +1,163 @@
+"""The fixed-rate control loop: ticks on a monotonic clock, inference beside them.
+
+Every tick (period ``1 / rate_hz``, on a fixed grid that never drifts):
+
+1. read the robot's newest observation and add it to the history if it is new;
+2. merge a chunk the inference worker has finished: its actions are due at
+   ``t_obs + j * period`` and those already past are dropped (never executed);
+3. execute the action due at the robot's next step, or ``hold()`` if there is none (first
+   chunk not there yet: a "wait" tick; chunk used up before the next one came: a "hold", a
+   deadline miss);
+4. if the worker is idle and the schedule will run out within ``exec_horizon`` steps of
+   the last chunk plus the expected inference delay, submit the current history.
+
+Blending at the seam: ``replace``, ``ensemble`` (temporal ensembling) or ``freeze``: the
+actions that will run while the next chunk is computed (the expected delay, from the
+measured latency) are sent along as a prefix, and the policy inpaints them, so the new chunk
+continues from what the robot is committed to (real-time chunking without guidance).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+from cadence.hardware.clock import MonotonicClock
+from cadence.hardware.robot import Robot, RobotError
+
+from .action_schedule import ActionSchedule
+from .inference_worker import InferenceRequest, InferenceWorker
+from .observation_history import ObservationHistory
+from .tick_log import Tick, TickLog
+
+BLENDS = ("replace", "ensemble", "freeze")
+
+
+@dataclass
+class LoopConfig:
+    rate_hz: float
+    exec_horizon: int                 # actions executed from a chunk before the next should take over
+    blend: str = "freeze"
+    ensemble_decay: float = 0.01
+    action_lead_s: float = 0.0        # an action must reach the robot this long before it is due
+    latency_estimate_s: float = 0.0   # expected inference latency (p99), sets the replan lead
+    tick_phase: float = 0.25          # ticks run this fraction of a period after the robot's steps
+    budget_ms: float | None = None
+
+    def __post_init__(self):
+        if self.blend not in BLENDS:
+            raise ValueError(f"control.blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.rate_hz <= 0 or self.exec_horizon < 1:
+            raise ValueError(f"need rate_hz > 0 and exec_horizon >= 1, got {self.rate_hz} and {self.exec_horizon}")
+
+
+@dataclass
+class EpisodeResult:
+    seed: int | None
+    ticks: int
+    success: bool
+    info: dict
+
+
+class ControlLoop:
+    def __init__(self, robot: Robot, worker: InferenceWorker, obs_keys: Sequence[str], obs_horizon: int,
+                 chunk_length: int, cfg: LoopConfig, clock=None, log: TickLog | None = None):
+        self.robot, self.worker, self.cfg = robot, worker, cfg
+        self.clock = clock or MonotonicClock()
+        self.period = 1.0 / cfg.rate_hz
+        self.chunk_length = chunk_length
+        if cfg.exec_horizon > chunk_length:
+            raise ValueError(f"exec_horizon ({cfg.exec_horizon}) exceeds the chunk's {chunk_length} future actions")
+        self.delay_steps = math.ceil(cfg.latency_estimate_s / self.period)
+        if self.delay_steps >= chunk_length:
+            raise ValueError(f"an inference latency of {cfg.latency_estimate_s * 1e3:.0f} ms is {self.delay_steps} "
+                             f"control periods: a chunk of {chunk_length} actions cannot cover it")
+        self.history = ObservationHistory(obs_horizon, obs_keys)
+        blend = "ensemble" if cfg.blend == "ensemble" else "replace"
+        self.schedule = ActionSchedule(self.period, blend, cfg.ensemble_decay, cfg.action_lead_s)
+        self.log = log or TickLog()
+        self._heartbeat = getattr(robot, "heartbeat", lambda: None)   # the safety filter's watchdog
+        self._chunk_id = 0
+        self._episode = -1
+
+    def _replan_due(self, now: float) -> bool:
+        # Replan so that the next chunk lands after about exec_horizon actions of this one.
+        threshold = self.chunk_length - self.cfg.exec_horizon + self.delay_steps
+        return self.schedule.remaining(now) <= threshold
+
+    def _request(self) -> InferenceRequest:
+        latest = self.history.latest
+        prefix = None
+        if self.cfg.blend == "freeze" and self.delay_steps > 0:
+            # The actions due while this request is computed: the robot is committed to them.
+            prefix = self.schedule.committed(latest.t_capture, self.delay_steps + 1)
+        self._chunk_id += 1
+        return InferenceRequest(self.history.window(), latest.t_capture, self._chunk_id, prefix)
+
+    def run_episode(self, seed: int | None = None, max_ticks: int = 1000,
+                    stop: Callable[[], bool] | None = None) -> EpisodeResult:
+        self._episode += 1
+        self.history.clear()
+        self.schedule.clear()
+        while self.worker.busy:                      # a request from the last episode
+            self.worker.wait(timeout=1.0)
+        while self.worker.poll() is not None:
+            pass
+        obs = self.robot.reset(seed)
+        self.history.push(obs)
+        started = False
+        # Tick on the robot's step grid (observation times), a little after each step, so the
+        # action for the next step is sent almost a whole period before that step.
+        t0 = obs.t_capture + self.cfg.tick_phase * self.period
+        t0 += max(0, math.ceil((self.clock.now() - t0) / self.period)) * self.period
+        k, info = 0, dict(obs.info)
+        for k in range(max_ticks):
+            t_sched = t0 + k * self.period
+            self.clock.sleep_until(t_sched)
+            t_start = self.clock.now()
+            if t_start - t_sched > self.period:      # fell a whole period behind: skip, never catch up
+                self.log.count("skipped_ticks")
+                continue
+            tick = Tick(self._episode, k, t_sched, t_start, t_start, "hold")
+            self._heartbeat()
+            try:
+                obs = self.robot.latest_observation()
+            except RobotError as exc:
+                obs = None
+                self.log.count(f"robot_error:{type(exc).__name__}")
+            if obs is not None:
+                self.history.push(obs)
+                info = dict(obs.info)
+                if info.get("done"):
+                    tick.source = "done"
+                    tick.t_end = self.clock.now()
+                    self.log.add(tick)
+                    break
+            result = self.worker.poll()
+            if result is not None:
+                tick.inference_ms = result.latency * 1e3
+                if result.actions is None:
+                    self.log.count("inference_errors")
+                else:
+                    self.schedule.merge(result.actions, result.request.t_obs, result.request.chunk, t_start)
+                    started = True
+            action = self.schedule.take(t_start)
+            try:
+                if action is None:
+                    tick.source = "hold" if started else "wait"
+                    self.robot.hold()
+                else:
+                    tick.source, tick.chunk, tick.due = "chunk", action.chunk, action.due
+                    tick.action = action.value.tolist()
+                    self.robot.send_action(action.value)
+            except RobotError as exc:
+                self.log.count(f"robot_error:{type(exc).__name__}")
+            if not self.worker.busy and (not started or self._replan_due(t_start)) and self.history.latest:
+                self.worker.submit(self._request())
+            if stop is not None and stop():
+                break
+            tick.t_end = self.clock.now()
+            self.log.add(tick)
+        self.robot.hold()
+        return EpisodeResult(seed, k + 1, bool(info.get("is_success", False)), info)

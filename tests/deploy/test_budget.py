@@ -1,0 +1,43 @@
+"""Budget selection: the most accurate configuration whose p99 fits; a clear refusal otherwise."""
+import numpy as np
+import pytest
+
+from cadence.deploy.budget import BudgetError, Candidate, choose, measure
+from cadence.deploy.runtimes import TorchRuntime
+
+from ..policies.test_policy import make_policy
+
+
+@pytest.fixture(scope="module")
+def measured():
+    policy = make_policy("ddpm", sample_steps=10)
+    rng = np.random.default_rng(0)
+    obs = [{"state": rng.uniform(-1, 1, (1, 2, 6)).astype(np.float32)} for _ in range(3)]
+    noises = [rng.standard_normal((1, 16, 2)).astype(np.float32) for _ in obs]
+    reference = TorchRuntime(policy, sample_steps=100)
+    candidates = [Candidate("torch-eager", s) for s in (100, 20, 2)]
+    build = lambda c: TorchRuntime(policy, sample_steps=c.sample_steps)  # noqa: E731
+    return measure(candidates, build, reference, obs, noises, budget_ms=1e9, calls=5, warmup=1, progress=False)
+
+
+def test_measurements_rank_accuracy_and_latency(measured):
+    by_steps = {m.candidate.sample_steps: m for m in measured}
+    assert by_steps[100].action_error < 1e-6                   # the reference configuration itself
+    assert by_steps[2].action_error > by_steps[20].action_error > 0
+    assert by_steps[100].p50_ms > by_steps[2].p50_ms            # 50x the denoiser calls
+    assert all(m.p99_ms >= m.p50_ms and len(m.times_ms) == 5 for m in measured)
+
+
+def test_choose_takes_the_most_accurate_that_fits(measured):
+    by_steps = {m.candidate.sample_steps: m for m in measured}
+    assert choose(measured, 1e9) is by_steps[100]
+    between = (by_steps[100].p99_ms + max(by_steps[20].p99_ms, by_steps[2].p99_ms)) / 2
+    if by_steps[20].p99_ms < by_steps[100].p99_ms:               # timing on a shared CPU: compare what was measured
+        assert choose(measured, between) is by_steps[20]
+
+
+def test_refuses_when_nothing_fits_and_says_what_was_measured(measured):
+    with pytest.raises(BudgetError) as err:
+        choose(measured, 1e-3)
+    text = str(err.value)
+    assert "0.001 ms" in text and "torch-eager/2 steps" in text and "torch-eager/100 steps" in text
