@@ -15,10 +15,16 @@ COMMANDS = {
     "train": ("cadence.train", "train", "train a policy on an episode store"),
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
+    "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
+    "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
+    "robot serve": ("cadence.robot_serve", "robot_serve", "serve a simulated robot over the network"),
+    "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
+    "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),
 }
+GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 
 USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".join(
-    f"  {name:<8} {doc}\n" for name, (_, _, doc) in COMMANDS.items())
+    f"  {name:<14} {doc}\n" for name, (_, _, doc) in COMMANDS.items())
 
 
 def _reporting_errors(command: str, run):
@@ -27,12 +33,14 @@ def _reporting_errors(command: str, run):
 
     from cadence.checkpoint import CheckpointError
     from cadence.datasets.episode_store import StoreError
+    from cadence.deploy.budget import BudgetError
+    from cadence.hardware.robot import RobotError
 
     @functools.wraps(run)
     def wrapped(cfg):
         try:
             return run(cfg)
-        except (StoreError, CheckpointError) as exc:
+        except (StoreError, CheckpointError, BudgetError, RobotError) as exc:
             print(f"cadence {command}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     return wrapped
@@ -43,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    command, rest = argv[0], argv[1:]
+    words = 2 if argv[0] in GROUPS and len(argv) > 1 and not argv[1].startswith("-") else 1
+    command, rest = " ".join(argv[:words]), argv[words:]
     if command not in COMMANDS:
         print(f"cadence: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

@@ -125,9 +125,107 @@ class DemoApp:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
+@dataclass
+class RobotConfig:
+    kind: str = "sim"                       # sim: in this process | remote: a `cadence robot serve` process
+    endpoint: str = "tcp://127.0.0.1:5555"
+    token: Optional[str] = None             # shared secret; default $CADENCE_ROBOT_TOKEN
+    allow_remote: bool = False              # serve: bind beyond loopback
+    rate_hz: Optional[float] = None         # robot step rate; default task.fps
+    sensor_latency_ms: float = 0.0          # simulated robot: observation delay
+    actuation_latency_ms: float = 0.0       # simulated robot: command delay
+    timeout_ms: float = 30.0                # remote: per request
+
+
+@dataclass
+class SafetyConfig:
+    max_delta: Optional[float] = None       # largest change of an action element per tick
+    workspace_low: Optional[list] = None    # box on the action (position targets)
+    workspace_high: Optional[list] = None
+    position_obs: Optional[list] = None     # [key, start, stop]: measured position, action coordinates
+    watchdog_ms: Optional[float] = 500.0    # hold when observations or ticks stop this long
+
+
+@dataclass
+class ControlConfig:
+    rate_hz: Optional[float] = None         # default task.fps
+    blend: str = "freeze"                   # replace | ensemble | freeze (prefix inpainting)
+    ensemble_decay: float = 0.01
+    exec_horizon: Optional[int] = None      # default: the policy's
+    action_lead_ms: float = 0.0
+    inject_delay_ms: list = field(default_factory=lambda: [0.0, 0.0])   # uniform extra inference delay
+    episodes: int = 10
+    seed: int = 100_000                     # episode seeds seed, seed + 1, ...
+    max_ticks: int = 300                    # per episode
+    threads: int = 1                        # torch threads of the inference worker
+
+
+@dataclass
+class BudgetConfig:
+    inference_ms: Optional[float] = None    # p99 budget per inference; default one control period
+    runtimes: list = field(default_factory=lambda: ["torch-eager", "onnx-cpu"])
+    steps: Optional[list] = None            # sampling steps to try; default per process
+    reference_steps: Optional[int] = None   # full quality; default: ddpm its training steps, flow 100
+    calibration: int = 8                    # observations from the training data (or env resets)
+    calls: int = 20
+    warmup: int = 3
+
+
+@dataclass
+class RunApp:
+    checkpoint: str = "???"
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    out_dir: Optional[str] = None           # default: <run>/deploy-<timestamp>
+    device: str = "cpu"
+
+
+@dataclass
+class RobotServeApp:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    max_seconds: Optional[float] = None     # stop after this long (default: until interrupted)
+
+
+@dataclass
+class ExportApp:
+    checkpoint: str = "???"
+    format: str = "onnx"
+    out_dir: Optional[str] = None           # default: <checkpoint run>/export-onnx
+    opset: int = 18
+
+
+@dataclass
+class BenchLatencyApp:
+    checkpoints: list = field(default_factory=list)   # run directories (or checkpoint folders)
+    runtimes: list = field(default_factory=lambda: ["auto"])   # kinds, or auto: all this machine runs
+    steps: Optional[list] = None            # sampling steps per policy; default per process
+    calls: int = 30
+    warmup: int = 5
+    calibration: int = 8
+    threads: int = 0                        # torch / ONNX Runtime CPU threads; 0: library default
+    device: str = "auto"
+    out_dir: str = "runs/bench-latency-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
+class BenchLoopApp:
+    checkpoint: str = "???"
+    episodes: int = 50
+    seed: int = 100_000
+    inject_delay_ms: list = field(default_factory=lambda: [50.0, 150.0])
+    blend: str = "freeze"
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    out_dir: str = "runs/bench-loop-${now:%Y%m%d-%H%M%S}"
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
-                       "demo_schema": DemoApp}.items():
+                       "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
+                       "export_schema": ExportApp, "bench_latency_schema": BenchLatencyApp,
+                       "bench_loop_schema": BenchLoopApp}.items():
         cs.store(name=name, node=node)
 

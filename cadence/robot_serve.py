@@ -1,0 +1,39 @@
+"""``cadence robot serve``: a simulated robot running a task in real time, served over ZeroMQ.
+
+The robot sits behind its own safety filter and watchdog (the server holds it when the
+controlling loop goes quiet), binds to loopback unless ``robot.allow_remote=true``, and
+answers only requests carrying the shared token (``robot.token`` or ``CADENCE_ROBOT_TOKEN``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from omegaconf import DictConfig
+
+from cadence.hardware.robot_server import RobotServer
+from cadence.hardware.safety import SafetyFilter
+from cadence.run import make_robot, robot_token
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    robot_cfg = cfg.robot
+    rate = float(robot_cfg.rate_hz or cfg.task.fps)
+    token = robot_token(robot_cfg)
+    robot = SafetyFilter(make_robot(DictConfig({**robot_cfg, "kind": "sim"}), cfg.task, rate), watchdog_timeout_s=0.5)
+    server = RobotServer(robot, token, robot_cfg.endpoint, allow_remote=robot_cfg.allow_remote)
+    stop = threading.Event()
+    if cfg.max_seconds:
+        threading.Timer(cfg.max_seconds, stop.set).start()
+    print(f"serving {cfg.task.env_id} at {rate:g} Hz on {server.endpoint} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    stats = {"requests": server.requests, "rejections": dict(server.rejections), "robot_errors": server.robot_errors}
+    print(f"served {stats['requests']} requests, rejected {sum(stats['rejections'].values())}", flush=True)
+    return stats

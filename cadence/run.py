@@ -1,0 +1,163 @@
+"""``cadence run``: drive a robot with a checkpoint at a fixed control rate under a latency budget.
+
+1. Load the checkpoint; connect the robot (``robot=sim`` runs the task in this process,
+   ``robot=remote`` talks to ``cadence robot serve``), behind the safety filter.
+2. Time every candidate inference configuration (runtime x sampling steps) on calibration
+   observations and keep the most accurate one whose p99 fits ``budget.inference_ms``.
+3. Run ``control.episodes`` episodes through the control loop; write per-tick timings
+   (``ticks.jsonl``), the budget table (``budget.json``) and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from cadence.checkpoint import load_policy, resolve_checkpoint_dir
+from cadence.deploy import budget as budget_mod
+from cadence.deploy.calibration import calibration_observations, candidate_steps, reference_steps
+from cadence.deploy.control_loop import ControlLoop, LoopConfig
+from cadence.deploy.inference_worker import InferenceWorker
+from cadence.deploy.runtimes import available_runtime_kinds, build_runtime
+from cadence.deploy.tick_log import TickLog
+from cadence.hardware.robot import RobotError
+from cadence.hardware.safety import SafetyFilter, SafetyLimits
+
+log = logging.getLogger(__name__)
+
+
+def robot_token(robot_cfg) -> str:
+    token = robot_cfg.token or os.environ.get("CADENCE_ROBOT_TOKEN", "")
+    if not token:
+        raise RobotError("the remote robot needs a shared token: set robot.token=... or CADENCE_ROBOT_TOKEN")
+    return token
+
+
+def make_robot(robot_cfg, task_cfg, rate_hz: float):
+    if robot_cfg.kind == "sim":
+        from cadence.hardware.sim_robot import SimRobot
+        return SimRobot(task_cfg.env_id, dict(task_cfg.env_kwargs), rate_hz=rate_hz,
+                        sensor_latency_s=robot_cfg.sensor_latency_ms / 1e3,
+                        actuation_latency_s=robot_cfg.actuation_latency_ms / 1e3, obs_keys=list(task_cfg.obs_keys))
+    if robot_cfg.kind == "remote":
+        from cadence.hardware.remote_robot import RemoteRobot
+        # obs_max_age_s=0: ask for the newest observation every tick (one extra loopback round trip,
+        # ~0.3 ms) rather than act on the one that came back with the previous tick's command.
+        return RemoteRobot(robot_cfg.endpoint, robot_token(robot_cfg), timeout_s=robot_cfg.timeout_ms / 1e3,
+                           obs_max_age_s=0.0)
+    raise RobotError(f"robot.kind must be sim or remote, got {robot_cfg.kind!r}")
+
+
+def safety_limits(safety_cfg) -> SafetyLimits:
+    pos = safety_cfg.position_obs
+    return SafetyLimits(max_delta=safety_cfg.max_delta,
+                        workspace_low=None if safety_cfg.workspace_low is None else list(safety_cfg.workspace_low),
+                        workspace_high=None if safety_cfg.workspace_high is None else list(safety_cfg.workspace_high),
+                        position_obs=None if pos is None else (str(pos[0]), int(pos[1]), int(pos[2])))
+
+
+def check_compatible(spec, meta: dict, obs_keys) -> None:
+    for key in obs_keys:
+        if key not in spec.observation:
+            raise RobotError(f"robot {spec.name!r} has no observation {key!r} (it has {sorted(spec.observation)})")
+        want, got = tuple(meta["obs_shapes"][key]), tuple(spec.observation[key].shape)
+        if want != got:
+            raise RobotError(f"robot observation {key!r} has shape {got}, the policy was trained on {want}")
+    if tuple(spec.action.shape) != (meta["action_dim"],):
+        raise RobotError(f"robot action shape {tuple(spec.action.shape)} != the policy's ({meta['action_dim']},)")
+
+
+def usable_kinds(requested) -> list[str]:
+    """The requested runtime kinds this machine can run (``auto``: all of them)."""
+    available = available_runtime_kinds()
+    if "auto" in requested:
+        return available
+    skipped = [k for k in requested if k not in available]
+    if skipped:
+        log.warning("runtimes %s cannot run here (available: %s); skipping them", skipped, available)
+    return [k for k in requested if k in available]
+
+
+def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, export_dir: Path, device: str,
+                   obs_shapes: dict, threads: int | None = None, progress: bool = True):
+    """Measure the candidates and return (chosen runtime, chosen measurement, all measurements).
+    ``threads``: the CPU threads inference will have in deployment (measured under the same)."""
+    if threads:
+        torch.set_num_threads(threads)
+    observations = calibration_observations(cfg, budget_cfg.calibration)
+    rng = np.random.default_rng(0)
+    noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32)
+              for _ in observations]
+    kinds = usable_kinds(budget_cfg.runtimes)
+    if any(k.startswith("onnx") for k in kinds) and not (export_dir / "policy.json").is_file():
+        from cadence.deploy.onnx_export import export_policy_onnx
+        export_policy_onnx(policy, export_dir, obs_shapes=obs_shapes)
+    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads)  # noqa: E731
+    reference = build_runtime("torch-eager", policy, export_dir, reference_steps(cfg.policy, budget_cfg.reference_steps),
+                              device)
+    candidates = [budget_mod.Candidate(k, s) for k in kinds for s in candidate_steps(cfg.policy, budget_cfg.steps)]
+    measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
+                                  calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress)
+    chosen = budget_mod.choose(measured, budget_ms)
+    return build(chosen.candidate), chosen, measured
+
+
+def run(cfg: DictConfig) -> dict:
+    ckpt = resolve_checkpoint_dir(cfg.checkpoint)
+    policy, train_cfg, meta = load_policy(ckpt, cfg.device)
+    rate = float(cfg.control.rate_hz or train_cfg.task.fps)
+    period_ms = 1e3 / rate
+    budget_ms = float(cfg.budget.inference_ms or period_ms)
+    out = Path(cfg.out_dir or ckpt.parent / f"deploy-{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    obs_keys = list(train_cfg.task.obs_keys)
+
+    runtime, chosen, measured = select_runtime(policy, train_cfg, cfg.budget, budget_ms, ckpt.parent / "export-onnx",
+                                               cfg.device, meta["obs_shapes"], threads=cfg.control.threads)
+    print(budget_mod.format_table(measured, chosen))
+    (out / "budget.json").write_text(json.dumps({"budget_ms": budget_ms, "chosen": chosen.to_json(),
+                                                 "candidates": [m.to_json() for m in measured]}, indent=2))
+
+    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, rate), safety_limits(cfg.safety),
+                         watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
+    robot.connect()
+    tick_log = TickLog()
+    delay = tuple(float(v) / 1e3 for v in cfg.control.inject_delay_ms)
+    worker = InferenceWorker(runtime, start=policy.obs_horizon - 1, inject_delay_s=delay, seed=cfg.control.seed,
+                             threads=cfg.control.threads)
+    loop_cfg = LoopConfig(rate, int(cfg.control.exec_horizon or train_cfg.policy.exec_horizon), cfg.control.blend,
+                          cfg.control.ensemble_decay, cfg.control.action_lead_ms / 1e3,
+                          latency_estimate_s=chosen.p99_ms / 1e3 + delay[1], budget_ms=budget_ms)
+    results = []
+    try:
+        check_compatible(robot.spec, meta, obs_keys)
+        loop = ControlLoop(robot, worker, obs_keys, policy.obs_horizon, policy.pred_horizon - policy.obs_horizon + 1,
+                           loop_cfg, log=tick_log)
+        for i in tqdm(range(cfg.control.episodes), desc="episodes"):
+            results.append(loop.run_episode(cfg.control.seed + i, cfg.control.max_ticks))
+    finally:
+        worker.stop()
+        robot.disconnect()
+    summary = {"checkpoint": str(ckpt), "robot": cfg.robot.kind, "rate_hz": rate, "blend": cfg.control.blend,
+               "inject_delay_ms": list(cfg.control.inject_delay_ms), "chosen": chosen.candidate.label,
+               "episodes": len(results), "success_rate": float(np.mean([r.success for r in results])) if results else 0.0,
+               "per_episode": [{"seed": r.seed, "success": r.success, "ticks": r.ticks,
+                                "mode": r.info.get("mode", "none")} for r in results],
+               "timing": tick_log.summary(budget_ms + delay[1] * 1e3, 1 / rate),
+               "safety": {"clamps": dict(getattr(robot, "clamp_counts", {}))},
+               "config": OmegaConf.to_container(cfg, resolve=True)}
+    tick_log.write(out / "ticks.jsonl")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    t = summary["timing"]
+    print(f"success {summary['success_rate']:.2f} over {len(results)} episodes | {t['ticks']} ticks, "
+          f"jitter p50 {t['jitter_ms']['p50']:.2f} / p99 {t['jitter_ms']['p99']:.2f} ms, inference p50 "
+          f"{t['inference_ms']['p50']:.1f} / p99 {t['inference_ms']['p99']:.1f} ms, deadline misses "
+          f"{t['deadline_misses']}, stale executed {t['stale_executed']} -> {out}")
+    return summary

@@ -1,0 +1,86 @@
+"""Deployment commands end to end, as a user runs them: export, a robot server process, a
+control loop driving it over the network, the latency benchmark."""
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from .test_cli import TINY_POLICY, TINY_TRAIN, cadence
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    cadence("collect", "collect.episodes=6", cwd=root)
+    cadence("train", "run_dir=runs/tiny", *TINY_POLICY, *TINY_TRAIN, "eval.episodes=0", cwd=root)
+    return root
+
+
+def test_export_writes_graphs_and_schedule(trained):
+    proc = cadence("export", "checkpoint=runs/tiny", cwd=trained)
+    out = trained / "runs" / "tiny" / "export-onnx"
+    spec = json.loads((out / "policy.json").read_text())
+    assert (out / "encoder.onnx").is_file() and (out / "denoiser.onnx").is_file()
+    assert spec["process"]["type"] == "ddpm" and spec["process"]["sample_steps"] == 4
+    assert "exported" in proc.stdout
+    bad = cadence("export", "checkpoint=runs/nothing", cwd=trained, check=False)
+    assert bad.returncode == 1 and "runs/nothing" in bad.stderr
+
+
+def test_run_drives_a_remote_robot_and_refuses_an_impossible_budget(trained):
+    token = secrets.token_hex(8)
+    env = {**os.environ, "CADENCE_ROBOT_TOKEN": token}
+    server = subprocess.Popen([sys.executable, "-m", "cadence.cli", "robot", "serve", "robot.endpoint=tcp://127.0.0.1:*",
+                               "max_seconds=120"], cwd=trained, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()
+        assert "serving cadence/BimodalReach-v0" in line, line
+        endpoint = line.split(" on ")[1].split()[0]
+        budget = ["budget.runtimes=[torch-eager]", "budget.steps=[4,2]", "budget.calibration=2", "budget.calls=3",
+                  "budget.warmup=1"]
+        common = ["checkpoint=runs/tiny", "robot=remote", f"robot.endpoint={endpoint}", *budget]
+        proc = subprocess.run([sys.executable, "-m", "cadence.cli", "run", *common, "control.episodes=2",
+                               "control.max_ticks=25", "control.inject_delay_ms=[50,150]", "out_dir=deploy"],
+                              cwd=trained, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = json.loads((trained / "deploy" / "summary.json").read_text())
+        timing = summary["timing"]
+        assert summary["episodes"] == 2 and summary["robot"] == "remote"
+        assert timing["stale_executed"] == 0 and timing["ticks"] >= 4 and timing["inference_ms"]["n"] >= 2
+        assert timing["inference_ms"]["p50"] >= 50                 # the injected delay is in the latency
+        assert (trained / "deploy" / "ticks.jsonl").is_file() and (trained / "deploy" / "budget.json").is_file()
+        assert "<- chosen" in proc.stdout
+
+        refused = subprocess.run([sys.executable, "-m", "cadence.cli", "run", *common, "budget.inference_ms=0.001"],
+                                 cwd=trained, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 1 and "no inference configuration fits the budget" in refused.stderr
+        wrong = subprocess.run([sys.executable, "-m", "cadence.cli", "run", *common],
+                               cwd=trained, env={**env, "CADENCE_ROBOT_TOKEN": "wrong"}, capture_output=True,
+                               text=True, timeout=300)
+        assert wrong.returncode == 1 and "token" in wrong.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_bench_latency_writes_table_json_and_histogram(trained):
+    proc = cadence("bench", "latency", "checkpoints=[runs/tiny]", "runtimes=[torch-eager,onnx-cpu]", "steps=[4,2]",
+                   "calls=3", "warmup=1", "calibration=2", "out_dir=bench", cwd=trained)
+    report = json.loads((trained / "bench" / "latency.json").read_text())
+    rows = {(r["runtime"], r["steps"]): r for r in report["rows"]}
+    assert set(rows) == {(k, s) for k in ("torch-eager", "onnx-cpu") for s in (100, 4, 2)}
+    assert rows[("torch-eager", 100)]["speedup_vs_ddpm100_eager"] == pytest.approx(1.0)
+    assert rows[("torch-eager", 100)]["action_error"] < 1e-6
+    assert rows[("onnx-cpu", 100)]["action_error"] < 1e-3            # parity with eager
+    assert rows[("torch-eager", 2)]["speedup_vs_ddpm100_eager"] > 5
+    assert (trained / "bench" / "latency_histogram.png").is_file() and "speedup" in proc.stdout
