@@ -17,6 +17,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,16 +29,21 @@ from cadence.hardware.robot import RobotError
 from cadence.run import run as run_loop
 
 
-def start_server(task_name: str, token: str, seconds: float) -> tuple[subprocess.Popen, str]:
+def start_server(task_name: str, token: str, seconds: float, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``cadence robot serve`` on a free loopback port; its output goes to ``log_path``."""
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "cadence.cli", "robot", "serve", f"task={task_name}",
                              "robot.endpoint=tcp://127.0.0.1:*", f"max_seconds={seconds:.0f}"],
-                            env={**os.environ, "CADENCE_ROBOT_TOKEN": token}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    line = proc.stdout.readline()
-    if " on " not in line:
-        proc.kill()
-        raise RobotError(f"the robot server did not start: {line.strip()} {proc.stdout.read()[-2000:]}")
-    return proc, line.split(" on ")[1].split()[0]
+                            env={**os.environ, "CADENCE_ROBOT_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        first = log_path.read_text().split("\n")[0]
+        if " on " in first:
+            return proc, first.split(" on ")[1].split()[0]
+        time.sleep(0.1)
+    proc.kill()
+    raise RobotError(f"the robot server did not start: {log_path.read_text()[-2000:]}")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -46,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     policy, train_cfg, _ = load_policy(ckpt)
     token = secrets.token_hex(16)
-    server, endpoint = start_server(train_cfg.task.name, token, seconds=cfg.episodes * 60 + 600)
+    server, endpoint = start_server(train_cfg.task.name, token, cfg.episodes * 60 + 600, out / "server.log")
     try:
         run_cfg = OmegaConf.merge(OmegaConf.structured(RunApp), {
             "checkpoint": str(ckpt), "out_dir": str(out / "loop"), "budget": cfg.budget,
@@ -56,7 +62,11 @@ def run(cfg: DictConfig) -> dict:
         loop = run_loop(run_cfg)
     finally:
         server.send_signal(signal.SIGINT)
-        server_log = server.communicate(timeout=30)[0]
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise RobotError(f"the robot server did not stop on SIGINT; see {out / 'server.log'}") from None
     steps = json.loads((out / "loop" / "budget.json").read_text())["chosen"]["sample_steps"]
     set_sample_steps(policy, steps)
     offline, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy,
@@ -68,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
               "chosen": loop["chosen"], "inject_delay_ms": list(cfg.inject_delay_ms), "blend": cfg.blend,
               "closed_loop_success": loop["success_rate"], "offline_success": offline["success_rate"],
               "offline_mode_counts": offline["mode_counts"], "timing": timing,
-              "server": server_log.strip().splitlines()[-1:]}
+              "server": (out / "server.log").read_text().strip().splitlines()[-1:]}
     (out / "loop.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'':<34}{'success':>8}\n{'offline (lockstep, no delay)':<34}{offline['success_rate']:8.2f}\n"
           f"{'closed loop over ZeroMQ, ' + loop['chosen']:<34}{loop['success_rate']:8.2f}")

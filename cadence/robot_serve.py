@@ -25,14 +25,17 @@ def run(cfg: DictConfig) -> dict:
     robot = SafetyFilter(make_robot(DictConfig({**robot_cfg, "kind": "sim"}), cfg.task, rate), watchdog_timeout_s=0.5)
     server = RobotServer(robot, token, robot_cfg.endpoint, allow_remote=robot_cfg.allow_remote)
     stop = threading.Event()
+    timer = threading.Timer(cfg.max_seconds or 0, stop.set)
+    timer.daemon = True                      # never keeps the process alive after serving
     if cfg.max_seconds:
-        threading.Timer(cfg.max_seconds, stop.set).start()
+        timer.start()
     print(f"serving {cfg.task.env_id} at {rate:g} Hz on {server.endpoint} (Ctrl-C to stop)", flush=True)
     try:
         server.serve(stop)
     except KeyboardInterrupt:
         pass
     finally:
+        timer.cancel()
         server.close()
     stats = {"requests": server.requests, "rejections": dict(server.rejections), "robot_errors": server.robot_errors}
     print(f"served {stats['requests']} requests, rejected {sum(stats['rejections'].values())}", flush=True)

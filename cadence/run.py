@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> dict:
                              threads=cfg.control.threads)
     loop_cfg = LoopConfig(rate, int(cfg.control.exec_horizon or train_cfg.policy.exec_horizon), cfg.control.blend,
                           cfg.control.ensemble_decay, cfg.control.action_lead_ms / 1e3,
-                          latency_estimate_s=chosen.p99_ms / 1e3 + delay[1], budget_ms=budget_ms)
+                          latency_estimate_s=chosen.p99_ms / 1e3 + delay[1])
     results = []
     try:
         check_compatible(robot.spec, meta, obs_keys)

@@ -8,8 +8,8 @@ Every tick (period ``1 / rate_hz``, on a fixed grid that never drifts):
 3. execute the action due at the robot's next step, or ``hold()`` if there is none (first
    chunk not there yet: a "wait" tick; chunk used up before the next one came: a "hold", a
    deadline miss);
-4. if the worker is idle and the schedule will run out within ``exec_horizon`` steps of
-   the last chunk plus the expected inference delay, submit the current history.
+4. if the worker is idle and the current chunk has served about ``exec_horizon`` actions
+   (counting those it will serve while the next is computed), submit the current history.
 
 Blending at the seam: ``replace``, ``ensemble`` (temporal ensembling) or ``freeze``: the
 actions that will run while the next chunk is computed (the expected delay, from the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 
 from cadence.hardware.clock import MonotonicClock
@@ -43,7 +43,6 @@ class LoopConfig:
     action_lead_s: float = 0.0        # an action must reach the robot this long before it is due
     latency_estimate_s: float = 0.0   # expected inference latency (p99), sets the replan lead
     tick_phase: float = 0.25          # ticks run this fraction of a period after the robot's steps
-    budget_ms: float | None = None
 
     def __post_init__(self):
         if self.blend not in BLENDS:
@@ -82,8 +81,10 @@ class ControlLoop:
         self._episode = -1
 
     def _replan_due(self, now: float) -> bool:
-        # Replan so that the next chunk lands after about exec_horizon actions of this one.
-        threshold = self.chunk_length - self.cfg.exec_horizon + self.delay_steps
+        # A chunk arrives with its first d (delay) actions stale; asking again when T actions remain
+        # and arriving d' later leaves it (chunk_length - d - T) + d' ~ chunk_length - T executed: T is set so
+        # that each chunk serves exec_horizon actions, and kept above the delay so none runs dry.
+        threshold = max(self.chunk_length - self.cfg.exec_horizon, self.delay_steps + 1)
         return self.schedule.remaining(now) <= threshold
 
     def _request(self) -> InferenceRequest:
@@ -95,8 +96,7 @@ class ControlLoop:
         self._chunk_id += 1
         return InferenceRequest(self.history.window(), latest.t_capture, self._chunk_id, prefix)
 
-    def run_episode(self, seed: int | None = None, max_ticks: int = 1000,
-                    stop: Callable[[], bool] | None = None) -> EpisodeResult:
+    def run_episode(self, seed: int | None = None, max_ticks: int = 1000) -> EpisodeResult:
         self._episode += 1
         self.history.clear()
         self.schedule.clear()
@@ -155,8 +155,6 @@ class ControlLoop:
                 self.log.count(f"robot_error:{type(exc).__name__}")
             if not self.worker.busy and (not started or self._replan_due(t_start)) and self.history.latest:
                 self.worker.submit(self._request())
-            if stop is not None and stop():
-                break
             tick.t_end = self.clock.now()
             self.log.add(tick)
         self.robot.hold()

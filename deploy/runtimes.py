@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import inspect
 import os
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
@@ -67,10 +66,6 @@ def with_sample_steps(process, steps: int | None):
     return process
 
 
-def _predict_accepts_prefix(policy: Policy) -> bool:
-    return "prefix" in inspect.signature(policy.predict_chunk).parameters
-
-
 def _to_tensor(array, device: torch.device) -> torch.Tensor:
     array = np.asarray(array)
     if array.dtype == np.uint8:
@@ -81,9 +76,7 @@ def _to_tensor(array, device: torch.device) -> torch.Tensor:
 def _run_policy(policy: Policy, obs: Mapping[str, np.ndarray], noise, prefix, generator: torch.Generator,
                 device: torch.device) -> np.ndarray:
     obs_t = {k: _to_tensor(v, device) for k, v in obs.items()}
-    extra = {}
-    if prefix is not None:      # only when given, so a predict_chunk without `prefix` still works
-        extra["prefix"] = _to_tensor(np.asarray(prefix, dtype=np.float32), device)
+    prefix_t = None if prefix is None else _to_tensor(np.asarray(prefix, dtype=np.float32), device)
     noise_t = None if noise is None else _to_tensor(np.asarray(noise, dtype=np.float32), device)
     if noise_t is not None:
         b = next(iter(obs_t.values())).shape[0]
@@ -91,7 +84,7 @@ def _run_policy(policy: Policy, obs: Mapping[str, np.ndarray], noise, prefix, ge
         if tuple(noise_t.shape) != want:
             raise ValueError(f"noise must have shape {want} (B, Tp, Da), got {tuple(noise_t.shape)}")
     with torch.no_grad():
-        chunk = policy.predict_chunk(obs_t, generator=generator, noise=noise_t, **extra)
+        chunk = policy.predict_chunk(obs_t, generator=generator, noise=noise_t, prefix=prefix_t)
     return chunk.actions.float().cpu().numpy()
 
 

@@ -4,8 +4,13 @@ A background thread steps the env on a fixed time grid ``t0 + k / rate_hz`` (it 
 drifts; when it falls behind it skips to the next grid point and counts an overrun). At a
 step time ``t`` it applies the newest command received at or before
 ``t - actuation_latency_s``; with none (at the start of an episode, or after :meth:`hold`)
-it applies the task's hold action, latched at the pose where the hold began. The new
-observation is stamped ``t_capture = t`` and becomes visible ``sensor_latency_s`` later.
+it applies the task's hold action, latched at the pose where the hold began. The step
+simulates one period, so its observation shows the state the *next* step acts on: it is
+stamped with that step's time, ``t_capture = t + period``, and becomes visible
+``sensor_latency_s`` after it (never before the state it shows exists). Observation ``seq``
+``n`` is therefore stamped ``t0 + n * period``: the reset observation ``t0``, acted on by the
+first step, which runs at ``t0``. An action the policy pairs with an observation is due at its
+``t_capture``, as in training, where action ``t`` is applied to observation ``t``.
 Once the episode is done the robot stops stepping and the final observation stays the latest.
 
 Each env step simulates the task's own control period, so with ``rate_hz`` different from the
@@ -138,7 +143,7 @@ class SimRobot:
                 self._current = self._hold_target = None
                 self._pending.clear()
                 self._visible = obs
-                self._seq, self._t0, self._k = 0, t, 1
+                self._seq, self._t0, self._k = 0, t, 0
                 self._episode += 1
         return obs
 
@@ -221,7 +226,8 @@ class SimRobot:
             values, _, terminated, truncated, info = self._env.step(action)
             with self._lock:
                 self._seq += 1
-                self._pending.append(self._observation(values, t, self._seq, info, terminated, truncated))
+                self._pending.append(self._observation(values, t + self.period_s, self._seq, info, terminated,
+                                                       truncated))
                 self.steps += 1
                 self.held_steps += held
                 if terminated or truncated:

@@ -73,6 +73,15 @@ def test_run_drives_a_remote_robot_and_refuses_an_impossible_budget(trained):
             server.kill()
 
 
+def test_run_drives_the_simulated_robot_in_process(trained):
+    proc = cadence("run", "checkpoint=runs/tiny", "budget.runtimes=[onnx-cpu]", "budget.steps=[2]", "budget.calls=2",
+                   "budget.warmup=1", "budget.calibration=2", "control.episodes=1", "control.max_ticks=15",
+                   "out_dir=deploy-sim", cwd=trained)
+    summary = json.loads((trained / "deploy-sim" / "summary.json").read_text())
+    assert summary["robot"] == "sim" and summary["chosen"] == "onnx-cpu/2 steps"
+    assert summary["timing"]["stale_executed"] == 0 and "success" in proc.stdout
+
+
 def test_bench_latency_writes_table_json_and_histogram(trained):
     proc = cadence("bench", "latency", "checkpoints=[runs/tiny]", "runtimes=[torch-eager,onnx-cpu]", "steps=[4,2]",
                    "calls=3", "warmup=1", "calibration=2", "out_dir=bench", cwd=trained)

@@ -12,24 +12,6 @@ from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 from .onnx_cases import CASES, CHECKPOINT_STEP, exported, make_policy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks on a shared 2-core machine: OpenMP threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def case(request, tmp_path_factory):
-    return exported(request.param, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def ddpm(tmp_path_factory):
-    return exported("ddpm", tmp_path_factory)
-
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):

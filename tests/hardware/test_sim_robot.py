@@ -124,7 +124,7 @@ def test_steps_in_real_time_on_a_fixed_grid_and_holds_without_commands(make_robo
         assert obs.t_capture >= first.t_capture + seq * PERIOD - 1e-9
         if robot.overruns == 0:
             assert obs.t_capture == pytest.approx(first.t_capture + seq * PERIOD, abs=1e-9)
-    assert last <= robot.steps <= last + 1
+    assert last + 1 <= robot.steps <= last + 2                  # the newest step's state is not due yet
     assert robot.held_steps == robot.steps                     # no command yet: holding
     np.testing.assert_allclose(_position(seen[last]), _position(first), atol=1e-4)
 
@@ -174,7 +174,8 @@ def test_hold_keeps_the_agent_still(make_robot):
     assert later.seq >= settled.seq + 5
     assert np.abs(_position(later) - _position(settled)).max() < 1e-4
     assert np.abs(later.values["state"][2:4]).max() < 1e-3
-    assert _position(moving)[0] - 0.05 < _position(later)[0] < _position(moving)[0] + 0.25   # held near there
+    # held near there (the hold latches a step or two after `moving` was observed, at speed)
+    assert _position(moving)[0] - 0.05 < _position(later)[0] < _position(moving)[0] + 0.5
     assert robot.held_steps - held_before >= later.seq - moving.seq - 2
 
 
