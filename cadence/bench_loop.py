@@ -83,6 +83,6 @@ def run(cfg: DictConfig) -> dict:
     print(f"\n{'':<34}{'success':>8}\n{'offline (lockstep, no delay)':<34}{offline['success_rate']:8.2f}\n"
           f"{'closed loop over ZeroMQ, ' + loop['chosen']:<34}{loop['success_rate']:8.2f}")
     print(f"ticks {timing['ticks']}, jitter p99 {timing['jitter_ms']['p99']:.2f} ms, deadline misses "
-          f"{timing['deadline_misses']}, stale executed {timing['stale_executed']}, inference p99 "
+          f"{timing['deadline_misses']}, late sends {timing['late_sends']}, inference p99 "
           f"{timing['inference_ms']['p99']:.1f} ms -> {out / 'loop.json'}")
     return report

@@ -186,6 +186,7 @@ class RunApp:
 class RobotServeApp:
     task: TaskConfig = field(default_factory=TaskConfig)
     robot: RobotConfig = field(default_factory=RobotConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)   # the server's own filter and watchdog
     max_seconds: Optional[float] = None     # stop after this long (default: until interrupted)
 
 

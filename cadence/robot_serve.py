@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from cadence.hardware.robot_server import RobotServer
 from cadence.hardware.safety import SafetyFilter
-from cadence.run import make_robot, robot_token
+from cadence.hardware.robot import RobotError
+from cadence.run import make_robot, robot_token, safety_limits
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,14 @@ def run(cfg: DictConfig) -> dict:
     robot_cfg = cfg.robot
     rate = float(robot_cfg.rate_hz or cfg.task.fps)
     token = robot_token(robot_cfg)
-    robot = SafetyFilter(make_robot(DictConfig({**robot_cfg, "kind": "sim"}), cfg.task, rate), watchdog_timeout_s=0.5)
-    server = RobotServer(robot, token, robot_cfg.endpoint, allow_remote=robot_cfg.allow_remote)
+    if robot_cfg.kind != "sim":
+        raise RobotError(f"cadence robot serve serves a simulated robot (robot.kind=sim), got {robot_cfg.kind!r}")
+    robot = SafetyFilter(make_robot(robot_cfg, cfg.task, rate), safety_limits(cfg.safety),
+                         watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
+    try:
+        server = RobotServer(robot, token, robot_cfg.endpoint, allow_remote=robot_cfg.allow_remote)
+    except (OSError, ValueError) as exc:
+        raise RobotError(str(exc)) from None
     stop = threading.Event()
     timer = threading.Timer(cfg.max_seconds or 0, stop.set)
     timer.daemon = True                      # never keeps the process alive after serving

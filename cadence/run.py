@@ -63,7 +63,11 @@ def safety_limits(safety_cfg) -> SafetyLimits:
                         position_obs=None if pos is None else (str(pos[0]), int(pos[1]), int(pos[2])))
 
 
-def check_compatible(spec, meta: dict, obs_keys) -> None:
+def check_compatible(spec, meta: dict, obs_keys, rate_hz: float) -> None:
+    if abs(spec.rate_hz - rate_hz) > 1e-6 * rate_hz:
+        raise RobotError(f"robot {spec.name!r} steps at {spec.rate_hz:g} Hz but the control loop would run at "
+                         f"{rate_hz:g} Hz: actions are stamped on the robot's grid, so set control.rate_hz="
+                         f"{spec.rate_hz:g} (or leave it unset)")
     for key in obs_keys:
         if key not in spec.observation:
             raise RobotError(f"robot {spec.name!r} has no observation {key!r} (it has {sorted(spec.observation)})")
@@ -85,8 +89,22 @@ def usable_kinds(requested) -> list[str]:
     return [k for k in requested if k in available]
 
 
-def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, export_dir: Path, device: str,
-                   obs_shapes: dict, threads: int | None = None, progress: bool = True):
+def current_export(policy, ckpt: Path, meta: dict) -> Path:
+    """``RUN/export-onnx`` for this checkpoint: exported now unless it holds this very step."""
+    from cadence.deploy.exported_policy import ExportFormatError, read_spec
+    from cadence.deploy.onnx_export import export_policy_onnx
+    export_dir = ckpt.parent / "export-onnx"
+    try:
+        if read_spec(export_dir)["source"].get("step") == meta["step"]:
+            return export_dir
+    except (OSError, ExportFormatError, KeyError):
+        pass
+    export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"])
+    return export_dir
+
+
+def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, ckpt: Path, device: str,
+                   meta: dict, threads: int | None = None, progress: bool = True):
     """Measure the candidates and return (chosen runtime, chosen measurement, all measurements).
     ``threads``: the CPU threads inference will have in deployment (measured under the same)."""
     if threads:
@@ -96,9 +114,7 @@ def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, export
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32)
               for _ in observations]
     kinds = usable_kinds(budget_cfg.runtimes)
-    if any(k.startswith("onnx") for k in kinds) and not (export_dir / "policy.json").is_file():
-        from cadence.deploy.onnx_export import export_policy_onnx
-        export_policy_onnx(policy, export_dir, obs_shapes=obs_shapes)
+    export_dir = current_export(policy, ckpt, meta) if any(k.startswith("onnx") for k in kinds) else None
     build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads)  # noqa: E731
     reference = build_runtime("torch-eager", policy, export_dir, reference_steps(cfg.policy, budget_cfg.reference_steps),
                               device)
@@ -112,46 +128,56 @@ def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, export
 def run(cfg: DictConfig) -> dict:
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     policy, train_cfg, meta = load_policy(ckpt, cfg.device)
-    rate = float(cfg.control.rate_hz or train_cfg.task.fps)
-    period_ms = 1e3 / rate
-    budget_ms = float(cfg.budget.inference_ms or period_ms)
     out = Path(cfg.out_dir or ckpt.parent / f"deploy-{datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
     obs_keys = list(train_cfg.task.obs_keys)
-
-    runtime, chosen, measured = select_runtime(policy, train_cfg, cfg.budget, budget_ms, ckpt.parent / "export-onnx",
-                                               cfg.device, meta["obs_shapes"], threads=cfg.control.threads)
-    print(budget_mod.format_table(measured, chosen))
-    (out / "budget.json").write_text(json.dumps({"budget_ms": budget_ms, "chosen": chosen.to_json(),
-                                                 "candidates": [m.to_json() for m in measured]}, indent=2))
-
-    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, rate), safety_limits(cfg.safety),
-                         watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
-    robot.connect()
-    tick_log = TickLog()
     delay = tuple(float(v) / 1e3 for v in cfg.control.inject_delay_ms)
-    worker = InferenceWorker(runtime, start=policy.obs_horizon - 1, inject_delay_s=delay, seed=cfg.control.seed,
-                             threads=cfg.control.threads)
-    loop_cfg = LoopConfig(rate, int(cfg.control.exec_horizon or train_cfg.policy.exec_horizon), cfg.control.blend,
-                          cfg.control.ensemble_decay, cfg.control.action_lead_ms / 1e3,
-                          latency_estimate_s=chosen.p99_ms / 1e3 + delay[1])
-    results = []
+    exec_horizon = int(cfg.control.exec_horizon or train_cfg.policy.exec_horizon)
+    sim_rate = float(cfg.robot.rate_hz or cfg.control.rate_hz or train_cfg.task.fps)
+    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, sim_rate), safety_limits(cfg.safety),
+                         watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
+    tick_log, results, worker, chosen = TickLog(), [], None, None
     try:
-        check_compatible(robot.spec, meta, obs_keys)
+        robot.connect()                        # a missing server or a wrong token shows up now
+        rate = float(cfg.control.rate_hz or robot.spec.rate_hz)
+        check_compatible(robot.spec, meta, obs_keys, rate)
+        LoopConfig(rate, exec_horizon, cfg.control.blend)              # bad settings fail before timing
+        budget_ms = float(cfg.budget.inference_ms or 1e3 / rate)
+        runtime, chosen, measured = select_runtime(policy, train_cfg, cfg.budget, budget_ms, ckpt, cfg.device,
+                                                   meta, threads=cfg.control.threads)
+        print(budget_mod.format_table(measured, chosen))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "budget.json").write_text(json.dumps({"budget_ms": budget_ms, "chosen": chosen.to_json(),
+                                                     "candidates": [m.to_json() for m in measured]}, indent=2))
+        worker = InferenceWorker(runtime, start=policy.obs_horizon - 1, inject_delay_s=delay,
+                                 seed=cfg.control.seed, threads=cfg.control.threads)
+        worker.warm_up(calibration_observations(train_cfg, 1)[0])     # compile / capture on its own thread
+        loop_cfg = LoopConfig(rate, exec_horizon, cfg.control.blend, cfg.control.ensemble_decay,
+                              cfg.control.action_lead_ms / 1e3, latency_estimate_s=chosen.p99_ms / 1e3 + delay[1])
         loop = ControlLoop(robot, worker, obs_keys, policy.obs_horizon, policy.pred_horizon - policy.obs_horizon + 1,
                            loop_cfg, log=tick_log)
         for i in tqdm(range(cfg.control.episodes), desc="episodes"):
             results.append(loop.run_episode(cfg.control.seed + i, cfg.control.max_ticks))
     finally:
-        worker.stop()
-        robot.disconnect()
+        try:
+            robot.disconnect()                 # holds the robot first
+        except RobotError as exc:              # never connected, or gone: do not hide the first error
+            log.warning("disconnecting the robot: %s", exc)
+        if worker is not None:
+            worker.stop()
+        if chosen is not None:                 # whatever ran is logged, also after an error or Ctrl-C
+            summary = _write_results(cfg, out, ckpt, rate, budget_ms, delay, chosen, results, tick_log, robot)
+    return summary
+
+
+def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, delay, chosen, results, tick_log,
+                   robot) -> dict:
     summary = {"checkpoint": str(ckpt), "robot": cfg.robot.kind, "rate_hz": rate, "blend": cfg.control.blend,
                "inject_delay_ms": list(cfg.control.inject_delay_ms), "chosen": chosen.candidate.label,
                "episodes": len(results), "success_rate": float(np.mean([r.success for r in results])) if results else 0.0,
                "per_episode": [{"seed": r.seed, "success": r.success, "ticks": r.ticks,
                                 "mode": r.info.get("mode", "none")} for r in results],
                "timing": tick_log.summary(budget_ms + delay[1] * 1e3, 1 / rate),
-               "safety": {"clamps": dict(getattr(robot, "clamp_counts", {}))},
+               "safety": {"clamps": dict(robot.clamp_counts), "estop": robot.estop_reason},
                "config": OmegaConf.to_container(cfg, resolve=True)}
     tick_log.write(out / "ticks.jsonl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -159,5 +185,5 @@ def run(cfg: DictConfig) -> dict:
     print(f"success {summary['success_rate']:.2f} over {len(results)} episodes | {t['ticks']} ticks, "
           f"jitter p50 {t['jitter_ms']['p50']:.2f} / p99 {t['jitter_ms']['p99']:.2f} ms, inference p50 "
           f"{t['inference_ms']['p50']:.1f} / p99 {t['inference_ms']['p99']:.1f} ms, deadline misses "
-          f"{t['deadline_misses']}, stale executed {t['stale_executed']} -> {out}")
+          f"{t['deadline_misses']}, late sends {t['late_sends']} -> {out}")
     return summary

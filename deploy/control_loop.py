@@ -87,12 +87,15 @@ class ControlLoop:
         threshold = max(self.chunk_length - self.cfg.exec_horizon, self.delay_steps + 1)
         return self.schedule.remaining(now) <= threshold
 
-    def _request(self) -> InferenceRequest:
+    def _request(self, now: float) -> InferenceRequest:
         latest = self.history.latest
         prefix = None
-        if self.cfg.blend == "freeze" and self.delay_steps > 0:
-            # The actions due while this request is computed: the robot is committed to them.
-            prefix = self.schedule.committed(latest.t_capture, self.delay_steps + 1)
+        if self.cfg.blend == "freeze":
+            # The actions due from the observation until the answer is expected (its age plus the
+            # latency): the robot is committed to them, so the new chunk must continue from them.
+            ahead = now - latest.t_capture + self.cfg.latency_estimate_s + self.cfg.action_lead_s
+            n = min(self.chunk_length, math.ceil(ahead / self.period) + 1)
+            prefix = self.schedule.committed(latest.t_capture, n)
         self._chunk_id += 1
         return InferenceRequest(self.history.window(), latest.t_capture, self._chunk_id, prefix)
 
@@ -100,8 +103,8 @@ class ControlLoop:
         self._episode += 1
         self.history.clear()
         self.schedule.clear()
-        while self.worker.busy:                      # a request from the last episode
-            self.worker.wait(timeout=1.0)
+        if self.worker.busy and self.worker.wait(timeout=30.0) is None:   # a request from the last episode
+            raise RuntimeError("the inference worker has not answered for 30 s")
         while self.worker.poll() is not None:
             pass
         obs = self.robot.reset(seed)
@@ -118,6 +121,8 @@ class ControlLoop:
             t_start = self.clock.now()
             if t_start - t_sched > self.period:      # fell a whole period behind: skip, never catch up
                 self.log.count("skipped_ticks")
+                self._heartbeat()
+                self.robot.hold()
                 continue
             tick = Tick(self._episode, k, t_sched, t_start, t_start, "hold")
             self._heartbeat()
@@ -154,7 +159,7 @@ class ControlLoop:
             except RobotError as exc:
                 self.log.count(f"robot_error:{type(exc).__name__}")
             if not self.worker.busy and (not started or self._replan_due(t_start)) and self.history.latest:
-                self.worker.submit(self._request())
+                self.worker.submit(self._request(t_start))
             tick.t_end = self.clock.now()
             self.log.add(tick)
         self.robot.hold()

@@ -76,6 +76,14 @@ class InferenceWorker:
         except queue.Empty:
             return None
 
+    def warm_up(self, obs: Mapping[str, np.ndarray], calls: int = 2, timeout: float = 600.0) -> None:
+        """Run ``calls`` untimed inferences on the worker's own thread before the first tick
+        (lazy initialisation, ``torch.compile`` and CUDA-graph capture happen per thread)."""
+        done = threading.Event()
+        self._requests.put(("warm-up", obs, calls, done))
+        if not done.wait(timeout):
+            raise RuntimeError(f"inference warm-up did not finish within {timeout:g} s")
+
     def stop(self) -> None:
         self._requests.put(None)
         self._thread.join(timeout=5)
@@ -88,6 +96,14 @@ class InferenceWorker:
             item = self._requests.get()
             if item is None:
                 return
+            if item[0] == "warm-up":
+                _, obs, calls, done = item
+                try:
+                    for _ in range(calls):
+                        self.runtime.predict(obs)
+                finally:
+                    done.set()
+                continue
             request, t_submit = item
             actions, error = None, None
             try:

@@ -48,14 +48,15 @@ class TickLog:
                              "max": float(inf.max()) if len(inf) else float("nan")},
             "hold_ticks": sum(t.source == "hold" for t in ticks),
             "wait_ticks": waits,
-            "stale_executed": sum(t.source == "chunk" and t.due < t.t_start - 1e-9 for t in ticks),
+            # an action whose send to the robot completed after it was due (network, a stalled tick)
+            "late_sends": sum(t.source == "chunk" and t.t_end > t.due for t in ticks),
             **self.events,
         }
         if period is not None:
             out["tick_overruns"] = int(sum(t.t_end - t.t_sched > period for t in ticks))
         if budget_ms is not None:
             out["inference_over_budget"] = int((inf > budget_ms).sum())
-        out["deadline_misses"] = out["hold_ticks"] + out.get("tick_overruns", 0)
+        out["deadline_misses"] = out["hold_ticks"] + out.get("tick_overruns", 0) + out.get("skipped_ticks", 0)
         out.update(self._seams(ticks))
         return out
 

@@ -134,7 +134,10 @@ class RemoteRobot:
             raise RobotError(f"action is not numeric: {e}") from e
         if a.shape != tuple(spec.action.shape):
             raise RobotError(f"action shape {a.shape} != {tuple(spec.action.shape)}")
-        reply = self._request("act", arrays={"action": a})
+        # The server refuses the command once this client has stopped waiting for it: a late
+        # command must not move the robot after the loop has moved on (server clock).
+        expires = self.clock.now() + self.clock_offset_s + self.timeout_s
+        reply = self._request("act", fields={"expires": expires}, arrays={"action": a})
         applied = reply.arrays.get("applied")
         if applied is None or applied.shape != a.shape:
             raise RobotError(f"{self.endpoint}: act reply without a valid applied action")

@@ -221,6 +221,12 @@ class RobotServer:
         spec = self.robot.spec
         expected = {"action": spec.action} if request.kind == "act" else {}
         check_against(request.arrays, expected, request.kind)
+        if request.kind == "act":
+            expires = request.fields.get("expires")
+            if expires is not None and not isinstance(expires, (int, float)):
+                raise WireError("bad expires: must be null or a number")
+            if expires is not None and self.clock.now() > expires:
+                raise WireError("command expired: it arrived after the client stopped waiting for it")
         if request.kind == "reset":
             seed = request.fields.get("seed")
             if seed is not None and not (type(seed) is int and 0 <= seed < 2 ** 63):

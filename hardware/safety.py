@@ -115,6 +115,8 @@ class SafetyFilter:
         self._last_heartbeat: float | None = None      # None: watchdog disarmed
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
+        self._last_obs: Observation | None = None
+        self._last_obs_at = 0.0
 
     # --- state -------------------------------------------------------------------------
     @property
@@ -157,11 +159,27 @@ class SafetyFilter:
                 log.info("watchdog re-armed by reset (was: %s)", self._trip_reason)
                 self._trip_reason = None
             self._last_applied, self._held = None, True
-            obs = self.robot.reset(seed)
+        obs = self.robot.reset(seed)          # not under the lock: an estop must not wait for it
+        if self.estopped:                     # stopped while the robot was resetting
+            self.hold()
+            raise RobotError(f"emergency stop ({self._estop_reason}) during reset")
         self._start_watchdog()
         return obs
 
     def latest_observation(self) -> Observation | None:
+        return self._seen(self.robot.latest_observation())
+
+    def _seen(self, obs: Observation | None) -> Observation | None:
+        """Remember the newest observation the caller read (and when): the watchdog and the
+        max-delta reference use it instead of asking a possibly remote robot again."""
+        self._last_obs, self._last_obs_at = obs, self.clock.now()
+        return obs
+
+    def _observation(self) -> Observation | None:
+        """The observation the loop read moments ago if it is reading them (no extra round trip
+        to a remote robot, no waiting on its lock), else a fresh one from the robot."""
+        if self._last_obs is not None and self.clock.now() - self._last_obs_at < (self.watchdog_timeout_s or 0.5) / 2:
+            return self._last_obs
         return self.robot.latest_observation()
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
@@ -243,7 +261,7 @@ class SafetyFilter:
     def _measured_position(self) -> np.ndarray | None:
         if self.limits.position_obs is None:
             return None
-        obs = self.robot.latest_observation()
+        obs = self._observation()
         if obs is None:
             return None
         key, a, b = self.limits.position_obs
@@ -290,7 +308,7 @@ class SafetyFilter:
             return
         timeout = self.watchdog_timeout_s
         try:
-            obs = self.robot.latest_observation()
+            obs = self._observation()
             obs_error = None
         except Exception as e:  # noqa: BLE001
             obs, obs_error = None, e

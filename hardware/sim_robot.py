@@ -173,10 +173,12 @@ class SimRobot:
         return clipped.copy()
 
     def hold(self) -> None:
+        """Hold the pose where the hold began: repeated calls while held keep that pose."""
         self._raise_thread_error()
         with self._lock:
             self._commands.clear()
-            self._current = self._hold_target = None
+            if self._current is not None:          # commanded until now: latch a new pose
+                self._current = self._hold_target = None
 
     def disconnect(self) -> None:
         """Stop stepping and close the env; a stored stepping-thread error is raised afterwards."""

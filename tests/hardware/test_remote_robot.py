@@ -296,6 +296,7 @@ def test_timeouts_are_bounded_and_late_replies_discarded():
         robot = RemoteRobot(proc.endpoint, TOKEN, timeout_s=0.1, obs_max_age_s=0.0)
         robot.connect()
         robot.reset(seed=0)
+        calls_before = len(proc.ask("calls"))
         _stop_process(proc.process.pid)                      # server alive but not answering
         try:
             t0 = time.monotonic()
@@ -310,6 +311,9 @@ def test_timeouts_are_bounded_and_late_replies_discarded():
         robot.timeout_s = 2.0
         obs = robot.latest_observation()                     # the two late replies come first
         assert robot.late_replies == 2 and obs is not None and obs.values["state"].shape == (6,)
+        # the command the client gave up on reached the server late: refused, the robot never got it
+        assert not [c for c in proc.ask("calls")[calls_before:] if c[0] == "send_action"]
+        assert any("expired" in reason for reason in proc.ask("rejections"))
 
         proc.process.kill()                                  # server gone
         proc.process.join(5)
