@@ -38,9 +38,9 @@ def start_server(task_name: str, token: str, seconds: float, log_path: Path) -> 
     log.close()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        first = log_path.read_text().split("\n")[0]
-        if " on " in first:
-            return proc, first.split(" on ")[1].split()[0]
+        for line in log_path.read_text().splitlines():
+            if line.startswith("serving ") and " on " in line:
+                return proc, line.split(" on ")[1].split()[0]
         time.sleep(0.1)
     proc.kill()
     raise RobotError(f"the robot server did not start: {log_path.read_text()[-2000:]}")

@@ -177,7 +177,8 @@ def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, de
                "per_episode": [{"seed": r.seed, "success": r.success, "ticks": r.ticks,
                                 "mode": r.info.get("mode", "none")} for r in results],
                "timing": tick_log.summary(budget_ms + delay[1] * 1e3, 1 / rate),
-               "safety": {"clamps": dict(robot.clamp_counts), "estop": robot.estop_reason},
+               "safety": {"clamps": dict(robot.clamp_counts), "refused_commands": robot.refused,
+                          "estop": robot.estop_reason},
                "config": OmegaConf.to_container(cfg, resolve=True)}
     tick_log.write(out / "ticks.jsonl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

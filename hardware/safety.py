@@ -106,6 +106,7 @@ class SafetyFilter:
         self.clock = clock if clock is not None else MonotonicClock()
         self.watchdog_timeout_s = watchdog_timeout_s
         self.clamp_counts = {k: 0 for k in CLAMP_KINDS}
+        self.refused = 0                    # commands not forwarded (estop, watchdog trip)
         self._lock = threading.Lock()       # every command / hold forwarded to the robot
         self._last_applied: np.ndarray | None = None   # the last command forwarded
         self._held = True                                 # held since that command (or at start)
@@ -247,6 +248,7 @@ class SafetyFilter:
     def _refuse(self) -> np.ndarray:
         """Hold (once) instead of commanding; report the hold: the measured position, else
         the last applied command, else NaN (unknown)."""
+        self.refused += 1
         if not self._held:
             self._hold_locked()
         position = self._measured_position()
@@ -272,6 +274,8 @@ class SafetyFilter:
         out = self._count("action_limits", a, np.clip(a, lim.action_low, lim.action_high))
         if lim.max_delta is not None:
             ref = self._last_applied if not self._held else self._measured_position()
+            if ref is None:                   # held, position unknown: from the last command
+                ref = self._last_applied
             if ref is not None:
                 out = self._count("max_delta", out, np.clip(out, ref - lim.max_delta, ref + lim.max_delta))
         if lim.workspace_low is not None:

@@ -128,13 +128,13 @@ def test_max_delta_from_last_command_and_from_measured_position_after_hold():
     f.disconnect()
 
 
-def test_max_delta_without_position_obs_starts_unclamped():
+def test_max_delta_without_position_obs_starts_unclamped_then_keeps_the_last_command_as_reference():
     f, robot = _filter(max_delta=np.array([0.1, 0.2]))
     _close(f.send_action(np.array([0.9, 0.9])), [0.9, 0.9])   # no reference yet
     _close(f.send_action(np.array([0.0, 0.0])), [0.8, 0.7])
-    f.hold()
-    _close(f.send_action(np.array([-0.9, -0.9])), [-0.9, -0.9])
-    _close([a for _, a in robot.sends()], [[0.9, 0.9], [0.8, 0.7], [-0.9, -0.9]])
+    f.hold()                                                  # no measured position: the last command
+    _close(f.send_action(np.array([-0.9, -0.9])), [0.7, 0.5])
+    _close([a for _, a in robot.sends()], [[0.9, 0.9], [0.8, 0.7], [0.7, 0.5]])
     f.disconnect()
 
 
