@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("cadence.train", "train", "train a policy on an episode store"),
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
+    "import": ("cadence.import_data", "import", "import a dataset (robomimic HDF5) into an episode store"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
     "robot serve": ("cadence.robot_serve", "robot_serve", "serve a simulated robot over the network"),

@@ -222,11 +222,20 @@ class BenchLoopApp:
     out_dir: str = "runs/bench-loop-${now:%Y%m%d-%H%M%S}"
 
 
+@dataclass
+class ImportApp:
+    format: str = "robomimic"
+    source: str = "???"                     # the file (robomimic: an HDF5 file)
+    out: str = "???"                        # the episode store to write
+    fps: Optional[float] = None             # default: the format's (robomimic: 20)
+    overwrite: bool = False
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
                        "export_schema": ExportApp, "bench_latency_schema": BenchLatencyApp,
-                       "bench_loop_schema": BenchLoopApp}.items():
+                       "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp}.items():
         cs.store(name=name, node=node)
 

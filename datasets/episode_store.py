@@ -5,7 +5,7 @@ Layout (zarr v2 directory)::
     data/<key>          every feature, all episodes concatenated along time (axis 0)
     meta/episode_ends   int64, cumulative end index of each episode
     .zattrs             {"cadence_store": 1, "fps": ..., "features": {key: {shape, dtype}},
-                         "stats": {...}}  (optional: stores written elsewhere open too)
+                         "stats": {...}, "source": {...}}  (optional: stores written elsewhere open too)
 
 ``meta/episode_ends`` is the commit record. Appending an episode first writes every data
 array past the committed length, then commits by writing the new ``episode_ends`` chunk
@@ -130,6 +130,16 @@ class EpisodeStore:
     def fps(self) -> float | None:
         fps = self._root.attrs.get("fps")
         return None if fps is None else float(fps)
+
+    @property
+    def source(self) -> dict:
+        """Where an imported store came from (format, file, its metadata); empty otherwise."""
+        return dict(self._root.attrs.get("source", {}))
+
+    def set_source(self, source: Mapping) -> None:
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only")
+        self._root.attrs["source"] = dict(source)
 
     @property
     def features(self) -> dict[str, FeatureSpec]:
