@@ -40,6 +40,8 @@ class PolicyConfig:
     level_embed_dim: int = 64
     obs_feature_dim: int = 128
     image_feature_dim: int = 64
+    image_encoder: str = "conv"      # conv (small, fast) | resnet18 (GroupNorm, spatial softmax)
+    crop: float = 1.0                # resnet18: side fraction kept (random crop in training, centre at inference)
 
 
 @dataclass

@@ -27,7 +27,8 @@ def build_policy(cfg, obs_shapes: Mapping[str, Sequence[int]], action_dim: int, 
     if cfg.pred_horizon < cfg.obs_horizon - 1 + cfg.exec_horizon:
         raise ValueError(f"policy.pred_horizon ({cfg.pred_horizon}) must cover obs_horizon - 1 + exec_horizon "
                          f"({cfg.obs_horizon - 1 + cfg.exec_horizon})")
-    encoder = ObsEncoder(obs_shapes, cfg.obs_horizon, cfg.obs_feature_dim, image_feature_dim=cfg.image_feature_dim)
+    encoder = ObsEncoder(obs_shapes, cfg.obs_horizon, cfg.obs_feature_dim, image_feature_dim=cfg.image_feature_dim,
+                         image_encoder=cfg.image_encoder, crop=cfg.crop)
     denoiser = ConditionalUnet1D(action_dim, encoder.out_dim, tuple(cfg.down_dims), cfg.kernel_size,
                                  cfg.n_groups, cfg.level_embed_dim)
     return Policy(normalizer, encoder, denoiser, build_process(cfg), cfg.obs_horizon, cfg.pred_horizon,

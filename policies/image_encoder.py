@@ -3,7 +3,7 @@
 Takes uint8 (N, H, W, 3) frames, returns (N, feature_dim). Spatial softmax turns each of the
 last layer's channels into the expected (x, y) image position of its activation, the pooling
 Diffusion Policy's ResNet encoder uses; it keeps where things are, which is what a
-controller needs. The ResNet-18 encoder for the benchmarks comes with issue 4.
+controller needs. ``policy.image_encoder=resnet18`` selects :mod:`.resnet_encoder` instead.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class ConvImageEncoder(nn.Module):
         self.proj = nn.Linear(2 * channels, feature_dim)
         self.feature_dim = feature_dim
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) images, got {tuple(frames.shape)}")
         x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -1,7 +1,8 @@
 """Observation encoder: an observation history -> one condition vector per sample.
 
 Low-dimensional keys are normalised and concatenated; each image key goes through its own
-:class:`ConvImageEncoder`, frame by frame. The per-step features of all ``To`` steps are
+image encoder (:class:`ConvImageEncoder` or :class:`ResNet18ImageEncoder`, several cameras
+fused), frame by frame. The per-step features of all ``To`` steps are
 flattened and passed through an MLP.
 """
 from __future__ import annotations
@@ -12,12 +13,15 @@ import torch
 from torch import nn
 
 from .image_encoder import ConvImageEncoder
+from .resnet_encoder import ResNet18ImageEncoder
 from cadence.datasets.normalizer import Normalizer
+
+IMAGE_ENCODERS = ("conv", "resnet18")
 
 
 class ObsEncoder(nn.Module):
     def __init__(self, obs_shapes: Mapping[str, Sequence[int]], obs_horizon: int, out_dim: int = 128,
-                 hidden_dim: int = 256, image_feature_dim: int = 64):
+                 hidden_dim: int = 256, image_feature_dim: int = 64, image_encoder: str = "conv", crop: float = 1.0):
         super().__init__()
         self.lowdim_keys = sorted(k for k, s in obs_shapes.items() if len(s) == 1)
         self.image_keys = sorted(k for k, s in obs_shapes.items() if len(s) == 3)
@@ -26,18 +30,27 @@ class ObsEncoder(nn.Module):
             raise ValueError(f"observation keys {other} are neither vectors (D,) nor images (H, W, 3): "
                              f"{ {k: tuple(obs_shapes[k]) for k in other} }")
         self.obs_horizon = obs_horizon
-        self.images = nn.ModuleDict({k: ConvImageEncoder(image_feature_dim) for k in self.image_keys})
+        if image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"policy.image_encoder must be one of {IMAGE_ENCODERS}, got {image_encoder!r}")
+        make = (lambda: ConvImageEncoder(image_feature_dim)) if image_encoder == "conv" else \
+            (lambda: ResNet18ImageEncoder(image_feature_dim, crop))
+        self.images = nn.ModuleDict({k: make() for k in self.image_keys})
+        for key, encoder in self.images.items():
+            if hasattr(encoder, "check_image_size"):
+                encoder.check_image_size(*obs_shapes[key][:2])
         per_step = sum(obs_shapes[k][0] for k in self.lowdim_keys) + image_feature_dim * len(self.image_keys)
         self.mlp = nn.Sequential(nn.Linear(per_step * obs_horizon, hidden_dim), nn.Mish(),
                                  nn.Linear(hidden_dim, out_dim))
         self.out_dim = out_dim
 
-    def forward(self, obs: Mapping[str, torch.Tensor], normalizer: Normalizer) -> torch.Tensor:
+    def forward(self, obs: Mapping[str, torch.Tensor], normalizer: Normalizer,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator`` draws the training-time random crops (ResNet-18 encoder)."""
         feats = [normalizer.normalize(k, obs[k].float()) for k in self.lowdim_keys]
         for key, encoder in self.images.items():
             frames = obs[key]
             b, t = frames.shape[:2]
-            feats.append(encoder(frames.flatten(0, 1)).view(b, t, -1))
+            feats.append(encoder(frames.flatten(0, 1), generator).view(b, t, -1))
         x = torch.cat(feats, dim=-1)
         if x.shape[1] != self.obs_horizon:
             raise ValueError(f"expected {self.obs_horizon} observation steps, got {x.shape[1]}")

@@ -33,7 +33,7 @@ class Policy(nn.Module):
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """``batch``: the observation keys (B, To, ...) and ``action_key`` (B, Tp, Da)."""
         actions = self.normalizer.normalize(self.action_key, batch[self.action_key].float())
-        return self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer), generator)
+        return self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer, generator), generator)
 
     @torch.no_grad()
     def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
