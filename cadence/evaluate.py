@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -21,7 +20,9 @@ import cadence.envs  # noqa: F401  (registers the tasks)
 from cadence.envs.rendering import rendering_problem
 from cadence.envs.rollout import RolloutResult, rollout
 from cadence.envs.trajectory_plot import plot_trajectories
+from cadence.deploy.budget import time_calls
 from cadence.envs.video import check_video_format, save_video
+from cadence.policies.processes.sample_steps import with_sample_steps
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +36,14 @@ def make_env(task_cfg, render: bool = False) -> gym.Env:
 
 def set_sample_steps(policy, steps: int | None) -> None:
     """Override the number of sampling steps of a trained policy (DDIM / Euler)."""
-    if steps is None:
-        return
-    process = policy.process
-    limit = getattr(process, "train_steps", None)
-    if steps < 1 or (limit is not None and steps > limit):
-        raise ValueError(f"eval.sample_steps must be in [1, {limit or 'inf'}], got {steps}")
-    process.sample_steps = steps
+    policy.process = with_sample_steps(policy.process, steps)
 
 
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:
     """Milliseconds per ``predict_chunk`` call at batch size 1 (median and 90th percentile)."""
-    times = []
-    for i in range(warmup + calls):
-        start = time.perf_counter()
-        policy.predict_chunk(obs)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000.0)
-    times.sort()
-    return {"ms_per_chunk": round(statistics.median(times), 3),
-            "ms_per_chunk_p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
+    times = np.sort(time_calls(lambda i: policy.predict_chunk(obs), calls, warmup))
+    return {"ms_per_chunk": round(float(np.median(times)), 3),
+            "ms_per_chunk_p90": round(float(times[min(len(times) - 1, int(0.9 * len(times)))]), 3)}
 
 
 def first_observation(task_cfg, obs_horizon: int, seed: int, device) -> dict[str, torch.Tensor]:

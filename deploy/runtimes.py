@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from cadence.policies.policy import Policy
-from cadence.policies.processes import DDPMProcess, RegressionProcess
+from cadence.policies.processes.sample_steps import with_sample_steps
 from torch import nn
 
 from .exported_policy import ExportedPolicy, load_exported
@@ -45,26 +45,6 @@ class Runtime(Protocol):
 
 
 # --- shared pieces ------------------------------------------------------------------------------
-
-def with_sample_steps(process, steps: int | None):
-    """A private copy of ``process`` sampling with ``steps`` network calls (None: keep its own)."""
-    process = copy.deepcopy(process)
-    if steps is None:
-        return process
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"sample_steps must be a positive int or None, got {steps!r}")
-    if isinstance(process, RegressionProcess):
-        if steps != 1:
-            raise ValueError(f"a regression policy makes exactly one network call; sample_steps must be 1 or None, "
-                             f"got {steps}")
-        return process
-    if not hasattr(process, "sample_steps"):
-        raise TypeError(f"{type(process).__name__} has no sample_steps to override")
-    if isinstance(process, DDPMProcess) and steps > process.train_steps:
-        raise ValueError(f"need 1 <= sample_steps <= train_steps ({process.train_steps}), got {steps}")
-    process.sample_steps = steps
-    return process
-
 
 def _to_tensor(array, device: torch.device) -> torch.Tensor:
     array = np.asarray(array)

@@ -10,8 +10,9 @@ from cadence.deploy.runtimes import (
     TorchRuntime,
     available_runtime_kinds,
     build_runtime,
-    with_sample_steps,
 )
+
+from cadence.policies.processes.sample_steps import with_sample_steps
 
 from .onnx_cases import CASES, exported, make_noise, make_obs, make_policy
 
