@@ -3,5 +3,11 @@ import gymnasium as gym
 
 DEFAULT_TASK_ID = "cadence/BimodalReach-v0"
 
-if DEFAULT_TASK_ID not in gym.registry:
-    gym.register(DEFAULT_TASK_ID, entry_point="cadence.envs.bimodal_reach:BimodalReachEnv")
+_TASKS = {
+    DEFAULT_TASK_ID: "cadence.envs.bimodal_reach:BimodalReachEnv",
+    "cadence/PushT-v0": "cadence.envs.pusht:PushTTask",
+}
+
+for _id, _entry in _TASKS.items():
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=_entry)
