@@ -48,7 +48,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 def save_checkpoint(target: str | os.PathLike, policy: Policy, cfg: DictConfig, step: int,
                     obs_shapes: Mapping[str, tuple], train_state: Mapping[str, torch.Tensor] | None = None,
-                    train_state_json: Mapping | None = None) -> Path:
+                    train_state_json: Mapping | None = None, extra_meta: Mapping | None = None) -> Path:
     target = Path(target)
     tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -57,7 +57,7 @@ def save_checkpoint(target: str | os.PathLike, policy: Policy, cfg: DictConfig, 
     save_file(policy.normalizer.tensors(), str(tmp / "normalizer.safetensors"))
     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     meta = {"format": FORMAT_VERSION, "step": step, "obs_shapes": {k: list(s) for k, s in obs_shapes.items()},
-            "action_dim": policy.action_dim, "normalizer_modes": dict(policy.normalizer.modes)}
+            "action_dim": policy.action_dim, "normalizer_modes": dict(policy.normalizer.modes), **(extra_meta or {})}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if train_state is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in train_state.items()}, str(tmp / "train_state.safetensors"))

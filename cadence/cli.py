@@ -15,12 +15,13 @@ COMMANDS = {
     "train": ("cadence.train", "train", "train a policy on an episode store"),
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
-    "import": ("cadence.import_data", "import", "import a dataset (robomimic HDF5) into an episode store"),
+    "import": ("cadence.import_data", "import", "import a dataset (robomimic HDF5, LeRobot v2.x / v3.0) into an episode store"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
     "robot serve": ("cadence.robot_serve", "robot_serve", "serve a simulated robot over the network"),
     "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),
+    "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 

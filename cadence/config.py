@@ -21,6 +21,8 @@ class TaskConfig:
     dataset: str = "data/bimodal_reach.zarr"          # episode store, relative to the working dir
     fps: float = 10.0
     expert: str = "bimodal_reach"                     # scripted expert used by `cadence collect`
+    obs_slices: dict = field(default_factory=dict)    # {name: [stored_key, start, stop]} derived keys
+    info_metrics: list = field(default_factory=list)  # info keys reported at each episode's end
 
 
 @dataclass
@@ -214,6 +216,26 @@ class BenchLatencyApp:
 
 
 @dataclass
+class BenchSuccessEntry:
+    task: str = "bimodal_reach"              # a config in configs/task/
+    policy: str = "diffusion"                # a config in configs/policy/
+    steps: int = 1500                        # training steps (ignored with checkpoint)
+    checkpoint: Optional[str] = None         # evaluate this trained run instead of training
+    overrides: list = field(default_factory=list)   # more `cadence train` overrides, e.g. policy.down_dims=[64,128,256]
+    sample_steps: Optional[int] = None       # evaluation sampling steps; default the policy's
+
+
+@dataclass
+class BenchSuccessApp:
+    entries: list = field(default_factory=list)      # BenchSuccessEntry fields per row
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(video_episodes=2, latency_calls=0))
+    collect: CollectConfig = field(default_factory=CollectConfig)   # for tasks whose store is missing
+    threads: int = 0                                 # torch CPU threads for training; 0: default
+    device: str = "auto"
+    out_dir: str = "runs/bench-success-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class BenchLoopApp:
     checkpoint: str = "???"
     episodes: int = 50
@@ -226,10 +248,11 @@ class BenchLoopApp:
 
 @dataclass
 class ImportApp:
-    format: str = "robomimic"
-    source: str = "???"                     # the file (robomimic: an HDF5 file)
+    format: str = "robomimic"               # robomimic | lerobot
+    source: str = "???"                     # robomimic: an HDF5 file; lerobot: the dataset directory
     out: str = "???"                        # the episode store to write
-    fps: Optional[float] = None             # default: the format's (robomimic: 20)
+    fps: Optional[float] = None             # default: the format's (robomimic: 20; lerobot: info.json's)
+    videos: bool = True                     # lerobot: decode the video features (false: skip them)
     overwrite: bool = False
 
 
@@ -238,6 +261,7 @@ def register() -> None:
     for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
                        "export_schema": ExportApp, "bench_latency_schema": BenchLatencyApp,
-                       "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp}.items():
+                       "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp,
+                       "bench_success_schema": BenchSuccessApp}.items():
         cs.store(name=name, node=node)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-import cadence.envs  # noqa: F401  (registers the tasks)
+from cadence.envs import DEFAULT_TASK_ID   # importing cadence.envs registers the tasks
 from cadence.envs.rendering import rendering_problem
 from cadence.envs.rollout import RolloutResult, rollout
 from cadence.envs.trajectory_plot import plot_trajectories
@@ -72,7 +72,8 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
         torch.manual_seed(eval_cfg.seed)
         result = rollout(policy, partial(make_env, task_cfg, video > 0), seeds, policy_cfg.obs_horizon,
                          policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
-                         video_episodes=video, progress=progress)
+                         video_episodes=video, progress=progress,
+                         info_metrics=list(task_cfg.get("info_metrics") or []))
     summary = result.summary()
     if eval_cfg.latency_calls > 0:
         summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),
@@ -83,7 +84,7 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
         if video > 0:
             summary["video"] = str(save_video(result.frames, out_dir / f"rollouts.{eval_cfg.video_format}",
                                               fps=task_cfg.fps))
-        if eval_cfg.plot:
+        if eval_cfg.plot and task_cfg.env_id == DEFAULT_TASK_ID:   # the picture is of that task
             summary["plot"] = str(plot_trajectories(result, out_dir / "trajectories.png", title=title))
         (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     return summary, result
@@ -92,8 +93,11 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
 def format_summary(summary: dict) -> str:
     shares = ", ".join(f"{m} {s:.2f}" for m, s in sorted(summary.get("mode_shares", {}).items())) or "-"
     latency = f", {summary['ms_per_chunk']:.1f} ms/chunk" if "ms_per_chunk" in summary else ""
+    finals = "".join(f", mean final {k[len('mean_final_'):]} {v:.3f}" for k, v in sorted(summary.items())
+                     if k.startswith("mean_final_"))
     return (f"success {summary['success_rate']:.2f} over {summary['n_episodes']} episodes "
-            f"(modes among successes: {shares}), mean length {summary['mean_length']:.1f}{latency}")
+            f"(modes among successes: {shares}), mean length {summary['mean_length']:.1f}, "
+            f"mean max reward {summary.get('mean_max_reward', 0.0):.3f}{finals}{latency}")
 
 
 def run(cfg: DictConfig) -> dict:

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
-from cadence.datasets.episode_store import EpisodeStore, StoreError
+from cadence.datasets.episode_store import StoreError
 from cadence.datasets.normalizer import Normalizer
-from cadence.datasets.window_dataset import WindowDataset
+from cadence.datasets.window_dataset import WindowDataset, is_image_shape
 from cadence.device import resolve_device
 from cadence.ema import EMA
 from cadence.evaluate import evaluate_policy, format_summary
@@ -30,9 +30,9 @@ from cadence.tracking import MetricsLogger
 log = logging.getLogger(__name__)
 
 
-def fit_normalizer(store: EpisodeStore, dataset: WindowDataset, mode: str) -> Normalizer:
-    keys = [k for k, shape in dataset.obs_shapes.items() if len(shape) == 1] + [dataset.action_key]
-    return Normalizer.from_stats({k: store.stats(k) for k in keys}, {k: mode for k in keys})
+def fit_normalizer(dataset: WindowDataset, mode: str) -> Normalizer:
+    keys = [k for k, shape in dataset.obs_shapes.items() if not is_image_shape(shape)] + [dataset.action_key]
+    return Normalizer.from_stats({k: dataset.stats(k) for k in keys}, {k: mode for k in keys})
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -86,9 +86,9 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
     if not Path(cfg.task.dataset).exists():
         raise StoreError(f"{cfg.task.dataset}: no episode store here; create it with "
                          f"`cadence collect task={cfg.task.name}` or set task.dataset=PATH")
-    store = EpisodeStore.open(cfg.task.dataset)
-    data = WindowDataset(store, cfg.task.obs_keys, cfg.task.action_key, pcfg.obs_horizon, pcfg.pred_horizon)
-    normalizer = fit_normalizer(store, data, pcfg.normalizer)
+    data = WindowDataset.for_task(cfg.task, pcfg.obs_horizon, pcfg.pred_horizon)
+    store = data.store
+    normalizer = fit_normalizer(data, pcfg.normalizer)
     torch.manual_seed(tcfg.seed)   # weight initialisation
     policy = build_policy(pcfg, data.obs_shapes, data.action_dim, normalizer, cfg.task.action_key).to(device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -106,17 +106,24 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
     metrics = MetricsLogger(run_dir, cfg.tracking.mode, cfg.tracking.project,
                             OmegaConf.to_container(cfg, resolve=True), name=run_dir.name)
 
+    # Training wall time, periodic evaluations excluded, carried across resumes (meta.json).
+    clock = {"start": time.perf_counter(), "eval": 0.0, "before": _previous_train_seconds(existing, cfg.resume)}
+
     def checkpoint(step: int) -> None:
         tensors, steps = optimizer_state(optimizer)
         tensors.update({f"model.{k}": v for k, v in policy.weights().items()})
-        save_checkpoint(ckpt_dir, ema.model, cfg, step, data.obs_shapes, tensors, {"optimizer_steps": steps})
+        seconds = clock["before"] + time.perf_counter() - clock["start"] - clock["eval"]
+        save_checkpoint(ckpt_dir, ema.model, cfg, step, data.obs_shapes, tensors, {"optimizer_steps": steps},
+                        extra_meta={"train_seconds": round(seconds, 1)})
 
     def evaluate(step: int) -> None:
+        started = time.perf_counter()
         out = run_dir / f"eval-step{step}"
         summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
                                      title=f"{pcfg.name} @ step {step}")
         metrics.log({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, step)
         log.info("step %d: %s", step, format_summary(summary))
+        clock["eval"] += time.perf_counter() - started
 
     bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {pcfg.name}", disable=not progress, dynamic_ncols=True)
     window_loss, window_start = 0.0, time.perf_counter()
@@ -169,6 +176,15 @@ def _with_checkpoint_model(cfg: DictConfig, ckpt: Path) -> DictConfig:
             log.warning("resume: keeping the checkpoint's %s settings; ignoring %s", group,
                         ", ".join(f"{group}.{k}={now.get(k)!r} (checkpoint: {then.get(k)!r})" for k in changed))
     return OmegaConf.merge(cfg, {"task": saved.task, "policy": saved.policy})
+
+
+def _previous_train_seconds(ckpt, resume: bool) -> float:
+    if not (resume and ckpt):
+        return 0.0
+    try:
+        return float(json.loads((Path(ckpt) / "meta.json").read_text()).get("train_seconds", 0.0))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _resume(ckpt: Path, policy, ema: EMA, optimizer, device) -> int:

@@ -32,6 +32,13 @@ def affine_from_stats(stats: Mapping[str, np.ndarray], mode: str) -> tuple[np.nd
     return scale.astype(np.float32), offset.astype(np.float32)
 
 
+def module_name(key: str) -> str:
+    """A data key as a torch module / buffer name, which may not contain '.': LeRobot keys
+    such as ``observation.state`` become ``observation%2Estate`` ('%' escaped first, so the
+    mapping is one to one); keys without '.' or '%' are unchanged."""
+    return key.replace("%", "%25").replace(".", "%2E")
+
+
 class Normalizer(nn.Module):
     def __init__(self):
         super().__init__()
@@ -48,23 +55,23 @@ class Normalizer(nn.Module):
     def add(self, key: str, mode: str, scale: torch.Tensor, offset: torch.Tensor) -> None:
         if mode not in MODES:
             raise ValueError(f"normalizer mode for {key!r} must be one of {MODES}, got {mode!r}")
-        if "." in key or not key:
-            raise ValueError(f"normalizer key must be non-empty and free of '.', got {key!r}")
+        if not key:
+            raise ValueError("normalizer key must be non-empty")
         self.modes[key] = mode
-        self.register_buffer(f"{key}__scale", scale.float())
-        self.register_buffer(f"{key}__offset", offset.float())
+        self.register_buffer(f"{module_name(key)}__scale", scale.float())
+        self.register_buffer(f"{module_name(key)}__offset", offset.float())
 
-    def _params(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def params(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         if key not in self.modes:
             raise KeyError(f"normalizer has no key {key!r} (has {sorted(self.modes)})")
-        return getattr(self, f"{key}__scale"), getattr(self, f"{key}__offset")
+        return getattr(self, f"{module_name(key)}__scale"), getattr(self, f"{module_name(key)}__offset")
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        scale, offset = self._params(key)
+        scale, offset = self.params(key)
         return x * scale + offset
 
     def unnormalize(self, key: str, y: torch.Tensor) -> torch.Tensor:
-        scale, offset = self._params(key)
+        scale, offset = self.params(key)
         return (y - offset) / scale
 
     def __contains__(self, key: str) -> bool:
@@ -79,7 +86,7 @@ class Normalizer(nn.Module):
         norm = cls()
         for key, mode in modes.items():
             try:
-                norm.add(key, mode, tensors[f"{key}__scale"], tensors[f"{key}__offset"])
+                norm.add(key, mode, tensors[f"{module_name(key)}__scale"], tensors[f"{module_name(key)}__offset"])
             except KeyError as exc:
                 raise KeyError(f"normalizer tensors lack {exc.args[0]!r} for key {key!r}") from None
         return norm

@@ -2,10 +2,15 @@
 
 The default task's stores are a few MB, so every key is loaded once and batches are gathered
 with tensor indexing (no worker processes, no per-sample Python).
+
+``slices`` derive an observation key from a stored one, ``{name: [key, start, stop]}`` on the
+last axis (PushT's ``agent_pos`` is ``state[..., 0:2]`` of the Diffusion Policy store), so a
+store written elsewhere is read in place. Images (``(H, W, 3)`` per step) stored as floats in
+[0, 255] (that store's ``img``) are held as uint8, a quarter of the memory.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,8 +21,10 @@ from .window_sampler import WindowSampler
 
 class WindowDataset:
     def __init__(self, store: EpisodeStore, obs_keys: Sequence[str], action_key: str,
-                 obs_horizon: int, pred_horizon: int):
-        missing = [k for k in [*obs_keys, action_key] if k not in store.keys]
+                 obs_horizon: int, pred_horizon: int, slices: Mapping[str, Sequence] | None = None):
+        self.slices = _check_slices(slices or {}, store)
+        stored = [self.slices[k][0] if k in self.slices else k for k in obs_keys]
+        missing = [k for k in [*stored, action_key] if k not in store.keys]
         if missing:
             raise StoreError(f"{store.path}: the task needs keys {missing}, the store has {store.keys}")
         if store.n_episodes == 0:
@@ -25,7 +32,30 @@ class WindowDataset:
         self.store = store
         self.obs_keys, self.action_key = list(obs_keys), action_key
         self.sampler = WindowSampler(store.episode_ends, obs_horizon, pred_horizon)
-        self.arrays = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in store.load([*obs_keys, action_key]).items()}
+        loaded = store.load(sorted({*stored, action_key}))
+        self.arrays = {}
+        for key in [*self.obs_keys, action_key]:
+            if key in self.slices:
+                parent, start, stop = self.slices[key]
+                values = loaded[parent][..., start:stop]
+            else:
+                values = loaded[key]
+            if is_image_shape(values.shape[1:]) and values.dtype.kind == "f":
+                values = _float_image_to_uint8(values)
+            self.arrays[key] = torch.from_numpy(np.ascontiguousarray(values))
+
+    @classmethod
+    def for_task(cls, task, obs_horizon: int, pred_horizon: int) -> "WindowDataset":
+        """The windows a task config names: its store, observation keys, slices and action key."""
+        return cls(EpisodeStore.open(task.dataset), list(task.obs_keys), task.action_key, obs_horizon,
+                   pred_horizon, slices=dict(task.get("obs_slices") or {}))
+
+    def stats(self, key: str) -> dict[str, np.ndarray]:
+        """Per-element statistics of a key (a sliced key: its slice of the stored key's)."""
+        if key in self.slices:
+            parent, start, stop = self.slices[key]
+            return {name: v[..., start:stop] for name, v in self.store.stats(parent).items()}
+        return self.store.stats(key)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -43,3 +73,32 @@ class WindowDataset:
         batch = {k: self.arrays[k][torch.from_numpy(obs_idx)] for k in self.obs_keys}
         batch[self.action_key] = self.arrays[self.action_key][torch.from_numpy(act_idx)]
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def is_image_shape(shape: Sequence[int]) -> bool:
+    """Per-step shape of a camera image: (H, W, 3). Everything else is low-dimensional."""
+    return len(shape) == 3 and shape[-1] == 3
+
+
+def _check_slices(slices: Mapping[str, Sequence], store: EpisodeStore) -> dict[str, tuple[str, int, int]]:
+    checked = {}
+    for name, spec in slices.items():
+        spec = list(spec)
+        if len(spec) != 3 or not isinstance(spec[0], str) or not all(isinstance(i, int) for i in spec[1:]):
+            raise StoreError(f"task.obs_slices.{name} must be [stored_key, start, stop], got {spec}")
+        key, start, stop = spec
+        if key not in store.keys:
+            raise StoreError(f"{store.path}: task.obs_slices.{name} reads key {key!r}, the store has {store.keys}")
+        width = store.features[key].shape[-1] if store.features[key].shape else 0
+        if not 0 <= start < stop <= width:
+            raise StoreError(f"task.obs_slices.{name} = {spec}: [{start}:{stop}] is outside {key}'s "
+                             f"last axis of size {width}")
+        checked[name] = (key, start, stop)
+    return checked
+
+
+def _float_image_to_uint8(values: np.ndarray, block: int = 4096) -> np.ndarray:
+    out = np.empty(values.shape, dtype=np.uint8)
+    for i in range(0, len(values), block):
+        out[i:i + block] = np.clip(np.rint(values[i:i + block]), 0, 255)
+    return out

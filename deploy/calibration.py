@@ -36,10 +36,8 @@ def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.nd
     """``n`` observation windows, each key (1, To, ...), from the run's data or its environment."""
     task, policy = cfg.task, cfg.policy
     if Path(task.dataset).exists():
-        from cadence.datasets.episode_store import EpisodeStore
         from cadence.datasets.window_dataset import WindowDataset
-        data = WindowDataset(EpisodeStore.open(task.dataset), list(task.obs_keys), task.action_key,
-                             policy.obs_horizon, policy.pred_horizon)
+        data = WindowDataset.for_task(task, policy.obs_horizon, policy.pred_horizon)
         picks = np.random.default_rng(seed).choice(len(data), size=n, replace=len(data) < n)
         batch = data.batch(torch.from_numpy(picks))
         return [{k: batch[k][i: i + 1].numpy() for k in task.obs_keys} for i in range(n)]

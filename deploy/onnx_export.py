@@ -32,6 +32,7 @@ from cadence.policies.policy import Policy
 from torch import nn
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
+from cadence.datasets.window_dataset import is_image_shape
 
 from .exported_policy import (
     DENOISER_FILE,
@@ -113,7 +114,7 @@ def _example_obs(obs_shapes: Mapping[str, Sequence[int]], batch: int, obs_horizo
 
 
 def _obs_dtype(shape: Sequence[int]) -> str:
-    return "uint8" if len(shape) == 3 else "float32"     # images (H, W, 3) are uint8; vectors float32
+    return "uint8" if is_image_shape(shape) else "float32"     # images (H, W, 3) are uint8; the rest float32
 
 
 def _max_err(session, feeds: Mapping[str, torch.Tensor], reference: torch.Tensor, output: str) -> float:
@@ -133,7 +134,7 @@ def _infer_obs_shapes(policy: Policy) -> dict[str, tuple[int, ...]]:
     if getattr(encoder, "image_keys", None):
         raise ExportError(f"observation shapes are needed for image keys {encoder.image_keys}: pass obs_shapes "
                           "(a checkpoint's meta.json has them)")
-    return {k: tuple(policy.normalizer.tensors()[f"{k}__scale"].shape) for k in encoder.lowdim_keys}
+    return {k: tuple(policy.normalizer.params(k)[0].shape) for k in encoder.lowdim_keys}
 
 
 def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str = "", *,
@@ -190,7 +191,7 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
             echo(f"wrote {out / file} ({(out / file).stat().st_size / 1024:.0f} KiB, {seconds:.1f} s, "
                  f"max |onnxruntime - torch| {errors[name]:.1e})")
 
-    norm = policy.normalizer.tensors()
+    action_scale, action_offset = (t.detach().cpu() for t in policy.normalizer.params(policy.action_key))
     spec: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "process": spec_process,
@@ -198,8 +199,7 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         "obs_horizon": To, "pred_horizon": Tp, "action_dim": Da, "action_key": policy.action_key,
         "cond_dim": cond_dim,
         "action_normalizer": {"mode": policy.normalizer.modes[policy.action_key],
-                              "scale": norm[f"{policy.action_key}__scale"].tolist(),
-                              "offset": norm[f"{policy.action_key}__offset"].tolist()},
+                              "scale": action_scale.tolist(), "offset": action_offset.tolist()},
         "graphs": {"encoder": {"file": ENCODER_FILE, "inputs": keys, "outputs": ENCODER_OUTPUTS},
                    "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": DENOISER_OUTPUTS}},
         "source": {"checkpoint": str(source), "step": step},

@@ -8,6 +8,8 @@ _TASKS = {
     "cadence/PushT-v0": "cadence.envs.pusht:PushTTask",
 }
 
+_MAX_STEPS = {"cadence/PushT-v0": 300}
+
 for _id, _entry in _TASKS.items():
     if _id not in gym.registry:
-        gym.register(_id, entry_point=_entry)
+        gym.register(_id, entry_point=_entry, max_episode_steps=_MAX_STEPS.get(_id))

@@ -31,6 +31,8 @@ class RolloutResult:
     returns: np.ndarray            # float (N,)
     lengths: np.ndarray            # int (N,): env steps taken in the episode
     modes: list[str]               # info["mode"] at the episode's end, "none" if not reported
+    max_rewards: np.ndarray = field(default_factory=lambda: np.zeros(0))   # float (N,): best step reward
+    final_info: dict[str, np.ndarray] = field(default_factory=dict)        # info[k] at each episode's end
     states: list[np.ndarray] = field(default_factory=list)  # per episode (L+1, Ds)
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W*V, 3) uint8 per step
 
@@ -58,6 +60,8 @@ class RolloutResult:
             "mean_length": float(np.mean(self.lengths)) if n else 0.0,
             "mode_shares": shares,
             "mode_counts": counts,
+            "mean_max_reward": float(np.mean(self.max_rewards)) if len(self.max_rewards) else 0.0,
+            **{f"mean_final_{k}": float(np.mean(v)) for k, v in self.final_info.items()},
         }
 
 
@@ -108,7 +112,8 @@ def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_horizon: int,
             exec_horizon: int, obs_keys: Sequence[str], device: str | torch.device = "cpu",
-            video_episodes: int = 0, progress: bool = True) -> RolloutResult:
+            video_episodes: int = 0, progress: bool = True,
+            info_metrics: Sequence[str] = ()) -> RolloutResult:
     """Run one episode per seed with receding-horizon control and return the outcomes.
 
     ``policy.predict_chunk({key: (B, obs_horizon, ...) tensor})`` is called with the B envs
@@ -116,7 +121,9 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
     must return an ActionChunk whose batch is B. ``frames`` holds, for the first
     ``video_episodes`` envs, their renders tiled side by side, one tiled frame for the reset
     and one per env step until the last of those episodes ended (a finished episode keeps
-    showing its last frame).
+    showing its last frame). ``max_rewards`` is each episode's largest step reward (PushT's
+    score in the Diffusion Policy paper); ``final_info[k]`` the number ``info[k]`` held at each
+    episode's last step, for every ``k`` in ``info_metrics`` (NaN if the env never reported it).
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -149,6 +156,8 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
         done = np.zeros(n, dtype=bool)
         success = np.zeros(n, dtype=bool)
         returns = np.zeros(n, dtype=np.float64)
+        max_rewards = np.full(n, -np.inf)
+        final_info = {k: np.full(n, np.nan) for k in info_metrics}
         lengths = np.zeros(n, dtype=np.int64)
         modes = ["none"] * n
 
@@ -190,6 +199,9 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
                     bar.update(1)
                     for i in active:
                         returns[i] += float(reward[i])
+                        max_rewards[i] = max(max_rewards[i], float(reward[i]))
+                        for k in final_info:
+                            final_info[k][i] = float(_info_at(infos, k, i, np.nan))
                         lengths[i] += 1
                         for k in obs_keys:
                             history[k][i, :-1] = history[k][i, 1:]
@@ -214,5 +226,6 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
 
     return RolloutResult(
         seeds=seeds, success=success, returns=returns, lengths=lengths, modes=modes,
+        max_rewards=np.where(np.isfinite(max_rewards), max_rewards, 0.0), final_info=final_info,
         states=[np.stack(s) if s else np.zeros((0,), np.float32) for s in states],
         frames=frames)

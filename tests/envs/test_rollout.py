@@ -208,3 +208,31 @@ def test_image_observations_are_fed_as_uint8():
 def test_video_needs_rgb_array_render_mode():
     with pytest.raises(RuntimeError, match="render_mode='rgb_array'"):
         _run(CarrotPolicy(), seeds=[0], video_episodes=1)
+
+
+class _PushTHold:
+    """Keeps the PushT agent where it starts: every action is the latest agent position."""
+
+    def predict_chunk(self, obs):
+        pos = obs["agent_pos"][:, -1:].float()
+        return ActionChunk(actions=pos.expand(-1, TP, -1).clone(), start=TO - 1)
+
+
+def test_max_reward_and_final_info_metrics_on_pusht():
+    seeds = [100_000, 100_001]
+    result = rollout(_PushTHold(), partial(gym.make, "cadence/PushT-v0"), seeds, TO, TA,
+                     ["agent_pos"], progress=False, info_metrics=["coverage", "absent"])
+    for i, seed in enumerate(seeds):   # the same episode stepped by hand
+        env = gym.make("cadence/PushT-v0")
+        obs, _ = env.reset(seed=seed)
+        hold, rewards = obs["agent_pos"].copy(), []
+        for _ in range(300):
+            _, reward, _, _, info = env.step(hold)
+            rewards.append(reward)
+        assert result.final_info["coverage"][i] == pytest.approx(info["coverage"], abs=1e-9)
+        assert result.max_rewards[i] == pytest.approx(max(rewards), abs=1e-9)
+        assert result.lengths[i] == 300 and not result.success[i]
+    assert np.isnan(result.final_info["absent"]).all()
+    summary = result.summary()
+    assert summary["mean_final_coverage"] == pytest.approx(result.final_info["coverage"].mean())
+    assert summary["mean_max_reward"] == pytest.approx(result.max_rewards.mean())

@@ -1,0 +1,97 @@
+"""Frames out of mp4 files and images out of encoded bytes, for the dataset importers.
+
+:func:`read_video_frames` decodes a video with PyAV and returns, for each requested timestamp
+(seconds, on the video's own clock: ``pts * time_base``), the frame nearest to it, refusing a
+timestamp with no frame within the tolerance. It seeks to the keyframe before the first
+timestamp and decodes only up to the last one, so a slice of a long video (LeRobot v3.0 puts
+many episodes in one file) costs about what the slice does. :func:`decode_image` decodes one
+PNG / JPEG (LeRobot's image features). Both return uint8 RGB ``(H, W, 3)`` frames and raise
+:class:`StoreError` naming the file and what was being read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .episode_store import StoreError
+
+
+def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: str = "") -> np.ndarray:
+    """``(len(timestamps), H, W, 3)`` uint8: the frame nearest each timestamp (seconds).
+
+    ``where`` says what the frames are for (e.g. ``"episode 3, key observation.images.top"``);
+    errors name it together with ``path``.
+    """
+    import av
+
+    path = Path(path)
+    timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+    context = f" ({where})" if where else ""
+    if not path.is_file():
+        raise StoreError(f"{path}: missing video file{context}")
+    if len(timestamps) == 0:
+        raise StoreError(f"{path}: no timestamps to read{context}")
+    lo, hi = float(timestamps.min()) - tolerance_s, float(timestamps.max()) + tolerance_s
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise StoreError(f"{path}: holds no video stream{context}")
+            stream = container.streams.video[0]
+            times, frames = _decode_between(container, stream, lo, hi, seek=lo > 0)
+            if lo > 0 and (not times or times[0] > lo + 2 * tolerance_s):
+                # the seek overshot (an odd index); decode from the start instead
+                times, frames = _decode_between(container, stream, lo, hi, seek=False)
+    except (av.FFmpegError, OSError) as exc:
+        raise StoreError(f"{path}: not a readable video{context}: {exc}") from None
+    if not times:
+        raise StoreError(f"{path}: no frames between {max(lo, 0):.4f} s and {hi:.4f} s{context} "
+                         f"(the video is shorter, or truncated)")
+    times = np.asarray(times)
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    after = np.minimum(np.searchsorted(times, timestamps), len(times) - 1)
+    before = np.maximum(after - 1, 0)
+    nearest = np.where(np.abs(times[after] - timestamps) < np.abs(times[before] - timestamps), after, before)
+    error = np.abs(times[nearest] - timestamps)
+    bad = np.flatnonzero(error > tolerance_s + 1e-9)
+    if len(bad):
+        t = timestamps[bad[0]]
+        raise StoreError(f"{path}: no frame within {tolerance_s * 1e3:.1f} ms of timestamp {t:.4f} s{context} "
+                         f"({len(bad)} of {len(timestamps)} timestamps unmatched; frames decoded here span "
+                         f"{times[0]:.4f}-{times[-1]:.4f} s)")
+    return np.stack([frames[order[i]] for i in nearest])
+
+
+def _decode_between(container, stream, lo: float, hi: float, seek: bool) -> tuple[list[float], list[np.ndarray]]:
+    container.seek(int(lo / stream.time_base) if seek else 0, stream=stream, backward=True, any_frame=False)
+    times, frames = [], []
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        t = float(frame.pts * stream.time_base)
+        if t > hi:
+            break
+        if t >= lo:
+            times.append(t)
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return times, frames
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """One PNG / JPEG / ... image as uint8 RGB ``(H, W, 3)``; ``where`` names it in errors."""
+    import imageio.v3 as iio
+
+    try:
+        image = np.asarray(iio.imread(data))
+    except Exception as exc:  # noqa: BLE001  (imageio / Pillow raise many types for bad bytes)
+        raise StoreError(f"{where}: not a decodable image ({type(exc).__name__}: {exc})") from None
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise StoreError(f"{where}: expected an RGB image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise StoreError(f"{where}: expected an 8-bit image, got {image.dtype}")
+    return image
