@@ -8,28 +8,44 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from cadence.datasets.episode_store import EpisodeStore, StoreError
-from cadence.envs.demonstrations import expert_episodes
+from cadence.envs.demonstrations import expert_episodes, renders_afterwards
+from cadence.envs.robosuite_render import StateRenderer, split_render_kwargs
 
 
 
 def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
-    """Collect ``collect_cfg.episodes`` successful expert episodes; returns a summary."""
+    """Collect ``collect_cfg.episodes`` successful expert episodes; returns a summary.
+
+    Robosuite tasks with cameras are collected without them (fast), then their camera images
+    are rendered from each kept episode's ``sim_state`` before it is written."""
     path = Path(task_cfg.dataset)
     if path.exists() and not collect_cfg.overwrite:
         raise StoreError(f"{path} already exists; pass collect.overwrite=true to replace it "
                          f"or task.dataset=OTHER_PATH to write elsewhere")
     store = EpisodeStore.create(path, fps=task_cfg.fps, overwrite=collect_cfg.overwrite)
     kept, outcomes, modes = 0, Counter(), Counter()
+    env_kwargs = dict(task_cfg.env_kwargs)
+    render_later = renders_afterwards(task_cfg.expert, env_kwargs)
+    pending = []     # episodes waiting for their camera images
     bar = tqdm(total=collect_cfg.episodes, desc=f"collect {task_cfg.name}", disable=not progress, dynamic_ncols=True)
-    for episode, info in expert_episodes(task_cfg.expert, task_cfg.env_id, collect_cfg.episodes,
-                                         collect_cfg.seed, dict(task_cfg.env_kwargs)):
+    for episode, info in expert_episodes(task_cfg.expert, task_cfg.env_id, collect_cfg.episodes, collect_cfg.seed,
+                                         split_render_kwargs(env_kwargs)[0] if render_later else env_kwargs):
         outcomes[bool(info.get("is_success"))] += 1
         if info.get("is_success"):
-            store.append_episode(episode)
+            if render_later:
+                pending.append(episode)
+            else:
+                store.append_episode(episode)
             modes[info.get("mode", "none")] += 1
             kept += 1
         bar.update(1)
     bar.close()
+    if pending:
+        with StateRenderer(task_cfg.env_id, env_kwargs) as renderer:
+            for episode in tqdm(pending, desc=f"render {task_cfg.name} cameras", disable=not progress,
+                                dynamic_ncols=True):
+                episode.update(renderer.render(episode["sim_state"]))
+                store.append_episode(episode)
     total = sum(outcomes.values())
     summary = {"path": str(path), "episodes": kept, "steps": store.n_steps,
                "expert_success_rate": outcomes[True] / max(1, total), "modes": dict(modes)}

@@ -6,6 +6,9 @@ DEFAULT_TASK_ID = "cadence/BimodalReach-v0"
 _TASKS = {
     DEFAULT_TASK_ID: "cadence.envs.bimodal_reach:BimodalReachEnv",
     "cadence/PushT-v0": "cadence.envs.pusht:PushTTask",
+    "cadence/Lift-v0": "cadence.envs.robosuite_tasks:LiftEnv",
+    "cadence/Can-v0": "cadence.envs.robosuite_tasks:CanEnv",
+    "cadence/Square-v0": "cadence.envs.robosuite_tasks:SquareEnv",
 }
 
 _MAX_STEPS = {"cadence/PushT-v0": 300}
