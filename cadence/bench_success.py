@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.collect import collect
 from cadence.config import BenchSuccessEntry
+from cadence.datasets.window_dataset import is_image_shape
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, set_sample_steps
 
@@ -68,13 +69,22 @@ def bench_entry(entry: DictConfig, cfg: DictConfig, out_dir: Path, progress: boo
     summary, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy, cfg.eval, out_dir / "eval", device,
                                  progress=progress, title=f"{train_cfg.policy.name} on {train_cfg.task.name}")
     task = train_cfg.task.name
-    return {"task": task, "obs": "+".join(train_cfg.task.obs_keys), "policy": train_cfg.policy.name,
+    return {"task": task, "obs": obs_kind(meta["obs_shapes"]), "obs_keys": list(train_cfg.task.obs_keys),
+            "policy": train_cfg.policy.name,
             "process": train_cfg.policy.process, "sample_steps": summary.get("sample_steps"),
             "success": summary["success_rate"], "score": summary["mean_max_reward"],
             "final_coverage": summary.get("mean_final_coverage"), "episodes": summary["n_episodes"],
             "train_steps": int(meta["step"]), "train_seconds": meta.get("train_seconds"),
             "eval_seconds": round(time.perf_counter() - started, 1), "paper": PAPER.get(task),
             "checkpoint": str(ckpt), "eval": summary}
+
+
+def obs_kind(obs_shapes: dict) -> str:
+    """``low-dim``, or ``N images + low-dim`` / ``N images``."""
+    images = sum(is_image_shape(s) for s in obs_shapes.values())
+    if not images:
+        return "low-dim"
+    return f"{images} image{'s' if images > 1 else ''}" + (" + low-dim" if images < len(obs_shapes) else "")
 
 
 def table(rows: list[dict]) -> str:

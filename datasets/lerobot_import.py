@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -47,6 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .episode_store import EpisodeStore, StoreError
+from .staged_store import staged_store
 from .video_frames import decode_image, read_video_frames
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
@@ -95,10 +95,8 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
         tasks = _tasks_v2(root)
     tolerance = 0.5 / float(info["fps"])
 
-    tmp = out.with_name(out.name + ".importing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        store = EpisodeStore.create(tmp, fps=float(fps or info["fps"]))
+    with staged_store(out, float(fps or info["fps"])) as store:
+        tmp = store.path
         reader = _ParquetRows(columns=numeric + images + ["episode_index"])
         for ep in tqdm(episodes, desc=f"import {root.name}", disable=not progress):
             rows = reader.episode(ep)
@@ -119,11 +117,6 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
                           "info": info, "tasks": tasks, "videos": bool(videos), "skipped": skipped,
                           "episodes": [ep.index for ep in episodes],
                           "episode_tasks": [list(ep.tasks) for ep in episodes]})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return EpisodeStore.open(out)
 
 

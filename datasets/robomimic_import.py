@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .episode_store import EpisodeStore, StoreError
+from .staged_store import staged_store
 
 RENAMED = {"actions": "action", "states": "sim_state", "rewards": "reward", "dones": "done"}
 DEFAULT_FPS = 20.0          # robomimic's robosuite datasets record at 20 Hz
@@ -70,22 +70,14 @@ def import_robomimic(hdf5: str | os.PathLike, out: str | os.PathLike, fps: float
         f = h5py.File(hdf5, "r")
     except (OSError, ValueError) as exc:
         raise StoreError(f"{hdf5}: not a readable HDF5 file ({exc})") from None
-    tmp = out.with_name(out.name + ".importing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with f:
-            if "data" not in f:
-                raise StoreError(f"{hdf5}: no 'data' group: not a robomimic dataset")
-            data = f["data"]
-            store = EpisodeStore.create(tmp, fps=fps)
+    with f:
+        if "data" not in f:
+            raise StoreError(f"{hdf5}: no 'data' group: not a robomimic dataset")
+        data = f["data"]
+        with staged_store(out, fps) as store:
             for name in tqdm(_demo_names(data, hdf5), desc=f"import {hdf5.name}", disable=not progress):
                 store.append_episode(_episode(data[name], name, hdf5))
             env_args = data.attrs.get("env_args")
             store.set_source({"format": "robomimic", "file": str(hdf5.resolve()), "masks": _mask(f),
                               "env_args": json.loads(env_args) if env_args else None})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return EpisodeStore.open(out)

@@ -12,7 +12,7 @@ task without handling two modes (see shared/notes/default-task-feasibility.md).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -51,17 +51,7 @@ def expert_episodes(expert: str, env_id: str, n_episodes: int, seed: int = 0,
             else:
                 obs, _ = env.reset(options={"start": start, "goal": goal})
             policy.reset(start, goal, sides[i % 2])
-            steps: dict[str, list] = {k: [] for k in obs}
-            steps["action"] = []
-            done, info = False, {}
-            while not done:
-                action = policy.act()
-                for k, v in obs.items():
-                    steps[k].append(v)
-                steps["action"].append(action)
-                obs, _, terminated, truncated, info = env.step(action)
-                done = terminated or truncated
-            yield {k: np.stack(v) for k, v in steps.items()}, info
+            yield _play(env, obs, policy.act)
     finally:
         env.close()
 
@@ -78,17 +68,28 @@ def _robosuite_episodes(expert: str, env_id: str, n_episodes: int, seed: int,
         for _ in range(n_episodes):
             obs, _ = env.reset(seed=int(rng.integers(2**31)))
             policy.reset(env.unwrapped)
-            steps: dict[str, list] = {k: [] for k in obs}
-            steps["sim_state"], steps["action"] = [], []
-            done, info = False, {}
-            while not done:
-                action = policy.act()
-                for k, v in obs.items():
-                    steps[k].append(v)
-                steps["sim_state"].append(env.unwrapped.get_sim_state())
-                steps["action"].append(action)
-                obs, _, terminated, truncated, info = env.step(action)
-                done = terminated or truncated
-            yield {k: np.stack(v) for k, v in steps.items()}, info
+            yield _play(env, obs, policy.act, sim_state=env.unwrapped.get_sim_state)
     finally:
         env.close()
+
+
+def _play(env, obs: dict, act: Callable[[], np.ndarray],
+          sim_state: Callable[[], np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Step ``env`` from ``obs`` with ``act()`` until the episode ends; returns the episode
+    (each observation key, ``action``, and ``sim_state`` if given, all taken before each
+    action) and the final info."""
+    steps: dict[str, list] = {k: [] for k in obs}
+    steps["action"] = []
+    if sim_state is not None:
+        steps["sim_state"] = []
+    done, info = False, {}
+    while not done:
+        action = act()
+        for k, v in obs.items():
+            steps[k].append(v)
+        if sim_state is not None:
+            steps["sim_state"].append(sim_state())
+        steps["action"].append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    return {k: np.stack(v) for k, v in steps.items()}, info

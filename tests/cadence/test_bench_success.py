@@ -21,7 +21,8 @@ def test_trains_and_loads_entries_and_writes_one_table(tmp_path):
     again = json.loads((tmp_path / "b2" / "results.json").read_text())["rows"][0]
     assert again["train_steps"] == 7 and again["episodes"] == 3 and again["sample_steps"] == 2
     assert again["train_seconds"] == first["train_seconds"]              # read back from the checkpoint
-    assert "| bimodal_reach | state" in proc.stdout and "diffusion (2 steps)" in proc.stdout
+    assert "| bimodal_reach | low-dim" in proc.stdout and "diffusion (2 steps)" in proc.stdout
+    assert again["obs_keys"] == ["state"]
 
 
 def test_an_empty_list_is_refused(tmp_path):
