@@ -25,7 +25,6 @@ import numpy as np
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-MAX_STEPS = 300
 SUCCESS_COVERAGE = 0.95
 
 # The store's nine keypoints in the block's frame (x, y), pixels.
