@@ -23,6 +23,7 @@ from cadence.config import BenchSuccessEntry
 from cadence.datasets.window_dataset import is_image_shape
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, set_sample_steps
+from cadence.markdown_table import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def table(rows: list[dict]) -> str:
     cells = [[r["task"], r["obs"], f"{r['policy']} ({r['sample_steps'] or '-'} steps)", _fmt(r["success"]),
               _fmt(r["score"], 3), _fmt(r["final_coverage"], 3), str(r["episodes"]), str(r["train_steps"]),
               _fmt(r["train_seconds"], 0), _fmt(r["paper"])] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+    return markdown_table(COLUMNS, cells)
 
 
 def run(cfg: DictConfig) -> list[dict]:

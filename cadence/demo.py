@@ -17,6 +17,7 @@ from cadence.checkpoint import load_policy
 from cadence.collect import collect
 from cadence.config import TrainApp
 from cadence.evaluate import first_observation, measure_latency
+from cadence.markdown_table import markdown_table
 from cadence.train import train
 
 
@@ -34,9 +35,7 @@ def train_config(cfg: DictConfig, name: str, run_dir: Path) -> DictConfig:
 
 def table(rows: list[dict]) -> str:
     cells = [[str(r[c]) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+    return markdown_table(COLUMNS, cells)
 
 
 def run_demo(cfg: DictConfig, out_dir: Path, progress: bool = True) -> list[dict]:
