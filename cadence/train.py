@@ -155,7 +155,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
             window_loss, window_start = 0.0, time.perf_counter()
         if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.steps:
             checkpoint(done)
-        if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.steps:
+        if tcfg.eval_every and cfg.eval.episodes > 0 and done % tcfg.eval_every == 0 and done < tcfg.steps:
             evaluate(done)
     bar.close()
     if start < tcfg.steps:          # a resumed run that was already complete has nothing new to save

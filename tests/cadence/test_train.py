@@ -77,6 +77,15 @@ def test_training_reduces_the_loss_and_writes_metrics(tiny_store, tmp_path):
     assert (tmp_path / "eval-step20" / "eval.json").is_file() and (tmp_path / "eval-step40" / "eval.json").is_file()
 
 
+def test_no_evaluation_at_all_when_eval_episodes_is_zero(tiny_store, tmp_path):
+    cfg = tiny_train_config(tiny_store, tmp_path, process="regression", steps=6, eval_every=2)
+    cfg.eval.episodes = 0
+    train(cfg, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if any(k.startswith("eval/") for k in r)]
+    assert not list(tmp_path.glob("eval-step*")) and (tmp_path / "checkpoint" / "meta.json").is_file()
+
+
 def test_lr_schedule_warms_up_then_decays_to_zero():
     factors = [warmup_cosine(s, 100, 10) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
