@@ -26,9 +26,36 @@ class TaskConfig:
 
 
 @dataclass
+class TransformerConfig:
+    """policy.network=transformer: the DiT-style denoiser (dense, or MoDE with num_experts > 0)."""
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    cond_tokens: int = 2             # observation tokens made from the encoded observation
+    attention: str = "full"          # full | causal
+    cross_attention: bool = False    # observation tokens as cross-attention memory instead of in the sequence
+    ffn_mult: int = 4                # feed-forward (and each expert's) hidden size = ffn_mult * d_model
+    dropout: float = 0.0
+    num_experts: int = 0             # 0: dense feed-forward; E > 0: MoDE, E experts routed by the noise level
+    top_k: int = 2                   # experts per noise level
+    balance_weight: float = 0.01     # load-balancing loss weight
+    expert_cache: bool = True        # fuse the routed experts per sampling step at inference
+
+
+@dataclass
+class EDMConfig:
+    """policy.process=edm: Karras / BESO score-based diffusion."""
+    sigma_min: float = 1e-3
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    sampler: str = "ddim"            # ddim (DPM-Solver-1) | euler
+
+
+@dataclass
 class PolicyConfig:
     name: str = "diffusion"
-    process: str = "ddpm"            # ddpm | flow | regression
+    process: str = "ddpm"            # ddpm | flow | edm | regression
+    network: str = "unet"            # unet | transformer
     obs_horizon: int = 2             # To
     pred_horizon: int = 16           # Tp
     exec_horizon: int = 8            # Ta
@@ -44,6 +71,8 @@ class PolicyConfig:
     image_feature_dim: int = 64
     image_encoder: str = "conv"      # conv (small, fast) | resnet18 (GroupNorm, spatial softmax)
     crop: float = 1.0                # resnet18: side fraction kept (random crop in training, centre at inference)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    edm: EDMConfig = field(default_factory=EDMConfig)
 
 
 @dataclass

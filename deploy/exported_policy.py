@@ -253,13 +253,14 @@ def _dtype_name(value) -> str:
 
 
 class OnnxDenoiser(nn.Module):
-    """``forward(x (B, Tp, Da), level (B,), cond (B, Dc)) -> (B, Tp, Da)``: one ONNX Runtime call."""
+    """``forward(x (B, Tp, Da), level (B,), cond (B, Dc)) -> (B, Tp, Da)``: one ONNX Runtime call.
+    The exported graph is the same at every sampling step, so ``step`` is not used."""
 
     def __init__(self, session):
         super().__init__()
         self.session = session
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None) -> torch.Tensor:
         level = level.expand(x.shape[0]) if level.ndim == 0 else level
         feeds = {"x": _numpy(x, np.float32), "level": _numpy(level, np.float32), "cond": _numpy(cond, np.float32)}
         (out,) = self.session.run(DENOISER_OUTPUTS, feeds)

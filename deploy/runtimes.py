@@ -99,9 +99,18 @@ class _Denoiser(nn.Module):
         super().__init__()
         self.inner, self.autocast = net, autocast
 
-    def forward(self, x, level, cond):
+    def prepare_sampling(self, levels) -> bool:
+        return _prepare_inner(self.inner, levels)
+
+    def forward(self, x, level, cond, step=None):
         with self.autocast():
-            return self.inner(x, level, cond).float()
+            return self.inner(x, level, cond, step=step).float()
+
+
+def _prepare_inner(inner: nn.Module, levels) -> bool:
+    """Pass a schedule to a wrapped denoiser with step-indexed caches; whether it rebuilt them."""
+    prepare = getattr(inner, "prepare_sampling", None)
+    return bool(prepare(levels)) if prepare is not None else False
 
 
 class _Compiled(nn.Module):
@@ -113,9 +122,12 @@ class _Compiled(nn.Module):
         self.inner = net
         self._fn = torch.compile(net.forward, mode="reduce-overhead")
 
-    def forward(self, x, level, cond):
+    def prepare_sampling(self, levels) -> bool:
+        return _prepare_inner(self.inner, levels)
+
+    def forward(self, x, level, cond, step=None):
         torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(x, level, cond).clone()
+        return self._fn(x, level, cond, step=step).clone()
 
 
 class _CudaGraph(nn.Module):
@@ -128,12 +140,20 @@ class _CudaGraph(nn.Module):
         super().__init__()
         self.inner = net
         self._graphs: dict[tuple, tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.cuda.CUDAGraph]] = {}
+        self._per_step = False
 
-    def forward(self, x, level, cond):
+    def prepare_sampling(self, levels) -> bool:
+        rebuilt = _prepare_inner(self.inner, levels)
+        if rebuilt:                 # captured graphs read the old cache tensors
+            self._graphs.clear()
+            self._per_step = True   # a step-indexed cache: one graph per sampling step
+        return rebuilt
+
+    def forward(self, x, level, cond, step=None):
         args = (x, level.expand(x.shape[0]) if level.ndim == 0 else level, cond)
-        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        key = (step if self._per_step else None, *((tuple(a.shape), a.dtype, a.device) for a in args))
         if key not in self._graphs:
-            self._graphs[key] = self._capture(args)
+            self._graphs[key] = self._capture(args, step)
         static_in, static_out, graph = self._graphs[key]
         for buf, value in zip(static_in, args):
             buf.copy_(value)
@@ -141,17 +161,17 @@ class _CudaGraph(nn.Module):
         return static_out.clone()
 
     @torch.no_grad()
-    def _capture(self, args):
+    def _capture(self, args, step):
         static_in = tuple(a.detach().clone() for a in args)
         side = torch.cuda.Stream(device=static_in[0].device)
         side.wait_stream(torch.cuda.current_stream(static_in[0].device))
         with torch.cuda.stream(side):            # warm up (cuDNN algorithm choice, allocator) off the capture
             for _ in range(self.WARMUP):
-                self.inner(*static_in)
+                self.inner(*static_in, step=step)
         torch.cuda.current_stream(static_in[0].device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = self.inner(*static_in)
+            static_out = self.inner(*static_in, step=step)
         return static_in, static_out, graph
 
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from .networks.transformer import TransformerDenoiser
 from .networks.unet1d import ConditionalUnet1D
 from .obs_encoder import ObsEncoder
 from .policy import Policy
 from .processes import DDPMProcess, RectifiedFlowProcess, RegressionProcess
+from .processes.edm import EDMProcess
 
-PROCESSES = ("ddpm", "flow", "regression")
+PROCESSES = ("ddpm", "flow", "edm", "regression")
+NETWORKS = ("unet", "transformer")
 
 
 def build_process(cfg):
@@ -16,6 +19,9 @@ def build_process(cfg):
         return DDPMProcess(cfg.diffusion_steps, cfg.sample_steps, cfg.clip_sample)
     if cfg.process == "flow":
         return RectifiedFlowProcess(cfg.sample_steps)
+    if cfg.process == "edm":
+        e = cfg.edm
+        return EDMProcess(cfg.sample_steps, e.sigma_min, e.sigma_max, e.sigma_data, e.sampler, cfg.clip_sample)
     if cfg.process == "regression":
         return RegressionProcess()
     raise ValueError(f"policy.process must be one of {PROCESSES}, got {cfg.process!r}")
@@ -29,7 +35,18 @@ def build_policy(cfg, obs_shapes: Mapping[str, Sequence[int]], action_dim: int, 
                          f"({cfg.obs_horizon - 1 + cfg.exec_horizon})")
     encoder = ObsEncoder(obs_shapes, cfg.obs_horizon, cfg.obs_feature_dim, image_feature_dim=cfg.image_feature_dim,
                          image_encoder=cfg.image_encoder, crop=cfg.crop)
-    denoiser = ConditionalUnet1D(action_dim, encoder.out_dim, tuple(cfg.down_dims), cfg.kernel_size,
-                                 cfg.n_groups, cfg.level_embed_dim)
-    return Policy(normalizer, encoder, denoiser, build_process(cfg), cfg.obs_horizon, cfg.pred_horizon,
-                  action_dim, action_key=action_key)
+    return Policy(normalizer, encoder, build_denoiser(cfg, action_dim, encoder.out_dim), build_process(cfg),
+                  cfg.obs_horizon, cfg.pred_horizon, action_dim, action_key=action_key)
+
+
+def build_denoiser(cfg, action_dim: int, cond_dim: int):
+    if cfg.network == "unet":
+        return ConditionalUnet1D(action_dim, cond_dim, tuple(cfg.down_dims), cfg.kernel_size, cfg.n_groups,
+                                 cfg.level_embed_dim)
+    if cfg.network == "transformer":
+        t = cfg.transformer
+        return TransformerDenoiser(action_dim, cond_dim, cfg.pred_horizon, t.d_model, t.n_layers, t.n_heads,
+                                   t.cond_tokens, t.attention, t.cross_attention, t.ffn_mult, t.dropout,
+                                   t.num_experts, t.top_k, t.balance_weight, t.expert_cache)
+    raise ValueError(f"policy.network must be one of {NETWORKS}, got {cfg.network!r}")
+

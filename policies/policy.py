@@ -33,7 +33,9 @@ class Policy(nn.Module):
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """``batch``: the observation keys (B, To, ...) and ``action_key`` (B, Tp, Da)."""
         actions = self.normalizer.normalize(self.action_key, batch[self.action_key].float())
-        return self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer, generator), generator)
+        loss = self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer, generator), generator)
+        aux = getattr(self.denoiser, "aux_loss", None)      # e.g. MoDE's load balancing
+        return loss + aux() if aux is not None else loss
 
     @torch.no_grad()
     def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
@@ -44,8 +46,16 @@ class Policy(nn.Module):
         cond = self.encoder(obs, self.normalizer)
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
         known = None if prefix is None else self._known(prefix, shape, cond.device)
+        self.prepare_sampling()
         x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise, known=known)
         return ActionChunk(self.normalizer.unnormalize(self.action_key, x), start=self.obs_horizon - 1)
+
+    def prepare_sampling(self) -> None:
+        """Let a denoiser with step-indexed caches (MoDE's fused experts) build them for the
+        process's current schedule; cheap when nothing changed."""
+        prepare = getattr(self.denoiser, "prepare_sampling", None)
+        if prepare is not None and hasattr(self.process, "levels"):
+            prepare(self.process.levels())
 
     def _known(self, prefix: torch.Tensor, shape: tuple[int, int, int], device) -> KnownActions:
         start = self.obs_horizon - 1

@@ -1,7 +1,8 @@
 """1-D temporal UNet with FiLM conditioning (the Diffusion Policy CNN design).
 
-``forward(x, level, cond)``: ``x`` (B, Tp, Da) noisy action chunk, ``level`` (B,) noise level,
-``cond`` (B, Dc) encoded observation -> (B, Tp, Da). Each residual block modulates its
+``forward(x, level, cond, step=None)``: ``x`` (B, Tp, Da) noisy action chunk, ``level`` (B,)
+noise level, ``cond`` (B, Dc) encoded observation -> (B, Tp, Da); ``step`` (the sampling step
+index, used by step-indexed caches) does not change this network. Each residual block modulates its
 features with a per-channel scale and bias computed from [level embedding, cond].
 The chunk length must be divisible by 2 ** (len(down_dims) - 1).
 """
@@ -61,7 +62,8 @@ class ConditionalUnet1D(nn.Module):
         self.head = nn.Sequential(ConvNormAct(down_dims[0], down_dims[0], kernel_size, n_groups),
                                   nn.Conv1d(down_dims[0], action_dim, 1))
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
+                ) -> torch.Tensor:
         if level.ndim != 1:
             raise ValueError(f"ConditionalUnet1D takes one noise level per sample, shape (B,); got "
                              f"{tuple(level.shape)} (per-step levels come with the streaming policy)")

@@ -39,6 +39,10 @@ class DDPMProcess:
         stride = self.train_steps // self.sample_steps
         return [k * stride for k in reversed(range(self.sample_steps))]
 
+    def levels(self) -> list[float]:
+        """The level (timestep) the network sees at each sampling step."""
+        return [float(t) for t in self.timesteps()]
+
     def loss(self, net, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         b = x0.shape[0]
         t = torch.randint(0, self.train_steps, (b,), generator=generator, device=x0.device)
@@ -59,7 +63,7 @@ class DDPMProcess:
         for i, t in enumerate(steps):
             a = alphas[t]
             a_prev = alphas[steps[i + 1]] if i + 1 < len(steps) else 1.0
-            eps = net(x, torch.full((shape[0],), float(t), device=x.device), cond)
+            eps = net(x, torch.full((shape[0],), float(t), device=x.device), cond, step=i)
             x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
             if self.clip_sample:
                 x0 = x0.clamp(-1.0, 1.0)

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from .known_actions import KnownActions
 
 
-def euler_integrate(velocity: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, steps: int,
+def euler_integrate(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], x: torch.Tensor, steps: int,
                     after_step: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 0 to 1 with ``steps`` equal Euler steps;
-    ``after_step(x, t)`` may adjust the state reached at each new time ``t``."""
+    """Integrate dx/dt = velocity(x, t, k) from t = 0 to 1 with ``steps`` equal Euler steps
+    (``k`` is the step index); ``after_step(x, t)`` may adjust the state reached at each new time ``t``."""
     dt = 1.0 / steps
     for k in range(steps):
-        x = x + dt * velocity(x, k * dt)
+        x = x + dt * velocity(x, k * dt, k)
         if after_step is not None:
             x = after_step(x, (k + 1) * dt)
     return x
@@ -49,4 +49,8 @@ class RectifiedFlowProcess:
         level = lambda t: torch.full((shape[0],), t * self.level_scale, device=x.device)  # noqa: E731
         start = x.clone()
         after = None if known is None else (lambda x, t: known.impose(x, start, t, 1 - t))
-        return euler_integrate(lambda x, t: net(x, level(t), cond), x, self.sample_steps, after)
+        return euler_integrate(lambda x, t, k: net(x, level(t), cond, step=k), x, self.sample_steps, after)
+
+    def levels(self) -> list[float]:
+        """The level the network sees at each sampling step."""
+        return [k / self.sample_steps * self.level_scale for k in range(self.sample_steps)]

@@ -23,10 +23,14 @@ def trained_run(tiny_store, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("process", ["ddpm", "flow", "regression"])
-def test_round_trip_gives_the_same_actions(tiny_store, tmp_path, process):
+@pytest.mark.parametrize("process,experts", [("ddpm", None), ("flow", None), ("regression", None), ("edm", 0),
+                                             ("edm", 4)])
+def test_round_trip_gives_the_same_actions(tiny_store, tmp_path, process, experts):
     cfg = tiny_train_config(tiny_store, tmp_path, process=process, steps=4)
     cfg.eval.episodes = 0
+    if experts is not None:     # the transformer, dense or MoDE
+        cfg.policy.network = "transformer"
+        cfg.policy.transformer.merge_with({"d_model": 16, "n_layers": 2, "n_heads": 2, "num_experts": experts})
     train(cfg, tmp_path, progress=False)
     a, _, meta = load_policy(tmp_path)
     b, cfg_b, _ = load_policy(tmp_path / "checkpoint")

@@ -27,7 +27,7 @@ def _oracle_eps(process, target):
     """The exact epsilon-prediction for a data distribution that is a single point ``target``."""
     alphas = process.alphas_cumprod
 
-    def net(x, level, cond):
+    def net(x, level, cond, step=None):
         a = alphas[level.long()].view(-1, 1, 1)
         return ((x.double() - a.sqrt() * target.double()) / (1 - a).sqrt()).float()
     return net
@@ -45,7 +45,7 @@ def test_ddim_with_the_exact_denoiser_lands_on_the_data(steps):
 def test_ddim_is_deterministic_given_the_generator():
     process = DDPMProcess(100, 10)
     net = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    call = lambda x, level, cond: net(x) * 0.1 + level.view(-1, 1, 1) * 1e-3
+    call = lambda x, level, cond, step=None: net(x) * 0.1 + level.view(-1, 1, 1) * 1e-3
     run = lambda seed: process.sample(call, torch.zeros(4, 3), (4, 16, 2), generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(7), run(7))
     assert not torch.allclose(run(7), run(8))
@@ -59,3 +59,14 @@ def test_training_loss_is_zero_for_the_exact_denoiser_and_positive_otherwise():
     gen = torch.Generator().manual_seed(1)
     assert process.loss(exact, x0, torch.zeros(8, 1), generator=gen).item() < 1e-8
     assert process.loss(lambda x, l, c: torch.zeros_like(x), x0, torch.zeros(8, 1), generator=gen).item() > 0.5
+
+
+def test_sampling_passes_each_call_its_step_index_and_the_level_of_levels():
+    process = DDPMProcess(100, 5)
+    seen = []
+
+    def net(x, level, cond, step=None):
+        seen.append((step, level[0].item()))
+        return torch.zeros_like(x)
+    process.sample(net, torch.zeros(2, 3), (2, 16, 2), generator=torch.Generator().manual_seed(0))
+    assert seen == list(enumerate(process.levels())) and process.levels() == [80.0, 60.0, 40.0, 20.0, 0.0]

@@ -32,6 +32,28 @@ def test_loss_and_chunk_shapes(process):
     assert chunk.executable(8).shape == (3, 8, 2)
 
 
+@pytest.mark.parametrize("experts", [0, 4])
+def test_transformer_policies_train_and_sample_with_the_expert_cache(experts):
+    policy = make_policy("edm", network="transformer",
+                         transformer={"d_model": 16, "n_layers": 2, "n_heads": 2, "num_experts": experts})
+    batch = {"state": torch.rand(4, 2, 6), "action": torch.rand(4, 16, 2)}
+    loss = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    aux = policy.denoiser.aux_loss()
+    assert torch.isfinite(loss) and loss.requires_grad and (aux == 0.0 if not experts else aux.item() > 0)
+    policy.eval()
+    obs, noise = {"state": torch.rand(3, 2, 6)}, torch.randn(3, 16, 2)
+    cached = policy.predict_chunk(obs, noise=noise).actions
+    assert (policy.denoiser._cache is not None) == bool(experts)
+    policy.denoiser.expert_cache = False
+    uncached = policy.predict_chunk(obs, noise=noise).actions
+    assert policy.denoiser._cache is None and torch.allclose(cached, uncached, atol=1e-5)
+
+
+def test_unknown_network_is_named():
+    with pytest.raises(ValueError, match="policy.network"):
+        make_policy("edm", network="lstm")
+
+
 def test_ddpm_chunks_are_unnormalised_into_the_action_range():
     # clip_sample keeps the normalised sample in [-1, 1]: in task units that is the data range.
     chunk = make_policy("ddpm").predict_chunk({"state": torch.rand(5, 2, 6)})
