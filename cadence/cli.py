@@ -22,6 +22,7 @@ COMMANDS = {
     "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),
     "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
+    "bench mode": ("cadence.bench_mode", "bench_mode", "dense transformer vs MoDE, uncached and expert-cached"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 

@@ -265,6 +265,24 @@ class BenchSuccessApp:
 
 
 @dataclass
+class BenchModeApp:
+    task: str = "bimodal_reach"              # a config in configs/task/
+    steps: int = 1000                        # training steps of each policy
+    batch_size: int = 128
+    experts: int = 8                         # MoDE experts; the dense twin's feed-forward is this many times wider
+    top_k: int = 2
+    overrides: list = field(default_factory=list)   # `cadence train` overrides for both, e.g. policy.transformer.d_model=64
+    dense_checkpoint: Optional[str] = None   # reuse trained runs instead of training
+    mode_checkpoint: Optional[str] = None
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(video_episodes=0, latency_calls=0))
+    timing_calls: int = 30                   # batch-1 calls timed per row (median)
+    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
+    threads: int = 0                         # torch CPU threads for training; 0: default
+    device: str = "auto"
+    out_dir: str = "runs/bench-mode-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class BenchLoopApp:
     checkpoint: str = "???"
     episodes: int = 50
@@ -291,6 +309,6 @@ def register() -> None:
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
                        "export_schema": ExportApp, "bench_latency_schema": BenchLatencyApp,
                        "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp,
-                       "bench_success_schema": BenchSuccessApp}.items():
+                       "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp}.items():
         cs.store(name=name, node=node)
 

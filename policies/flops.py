@@ -24,6 +24,21 @@ _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
                   lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
 
 
+def active_parameters(net: nn.Module, cached: bool = False) -> int:
+    """Parameters one denoiser call reads: all of them, less the experts a mixture does not route
+    to (``num_experts - top_k`` per layer) and, with the expert cache, less the router and the
+    level embedding (their results are stored per step)."""
+    total = sum(p.numel() for p in net.parameters())
+    for layer in (m for m in net.modules() if isinstance(m, MixtureOfExperts)):
+        per_expert = sum(p.numel() for p in layer.experts[0].parameters())
+        total -= (layer.num_experts - layer.top_k) * per_expert
+        if cached:
+            total -= sum(p.numel() for p in layer.router.parameters())
+    if cached and any(isinstance(m, MixtureOfExperts) for m in net.modules()):
+        total -= sum(p.numel() for p in net.level_embed.parameters())
+    return total
+
+
 def count_flops(fn: Callable[[], Any]) -> dict[str, int]:
     """Run ``fn()`` under the FLOP counter; total FLOPs per module path (and ``Global``)."""
     with FlopCounterMode(display=False, depth=None, custom_mapping=_CPU_ATTENTION) as counter:

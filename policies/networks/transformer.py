@@ -180,6 +180,16 @@ class TransformerDenoiser(nn.Module):
                   if isinstance(m, MixtureOfExperts) and m.last_balance_loss is not None]
         return self.balance_weight * torch.stack(losses).mean() if losses else 0.0
 
+    @torch.no_grad()
+    def expert_routing(self, levels: Sequence[float]) -> list:
+        """Inference routing of every MoE layer at each level: ``[layer][level] -> [(expert, weight), ...]``."""
+        c = self.level_embed(torch.tensor([float(v) for v in levels], device=self.head.weight.device))
+        table = []
+        for layer in self._moe_layers():
+            r = layer.route(c)
+            table.append([list(zip(e.tolist(), [round(v, 4) for v in w.tolist()])) for e, w in zip(r.experts, r.weights)])
+        return table
+
     # --- expert cache -----------------------------------------------------------------------------
     def _moe_layers(self) -> list[MixtureOfExperts]:
         return [m for m in self.modules() if isinstance(m, MixtureOfExperts)]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cadence.policies.flops import count_flops, denoiser_flops
+from cadence.policies.flops import active_parameters, count_flops, denoiser_flops
 from cadence.policies.networks.transformer import TransformerDenoiser
 from cadence.policies.networks.unet1d import ConditionalUnet1D
 from cadence.policies.processes.edm import EDMProcess
@@ -51,3 +51,16 @@ def test_a_unet_is_all_other():
     net = ConditionalUnet1D(DA, DC, (16, 32)).eval()
     flops = denoiser_flops(net, _call(net))
     assert flops["total"] > 0 and flops["other"] == flops["total"]
+
+
+def test_active_parameters_leave_out_unrouted_experts_and_cached_work():
+    kw = dict(d_model=D, n_layers=LAYERS, n_heads=4, cond_tokens=TOKENS, ffn_mult=4)
+    dense = TransformerDenoiser(DA, DC, TP, **kw)
+    mode = TransformerDenoiser(DA, DC, TP, num_experts=4, top_k=2, **kw)
+    total = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    expert = 3 * D * 4 * D
+    router = D * 2 * D + 2 * D + 2 * D * 4 + 4
+    level = 2 * (D * D + D)
+    assert active_parameters(dense) == total(dense) == active_parameters(dense, cached=True)
+    assert active_parameters(mode) == total(mode) - LAYERS * 2 * expert
+    assert active_parameters(mode, cached=True) == total(mode) - LAYERS * (2 * expert + router) - level

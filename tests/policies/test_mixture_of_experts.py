@@ -107,3 +107,17 @@ def test_cache_follows_the_schedule_and_the_weights_and_is_never_used_in_trainin
     assert net._cache is None
     off = _mode_net(expert_cache=False)
     assert not off.prepare_sampling(process.levels()) and off._cache is None
+
+
+def test_expert_routing_table_matches_the_cache():
+    net = _mode_net()
+    process = EDMProcess(6)
+    table = net.expert_routing(process.levels())
+    assert len(table) == 3 and all(len(layer) == 6 for layer in table)
+    net.prepare_sampling(process.levels())
+    layer = net.blocks[1].ffn
+    for step, choice in enumerate(table[1]):
+        experts = [e for e, _ in choice]
+        assert len(experts) == 2 and sum(w for _, w in choice) == pytest.approx(1.0, abs=1e-3)
+        gate = torch.cat([layer.experts[e].gate.weight for e in experts])
+        assert torch.equal(layer._fused[0][step], gate)
