@@ -13,7 +13,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STEPS = {"ddpm": [100, 50, 20, 10, 5, 2], "flow": [50, 20, 10, 5, 2, 1], "regression": [1]}
+DEFAULT_STEPS = {"ddpm": [100, 50, 20, 10, 5, 2], "flow": [50, 20, 10, 5, 2, 1], "edm": [50, 20, 10, 5, 3],
+                 "regression": [1]}
 
 
 def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
@@ -29,7 +30,7 @@ def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
 def reference_steps(policy_cfg, steps: int | None) -> int:
     if steps:
         return int(steps)
-    return {"ddpm": int(policy_cfg.diffusion_steps), "flow": 100, "regression": 1}[policy_cfg.process]
+    return {"ddpm": int(policy_cfg.diffusion_steps), "flow": 100, "edm": 100, "regression": 1}[policy_cfg.process]
 
 
 def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

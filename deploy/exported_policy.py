@@ -10,6 +10,8 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
     format_version   1
     process          {"type": "ddpm", "schedule": "cosine", "train_steps", "sample_steps", "clip_sample"}
                      | {"type": "flow", "sample_steps", "level_scale"} | {"type": "regression"}
+                     | {"type": "edm", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler",
+                        "clip_sample"}
     obs              {key: {"shape": per-step shape, "dtype": "float32" | "uint8"}}   (task units)
     obs_horizon, pred_horizon, action_dim, action_key, cond_dim
     action_normalizer {"mode", "scale": [Da], "offset": [Da]}   normalised = action * scale + offset
@@ -38,6 +40,7 @@ from cadence.policies.processes import (
     RectifiedFlowProcess,
     RegressionProcess,
 )
+from cadence.policies.processes.edm import EDMProcess
 from torch import nn
 
 from .onnx_providers import create_session
@@ -54,6 +57,7 @@ _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", 
 _OPTIONAL_TOP_KEYS = {"export_check"}
 _PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "clip_sample"},
                  "flow": {"type", "sample_steps", "level_scale"},
+                 "edm": {"type", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler", "clip_sample"},
                  "regression": {"type"}}
 
 
@@ -70,6 +74,10 @@ def process_spec(process) -> dict[str, Any]:
                 "sample_steps": int(process.sample_steps), "clip_sample": bool(process.clip_sample)}
     if isinstance(process, RectifiedFlowProcess):
         return {"type": "flow", "sample_steps": int(process.sample_steps), "level_scale": float(process.level_scale)}
+    if isinstance(process, EDMProcess):
+        return {"type": "edm", "sample_steps": int(process.sample_steps), "sigma_min": float(process.sigma_min),
+                "sigma_max": float(process.sigma_max), "sigma_data": float(process.sigma_data),
+                "sampler": process.sampler, "clip_sample": bool(process.clip_sample)}
     if isinstance(process, RegressionProcess):
         return {"type": "regression"}
     raise TypeError(f"cannot export a policy whose process is {type(process).__name__} "
@@ -82,6 +90,9 @@ def build_process(spec: Mapping[str, Any]):
         return DDPMProcess(spec["train_steps"], spec["sample_steps"], spec["clip_sample"])
     if kind == "flow":
         return RectifiedFlowProcess(spec["sample_steps"], spec["level_scale"])
+    if kind == "edm":
+        return EDMProcess(spec["sample_steps"], spec["sigma_min"], spec["sigma_max"], spec["sigma_data"],
+                          spec["sampler"], spec["clip_sample"])
     return RegressionProcess()
 
 
@@ -137,6 +148,12 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     elif process["type"] == "flow":
         _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
         _typed(where, process["level_scale"], "process.level_scale", (int, float))
+    elif process["type"] == "edm":
+        _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
+        for key in ("sigma_min", "sigma_max", "sigma_data"):
+            _typed(where, process[key], f"process.{key}", (int, float))
+        _typed(where, process["sampler"], "process.sampler", str)
+        _typed(where, process["clip_sample"], "process.clip_sample", bool)
     try:
         build_process(process)
     except ValueError as exc:

@@ -33,6 +33,7 @@ from torch import nn
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.datasets.window_dataset import is_image_shape
+from cadence.policies.processes.edm import LEVEL_RANGE
 
 from .exported_policy import (
     DENOISER_FILE,
@@ -168,7 +169,7 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         cond_dim = int(encoder(*trace_obs.values()).shape[-1])
         check_obs = _example_obs(obs_shapes, CHECK_BATCH, To, gen)
         check_cond = encoder(*check_obs.values())
-        level_max = float(spec_process.get("train_steps", spec_process.get("level_scale", 1.0)))
+        level_max = float(spec_process.get("train_steps", spec_process.get("level_scale", LEVEL_RANGE)))
         trace_den = (torch.randn(TRACE_BATCH, Tp, Da, generator=gen), torch.rand(TRACE_BATCH, generator=gen) * level_max,
                      torch.randn(TRACE_BATCH, cond_dim, generator=gen))
         check_den = {"x": torch.randn(CHECK_BATCH, Tp, Da, generator=gen),

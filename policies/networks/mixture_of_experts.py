@@ -15,6 +15,10 @@ the selected experts are fused into one dense SwiGLU per step -- their gate and 
 stacked, their down weights scaled by the routing weights and concatenated:
 ``sum_j w_j E_j(h) = [w_1 W_down_1 | w_2 W_down_2] (silu([G_1; G_2] h) * [U_1; U_2] h)``.
 The fused weights of all steps sit in (K, k*H, D) tensors indexed by the step index.
+
+Under ``torch.export`` (ONNX export) the mixture runs every expert with the unrouted ones
+weighted 0: the same result with static shapes, valid for any schedule, at ``E / top_k`` times
+the feed-forward cost; the expert cache is a PyTorch-runtime speed-up.
 """
 from __future__ import annotations
 
@@ -86,6 +90,8 @@ class MixtureOfExperts(nn.Module):
         routing = self.route(ctx.c, sample=self.training)
         if self.training:
             self.last_balance_loss = balance_loss(routing, self.num_experts)
+        if torch.compiler.is_exporting():
+            return self._all_experts(h, routing)
         out = torch.zeros_like(h)
         for e, expert in enumerate(self.experts):
             weight = (routing.weights * (routing.experts == e)).sum(-1)          # (B,)
@@ -93,6 +99,12 @@ class MixtureOfExperts(nn.Module):
             if rows.numel():
                 out = out.index_add(0, rows, weight[rows].view(-1, 1, 1).to(h.dtype) * expert(h[rows]))
         return out
+
+    def _all_experts(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """The same mixture with static shapes (for export): every expert runs, the unrouted ones
+        with weight 0. Exact, but it costs all ``E`` experts instead of ``top_k``."""
+        weights = torch.zeros_like(routing.probs).scatter(1, routing.experts, routing.weights)     # (B, E)
+        return sum(weights[:, e].view(-1, 1, 1) * expert(h) for e, expert in enumerate(self.experts))
 
     # --- expert cache ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -33,7 +33,10 @@ CASES = {
     "ddpm": ("ddpm", {"down_dims": [16, 32]}, False, False),
     "flow_image": ("flow", {"down_dims": [16], "image_feature_dim": 8}, True, False),
     "regression": ("regression", {"down_dims": [16]}, False, True),
-}   # three exports, not four: each graph costs seconds (torch.export + decompositions dominate)
+    "mode": ("edm", {"network": "transformer",
+                     "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "num_experts": 4, "top_k": 2}},
+             False, False),
+}   # four exports, not more: each graph costs seconds (torch.export + decompositions dominate)
 
 
 def policy_config(process: str, **overrides) -> PolicyConfig:

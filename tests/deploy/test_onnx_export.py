@@ -37,6 +37,8 @@ def test_files_and_policy_json(case):
     process = {"ddpm": {"type": "ddpm", "schedule": "cosine", "train_steps": 100, "sample_steps": 3,
                         "clip_sample": True},
                "flow": {"type": "flow", "sample_steps": 3, "level_scale": 100.0},
+               "edm": {"type": "edm", "sample_steps": 3, "sigma_min": 1e-3, "sigma_max": 80.0, "sigma_data": 0.5,
+                       "sampler": "ddim", "clip_sample": True},
                "regression": {"type": "regression"}}[CASES[case.name][0]]
     assert spec["process"] == process
     assert spec["cond_dim"] == 16

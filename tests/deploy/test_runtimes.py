@@ -49,7 +49,7 @@ def test_onnx_matches_eager_pytorch(case):
         assert np.abs(onnx_rt.predict(obs, noise + 1) - got).max() > 1e-3
 
 
-@pytest.mark.parametrize("process", ["ddpm", "flow"])
+@pytest.mark.parametrize("process", ["ddpm", "flow", "edm"])
 def test_sample_steps_override_matches_a_policy_built_with_them(process, tmp_path_factory):
     policy = make_policy(process, down_dims=[16])              # 3 steps
     original = policy.process
