@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-from cadence.collect import collect
+from cadence.collect import collect_missing
 from cadence.deploy.budget import time_calls
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, first_observation
@@ -59,9 +59,7 @@ def trained(name: str, tcfg: DictConfig, checkpoint: str | None, cfg: DictConfig
         return resolve_checkpoint_dir(checkpoint)
     from cadence.train import train
 
-    if not Path(tcfg.task.dataset).exists():
-        summary = collect(tcfg.task, cfg.collect, progress=progress)
-        print(f"collected {summary['episodes']} expert episodes into {summary['path']}")
+    collect_missing(tcfg.task, cfg.collect, progress=progress)
     log.info("training %s (%d steps)", name, tcfg.train.steps)
     return train(tcfg, Path(tcfg.run_dir), progress=progress)
 

@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-from cadence.collect import collect
+from cadence.collect import collect_missing
 from cadence.config import BenchSuccessEntry
 from cadence.datasets.window_dataset import is_image_shape
 from cadence.device import resolve_device
@@ -59,10 +59,7 @@ def bench_entry(entry: DictConfig, cfg: DictConfig, out_dir: Path, progress: boo
         ckpt = resolve_checkpoint_dir(entry.checkpoint)
     else:
         tcfg = train_config(entry, cfg, out_dir)
-        if not Path(tcfg.task.dataset).exists():
-            summary = collect(tcfg.task, cfg.collect, progress=progress)
-            print(f"collected {summary['episodes']} expert episodes into {summary['path']} "
-                  f"(expert success {summary['expert_success_rate']:.2f})")
+        collect_missing(tcfg.task, cfg.collect, progress=progress)
         ckpt = train(tcfg, out_dir, progress=progress)
     policy, train_cfg, meta = load_policy(ckpt, device)
     set_sample_steps(policy, entry.sample_steps)

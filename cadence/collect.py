@@ -10,6 +10,7 @@ from tqdm import tqdm
 from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.envs.demonstrations import expert_episodes, renders_afterwards
 from cadence.envs.robosuite_render import StateRenderer, split_render_kwargs
+from cadence.task_suite import is_suite, member_tasks
 
 
 
@@ -52,8 +53,27 @@ def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
     return summary
 
 
+def report(summary: dict) -> str:
+    return (f"wrote {summary['episodes']} episodes ({summary['steps']} steps) to {summary['path']}; "
+            f"expert success {summary['expert_success_rate']:.3f}, modes {summary['modes']}")
+
+
+def collect_missing(task_cfg, collect_cfg, progress: bool = True) -> dict[str, dict]:
+    """Collect the task's store (each member's, for a multitask suite) where it does not exist yet."""
+    summaries = {}
+    for member in member_tasks(task_cfg):
+        if not Path(member.dataset).exists():
+            summaries[member.name] = collect(member, collect_cfg, progress=progress)
+            print(report(summaries[member.name]))
+    return summaries
+
+
 def run(cfg: DictConfig) -> dict:
-    summary = collect(cfg.task, cfg.collect)
-    print(f"wrote {summary['episodes']} episodes ({summary['steps']} steps) to {summary['path']}; "
-          f"expert success {summary['expert_success_rate']:.3f}, modes {summary['modes']}")
-    return summary
+    summaries = {}
+    for member in member_tasks(cfg.task):      # a multitask suite: each member's store
+        if is_suite(cfg.task) and Path(member.dataset).exists() and not cfg.collect.overwrite:
+            print(f"kept {member.dataset} (task {member.name}; collect.overwrite=true replaces it)")
+            continue
+        summaries[member.name] = collect(member, cfg.collect)
+        print(report(summaries[member.name]))
+    return summaries if is_suite(cfg.task) else summaries[cfg.task.name]

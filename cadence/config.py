@@ -23,6 +23,8 @@ class TaskConfig:
     expert: str = "bimodal_reach"                     # scripted expert used by `cadence collect`
     obs_slices: dict = field(default_factory=dict)    # {name: [stored_key, start, stop]} derived keys
     info_metrics: list = field(default_factory=list)  # info keys reported at each episode's end
+    members: list = field(default_factory=list)       # a multitask suite: names of task configs (task_suite.py)
+    task_id: Optional[list] = None                    # set on suite members: their one-hot task_id observation
 
 
 @dataclass

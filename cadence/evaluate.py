@@ -17,6 +17,8 @@ import torch
 from omegaconf import DictConfig
 
 from cadence.envs import DEFAULT_TASK_ID   # importing cadence.envs registers the tasks
+from cadence.envs.task_id import TaskIdObservation
+from cadence.task_suite import is_suite, member_tasks
 from cadence.envs.rendering import rendering_problem
 from cadence.envs.rollout import RolloutResult, rollout
 from cadence.envs.trajectory_plot import plot_trajectories
@@ -31,7 +33,9 @@ def make_env(task_cfg, render: bool = False) -> gym.Env:
     kwargs = dict(task_cfg.env_kwargs)
     if render:
         kwargs["render_mode"] = "rgb_array"
-    return gym.make(task_cfg.env_id, **kwargs)
+    env = gym.make(task_cfg.env_id, **kwargs)
+    task_id = task_cfg.get("task_id")
+    return TaskIdObservation(env, list(task_id)) if task_id else env
 
 
 def set_sample_steps(policy, steps: int | None) -> None:
@@ -47,6 +51,7 @@ def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: in
 
 
 def first_observation(task_cfg, obs_horizon: int, seed: int, device) -> dict[str, torch.Tensor]:
+    task_cfg = member_tasks(task_cfg)[0]
     env = make_env(task_cfg)
     try:
         obs, _ = env.reset(seed=seed)
@@ -57,8 +62,32 @@ def first_observation(task_cfg, obs_horizon: int, seed: int, device) -> dict[str
 
 
 def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device,
-                    progress: bool = True, title: str = "") -> tuple[dict, RolloutResult]:
-    """Roll out ``eval_cfg.episodes`` seeded episodes; write eval.json, video and plot to ``out_dir``."""
+                    progress: bool = True, title: str = "") -> tuple[dict, RolloutResult | None]:
+    """Roll out ``eval_cfg.episodes`` seeded episodes; write eval.json, video and plot to ``out_dir``.
+    A multitask suite runs every member on the same seeds (``out_dir/<member>``); its summary
+    holds each member's (``per_task``) and their means (the rollout result is None)."""
+    if not is_suite(task_cfg):
+        return _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir, device, progress, title)
+    per_task = {}
+    for member in member_tasks(task_cfg):
+        per_task[member.name], _ = _evaluate_task(policy, member, policy_cfg, eval_cfg,
+                                                  None if out_dir is None else out_dir / member.name, device,
+                                                  progress, f"{title} ({member.name})")
+    summaries = list(per_task.values())
+    mean = lambda key: float(np.mean([m[key] for m in summaries]))  # noqa: E731
+    summary = {"success_rate": mean("success_rate"), "n_episodes": sum(m["n_episodes"] for m in summaries),
+               "mean_length": mean("mean_length"), "mean_max_reward": mean("mean_max_reward"),
+               "sample_steps": summaries[0]["sample_steps"], "per_task": per_task,
+               **{f"success_rate/{name}": m["success_rate"] for name, m in per_task.items()}}
+    if "ms_per_chunk" in summaries[0]:
+        summary["ms_per_chunk"] = summaries[0]["ms_per_chunk"]
+    if out_dir is not None:
+        (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    return summary, None
+
+
+def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device, progress: bool,
+                   title: str) -> tuple[dict, RolloutResult]:
     policy.eval()
     seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
     video = eval_cfg.video_episodes if out_dir is not None else 0
@@ -91,6 +120,9 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
 
 
 def format_summary(summary: dict) -> str:
+    if "per_task" in summary:
+        return "; ".join(f"{name}: success {m['success_rate']:.2f}" for name, m in summary["per_task"].items()) + \
+            f"; mean success {summary['success_rate']:.2f}"
     shares = ", ".join(f"{m} {s:.2f}" for m, s in sorted(summary.get("mode_shares", {}).items())) or "-"
     latency = f", {summary['ms_per_chunk']:.1f} ms/chunk" if "ms_per_chunk" in summary else ""
     finals = "".join(f", mean final {k[len('mean_final_'):]} {v:.3f}" for k, v in sorted(summary.items())

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
+from cadence.datasets.concat_windows import ConcatWindows
 from cadence.datasets.episode_store import StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset, is_image_shape
@@ -25,12 +26,24 @@ from cadence.ema import EMA
 from cadence.evaluate import evaluate_policy, format_summary
 from cadence.lr_schedule import warmup_cosine
 from cadence.policies.factory import build_policy
+from cadence.task_suite import is_suite, member_tasks
 from cadence.tracking import MetricsLogger
 
 log = logging.getLogger(__name__)
 
 
-def fit_normalizer(dataset: WindowDataset, mode: str) -> Normalizer:
+def load_windows(task_cfg, obs_horizon: int, pred_horizon: int) -> WindowDataset | ConcatWindows:
+    """The task's training windows; a multitask suite's members' windows, concatenated."""
+    members = member_tasks(task_cfg)
+    for member in members:
+        if not Path(member.dataset).exists():
+            raise StoreError(f"{member.dataset}: no episode store here; create it with "
+                             f"`cadence collect task={task_cfg.name}` or set task.dataset=PATH")
+    parts = [WindowDataset.for_task(m, obs_horizon, pred_horizon) for m in members]
+    return ConcatWindows(parts, [m.name for m in members]) if is_suite(task_cfg) else parts[0]
+
+
+def fit_normalizer(dataset: WindowDataset | ConcatWindows, mode: str) -> Normalizer:
     keys = [k for k, shape in dataset.obs_shapes.items() if not is_image_shape(shape)] + [dataset.action_key]
     return Normalizer.from_stats({k: dataset.stats(k) for k in keys}, {k: mode for k in keys})
 
@@ -83,11 +96,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
     if cfg.resume and existing:
         cfg = _with_checkpoint_model(cfg, existing)
         tcfg, pcfg = cfg.train, cfg.policy
-    if not Path(cfg.task.dataset).exists():
-        raise StoreError(f"{cfg.task.dataset}: no episode store here; create it with "
-                         f"`cadence collect task={cfg.task.name}` or set task.dataset=PATH")
-    data = WindowDataset.for_task(cfg.task, pcfg.obs_horizon, pcfg.pred_horizon)
-    store = data.store
+    data = load_windows(cfg.task, pcfg.obs_horizon, pcfg.pred_horizon)
     normalizer = fit_normalizer(data, pcfg.normalizer)
     torch.manual_seed(tcfg.seed)   # weight initialisation
     policy = build_policy(pcfg, data.obs_shapes, data.action_dim, normalizer, cfg.task.action_key).to(device)
@@ -102,7 +111,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
 
     n_params = sum(p.numel() for p in policy.parameters())
     log.info("%s policy, %.2fM parameters, %d training windows from %d episodes, device %s",
-             pcfg.name, n_params / 1e6, len(data), store.n_episodes, device)
+             pcfg.name, n_params / 1e6, len(data), data.n_episodes, device)
     metrics = MetricsLogger(run_dir, cfg.tracking.mode, cfg.tracking.project,
                             OmegaConf.to_container(cfg, resolve=True), name=run_dir.name)
 

@@ -6,7 +6,9 @@ with tensor indexing (no worker processes, no per-sample Python).
 ``slices`` derive an observation key from a stored one, ``{name: [key, start, stop]}`` on the
 last axis (PushT's ``agent_pos`` is ``state[..., 0:2]`` of the Diffusion Policy store), so a
 store written elsewhere is read in place. Images (``(H, W, 3)`` per step) stored as floats in
-[0, 255] (that store's ``img``) are held as uint8, a quarter of the memory.
+[0, 255] (that store's ``img``) are held as uint8, a quarter of the memory. ``constants`` add
+observation keys that are the same at every step and are not stored (a multitask suite's
+one-hot ``task_id``).
 """
 from __future__ import annotations
 
@@ -18,12 +20,16 @@ import torch
 from .episode_store import EpisodeStore, StoreError
 from .window_sampler import WindowSampler
 
+TASK_ID_KEY = "task_id"
+
 
 class WindowDataset:
     def __init__(self, store: EpisodeStore, obs_keys: Sequence[str], action_key: str,
-                 obs_horizon: int, pred_horizon: int, slices: Mapping[str, Sequence] | None = None):
+                 obs_horizon: int, pred_horizon: int, slices: Mapping[str, Sequence] | None = None,
+                 constants: Mapping[str, Sequence[float]] | None = None):
         self.slices = _check_slices(slices or {}, store)
-        stored = [self.slices[k][0] if k in self.slices else k for k in obs_keys]
+        self.constants = {k: np.asarray(v, dtype=np.float32) for k, v in (constants or {}).items()}
+        stored = [self.slices[k][0] if k in self.slices else k for k in obs_keys if k not in self.constants]
         missing = [k for k in [*stored, action_key] if k not in store.keys]
         if missing:
             raise StoreError(f"{store.path}: the task needs keys {missing}, the store has {store.keys}")
@@ -35,6 +41,9 @@ class WindowDataset:
         loaded = store.load(sorted({*stored, action_key}))
         self.arrays = {}
         for key in [*self.obs_keys, action_key]:
+            if key in self.constants:
+                self.arrays[key] = torch.from_numpy(self.constants[key]).expand(store.n_steps, -1)
+                continue
             if key in self.slices:
                 parent, start, stop = self.slices[key]
                 values = loaded[parent][..., start:stop]
@@ -47,11 +56,16 @@ class WindowDataset:
     @classmethod
     def for_task(cls, task, obs_horizon: int, pred_horizon: int) -> "WindowDataset":
         """The windows a task config names: its store, observation keys, slices and action key."""
+        task_id = task.get("task_id")
         return cls(EpisodeStore.open(task.dataset), list(task.obs_keys), task.action_key, obs_horizon,
-                   pred_horizon, slices=dict(task.get("obs_slices") or {}))
+                   pred_horizon, slices=dict(task.get("obs_slices") or {}),
+                   constants={TASK_ID_KEY: list(task_id)} if task_id else None)
 
     def stats(self, key: str) -> dict[str, np.ndarray]:
         """Per-element statistics of a key (a sliced key: its slice of the stored key's)."""
+        if key in self.constants:
+            value = self.constants[key].astype(np.float64)
+            return {"min": value, "max": value, "mean": value, "std": np.zeros_like(value)}
         if key in self.slices:
             parent, start, stop = self.slices[key]
             return {name: v[..., start:stop] for name, v in self.store.stats(parent).items()}
@@ -59,6 +73,10 @@ class WindowDataset:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    @property
+    def n_episodes(self) -> int:
+        return self.store.n_episodes
 
     @property
     def obs_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -11,6 +11,9 @@ Observation (``gymnasium.spaces.Dict``):
 Action: float32 (2,), the absolute target position of the agent's position servos.
 Info: ``is_success``, ``collided``, ``mode`` ("left", "right" or "none": the side of the
 obstacle the agent was on when it first came level with its centre), ``distance``.
+
+``side="left"`` or ``"right"`` makes a variant whose success also needs that mode: the same
+observations, a different task (the multitask suite's members differ only in this).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ GOAL_TOLERANCE = 0.1
 CONTROL_HZ = 10
 SUBSTEPS = 10  # physics at 100 Hz
 MODES = ("left", "right")
+SIDES = ("either", *MODES)
 
 
 def _load_model() -> mujoco.MjModel:
@@ -37,9 +41,12 @@ class BimodalReachEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
     def __init__(self, image_size: int | None = None, max_steps: int = 120,
-                 render_mode: str | None = None, render_size: int = 192):
+                 render_mode: str | None = None, render_size: int = 192, side: str = "either"):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        self.side = side
         self.model = _load_model()
         self.data = mujoco.MjData(self.model)
         self.image_size = image_size
@@ -122,7 +129,8 @@ class BimodalReachEnv(gym.Env):
 
     def _info(self) -> dict:
         distance = float(np.linalg.norm(self.data.qpos - self.goal))
-        return {"is_success": bool(distance < GOAL_TOLERANCE and not self._collided),
+        on_side = self.side == "either" or self._mode == self.side
+        return {"is_success": bool(distance < GOAL_TOLERANCE and not self._collided and on_side),
                 "collided": bool(self._collided), "mode": self._mode, "distance": distance}
 
     def _render(self, size: int) -> np.ndarray:

@@ -48,6 +48,8 @@ def expert_episodes(expert: str, env_id: str, n_episodes: int, seed: int = 0,
                 obs, _ = env.reset(seed=int(rng.integers(2**31)))
                 start, goal = env.unwrapped.position, env.unwrapped.goal.copy()
                 sides = ["left", "right"] if rng.random() < 0.5 else ["right", "left"]
+                if env.unwrapped.side != "either":          # a one-sided variant: only its side
+                    sides = [env.unwrapped.side] * 2
             else:
                 obs, _ = env.reset(options={"start": start, "goal": goal})
             policy.reset(start, goal, sides[i % 2])

@@ -172,3 +172,20 @@ def test_hold_action_is_the_current_position_and_stops_the_agent(env):
     np.testing.assert_allclose(obs["state"][2:4], 0.0, atol=1e-2)
     hold[0] = 99.0  # a copy, not a view of the simulation state
     assert env.position[0] < 1.5
+
+
+@pytest.mark.parametrize("allowed", ["left", "right"])
+def test_a_one_sided_variant_counts_only_its_side(allowed):
+    env = BimodalReachEnv(side=allowed)
+    try:
+        for side in ("left", "right"):
+            obs, _ = env.reset(seed=3)
+            expert = BimodalReachExpert(seed=3)
+            expert.reset(obs["state"][:2], obs["state"][4:6], side)
+            _, reward, info, _ = _run(env, lambda _obs: expert.act())
+            assert info["mode"] == side and info["distance"] < 0.1
+            assert info["is_success"] == (side == allowed) and reward == float(side == allowed)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="side"):
+        BimodalReachEnv(side="up")
