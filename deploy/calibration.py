@@ -35,7 +35,8 @@ def reference_steps(policy_cfg, steps: int | None) -> int:
 
 def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``n`` observation windows, each key (1, To, ...), from the run's data or its environment."""
-    task, policy = cfg.task, cfg.policy
+    from cadence.task_suite import member_tasks
+    task, policy = member_tasks(cfg.task)[0], cfg.policy    # a multitask suite: its first member
     if Path(task.dataset).exists():
         from cadence.datasets.window_dataset import WindowDataset
         data = WindowDataset.for_task(task, policy.obs_horizon, policy.pred_horizon)

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from cadence.config import TaskConfig
 from cadence.datasets.episode_store import EpisodeStore
+from cadence.deploy.calibration import calibration_observations
 from cadence.envs.demonstrations import expert_episodes
 from cadence.evaluate import make_env
 from cadence.task_suite import is_suite, member_tasks
@@ -71,3 +72,5 @@ def test_one_policy_trains_on_every_member_and_is_evaluated_on_each(tmp_path, mo
     assert (tmp_path / "run" / "eval-step4" / "bimodal_reach_left" / "eval.json").is_file()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/success_rate/bimodal_reach_right" in r for r in records)
+    calibration = calibration_observations(cfg, 2)          # latency budgets calibrate on the first member
+    assert calibration[0]["task_id"].tolist() == [[[1, 0, 0]] * 2] and calibration[0]["state"].shape == (1, 2, 6)
