@@ -153,6 +153,7 @@ class TransformerDenoiser(nn.Module):
         mask = torch.ones(seq_len, seq_len, dtype=torch.bool).tril() if attention == "causal" else None
         self.register_buffer("mask", mask, persistent=False)
         self._cache: dict | None = None
+        self._cache_params: list | None = None
 
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
@@ -176,8 +177,7 @@ class TransformerDenoiser(nn.Module):
 
     def aux_loss(self) -> torch.Tensor | float:
         """``balance_weight`` x the mean load-balancing loss of the last training forward (0 if dense)."""
-        losses = [m.last_balance_loss for m in self.modules()
-                  if isinstance(m, MixtureOfExperts) and m.last_balance_loss is not None]
+        losses = [m.last_balance_loss for m in self._moe_layers() if m.last_balance_loss is not None]
         return self.balance_weight * torch.stack(losses).mean() if losses else 0.0
 
     @torch.no_grad()
@@ -192,11 +192,13 @@ class TransformerDenoiser(nn.Module):
 
     # --- expert cache -----------------------------------------------------------------------------
     def _moe_layers(self) -> list[MixtureOfExperts]:
-        return [m for m in self.modules() if isinstance(m, MixtureOfExperts)]
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, MixtureOfExperts)]
 
     def _weights_key(self) -> tuple:
-        params = list(self.level_embed.parameters()) + [p for m in self._moe_layers() for p in m.parameters()]
-        return tuple((p.data_ptr(), p.dtype, p._version) for p in params)
+        """Changes when any weight the cache is built from changes (in place, or moved / recast)."""
+        if self._cache_params is None:      # the module walk costs more than the key: list them once
+            self._cache_params = [*self.level_embed.parameters(), *(p for m in self._moe_layers() for p in m.parameters())]
+        return tuple((p.data_ptr(), p.dtype, p._version) for p in self._cache_params)
 
     def _use_cache(self, step: int | None) -> bool:
         if self._cache is None or step is None or self.training:
@@ -212,7 +214,8 @@ class TransformerDenoiser(nn.Module):
         passes at steps 0, 1, ...). No-op when dense, disabled, or already built for these levels
         and weights; returns whether the cache was (re)built."""
         if not (self.num_experts and self.expert_cache):
-            self.clear_expert_cache()
+            if self._cache is not None:
+                self.clear_expert_cache()
             return False
         key = (tuple(float(v) for v in levels), self._weights_key())
         if self._cache is not None and self._cache["key"] == key:

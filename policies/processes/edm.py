@@ -99,8 +99,12 @@ class EDMProcess:
         return [math.exp(v) for v in logs] + [0.0]
 
     def levels(self) -> list[float]:
-        """The level the network sees at each sampling step (the key list of step-indexed caches)."""
-        return [self.level(torch.full((1,), s)).item() for s in self.sigmas()[:-1]]   # float32, as in sample()
+        """The level the network sees at each sampling step (the key list of step-indexed caches);
+        computed once per schedule (it is asked for before every chunk)."""
+        key = (self.sample_steps, self.sigma_min, self.sigma_max)
+        if getattr(self, "_levels", (None,))[0] != key:
+            self._levels = (key, [self.level(torch.full((1,), s)).item() for s in self.sigmas()[:-1]])  # as in sample()
+        return list(self._levels[1])
 
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
