@@ -10,7 +10,8 @@ they sit in the sequence ``[c, obs..., actions...]`` (MoDE's layout). ``attentio
 lets every token see only the ones before it.
 
 Each block is three residual branches, separate modules with one signature
-``branch(x, ctx) -> residual`` so caches can wrap them (:class:`TransformerBlock`):
+``branch(x, ctx) -> residual`` (:class:`TransformerBlock`), named ``blocks.<i>.<branch>``
+(:meth:`TransformerDenoiser.branch_keys`):
 
 - ``self_attn``: noise-conditioned self-attention, ``Attn(RMSNorm(x) + c)``;
 - ``cross_attn`` (optional): ``Attn(RMSNorm(x), memory)``;
@@ -20,6 +21,12 @@ Expert caching (MoDE): :meth:`TransformerDenoiser.prepare_sampling` takes the le
 process will sample at and fuses each layer's selected experts per step; calls that pass a
 ``step`` index then use the fused layer of that step and the stored noise embedding. The
 cache is rebuilt when the schedule or any weight changes and is never used in training.
+
+Branch caches (block-wise caching, BAC): ``denoiser.branch_cache`` (None by default) is an
+object with ``prepare(levels) -> bool`` and ``residual(key, step, x, compute) -> tensor``. In a
+sampling call (``step`` given, eval mode) every residual branch goes through it: it may run
+``compute()`` (the branch, dropout included) or return a residual it stored at an earlier step
+of the same chunk (see :mod:`cadence.policies.caching`). Training never uses it.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ class BranchContext:
     mask: torch.Tensor | None          # (S, S) bool, True where attention is allowed
     step: int | None                   # sampling step index (None in training)
     cached: bool = False               # use the step-indexed expert cache
+    cache: object | None = None        # the branch cache (BAC) consulted for every residual branch
 
 
 class _Attention(nn.Module):
@@ -106,14 +114,21 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.self_attn, self.cross_attn, self.ffn = self_attn, cross_attn, ffn
         self.drop = nn.Dropout(dropout)
+        self.cache_keys = {name: name for name in self.BRANCHES}   # the denoiser prefixes them with blocks.<i>.
 
     def branches(self) -> list[str]:
         """Names of the residual branches this block runs, in order."""
         return [name for name in self.BRANCHES if getattr(self, name) is not None]
 
     def forward(self, x: torch.Tensor, ctx: BranchContext) -> torch.Tensor:
+        cache = ctx.cache
         for name in self.branches():
-            x = x + self.drop(getattr(self, name)(x, ctx))
+            branch = getattr(self, name)
+            if cache is None:
+                x = x + self.drop(branch(x, ctx))
+            else:
+                x = x + cache.residual(self.cache_keys[name], ctx.step, x,
+                                       lambda branch=branch, x=x: self.drop(branch(x, ctx)))
         return x
 
 
@@ -148,6 +163,9 @@ class TransformerDenoiser(nn.Module):
             TransformerBlock(SelfAttention(d_model, n_heads, dropout),
                              CrossAttention(d_model, n_heads, dropout) if cross_attention else None, ffn(), dropout)
             for _ in range(n_layers))
+        for i, block in enumerate(self.blocks):
+            block.cache_keys = {name: f"blocks.{i}.{name}" for name in block.BRANCHES}
+        self.branch_cache = None           # a block-wise cache (BAC), see the module docstring
         self.norm_out = nn.RMSNorm(d_model)
         self.head = nn.Linear(d_model, action_dim)
         mask = torch.ones(seq_len, seq_len, dtype=torch.bool).tril() if attention == "causal" else None
@@ -170,10 +188,15 @@ class TransformerDenoiser(nn.Module):
         parts = [c[:, None, :], self.action_in(x)] if self.cross_attention else [c[:, None, :], obs, self.action_in(x)]
         h = torch.cat(parts, dim=1) + self.pos
         memory = obs + self.memory_pos if self.cross_attention else None
-        ctx = BranchContext(c, memory, self.mask, step, cached)
+        cache = self.branch_cache if step is not None and not self.training else None
+        ctx = BranchContext(c, memory, self.mask, step, cached, cache)
         for block in self.blocks:
             h = block(h, ctx)
         return self.head(self.norm_out(h[:, -tp:]))
+
+    def branch_keys(self) -> list[str]:
+        """Every residual branch, in the order a call runs them: ``blocks.<i>.<branch>``."""
+        return [block.cache_keys[name] for block in self.blocks for name in block.branches()]
 
     def aux_loss(self) -> torch.Tensor | float:
         """``balance_weight`` x the mean load-balancing loss of the last training forward (0 if dense)."""
@@ -208,11 +231,19 @@ class TransformerDenoiser(nn.Module):
                              "call prepare_sampling(process.levels()) for this schedule")
         return True
 
-    @torch.no_grad()
     def prepare_sampling(self, levels: Sequence[float]) -> bool:
-        """Fuse each MoE layer's experts for every step of the schedule ``levels`` (what the process
-        passes at steps 0, 1, ...). No-op when dense, disabled, or already built for these levels
-        and weights; returns whether the cache was (re)built."""
+        """Ready the step-indexed caches for the schedule ``levels`` (what the process passes at steps
+        0, 1, ...): the fused experts and the branch cache's update steps. Returns whether either
+        was (re)built (captured CUDA graphs must then be captured again)."""
+        rebuilt = self._prepare_experts(levels)
+        if self.branch_cache is not None:
+            rebuilt = self.branch_cache.prepare(levels) or rebuilt
+        return rebuilt
+
+    @torch.no_grad()
+    def _prepare_experts(self, levels: Sequence[float]) -> bool:
+        """Fuse each MoE layer's experts for every step of ``levels``. No-op when dense, disabled, or
+        already built for these levels and weights; returns whether the cache was (re)built."""
         if not (self.num_experts and self.expert_cache):
             if self._cache is not None:
                 self.clear_expert_cache()
@@ -235,4 +266,6 @@ class TransformerDenoiser(nn.Module):
     def train(self, mode: bool = True):
         if mode:
             self.clear_expert_cache()
+            if self.branch_cache is not None:
+                self.branch_cache.clear()
         return super().train(mode)
