@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir
-from cadence.deploy.budget import Candidate, measure
+from cadence.deploy.budget import cached_steps, candidates, measure
 from cadence.deploy.calibration import calibration_observations, candidate_steps, reference_steps
 from cadence.deploy.onnx_export import export_policy_onnx
 from cadence.deploy.runtimes import build_runtime
@@ -40,16 +40,17 @@ def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32) for _ in observations]
     threads = cfg.threads or None
     ref_steps = reference_steps(train_cfg.policy, None)
-    reference = build_runtime("torch-eager", policy, export_dir, ref_steps, device)
+    reference = build_runtime("torch-eager", policy, export_dir, ref_steps, device, block_cache=False)
     steps = candidate_steps(train_cfg.policy, cfg.steps)
     if train_cfg.policy.process == "ddpm" and ref_steps not in steps:
         steps = [ref_steps, *steps]
-    candidates = [Candidate(k, s) for k in kinds for s in steps]
-    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads)  # noqa: E731
-    measured = measure(candidates, build, reference, observations, noises, float("inf"), cfg.calls, cfg.warmup)
+    cands = candidates(kinds, steps, cached_steps(policy))
+    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
+                                    block_cache=c.cache != "none")
+    measured = measure(cands, build, reference, observations, noises, float("inf"), cfg.calls, cfg.warmup)
     exec_horizon = int(train_cfg.policy.exec_horizon)
     rows = [{"policy": name, "process": train_cfg.policy.process, "runtime": m.candidate.kind,
-             "steps": m.candidate.sample_steps, "denoiser_calls": m.candidate.sample_steps,
+             "cache": m.candidate.cache, "steps": m.candidate.sample_steps, "denoiser_calls": m.candidate.sample_steps,
              "ms_per_chunk_p50": m.p50_ms, "ms_per_chunk_p99": m.p99_ms,
              "ms_per_tick_p50": m.p50_ms / exec_horizon, "ms_per_tick_p99": m.p99_ms / exec_horizon,
              "action_error": m.action_error, "reference": f"torch-eager/{ref_steps} steps",
@@ -73,11 +74,12 @@ def plot_histogram(rows: list[dict], path: Path) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'policy':<28} {'runtime':<16} {'steps':>5} {'p50 ms':>8} {'p99 ms':>8} {'ms/tick':>8} "
+    head = (f"{'policy':<28} {'runtime':<24} {'steps':>5} {'p50 ms':>8} {'p99 ms':>8} {'ms/tick':>8} "
             f"{'calls':>5} {'speedup':>8} {'error':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['policy'][:28]:<28} {r['runtime']:<16} {r['steps']:>5} {r['ms_per_chunk_p50']:8.2f} "
+        runtime = r["runtime"] + ("" if r.get("cache", "none") == "none" else f" + {r['cache']}")
+        lines.append(f"{r['policy'][:28]:<28} {runtime:<24} {r['steps']:>5} {r['ms_per_chunk_p50']:8.2f} "
                      f"{r['ms_per_chunk_p99']:8.2f} {r['ms_per_tick_p50']:8.2f} {r['denoiser_calls']:>5} "
                      f"{r['speedup_vs_ddpm100_eager']:8.1f} {r['action_error']:8.4f}")
     return "\n".join(lines)
@@ -94,7 +96,8 @@ def run(cfg: DictConfig) -> dict:
     rows = []
     for path in cfg.checkpoints:
         rows += _rows_for(resolve_checkpoint_dir(path), cfg, out, device)
-    baseline = next((r for r in rows if r["process"] == "ddpm" and r["runtime"] == "torch-eager" and r["steps"] == 100),
+    baseline = next((r for r in rows if r["process"] == "ddpm" and r["runtime"] == "torch-eager" and r["steps"] == 100
+                     and r["cache"] == "none"),
                     None)
     if baseline is None:
         log.warning("no DDPM checkpoint measured at 100 steps in torch-eager: speedups are against the first row")

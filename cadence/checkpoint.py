@@ -24,8 +24,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from cadence.cache_file import attach_block_cache
 from cadence.config import TrainApp
 from cadence.datasets.normalizer import Normalizer
+from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.factory import build_policy
 from cadence.policies.policy import Policy
 
@@ -80,8 +82,10 @@ def load_config(ckpt: Path) -> DictConfig:
         raise CheckpointError(f"{path}: does not match the config schema: {exc}") from exc
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Policy, DictConfig, dict]:
-    """Rebuild the policy from config + meta, load its weights strictly; never unpickles."""
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", block_cache: bool = True
+                ) -> tuple[Policy, DictConfig, dict]:
+    """Rebuild the policy from config + meta, load its weights strictly; never unpickles.
+    ``block_cache``: install the cache schedules stored beside the weights (``cadence cache``)."""
     ckpt = resolve_checkpoint_dir(path)
     cfg = load_config(ckpt)
     try:
@@ -92,6 +96,11 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     policy = build_policy(cfg.policy, {k: tuple(v) for k, v in meta["obs_shapes"].items()}, meta["action_dim"],
                           normalizer, action_key=cfg.task.action_key)
     load_weights(policy, load_file(str(ckpt / "model.safetensors")), source=ckpt / "model.safetensors")
+    if block_cache:
+        try:
+            attach_block_cache(policy, ckpt)
+        except ScheduleError as exc:
+            raise CheckpointError(str(exc)) from None
     return policy.to(device).eval(), cfg, meta
 
 

@@ -16,12 +16,14 @@ COMMANDS = {
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
     "import": ("cadence.import_data", "import", "import a dataset (robomimic HDF5, LeRobot v2.x / v3.0) into an episode store"),
+    "cache": ("cadence.cache", "cache", "calibrate block-wise caching (BAC) of a transformer policy, saved beside it"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
     "robot serve": ("cadence.robot_serve", "robot_serve", "serve a simulated robot over the network"),
     "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),
     "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
+    "bench cache": ("cadence.bench_cache", "bench_cache", "BAC vs uniform caching vs no cache: ms, FLOPs, action error, success"),
     "bench mode": ("cadence.bench_mode", "bench_mode", "dense transformer vs MoDE, uncached and expert-cached"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
@@ -38,12 +40,13 @@ def _reporting_errors(command: str, run):
     from cadence.datasets.episode_store import StoreError
     from cadence.deploy.budget import BudgetError
     from cadence.hardware.robot import RobotError
+    from cadence.policies.caching.schedule import ScheduleError
 
     @functools.wraps(run)
     def wrapped(cfg):
         try:
             return run(cfg)
-        except (StoreError, CheckpointError, BudgetError, RobotError) as exc:
+        except (StoreError, CheckpointError, BudgetError, RobotError, ScheduleError) as exc:
             print(f"cadence {command}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     return wrapped

@@ -141,6 +141,7 @@ class EvalApp:
     eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: Optional[str] = None      # default: <run>/eval-<timestamp>
     device: str = "auto"
+    block_cache: bool = True           # use the checkpoint's cache schedules (cadence cache), if any
 
 
 @dataclass
@@ -285,6 +286,29 @@ class BenchModeApp:
 
 
 @dataclass
+class BenchCacheApp:
+    task: str = "bimodal_reach"              # a config in configs/task/
+    steps: int = 1500                        # training steps of the transformer DDPM policy
+    batch_size: int = 128
+    overrides: list = field(default_factory=list)   # more `cadence train` overrides
+    checkpoint: Optional[str] = None         # reuse a trained transformer run instead of training
+    samplers: list = field(default_factory=lambda: [100, 10])            # sampling steps (100 = the DDPM chain)
+    budgets: list = field(default_factory=lambda: [[5, 10, 20], [3, 5]])  # M per branch, one list per sampler
+    calibration: int = 64                    # BAC calibration windows from the training data
+    batch_size_calibration: int = 16
+    error_observations: int = 32             # other windows for the action error against uncached
+    metric: str = "cosine"
+    bubbling_blocks: int = 3
+    seed: int = 0
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=100, video_episodes=0, latency_calls=0))
+    timing_calls: int = 20                   # batch-1 chunks timed per row (median), rows interleaved
+    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
+    threads: int = 0                         # torch CPU threads for training; 0: default
+    device: str = "auto"
+    out_dir: str = "runs/bench-cache-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class BenchLoopApp:
     checkpoint: str = "???"
     episodes: int = 50
@@ -293,6 +317,21 @@ class BenchLoopApp:
     blend: str = "freeze"
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     out_dir: str = "runs/bench-loop-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
+class CacheApp:
+    checkpoint: str = "???"                  # a run directory or its checkpoint/ folder
+    method: str = "bac"                      # bac (per branch + Bubbling Union) | shared (calibrated, one set of
+                                             # steps for all branches) | uniform (evenly spaced steps)
+    sample_steps: Optional[list] = None      # samplers to schedule (steps each); default the policy's
+    updates: list = field(default_factory=lambda: [10])   # M per entry of sample_steps (one value: for all)
+    calibration: int = 64                    # observation windows drawn from the training data
+    batch_size: int = 16                     # calibration chunks sampled at once
+    metric: str = "cosine"                   # cosine | l1 | mse: how alike a branch's outputs at two steps are
+    bubbling_blocks: int = 3                 # most volatile branches given the Bubbling Union (0: none)
+    seed: int = 0
+    device: str = "auto"
 
 
 @dataclass
@@ -311,6 +350,7 @@ def register() -> None:
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
                        "export_schema": ExportApp, "bench_latency_schema": BenchLatencyApp,
                        "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp,
-                       "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp}.items():
+                       "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp,
+                       "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp}.items():
         cs.store(name=name, node=node)
 

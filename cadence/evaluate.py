@@ -108,6 +108,10 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
         summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),
                                        eval_cfg.latency_calls))
     summary["sample_steps"] = getattr(policy.process, "sample_steps", None)
+    cache = getattr(policy.denoiser, "branch_cache", None)
+    if cache is not None and getattr(cache, "active", None) is not None:
+        summary["block_cache"] = {"method": cache.active.method, "updates": cache.active.budget,
+                                  "branch_evaluations": cache.active.branch_evaluations()}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if video > 0:
@@ -138,7 +142,7 @@ def run(cfg: DictConfig) -> dict:
 
     device = resolve_device(cfg.device)
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
-    policy, train_cfg, meta = load_policy(ckpt, device)
+    policy, train_cfg, meta = load_policy(ckpt, device, block_cache=cfg.block_cache)
     set_sample_steps(policy, cfg.eval.sample_steps)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
     summary, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy, cfg.eval, out_dir, device,

@@ -115,10 +115,12 @@ def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, ckpt: 
               for _ in observations]
     kinds = usable_kinds(budget_cfg.runtimes)
     export_dir = current_export(policy, ckpt, meta) if any(k.startswith("onnx") for k in kinds) else None
-    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads)  # noqa: E731
+    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
+                                    block_cache=c.cache != "none")
     reference = build_runtime("torch-eager", policy, export_dir, reference_steps(cfg.policy, budget_cfg.reference_steps),
-                              device)
-    candidates = [budget_mod.Candidate(k, s) for k in kinds for s in candidate_steps(cfg.policy, budget_cfg.steps)]
+                              device, block_cache=False)
+    candidates = budget_mod.candidates(kinds, candidate_steps(cfg.policy, budget_cfg.steps),
+                                       budget_mod.cached_steps(policy))
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
                                   calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress)
     chosen = budget_mod.choose(measured, budget_ms)

@@ -3,8 +3,10 @@
 Each candidate (a runtime kind and a number of sampling steps) is built, warmed up and timed
 on calibration observations at batch 1; its accuracy is the mean absolute action error, in
 task units, against the full-quality reference configuration on the same observations with
-the same start noise. The chosen candidate is the most accurate one whose p99 latency is
-within the budget; if none is, :class:`BudgetError` says what each one measured.
+the same start noise. Block-cached (BAC) candidates are the PyTorch runtimes at each step
+count the checkpoint has a cache schedule for. The chosen candidate is the most accurate one
+whose p99 latency is within the budget; if none is, :class:`BudgetError` says what each one
+measured.
 """
 from __future__ import annotations
 
@@ -24,10 +26,25 @@ class BudgetError(RuntimeError):
 class Candidate:
     kind: str            # a runtime kind, see cadence.deploy.runtimes
     sample_steps: int
+    cache: str = "none"  # none, or the block cache's method (bac / uniform) for this number of steps
 
     @property
     def label(self) -> str:
-        return f"{self.kind}/{self.sample_steps} steps"
+        return f"{self.kind}/{self.sample_steps} steps" + ("" if self.cache == "none" else f" + {self.cache}")
+
+
+def cached_steps(policy) -> dict[int, str]:
+    """Sampling step counts the policy's block cache has schedules for -> their method."""
+    cache = getattr(getattr(policy, "denoiser", None), "branch_cache", None)
+    return {s.sample_steps: s.method for s in getattr(cache, "schedules", [])}
+
+
+def candidates(kinds: Sequence[str], steps: Sequence[int], cached: Mapping[int, str] | None = None) -> list[Candidate]:
+    """Every kind at every step count, uncached; plus, for the PyTorch kinds, every step count with
+    a block-cache schedule (``cached``: steps -> method) with its cache."""
+    out = [Candidate(k, s) for k in kinds for s in steps]
+    out += [Candidate(k, s, m) for k in kinds if k.startswith("torch-") for s, m in sorted((cached or {}).items())]
+    return out
 
 
 @dataclass
@@ -40,7 +57,8 @@ class Measurement:
     times_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def to_json(self) -> dict:
-        return {"kind": self.candidate.kind, "sample_steps": self.candidate.sample_steps, "p50_ms": self.p50_ms,
+        return {"kind": self.candidate.kind, "sample_steps": self.candidate.sample_steps,
+                "cache": self.candidate.cache, "p50_ms": self.p50_ms,
                 "p99_ms": self.p99_ms, "action_error": self.action_error, "fits": self.fits}
 
 

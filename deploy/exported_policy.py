@@ -54,7 +54,7 @@ OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
              "cond_dim", "action_normalizer", "graphs", "source", "versions"}
-_OPTIONAL_TOP_KEYS = {"export_check"}
+_OPTIONAL_TOP_KEYS = {"export_check", "block_cache"}
 _PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "clip_sample"},
                  "flow": {"type", "sample_steps", "level_scale"},
                  "edm": {"type", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler", "clip_sample"},

@@ -6,6 +6,11 @@
                    output ``out`` (B, Tp, Da).
 ``policy.json``    everything else the host needs (see :mod:`cadence.deploy.exported_policy`).
 
+A block cache (BAC / uniform schedules from ``cadence cache``) is not exported: the denoiser
+graph is one stateless call, and reusing residual branches across calls needs state inside
+it. The graph is the uncached denoiser -- exact parity with the uncached PyTorch policy --
+and policy.json says so under ``block_cache``; block caching runs in the torch-* runtimes.
+
 The batch dimension is dynamic everywhere. Each graph is checked with ``onnx.checker`` and
 run once in ONNX Runtime (CPU) against PyTorch at a batch size other than the traced one;
 the largest difference is printed and stored under ``export_check`` in policy.json.
@@ -50,6 +55,8 @@ from .onnx_providers import create_session
 
 TRACE_BATCH, CHECK_BATCH = 2, 3     # trace at one batch size, check at another: proves the batch is dynamic
 MIN_TORCH = "2.6"                   # torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...)
+BLOCK_CACHE_NOTE = ("the checkpoint's block cache (cadence cache) is not in the ONNX graphs: they run the uncached "
+                    "denoiser, exactly; use a torch-* runtime for block caching")
 WARN_ABS_ERR = 1e-3                 # warn when ONNX Runtime and PyTorch disagree by more than this
 
 
@@ -209,6 +216,13 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         "export_check": {"batch": CHECK_BATCH, "encoder_max_abs_err": errors["encoder"],
                          "denoiser_max_abs_err": errors["denoiser"]},
     }
+    cache = getattr(policy.denoiser, "branch_cache", None)
+    if cache is not None:
+        spec["block_cache"] = {"applied": False, "schedules": [f"{s.method} M={s.budget}, {s.sample_steps} steps"
+                                                               for s in cache.schedules],
+                               "note": BLOCK_CACHE_NOTE}
+        if echo is not None:
+            echo(f"note: {BLOCK_CACHE_NOTE}")
     validate_spec(spec, out / SPEC_FILE)
     tmp = out / (SPEC_FILE + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")

@@ -187,13 +187,15 @@ class TorchRuntime:
     """The PyTorch policy on ``device``; ``dtype`` float16/bfloat16 and ``mode`` compile/cudagraph need CUDA.
 
     Works on a private deep copy of the policy: the caller's modules, device and process are
-    never touched. Low precision casts the encoder's and denoiser's parameters (not buffers
+    never touched. A block cache (BAC schedules installed by ``load_policy``) comes along unless
+    ``block_cache=False``; it then needs a schedule for the runtime's number of sampling steps. Low precision casts the encoder's and denoiser's parameters (not buffers
     such as the level-embedding frequencies or the normalizer) and runs them under autocast;
     the denoiser's output is cast back to float32 so sampling arithmetic stays float32.
     """
 
     def __init__(self, policy: Policy, device: str | torch.device = "cpu", sample_steps: int | None = None,
-                 dtype: str | torch.dtype = "float32", mode: str = "eager", seed: int | None = None):
+                 dtype: str | torch.dtype = "float32", mode: str = "eager", seed: int | None = None,
+                 block_cache: bool = True):
         if isinstance(policy, ExportedPolicy):
             raise TypeError("TorchRuntime runs a PyTorch policy; use OnnxRuntime for an ONNX export")
         self.device = torch.device(device)
@@ -221,6 +223,8 @@ class TorchRuntime:
 
         private = copy.deepcopy(policy)
         private.process = with_sample_steps(policy.process, sample_steps)
+        if not block_cache and getattr(private.denoiser, "branch_cache", None) is not None:
+            private.denoiser.branch_cache = None        # the policy's block cache (BAC) left out
         private.to(self.device).eval()
         autocast = self._autocast_factory()
         if self.dtype != torch.float32:
@@ -293,9 +297,11 @@ def available_runtime_kinds() -> list[str]:
 
 def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.PathLike | None = None,
                   sample_steps: int | None = None, device: str | torch.device | None = None,
-                  threads: int | None = None, seed: int | None = None) -> Runtime:
+                  threads: int | None = None, seed: int | None = None, block_cache: bool = True) -> Runtime:
     """A runtime from its kind. torch-* need ``policy``, onnx-* need ``export_dir``. ``device``
-    (torch kinds): default cuda when available, and cuda for the GPU-only kinds."""
+    (torch kinds): default cuda when available, and cuda for the GPU-only kinds. ``block_cache``
+    (torch kinds): keep the policy's block cache, if it has one; ONNX exports always run the uncached
+    denoiser (see ``cadence export``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown runtime kind {kind!r}; kinds: {list(KINDS)}")
     if kind.startswith("onnx-"):
@@ -309,4 +315,4 @@ def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.
         device = "cuda" if kind != "torch-eager" or torch.cuda.is_available() else "cpu"
     options = {"torch-eager": {}, "torch-compile": {"mode": "compile"}, "torch-cudagraph": {"mode": "cudagraph"},
                "torch-fp16": {"dtype": "float16"}, "torch-bf16": {"dtype": "bfloat16"}}[kind]
-    return TorchRuntime(policy, device=device, sample_steps=sample_steps, seed=seed, **options)
+    return TorchRuntime(policy, device=device, sample_steps=sample_steps, seed=seed, block_cache=block_cache, **options)

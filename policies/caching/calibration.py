@@ -117,6 +117,19 @@ def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: 
                             {k: vol_sums[k] / total for k in keys}, total, metric)
 
 
+def shared_schedule(stats: BranchStatistics, updates: int) -> CacheSchedule:
+    """One set of ``updates`` steps for every branch: the dynamic program on the branches' mean
+    similarity matrix. Calibrated like BAC, but the branches stay in step: at an update step the
+    whole network is recomputed, so no branch reads another's stale output. The schedule is
+    identical across branches, so the Bubbling Union would add nothing."""
+    mean = sum(stats.similarity.values()) / len(stats.similarity)
+    steps = optimal_update_steps(mean, updates)
+    info = {"metric": stats.metric, "calibration_samples": stats.samples,
+            "objective": round(schedule_value(mean, steps), 6),
+            "uniform_objective": round(schedule_value(mean, evenly_spaced_steps(len(stats.levels), updates)), 6)}
+    return CacheSchedule("shared", list(stats.levels), {k: list(steps) for k in stats.similarity}, updates, info)
+
+
 def bac_schedule(stats: BranchStatistics, updates: int, bubbling_blocks: int = 3) -> CacheSchedule:
     """Per-branch optimal update steps (exact DP), then the Bubbling Union over the
     ``bubbling_blocks`` most volatile branches (0: no union)."""

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-METHODS = ("bac", "uniform", "none")
+METHODS = ("bac", "shared", "uniform", "none")
 LEVEL_TOLERANCE = 1e-4
 
 
@@ -22,7 +22,7 @@ class ScheduleError(ValueError):
 
 @dataclass
 class CacheSchedule:
-    method: str                                  # bac | uniform | none
+    method: str                                  # bac | shared | uniform | none
     levels: list[float]                          # the process's level at each sampling step
     update_steps: dict[str, list[int]]           # branch key -> steps at which it is recomputed
     budget: int                                  # M: updates per branch before the bubbling union
