@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -43,7 +44,8 @@ from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, first_observation
 from cadence.markdown_table import markdown_table
 from cadence.policies.caching import BlockCache, CacheSchedule, uniform_schedule
-from cadence.policies.caching.block_cache import install
+from cadence.policies.caching.block_cache import branch_keys, install
+from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.caching.calibration import bac_schedule, branch_statistics, shared_schedule
 from cadence.policies.flops import count_flops, denoiser_flops
 from cadence.policies.processes.sample_steps import with_sample_steps
@@ -69,7 +71,7 @@ def sampler_label(steps: int, train_steps: int) -> str:
 
 
 def row_schedules(policy, steps: int, budgets: list[int], observations: dict, cfg: DictConfig) -> list[tuple]:
-    """(cache label, M, schedule or None) for one sampler: none, then per M the four cached rows."""
+    """(cache label, M, schedule or None) for one sampler: none, then per M the five cached rows."""
     keys = policy.denoiser.branch_keys()
     sampler = cached_policy(policy, steps, None)
     levels = sampler.process.levels()
@@ -93,7 +95,6 @@ def cached_policy(policy, steps: int, schedule: CacheSchedule | None):
 
 def interleaved_ms(policies: list, obs: dict, rounds: int, warmup: int = 2) -> list[float]:
     """Median batch-1 ms per chunk of each policy, timed round-robin."""
-    import time
     times = [[] for _ in policies]
     with torch.no_grad():
         for r in range(warmup + rounds):
@@ -118,15 +119,14 @@ def table(rows: list[dict]) -> str:
 
 def run(cfg: DictConfig, progress: bool = True) -> dict:
     if len(cfg.samplers) != len(cfg.budgets):
-        raise ValueError(f"budgets needs one list of M per sampler {list(cfg.samplers)}, got {list(cfg.budgets)}")
+        raise ScheduleError(f"budgets needs one list of M per sampler {list(cfg.samplers)}, got {list(cfg.budgets)}")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     tcfg = train_config(cfg, out_dir)
     ckpt = trained("transformer-ddpm", tcfg, cfg.checkpoint, cfg, progress)
     base, train_cfg, meta = load_policy(ckpt, device, block_cache=False)
-    if not hasattr(base.denoiser, "branch_keys"):
-        raise ValueError(f"{ckpt}: bench cache needs a transformer policy, this one uses {train_cfg.policy.network}")
+    branch_keys(base.denoiser)                       # refuses a UNet checkpoint by name
     train_steps = int(getattr(base.process, "train_steps", 100))
     calib = stack_observations(calibration_observations(train_cfg, cfg.calibration, seed=cfg.seed), device)
     held_out = stack_observations(calibration_observations(train_cfg, cfg.error_observations, seed=cfg.seed + 1),

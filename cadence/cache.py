@@ -22,6 +22,8 @@ from omegaconf import DictConfig
 
 from cadence.markdown_table import markdown_table
 from cadence.policies.caching import CacheSchedule, uniform_schedule
+from cadence.policies.caching.block_cache import branch_keys
+from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.caching.calibration import bac_schedule, branch_statistics, shared_schedule
 from cadence.policies.processes.sample_steps import with_sample_steps
 
@@ -40,11 +42,13 @@ def budgets(sample_steps: Sequence[int], updates: Sequence[int]) -> list[tuple[i
     if len(updates) == 1:
         updates = updates * len(sample_steps)
     if len(updates) != len(sample_steps):
-        raise ValueError(f"updates needs one value or one per entry of sample_steps {list(sample_steps)}, "
-                         f"got {updates}")
+        raise ScheduleError(f"updates needs one value or one per entry of sample_steps {list(sample_steps)}, "
+                            f"got {updates}")
+    if len(set(int(s) for s in sample_steps)) != len(sample_steps):
+        raise ScheduleError(f"sample_steps has a step count twice: {list(sample_steps)}")
     for steps, m in zip(sample_steps, updates):
         if not 1 <= int(m) <= int(steps):
-            raise ValueError(f"updates must be in 1..{steps} for {steps} sampling steps, got {m}")
+            raise ScheduleError(f"updates must be in 1..{steps} for {steps} sampling steps, got {m}")
     return [(int(s), int(m)) for s, m in zip(sample_steps, updates)]
 
 
@@ -53,26 +57,20 @@ def make_schedules(policy, method: str, pairs: Sequence[tuple[int, int]], observ
                    progress: bool = False) -> list[CacheSchedule]:
     """One schedule per (sampling steps, M); BAC calibrates on ``observations`` (each key (N, To, ...))."""
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    keys = policy.denoiser.branch_keys() if hasattr(policy.denoiser, "branch_keys") else None
-    if keys is None:
-        raise ValueError(f"block-wise caching needs a transformer denoiser (policy.network=transformer); this "
-                         f"policy's denoiser is {type(policy.denoiser).__name__}")
+        raise ScheduleError(f"method must be one of {METHODS}, got {method!r}")
+    keys = branch_keys(policy.denoiser)
     original, out = policy.process, []
     try:
-        stats = {}
         for steps, m in pairs:
             policy.process = with_sample_steps(original, steps)
             if method == "uniform":
                 out.append(uniform_schedule(keys, policy.process.levels(), m))
                 continue
-            if steps not in stats:
-                if progress:
-                    log.info("calibrating %d-step sampling on %d observations", steps,
-                             next(iter(observations.values())).shape[0])
-                stats[steps] = branch_statistics(policy, observations, metric, batch_size, seed)
-            out.append(bac_schedule(stats[steps], m, bubbling_blocks) if method == "bac"
-                       else shared_schedule(stats[steps], m))
+            if progress:
+                log.info("calibrating %d-step sampling on %d observations", steps,
+                         next(iter(observations.values())).shape[0])
+            stats = branch_statistics(policy, observations, metric, batch_size, seed)
+            out.append(bac_schedule(stats, m, bubbling_blocks) if method == "bac" else shared_schedule(stats, m))
     finally:
         policy.process = original
     return out
@@ -97,6 +95,7 @@ def run(cfg: DictConfig) -> list[CacheSchedule]:
     device = resolve_device(cfg.device)
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     policy, train_cfg, meta = load_policy(ckpt, device, block_cache=False)
+    keys = branch_keys(policy.denoiser)
     steps = list(cfg.sample_steps) if cfg.sample_steps else [int(policy.process.sample_steps)]
     pairs = budgets(steps, cfg.updates)
     obs = None
@@ -105,6 +104,6 @@ def run(cfg: DictConfig) -> list[CacheSchedule]:
     schedules = make_schedules(policy, cfg.method, pairs, obs, cfg.metric, cfg.bubbling_blocks, cfg.batch_size,
                                cfg.seed, progress=True)
     path = write_schedules(ckpt, schedules, step=meta.get("step"))
-    print(schedule_table(schedules, len(policy.denoiser.branch_keys())))
+    print(schedule_table(schedules, len(keys)))
     print(f"wrote {path}")
     return schedules

@@ -77,13 +77,19 @@ class BlockCache:
         return stored
 
 
-def install(denoiser, cache: BlockCache | None) -> None:
-    """Set (or with None remove) ``denoiser``'s branch cache, checking it covers every branch."""
+def branch_keys(denoiser) -> list[str]:
+    """The denoiser's residual branches; refuses a network without them (the UNet)."""
     if not hasattr(denoiser, "branch_keys"):
         raise ScheduleError(f"block-wise caching needs a transformer denoiser (policy.network=transformer); "
                             f"this policy's denoiser is {type(denoiser).__name__}")
+    return denoiser.branch_keys()
+
+
+def install(denoiser, cache: BlockCache | None) -> None:
+    """Set (or with None remove) ``denoiser``'s branch cache, checking it covers every branch."""
+    keys = branch_keys(denoiser)
     if cache is not None:
-        cache.check_branches(denoiser.branch_keys())
+        cache.check_branches(keys)
     denoiser.branch_cache = cache
 
 

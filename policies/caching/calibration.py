@@ -19,9 +19,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .block_cache import branch_keys
 from .bubbling_union import bubbling_union, most_volatile
 from .cache_scheduler import optimal_update_steps, schedule_value
-from .schedule import CacheSchedule, evenly_spaced_steps
+from .schedule import CacheSchedule, ScheduleError, evenly_spaced_steps
 
 METRICS = ("cosine", "l1", "mse")
 
@@ -62,7 +63,7 @@ def pairwise(features: torch.Tensor, metric: str) -> torch.Tensor:
         return -torch.cdist(features, features, p=1) / features.shape[-1]
     if metric == "mse":
         return -torch.cdist(features, features, p=2).square() / features.shape[-1]
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    raise ScheduleError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
 def relative_volatility(features: torch.Tensor) -> torch.Tensor:
@@ -82,11 +83,9 @@ def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: 
     own sampler, recording each branch's output at each step; returns the averaged matrices.
     ``noise`` (N, Tp, Da) fixes the start samples (default: drawn with ``seed``)."""
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ScheduleError(f"metric must be one of {METRICS}, got {metric!r}")
     denoiser = policy.denoiser
-    if not hasattr(denoiser, "branch_keys"):
-        raise ValueError(f"BAC calibration needs a transformer denoiser (policy.network=transformer); this policy's "
-                         f"denoiser is {type(denoiser).__name__}")
+    keys = branch_keys(denoiser)
     levels = [float(v) for v in policy.process.levels()]
     total = next(iter(observations.values())).shape[0]
     first = next(iter(observations.values()))
@@ -101,7 +100,7 @@ def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: 
             batch = {k: v[start: start + batch_size] for k, v in observations.items()}
             start_noise = None if noise is None else noise[start: start + batch_size]
             policy.predict_chunk(batch, generator=generator, noise=start_noise)
-            for key in denoiser.branch_keys():
+            for key in keys:
                 steps = recorder.features[key]
                 if len(steps) != len(levels):
                     raise RuntimeError(f"branch {key} ran {len(steps)} times in a {len(levels)}-step chunk")
@@ -112,7 +111,6 @@ def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: 
             recorder.clear()
     finally:
         denoiser.branch_cache = saved
-    keys = denoiser.branch_keys()
     return BranchStatistics(levels, {k: (sums[k] / total).numpy() for k in keys},
                             {k: vol_sums[k] / total for k in keys}, total, metric)
 
