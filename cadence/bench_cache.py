@@ -58,7 +58,7 @@ COLUMNS = ("sampler", "cache", "M", "branch evals", "MFLOPs / chunk", "ms / chun
 
 def train_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
     overrides = ["policy=transformer", "policy.process=ddpm", "policy.name=transformer-ddpm",
-                 "policy.diffusion_steps=100", f"task={cfg.task}", f"train.steps={cfg.steps}",
+                 "policy.diffusion_steps=100", f"task={cfg.task.name}", f"train.steps={cfg.steps}",
                  f"train.batch_size={cfg.batch_size}", "train.eval_every=0", "eval.episodes=0",
                  f"run_dir={out_dir / 'policy'}", *cfg.overrides]
     if cfg.threads:

@@ -41,7 +41,7 @@ COLUMNS = ("policy", "params", "active params", "MFLOPs / call", "MFLOPs / chunk
 
 def train_configs(cfg: DictConfig, out_dir: Path) -> dict[str, DictConfig]:
     """The `cadence train` configs of the MoDE policy and of its dense twin of equal total parameters."""
-    common = [f"task={cfg.task}", f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}",
+    common = [f"task={cfg.task.name}", f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}",
               "train.eval_every=0", "eval.episodes=0", *cfg.overrides]
     if cfg.threads:
         common.append(f"train.threads={cfg.threads}")

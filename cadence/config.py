@@ -269,7 +269,7 @@ class BenchSuccessApp:
 
 @dataclass
 class BenchModeApp:
-    task: str = "bimodal_reach"              # a config in configs/task/
+    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
     steps: int = 1000                        # training steps of each policy
     batch_size: int = 128
     experts: int = 8                         # MoDE experts; the dense twin's feed-forward is this many times wider
@@ -287,7 +287,7 @@ class BenchModeApp:
 
 @dataclass
 class BenchCacheApp:
-    task: str = "bimodal_reach"              # a config in configs/task/
+    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
     steps: int = 1500                        # training steps of the transformer DDPM policy
     batch_size: int = 128
     overrides: list = field(default_factory=list)   # more `cadence train` overrides

@@ -26,7 +26,7 @@ class BudgetError(RuntimeError):
 class Candidate:
     kind: str            # a runtime kind, see cadence.deploy.runtimes
     sample_steps: int
-    cache: str = "none"  # none, or the block cache's method (bac / uniform) for this number of steps
+    cache: str = "none"  # none, or the block cache's method (bac / shared / uniform) at these steps
 
     @property
     def label(self) -> str:

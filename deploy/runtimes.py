@@ -188,9 +188,10 @@ class TorchRuntime:
 
     Works on a private deep copy of the policy: the caller's modules, device and process are
     never touched. A block cache (BAC schedules installed by ``load_policy``) comes along unless
-    ``block_cache=False``; it then needs a schedule for the runtime's number of sampling steps. Low precision casts the encoder's and denoiser's parameters (not buffers
-    such as the level-embedding frequencies or the normalizer) and runs them under autocast;
-    the denoiser's output is cast back to float32 so sampling arithmetic stays float32.
+    ``block_cache=False``; it then needs a schedule for the runtime's number of sampling steps.
+    Low precision casts the encoder's and denoiser's parameters (not buffers such as the
+    level-embedding frequencies or the normalizer) and runs them under autocast; the
+    denoiser's output is cast back to float32 so sampling arithmetic stays float32.
     """
 
     def __init__(self, policy: Policy, device: str | torch.device = "cpu", sample_steps: int | None = None,

@@ -40,3 +40,8 @@ def test_rows_from_one_run(tmp_path):
 def test_mismatched_budgets_are_refused(tmp_path):
     proc = cadence("bench", "cache", "samplers=[100,10]", "budgets=[[10]]", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "one list of M per sampler" in proc.stderr + proc.stdout
+
+
+def test_the_task_is_chosen_like_in_train(tmp_path):
+    proc = cadence("bench", "cache", "task=pusht", "--cfg", "job", cwd=tmp_path)
+    assert "name: pusht" in proc.stdout and "pusht_cchi_v7_replay.zarr" in proc.stdout
