@@ -1,15 +1,17 @@
 """``cadence cache``: schedule block-wise caching for a trained transformer policy.
 
-``method=bac`` runs the policy uncached on ``calibration`` observation windows from its
-training data, records every residual branch at every sampling step, and picks each branch's
-``updates`` (M) recompute steps by the exact dynamic program, then applies the Bubbling
-Union to the ``bubbling_blocks`` most volatile branches. ``method=shared`` calibrates the same
-way but gives every branch the same M steps (the dynamic program on their mean similarity),
-so the network is always recomputed as a whole. ``method=uniform`` recomputes every branch at
-M evenly spaced steps. One schedule per entry of ``sample_steps``; they are written
-to ``<checkpoint>/cache_schedule.json`` (schedules for other step counts already there are
-kept) and used from then on wherever the checkpoint is loaded (``block_cache=false`` in
-``cadence eval`` turns them off).
+Both calibrated methods run the policy uncached on ``calibration`` observation windows from
+its training data and record every residual branch at every sampling step.
+``method=bac`` (BAC as published) picks each branch's ``updates`` (M) recompute steps by the
+exact dynamic program on its own similarity matrix, then applies the Bubbling Union to the
+``bubbling_blocks`` most volatile branches. ``method=shared`` (the default) runs the dynamic
+program on the branches' mean similarity and gives every branch the same M steps, so the
+network is always recomputed as a whole; it had the lower action error at equal cost in
+``cadence bench cache`` on the default task and on PushT. ``method=uniform`` recomputes every
+branch at M evenly spaced steps. One schedule per entry of ``sample_steps``; they are
+written to ``<checkpoint>/cache_schedule.json`` (schedules for other step counts already
+there are kept) and used from then on wherever the checkpoint is loaded
+(``block_cache=false`` in ``cadence eval`` turns them off).
 """
 from __future__ import annotations
 

@@ -322,8 +322,8 @@ class BenchLoopApp:
 @dataclass
 class CacheApp:
     checkpoint: str = "???"                  # a run directory or its checkpoint/ folder
-    method: str = "bac"                      # bac (per branch + Bubbling Union) | shared (calibrated, one set of
-                                             # steps for all branches) | uniform (evenly spaced steps)
+    method: str = "shared"                   # shared (calibrated, one set of steps for all branches) | bac (per
+                                             # branch + Bubbling Union, as published) | uniform (evenly spaced steps)
     sample_steps: Optional[list] = None      # samplers to schedule (steps each); default the policy's
     updates: list = field(default_factory=lambda: [10])   # M per entry of sample_steps (one value: for all)
     calibration: int = 64                    # observation windows drawn from the training data

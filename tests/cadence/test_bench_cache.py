@@ -34,6 +34,7 @@ def test_rows_from_one_run(tmp_path):
         if r["cache"] == "bac":
             assert r["branch_evaluations"] >= 4 * r["M"] and len(r["bubbled"]) == 1
         assert r["episodes"] == 2 and r["ms_per_chunk"] > 0 and r["action_error"] >= 0
+    assert all(0 <= r["score"] <= 1 for r in rows)
     assert "| DDIM-6" in proc.stdout and "uniform (= bac cost)" in (tmp_path / "b" / "results.md").read_text()
 
 

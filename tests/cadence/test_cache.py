@@ -83,7 +83,7 @@ def test_cache_command_calibrates_and_eval_uses_it(tiny_store, transformer_run, 
     run = tmp_path / "run"
     shutil.copytree(transformer_run, run)
     # the run's config names the tiny store by its absolute path: calibration reads windows from it
-    out = cadence("cache", f"checkpoint={run}", "sample_steps=[4,2]", "updates=[2,1]", "calibration=6",
+    out = cadence("cache", f"checkpoint={run}", "method=bac", "sample_steps=[4,2]", "updates=[2,1]", "calibration=6",
                   "bubbling_blocks=1", cwd=tmp_path).stdout
     assert "| bac" in out and "cache_schedule.json" in out
     schedules = {s.sample_steps: s for s in read_schedules(run / "checkpoint")}
@@ -98,6 +98,10 @@ def test_cache_command_calibrates_and_eval_uses_it(tiny_store, transformer_run, 
     assert bad.returncode == 1 and "no cache schedule for this sampler (3 steps" in bad.stderr
     cadence("eval", f"checkpoint={run}", "eval.episodes=1", "eval.sample_steps=3", "eval.video_episodes=0",
             "eval.latency_calls=0", "out_dir=e4", "block_cache=false", cwd=tmp_path)
+    out = cadence("cache", f"checkpoint={run}", "updates=[2]", "calibration=6", cwd=tmp_path).stdout   # the default
+    shared = {s.sample_steps: s for s in read_schedules(run / "checkpoint")}
+    assert "| shared" in out and shared[4].method == "shared" and shared[2].method == "bac"      # 2 steps kept
+    assert len({tuple(v) for v in shared[4].update_steps.values()}) == 1 and len(shared[4].update_steps["blocks.0.ffn"]) == 2
 
 
 def test_cache_command_refuses_a_unet_policy_and_bad_budgets(tiny_store, tmp_path):
