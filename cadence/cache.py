@@ -15,7 +15,6 @@ there are kept) and used from then on wherever the checkpoint is loaded
 """
 from __future__ import annotations
 
-import logging
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -29,7 +28,6 @@ from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.caching.calibration import bac_schedule, branch_statistics, shared_schedule
 from cadence.policies.processes.sample_steps import with_sample_steps
 
-log = logging.getLogger(__name__)
 METHODS = ("bac", "shared", "uniform")
 
 
@@ -68,10 +66,7 @@ def make_schedules(policy, method: str, pairs: Sequence[tuple[int, int]], observ
             if method == "uniform":
                 out.append(uniform_schedule(keys, policy.process.levels(), m))
                 continue
-            if progress:
-                log.info("calibrating %d-step sampling on %d observations", steps,
-                         next(iter(observations.values())).shape[0])
-            stats = branch_statistics(policy, observations, metric, batch_size, seed)
+            stats = branch_statistics(policy, observations, metric, batch_size, seed, progress=progress)
             out.append(bac_schedule(stats, m, bubbling_blocks) if method == "bac" else shared_schedule(stats, m))
     finally:
         policy.process = original

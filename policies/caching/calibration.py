@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .block_cache import branch_keys
 from .bubbling_union import bubbling_union, most_volatile
@@ -78,7 +79,8 @@ def relative_volatility(features: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: str = "cosine",
-                      batch_size: int = 16, seed: int = 0, noise: torch.Tensor | None = None) -> BranchStatistics:
+                      batch_size: int = 16, seed: int = 0, noise: torch.Tensor | None = None,
+                      progress: bool = False) -> BranchStatistics:
     """Sample a chunk for every observation (each key (N, To, ...), task units) with the policy's
     own sampler, recording each branch's output at each step; returns the averaged matrices.
     ``noise`` (N, Tp, Da) fixes the start samples (default: drawn with ``seed``)."""
@@ -87,8 +89,10 @@ def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: 
     denoiser = policy.denoiser
     keys = branch_keys(denoiser)
     levels = [float(v) for v in policy.process.levels()]
-    total = next(iter(observations.values())).shape[0]
     first = next(iter(observations.values()))
+    total = first.shape[0]
+    if total < 1:
+        raise ScheduleError("calibration needs at least one observation")
     generator = torch.Generator(device=first.device).manual_seed(seed)
     sums: dict[str, torch.Tensor] = {}
     vol_sums: dict[str, float] = defaultdict(float)
@@ -96,7 +100,8 @@ def branch_statistics(policy, observations: Mapping[str, torch.Tensor], metric: 
     policy.eval()
     denoiser.branch_cache = recorder
     try:
-        for start in range(0, total, batch_size):
+        starts = range(0, total, batch_size)
+        for start in tqdm(starts, desc=f"calibrating {len(levels)} steps", disable=not progress):
             batch = {k: v[start: start + batch_size] for k, v in observations.items()}
             start_noise = None if noise is None else noise[start: start + batch_size]
             policy.predict_chunk(batch, generator=generator, noise=start_noise)

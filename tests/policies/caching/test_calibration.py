@@ -79,3 +79,12 @@ def test_calibration_refuses_a_unet_policy(observations):
     from ..test_policy import make_policy
     with pytest.raises(ValueError, match="transformer"):
         branch_statistics(make_policy("ddpm"), observations)
+
+
+def test_calibration_needs_observations_and_a_known_metric(observations):
+    from cadence.policies.caching.schedule import ScheduleError
+    policy = transformer_policy("ddpm", sample_steps=4)
+    with pytest.raises(ScheduleError, match="at least one observation"):
+        branch_statistics(policy, {"state": observations["state"][:0]})
+    with pytest.raises(ScheduleError, match="metric"):
+        branch_statistics(policy, observations, metric="wasserstein")
