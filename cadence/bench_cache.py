@@ -127,7 +127,7 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     tcfg = train_config(cfg, out_dir)
     ckpt = trained("transformer-ddpm", tcfg, cfg.checkpoint, cfg, progress)
     base, train_cfg, meta = load_policy(ckpt, device, block_cache=False)
-    branch_keys(base.denoiser)                       # refuses a UNet checkpoint by name
+    branches = len(branch_keys(base.denoiser))       # refuses a UNet checkpoint by name
     train_steps = int(getattr(base.process, "train_steps", 100))
     calib = stack_observations(calibration_observations(train_cfg, cfg.calibration, seed=cfg.seed), device)
     held_out = stack_observations(calibration_observations(train_cfg, cfg.error_observations, seed=cfg.seed + 1),
@@ -135,7 +135,6 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     noise = torch.randn(cfg.error_observations, base.pred_horizon, base.action_dim,
                         generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     obs1 = first_observation(train_cfg.task, train_cfg.policy.obs_horizon, cfg.eval.seed, device)
-    branches = len(base.denoiser.branch_keys())
     rows = []
     for steps, budgets in zip(cfg.samplers, cfg.budgets):
         steps, budgets = int(steps), [int(m) for m in budgets]

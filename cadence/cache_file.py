@@ -1,6 +1,6 @@
 """The block-cache schedule file beside a checkpoint: ``checkpoint/cache_schedule.json``.
 
-Written by ``cadence cache`` (BAC calibration, or uniform-interval caching) and read by
+Written by ``cadence cache`` (calibrated shared or BAC schedules, or uniform caching) and read by
 :func:`cadence.checkpoint.load_policy`, which installs the schedules as the denoiser's block
 cache so that evaluation, the runtimes and the control loop use them. JSON only::
 
