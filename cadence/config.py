@@ -54,14 +54,34 @@ class EDMConfig:
 
 
 @dataclass
+class AnchorConfig:
+    """policy.process=anchor: truncated anchor diffusion (DiffusionDrive) with its cascade decoder."""
+    num_anchors: int = 20            # K-means anchors per task, fitted on the training chunks
+    trunc_steps: int = 50            # training timesteps drawn from [0, trunc_steps) of diffusion_steps
+    start_step: Optional[int] = None # timestep the anchors are noised to for sampling; default trunc_steps - 1
+    select: str = "argmax"           # argmax: most confident mode | sample: drawn from softmax(logits / temperature)
+    temperature: float = 1.0
+    cls_weight: float = 10.0         # focal loss on the nearest anchor's confidence
+    reg_weight: float = 8.0          # L1 on the nearest anchor's refined chunk
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    kmeans_iters: int = 100
+    d_model: int = 128               # decoder width
+    n_layers: int = 2                # cascade layers (a loss on each)
+    n_heads: int = 4
+    cond_tokens: int = 4             # observation tokens the mode queries attend to
+    ffn_mult: int = 4
+
+
+@dataclass
 class PolicyConfig:
     name: str = "diffusion"
-    process: str = "ddpm"            # ddpm | flow | edm | regression
-    network: str = "unet"            # unet | transformer
+    process: str = "ddpm"            # ddpm | flow | edm | regression | anchor
+    network: str = "unet"            # unet | transformer | anchor_decoder (process=anchor)
     obs_horizon: int = 2             # To
     pred_horizon: int = 16           # Tp
     exec_horizon: int = 8            # Ta
-    diffusion_steps: int = 100       # DDPM training steps (cosine schedule)
+    diffusion_steps: int = 100       # DDPM (and anchor) training steps (cosine schedule)
     sample_steps: int = 10           # DDIM or Euler steps at inference
     clip_sample: bool = True
     normalizer: str = "limits"       # limits | gaussian
@@ -75,6 +95,7 @@ class PolicyConfig:
     crop: float = 1.0                # resnet18: side fraction kept (random crop in training, centre at inference)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     edm: EDMConfig = field(default_factory=EDMConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
 
 
 @dataclass
@@ -309,6 +330,27 @@ class BenchCacheApp:
 
 
 @dataclass
+class BenchAnchorApp:
+    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
+    steps: int = 1500                        # training steps of each policy
+    batch_size: int = 256
+    anchor_overrides: list = field(default_factory=list)     # more `cadence train` overrides for the anchor policy
+    diffusion_overrides: list = field(default_factory=list)  # ... and for the diffusion policy
+    anchor_checkpoint: Optional[str] = None  # reuse trained runs instead of training
+    diffusion_checkpoint: Optional[str] = None
+    anchor_steps: list = field(default_factory=lambda: [1, 2, 4])   # most confident mode
+    sampled_steps: list = field(default_factory=lambda: [2])        # mode drawn by confidence
+    ddim_steps: list = field(default_factory=lambda: [10, 20])      # the most steps is the reference row
+    accuracy_windows: int = 512              # training windows for the anchor top-1 accuracy
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=100, video_episodes=0, latency_calls=0))
+    timing_calls: int = 30                   # batch-1 chunks timed per row (median), rows interleaved
+    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
+    threads: int = 0                         # torch CPU threads for training; 0: default
+    device: str = "auto"
+    out_dir: str = "runs/bench-anchor-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class BenchLoopApp:
     checkpoint: str = "???"
     episodes: int = 50
@@ -351,6 +393,7 @@ def register() -> None:
                        "export_schema": ExportApp, "bench_latency_schema": BenchLatencyApp,
                        "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp,
                        "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp,
-                       "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp}.items():
+                       "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp,
+                       "bench_anchor_schema": BenchAnchorApp}.items():
         cs.store(name=name, node=node)
 

@@ -53,6 +53,10 @@ class ConcatWindows:
         return {"min": np.min([s["min"] for s in stats], axis=0), "max": np.max([s["max"] for s in stats], axis=0),
                 "mean": mean, "std": np.sqrt(np.maximum(second - mean ** 2, 0.0))}
 
+    def action_chunks_by_task(self) -> list[torch.Tensor]:
+        """Each member's action chunks (N_i, Tp, Da), task units, in member order."""
+        return [chunks for p in self.parts for chunks in p.action_chunks_by_task()]
+
     def batch(self, samples: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         samples = samples.cpu().numpy()
         which = np.searchsorted(self.offsets, samples, side="right") - 1

@@ -86,6 +86,11 @@ class WindowDataset:
     def action_dim(self) -> int:
         return int(self.arrays[self.action_key].shape[-1])
 
+    def action_chunks_by_task(self) -> list[torch.Tensor]:
+        """Every window's action chunk (N, Tp, Da), task units, as a one-task list."""
+        _, act_idx = self.sampler.indices(np.arange(len(self)))
+        return [self.arrays[self.action_key][torch.from_numpy(act_idx)]]
+
     def batch(self, samples: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         obs_idx, act_idx = self.sampler.indices(samples.cpu().numpy())
         batch = {k: self.arrays[k][torch.from_numpy(obs_idx)] for k in self.obs_keys}

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from cadence.datasets.window_dataset import TASK_ID_KEY
+
+from .networks.anchor_decoder import AnchorDecoder
 from .networks.transformer import TransformerDenoiser
 from .networks.unet1d import ConditionalUnet1D
 from .obs_encoder import ObsEncoder
 from .policy import Policy
 from .processes import DDPMProcess, RectifiedFlowProcess, RegressionProcess
 from .processes.edm import EDMProcess
+from .processes.truncated_anchor import TruncatedAnchorProcess
 
-PROCESSES = ("ddpm", "flow", "edm", "regression")
-NETWORKS = ("unet", "transformer")
+PROCESSES = ("ddpm", "flow", "edm", "regression", "anchor")
+NETWORKS = ("unet", "transformer", "anchor_decoder")
 
 
-def build_process(cfg):
+def build_process(cfg, action_dim: int = 0, num_tasks: int = 1):
     if cfg.process == "ddpm":
         return DDPMProcess(cfg.diffusion_steps, cfg.sample_steps, cfg.clip_sample)
     if cfg.process == "flow":
@@ -24,6 +28,11 @@ def build_process(cfg):
         return EDMProcess(cfg.sample_steps, e.sigma_min, e.sigma_max, e.sigma_data, e.sampler, cfg.clip_sample)
     if cfg.process == "regression":
         return RegressionProcess()
+    if cfg.process == "anchor":
+        a = cfg.anchor
+        return TruncatedAnchorProcess(cfg.pred_horizon, action_dim, a.num_anchors, num_tasks, cfg.diffusion_steps,
+                                      a.trunc_steps, a.start_step, cfg.sample_steps, a.select, a.temperature,
+                                      a.cls_weight, a.reg_weight, a.focal_alpha, a.focal_gamma)
     raise ValueError(f"policy.process must be one of {PROCESSES}, got {cfg.process!r}")
 
 
@@ -33,9 +42,14 @@ def build_policy(cfg, obs_shapes: Mapping[str, Sequence[int]], action_dim: int, 
     if cfg.pred_horizon < cfg.obs_horizon - 1 + cfg.exec_horizon:
         raise ValueError(f"policy.pred_horizon ({cfg.pred_horizon}) must cover obs_horizon - 1 + exec_horizon "
                          f"({cfg.obs_horizon - 1 + cfg.exec_horizon})")
+    if (cfg.process == "anchor") != (cfg.network == "anchor_decoder"):
+        raise ValueError(f"policy.process=anchor goes with policy.network=anchor_decoder (and only it), got "
+                         f"process={cfg.process!r}, network={cfg.network!r}")
     encoder = ObsEncoder(obs_shapes, cfg.obs_horizon, cfg.obs_feature_dim, image_feature_dim=cfg.image_feature_dim,
                          image_encoder=cfg.image_encoder, crop=cfg.crop)
-    return Policy(normalizer, encoder, build_denoiser(cfg, action_dim, encoder.out_dim), build_process(cfg),
+    num_tasks = int(obs_shapes[TASK_ID_KEY][0]) if TASK_ID_KEY in obs_shapes else 1
+    return Policy(normalizer, encoder, build_denoiser(cfg, action_dim, encoder.out_dim),
+                  build_process(cfg, action_dim, num_tasks),
                   cfg.obs_horizon, cfg.pred_horizon, action_dim, action_key=action_key)
 
 
@@ -48,5 +62,9 @@ def build_denoiser(cfg, action_dim: int, cond_dim: int):
         return TransformerDenoiser(action_dim, cond_dim, cfg.pred_horizon, t.d_model, t.n_layers, t.n_heads,
                                    t.cond_tokens, t.attention, t.cross_attention, t.ffn_mult, t.dropout,
                                    t.num_experts, t.top_k, t.balance_weight, t.expert_cache)
+    if cfg.network == "anchor_decoder":
+        a = cfg.anchor
+        return AnchorDecoder(action_dim, cfg.pred_horizon, cond_dim, a.d_model, a.n_layers, a.n_heads, a.cond_tokens,
+                             a.ffn_mult, cfg.level_embed_dim)
     raise ValueError(f"policy.network must be one of {NETWORKS}, got {cfg.network!r}")
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from cadence.action_chunk import ActionChunk
 from cadence.datasets.normalizer import Normalizer
+from cadence.datasets.window_dataset import TASK_ID_KEY
 
 from .obs_encoder import ObsEncoder
 from .processes import KnownActions
@@ -33,7 +34,8 @@ class Policy(nn.Module):
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """``batch``: the observation keys (B, To, ...) and ``action_key`` (B, Tp, Da)."""
         actions = self.normalizer.normalize(self.action_key, batch[self.action_key].float())
-        loss = self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer, generator), generator)
+        loss = self.process.loss(self.denoiser, actions, self.encoder(batch, self.normalizer, generator), generator,
+                                 **self.task_kwargs(batch))
         aux = getattr(self.denoiser, "aux_loss", None)      # e.g. MoDE's load balancing
         return loss + aux() if aux is not None else loss
 
@@ -47,7 +49,8 @@ class Policy(nn.Module):
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
         known = None if prefix is None else self._known(prefix, shape, cond.device)
         self.prepare_sampling()
-        x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise, known=known)
+        x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise, known=known,
+                                **self.task_kwargs(obs))
         return ActionChunk(self.normalizer.unnormalize(self.action_key, x), start=self.obs_horizon - 1)
 
     def prepare_sampling(self) -> None:
@@ -56,6 +59,13 @@ class Policy(nn.Module):
         prepare = getattr(self.denoiser, "prepare_sampling", None)
         if prepare is not None and hasattr(self.process, "levels"):
             prepare(self.process.levels())
+
+    def task_kwargs(self, obs: Mapping[str, torch.Tensor]) -> dict:
+        """``task=`` (B,) for processes with per-task state (anchors), from the one-hot task_id."""
+        if not getattr(self.process, "uses_task", False):
+            return {}
+        ids = obs.get(TASK_ID_KEY)
+        return {"task": None if ids is None else ids[:, -1].argmax(dim=-1)}
 
     def _known(self, prefix: torch.Tensor, shape: tuple[int, int, int], device) -> KnownActions:
         start = self.obs_horizon - 1

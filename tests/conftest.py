@@ -33,3 +33,11 @@ def tiny_train_config(dataset, run_dir, process="ddpm", steps=6, **train):
         "eval": {"episodes": 2, "video_episodes": 0, "plot": False, "latency_calls": 1},
         "run_dir": str(run_dir),
     })
+
+
+def tiny_anchor_config(dataset, run_dir, steps=4, **train):
+    """tiny_train_config for truncated anchor diffusion (a small cascade decoder, 4 anchors)."""
+    cfg = tiny_train_config(dataset, run_dir, process="anchor", steps=steps, **train)
+    return OmegaConf.merge(cfg, {"policy": {"network": "anchor_decoder", "diffusion_steps": 1000, "sample_steps": 2,
+                                            "anchor": {"num_anchors": 4, "d_model": 16, "n_heads": 2,
+                                                       "cond_tokens": 2, "ffn_mult": 2}}})

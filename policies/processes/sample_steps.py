@@ -5,6 +5,7 @@ import copy
 
 from .ddpm import DDPMProcess
 from .regression import RegressionProcess
+from .truncated_anchor import TruncatedAnchorProcess, sampling_timesteps
 
 
 def with_sample_steps(process, steps: int | None):
@@ -23,5 +24,7 @@ def with_sample_steps(process, steps: int | None):
         raise TypeError(f"{type(process).__name__} has no sample_steps to override")
     if isinstance(process, DDPMProcess) and steps > process.train_steps:
         raise ValueError(f"need 1 <= sample_steps <= train_steps ({process.train_steps}), got {steps}")
+    if isinstance(process, TruncatedAnchorProcess):
+        sampling_timesteps(process.start_step, steps)       # at most start_step + 1 distinct timesteps
     process.sample_steps = steps
     return process

@@ -102,3 +102,30 @@ def test_checkpoint_holds_no_pickle(trained_run):
     json.loads((ckpt / "meta.json").read_text())
     for p in ckpt.iterdir():
         assert not p.read_bytes().startswith(b"\x80"), f"{p.name} looks like a pickle"
+
+
+def test_anchor_policy_round_trip_keeps_the_fitted_anchors(tiny_store, tmp_path):
+    from cadence.datasets.window_dataset import WindowDataset
+    from cadence.policies.processes.kmeans import kmeans
+    from tests.conftest import tiny_anchor_config
+
+    cfg = tiny_anchor_config(tiny_store, tmp_path, steps=4)
+    cfg.eval.episodes = 0
+    train(cfg, tmp_path, progress=False)
+    policy, _, _ = load_policy(tmp_path)
+    anchors = policy.process.anchors
+    assert anchors.shape == (1, 4, 8, 2) and bool(policy.process.fitted)
+    # the anchors are k-means (seeded by train.seed) of the normalised training chunks
+    data = WindowDataset.for_task(cfg.task, 2, 8)
+    chunks = policy.normalizer.normalize("action", data.action_chunks_by_task()[0].float())
+    centres, _ = kmeans(chunks.reshape(len(chunks), -1), 4, 100, torch.Generator().manual_seed(cfg.train.seed))
+    torch.testing.assert_close(anchors[0], centres.view(4, 8, 2))
+    assert "process.anchors" in load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    noise = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(1))
+    again, _, _ = load_policy(tmp_path / "checkpoint")
+    assert torch.equal(policy.predict_chunk(_obs(), noise=noise).actions, again.predict_chunk(_obs(), noise=noise).actions)
+    # a resumed run keeps its anchors (no refit) and trains on
+    cfg.train.steps, cfg.resume = 6, True
+    train(cfg, tmp_path, progress=False)
+    resumed, _, meta = load_policy(tmp_path)
+    assert meta["step"] == 6 and torch.equal(resumed.process.anchors, anchors)

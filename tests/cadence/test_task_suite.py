@@ -55,12 +55,18 @@ def test_a_member_s_environment_adds_its_task_id():
         env.close()
 
 
-def test_one_policy_trains_on_every_member_and_is_evaluated_on_each(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def _collect_members(episodes: int = 4) -> None:
+    """Each member's store (in the working directory), from its scripted expert."""
     for member in member_tasks(_suite()):
         store = EpisodeStore.create(member.dataset, fps=10)
-        for episode, info in expert_episodes("bimodal_reach", member.env_id, 4, seed=0, env_kwargs=dict(member.env_kwargs)):
+        for episode, _ in expert_episodes("bimodal_reach", member.env_id, episodes, seed=0,
+                                          env_kwargs=dict(member.env_kwargs)):
             store.append_episode(episode)
+
+
+def test_one_policy_trains_on_every_member_and_is_evaluated_on_each(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _collect_members()
     cfg = tiny_train_config(tmp_path / "unused", tmp_path / "run", steps=4)
     cfg.task = _suite()
     train(cfg, tmp_path / "run", progress=False)
@@ -74,3 +80,23 @@ def test_one_policy_trains_on_every_member_and_is_evaluated_on_each(tmp_path, mo
     assert any("eval/success_rate/bimodal_reach_right" in r for r in records)
     calibration = calibration_observations(cfg, 2)          # latency budgets calibrate on the first member
     assert calibration[0]["task_id"].tolist() == [[[1, 0, 0]] * 2] and calibration[0]["state"].shape == (1, 2, 6)
+
+
+def test_anchor_policy_fits_anchors_per_member(tmp_path, monkeypatch):
+    from tests.conftest import tiny_anchor_config
+
+    monkeypatch.chdir(tmp_path)
+    _collect_members()
+    cfg = tiny_anchor_config(tmp_path / "unused", tmp_path / "run", steps=2)
+    cfg.task = _suite()
+    cfg.eval.episodes = 1
+    train(cfg, tmp_path / "run", progress=False)
+    from cadence.checkpoint import load_policy
+    policy, _, _ = load_policy(tmp_path / "run")
+    anchors = policy.process.anchors       # normalised per dimension: the order of x is kept
+    assert anchors.shape[:2] == (3, 4)
+    # members: either side, left only, right only -- the one-sided members' anchors lie on their side
+    mean_x = anchors[..., 0].mean(dim=(1, 2))
+    assert mean_x[1] < mean_x[0] < mean_x[2]
+    summary = json.loads((tmp_path / "run" / "eval-step2" / "eval.json").read_text())
+    assert set(summary["per_task"]) == set(SUITE["members"])
