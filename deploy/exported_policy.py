@@ -12,11 +12,15 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                      | {"type": "flow", "sample_steps", "level_scale"} | {"type": "regression"}
                      | {"type": "edm", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler",
                         "clip_sample"}
+                     | {"type": "anchor", "schedule": "cosine", "train_steps", "trunc_steps", "start_step",
+                        "sample_steps", "select", "temperature", "anchors": (T, K, Tp, Da) nested lists}
     obs              {key: {"shape": per-step shape, "dtype": "float32" | "uint8"}}   (task units)
     obs_horizon, pred_horizon, action_dim, action_key, cond_dim
     action_normalizer {"mode", "scale": [Da], "offset": [Da]}   normalised = action * scale + offset
     graphs           {"encoder": {"file", "inputs": sorted obs keys, "outputs": ["cond"]},
                       "denoiser": {"file", "inputs": ["x", "level", "cond"], "outputs": ["out"]}}
+                     (anchor: x is (B, K, Tp, Da), outputs ["out", "logits"]: every mode's chunk and
+                     confidence; the host noises the anchors, steps and picks the mode)
     source           {"checkpoint": path or "", "step": int or null}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
     export_check     (optional) {"batch", "encoder_max_abs_err", "denoiser_max_abs_err"}
@@ -41,6 +45,7 @@ from cadence.policies.processes import (
     RegressionProcess,
 )
 from cadence.policies.processes.edm import EDMProcess
+from cadence.policies.processes.truncated_anchor import SELECT, TruncatedAnchorProcess
 from torch import nn
 
 from .onnx_providers import create_session
@@ -50,6 +55,7 @@ SPEC_FILE = "policy.json"
 ENCODER_FILE, DENOISER_FILE = "encoder.onnx", "denoiser.onnx"
 ENCODER_OUTPUTS = ["cond"]
 DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
+ANCHOR_DENOISER_OUTPUTS = ["out", "logits"]     # process "anchor": every mode's chunk and its confidence
 OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
@@ -58,7 +64,9 @@ _OPTIONAL_TOP_KEYS = {"export_check", "block_cache"}
 _PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "clip_sample"},
                  "flow": {"type", "sample_steps", "level_scale"},
                  "edm": {"type", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler", "clip_sample"},
-                 "regression": {"type"}}
+                 "regression": {"type"},
+                 "anchor": {"type", "schedule", "train_steps", "trunc_steps", "start_step", "sample_steps", "select",
+                            "temperature", "anchors"}}
 
 
 class ExportFormatError(ValueError):
@@ -80,6 +88,11 @@ def process_spec(process) -> dict[str, Any]:
                 "sampler": process.sampler, "clip_sample": bool(process.clip_sample)}
     if isinstance(process, RegressionProcess):
         return {"type": "regression"}
+    if isinstance(process, TruncatedAnchorProcess):
+        return {"type": "anchor", "schedule": "cosine", "train_steps": int(process.train_steps),
+                "trunc_steps": int(process.trunc_steps), "start_step": int(process.start_step),
+                "sample_steps": int(process.sample_steps), "select": process.select,
+                "temperature": float(process.temperature), "anchors": process.anchors.detach().cpu().tolist()}
     raise TypeError(f"cannot export a policy whose process is {type(process).__name__} "
                     f"(exportable: {sorted(_PROCESS_KEYS)})")
 
@@ -93,7 +106,22 @@ def build_process(spec: Mapping[str, Any]):
     if kind == "edm":
         return EDMProcess(spec["sample_steps"], spec["sigma_min"], spec["sigma_max"], spec["sigma_data"],
                           spec["sampler"], spec["clip_sample"])
+    if kind == "anchor":
+        anchors = torch.tensor(spec["anchors"], dtype=torch.float32)
+        if anchors.ndim != 4 or 0 in anchors.shape or not torch.isfinite(anchors).all():
+            raise ValueError(f"'anchors' must be a finite (tasks, K, Tp, Da) array, got shape {tuple(anchors.shape)}")
+        process = TruncatedAnchorProcess(anchors.shape[2], anchors.shape[3], anchors.shape[1], anchors.shape[0],
+                                         spec["train_steps"], spec["trunc_steps"], spec["start_step"],
+                                         spec["sample_steps"], spec["select"], spec["temperature"])
+        process.anchors.copy_(anchors)
+        process.fitted.fill_(True)
+        return process
     return RegressionProcess()
+
+
+def denoiser_outputs(process_type: str) -> list[str]:
+    """The denoiser graph's outputs for a process type."""
+    return ANCHOR_DENOISER_OUTPUTS if process_type == "anchor" else DENOISER_OUTPUTS
 
 
 # --- policy.json validation -------------------------------------------------------------------
@@ -154,8 +182,19 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
             _typed(where, process[key], f"process.{key}", (int, float))
         _typed(where, process["sampler"], "process.sampler", str)
         _typed(where, process["clip_sample"], "process.clip_sample", bool)
+    elif process["type"] == "anchor":
+        if process["schedule"] != "cosine":
+            raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
+        for key in ("train_steps", "trunc_steps", "sample_steps"):
+            _typed(where, process[key], f"process.{key}", int, minimum=1)
+        _typed(where, process["start_step"], "process.start_step", int, minimum=0)
+        if process["select"] not in SELECT:
+            raise ExportFormatError(f"{where}: 'process.select' must be one of {SELECT}, got {process['select']!r}")
+        _typed(where, process["temperature"], "process.temperature", (int, float))
+        if not isinstance(process["anchors"], list):
+            raise ExportFormatError(f"{where}: 'process.anchors' must be nested lists (tasks, K, Tp, Da)")
     try:
-        build_process(process)
+        built = build_process(process)
     except ValueError as exc:
         raise ExportFormatError(f"{where}: 'process': {exc}") from None
 
@@ -186,7 +225,12 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
 
     graphs = spec["graphs"]
     _keys(where, graphs, "graphs", {"encoder", "denoiser"})
-    expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS), "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS)}
+    if process["type"] == "anchor" and tuple(built.anchors.shape[2:]) != (spec["pred_horizon"], spec["action_dim"]):
+        raise ExportFormatError(f"{where}: 'process.anchors' are {tuple(built.anchors.shape)} chunks; pred_horizon "
+                                f"{spec['pred_horizon']} and action_dim {spec['action_dim']} need (T, K, "
+                                f"{spec['pred_horizon']}, {spec['action_dim']})")
+    expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS),
+                "denoiser": (DENOISER_INPUTS, denoiser_outputs(process["type"]))}
     for name, (inputs, outputs) in expected.items():
         _keys(where, graphs[name], f"graphs.{name}", {"file", "inputs", "outputs"})
         _typed(where, graphs[name]["file"], f"graphs.{name}.file", str)
@@ -270,18 +314,19 @@ def _dtype_name(value) -> str:
 
 
 class OnnxDenoiser(nn.Module):
-    """``forward(x (B, Tp, Da), level (B,), cond (B, Dc)) -> (B, Tp, Da)``: one ONNX Runtime call.
+    """``forward(x (B, Tp, Da), level (B,), cond (B, Dc)) -> (B, Tp, Da)``: one ONNX Runtime call
+    (anchor: ``x`` (B, K, Tp, Da) -> ``(chunks (B, K, Tp, Da), logits (B, K))``).
     The exported graph is the same at every sampling step, so ``step`` is not used."""
 
-    def __init__(self, session):
+    def __init__(self, session, outputs: list[str] = DENOISER_OUTPUTS):
         super().__init__()
-        self.session = session
+        self.session, self.outputs = session, list(outputs)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None):
         level = level.expand(x.shape[0]) if level.ndim == 0 else level
         feeds = {"x": _numpy(x, np.float32), "level": _numpy(level, np.float32), "cond": _numpy(cond, np.float32)}
-        (out,) = self.session.run(DENOISER_OUTPUTS, feeds)
-        return torch.from_numpy(out).to(x.device)
+        out = tuple(torch.from_numpy(o).to(x.device) for o in self.session.run(self.outputs, feeds))
+        return out[0] if len(out) == 1 else out
 
 
 class ExportedPolicy(Policy):
@@ -323,4 +368,4 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
         _check_io(sessions[name], path, graph["inputs"], graph["outputs"])
     used = sessions["denoiser"].get_providers()[0]
     return ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
-                          OnnxDenoiser(sessions["denoiser"]), provider=used)
+                          OnnxDenoiser(sessions["denoiser"], spec["graphs"]["denoiser"]["outputs"]), provider=used)

@@ -3,7 +3,9 @@
 ``encoder.onnx``   inputs: the observation keys in sorted order, each (B, To, ...) in task units
                    (uint8 images stay uint8); normalisation is inside. Output ``cond`` (B, Dc).
 ``denoiser.onnx``  inputs ``x`` (B, Tp, Da) float32, ``level`` (B,) float32, ``cond`` (B, Dc);
-                   output ``out`` (B, Tp, Da).
+                   output ``out`` (B, Tp, Da). Truncated anchor diffusion: ``x`` (B, K, Tp, Da), all
+                   the noisy anchors; outputs ``out`` (B, K, Tp, Da) and ``logits`` (B, K). The anchors
+                   themselves are in policy.json; noising, stepping and choosing the mode run on the host.
 ``policy.json``    everything else the host needs (see :mod:`cadence.deploy.exported_policy`).
 
 A block cache (BAC / uniform schedules from ``cadence cache``) is not exported: the denoiser
@@ -43,11 +45,11 @@ from cadence.policies.processes.edm import LEVEL_RANGE
 from .exported_policy import (
     DENOISER_FILE,
     DENOISER_INPUTS,
-    DENOISER_OUTPUTS,
     ENCODER_FILE,
     ENCODER_OUTPUTS,
     FORMAT_VERSION,
     SPEC_FILE,
+    denoiser_outputs,
     process_spec,
     validate_spec,
 )
@@ -125,9 +127,10 @@ def _obs_dtype(shape: Sequence[int]) -> str:
     return "uint8" if is_image_shape(shape) else "float32"     # images (H, W, 3) are uint8; the rest float32
 
 
-def _max_err(session, feeds: Mapping[str, torch.Tensor], reference: torch.Tensor, output: str) -> float:
-    (got,) = session.run([output], {k: v.numpy() for k, v in feeds.items()})
-    return float(np.max(np.abs(got - reference.numpy()))) if got.size else 0.0
+def _max_err(session, feeds: Mapping[str, torch.Tensor], references: Sequence[torch.Tensor],
+             outputs: Sequence[str]) -> float:
+    got = session.run(list(outputs), {k: v.numpy() for k, v in feeds.items()})
+    return max((float(np.max(np.abs(g - r.numpy()))) if g.size else 0.0) for g, r in zip(got, references))
 
 
 def _version(package: str) -> str:
@@ -169,6 +172,8 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
     policy = copy.deepcopy(policy).cpu().float().eval()
     gen = torch.Generator().manual_seed(0)
     To, Tp, Da = policy.obs_horizon, policy.pred_horizon, policy.action_dim
+    chunk = (Tp, Da) if spec_process["type"] != "anchor" else (policy.process.num_anchors, Tp, Da)
+    den_outputs = denoiser_outputs(spec_process["type"])
 
     encoder = _EncoderGraph(policy, keys).eval()
     with torch.no_grad():
@@ -177,22 +182,25 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         check_obs = _example_obs(obs_shapes, CHECK_BATCH, To, gen)
         check_cond = encoder(*check_obs.values())
         level_max = float(spec_process.get("train_steps", spec_process.get("level_scale", LEVEL_RANGE)))
-        trace_den = (torch.randn(TRACE_BATCH, Tp, Da, generator=gen), torch.rand(TRACE_BATCH, generator=gen) * level_max,
+        trace_den = (torch.randn(TRACE_BATCH, *chunk, generator=gen), torch.rand(TRACE_BATCH, generator=gen) * level_max,
                      torch.randn(TRACE_BATCH, cond_dim, generator=gen))
-        check_den = {"x": torch.randn(CHECK_BATCH, Tp, Da, generator=gen),
+        check_den = {"x": torch.randn(CHECK_BATCH, *chunk, generator=gen),
                      "level": torch.rand(CHECK_BATCH, generator=gen) * level_max, "cond": check_cond}
         check_out = policy.denoiser(*check_den.values())
+        check_out = check_out if isinstance(check_out, tuple) else (check_out,)
 
-    graphs = [("encoder", ENCODER_FILE, encoder, tuple(trace_obs.values()), keys, ENCODER_OUTPUTS, check_obs, check_cond),
-              ("denoiser", DENOISER_FILE, policy.denoiser, trace_den, DENOISER_INPUTS, DENOISER_OUTPUTS, check_den,
+    graphs = [("encoder", ENCODER_FILE, encoder, tuple(trace_obs.values()), keys, ENCODER_OUTPUTS, check_obs,
+               (check_cond,)),
+              ("denoiser", DENOISER_FILE, policy.denoiser, trace_den, DENOISER_INPUTS, den_outputs, check_den,
                check_out)]
     errors = {}
     for name, file, module, args, inputs, outputs, feeds, reference in graphs:
         start = time.perf_counter()
         _export_graph(module, args, out / file, inputs, outputs, opset)
         seconds = time.perf_counter() - start
-        errors[name] = _max_err(create_session(out / file, "cpu"), feeds, reference, outputs[0])
-        if not np.isfinite(errors[name]) or errors[name] > WARN_ABS_ERR * max(1.0, float(reference.abs().max())):
+        errors[name] = _max_err(create_session(out / file, "cpu"), feeds, reference, outputs)
+        scale = max([1.0, *(float(r.abs().max()) for r in reference if r.numel())])
+        if not np.isfinite(errors[name]) or errors[name] > WARN_ABS_ERR * scale:
             warnings.warn(f"{out / file}: ONNX Runtime differs from PyTorch by {errors[name]:.3g} at batch "
                           f"{CHECK_BATCH}", stacklevel=2)
         if echo is not None:
@@ -209,7 +217,7 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         "action_normalizer": {"mode": policy.normalizer.modes[policy.action_key],
                               "scale": action_scale.tolist(), "offset": action_offset.tolist()},
         "graphs": {"encoder": {"file": ENCODER_FILE, "inputs": keys, "outputs": ENCODER_OUTPUTS},
-                   "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": DENOISER_OUTPUTS}},
+                   "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": den_outputs}},
         "source": {"checkpoint": str(source), "step": step},
         "versions": {"cadence": _version("cadence"), "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": _version("onnxscript"), "opset": opset},

@@ -104,7 +104,12 @@ class _Denoiser(nn.Module):
 
     def forward(self, x, level, cond, step=None):
         with self.autocast():
-            return self.inner(x, level, cond, step=step).float()
+            return _each(self.inner(x, level, cond, step=step), lambda o: o.float())
+
+
+def _each(out, fn):
+    """``fn`` applied to a denoiser's output: one tensor, or a tuple (anchor: chunks and logits)."""
+    return tuple(fn(o) for o in out) if isinstance(out, tuple) else fn(out)
 
 
 def _prepare_inner(inner: nn.Module, levels) -> bool:
@@ -127,7 +132,7 @@ class _Compiled(nn.Module):
 
     def forward(self, x, level, cond, step=None):
         torch.compiler.cudagraph_mark_step_begin()
-        return self._fn(x, level, cond, step=step).clone()
+        return _each(self._fn(x, level, cond, step=step), torch.clone)
 
 
 class _CudaGraph(nn.Module):
@@ -139,7 +144,7 @@ class _CudaGraph(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.inner = net
-        self._graphs: dict[tuple, tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.cuda.CUDAGraph]] = {}
+        self._graphs: dict[tuple, tuple[tuple[torch.Tensor, ...], object, torch.cuda.CUDAGraph]] = {}
         self._per_step = False
 
     def prepare_sampling(self, levels) -> bool:
@@ -158,7 +163,7 @@ class _CudaGraph(nn.Module):
         for buf, value in zip(static_in, args):
             buf.copy_(value)
         graph.replay()
-        return static_out.clone()
+        return _each(static_out, torch.clone)
 
     @torch.no_grad()
     def _capture(self, args, step):

@@ -98,3 +98,22 @@ def test_bench_latency_writes_table_json_and_histogram(trained):
     assert rows[("onnx-cpu", 100)]["action_error"] < 1e-3            # parity with eager
     assert rows[("torch-eager", 2)]["speedup_vs_ddpm100_eager"] > 5
     assert (trained / "bench" / "latency_histogram.png").is_file() and "speedup" in proc.stdout
+
+
+def test_run_chooses_among_anchor_step_counts_and_runtimes(trained):
+    anchor = ["policy=anchor", "policy.pred_horizon=8", "policy.exec_horizon=4", "policy.obs_feature_dim=16",
+              "policy.anchor.num_anchors=4", "policy.anchor.d_model=16", "policy.anchor.n_heads=2",
+              "policy.anchor.cond_tokens=2"]
+    cadence("train", "run_dir=runs/anchor", *anchor, *TINY_TRAIN, "eval.episodes=0", cwd=trained)
+    proc = cadence("run", "checkpoint=runs/anchor", "budget.runtimes=[torch-eager,onnx-cpu]", "budget.calls=2",
+                   "budget.warmup=1", "budget.calibration=2", "control.episodes=1", "control.max_ticks=15",
+                   "out_dir=deploy-anchor", cwd=trained)
+    budget = json.loads((trained / "deploy-anchor" / "budget.json").read_text())
+    tried = {(m["kind"], m["sample_steps"]) for m in budget["candidates"]}
+    assert tried == {(k, s) for k in ("torch-eager", "onnx-cpu") for s in (4, 2, 1)}
+    # the reference is the eager policy at 4 steps with the same noise: that candidate matches it exactly,
+    # and the exported graphs to float precision
+    errors = {(m["kind"], m["sample_steps"]): m["action_error"] for m in budget["candidates"]}
+    assert errors[("torch-eager", 4)] == 0.0 and errors[("onnx-cpu", 4)] < 1e-4
+    summary = json.loads((trained / "deploy-anchor" / "summary.json").read_text())
+    assert summary["timing"]["late_sends"] == 0 and "success" in proc.stdout

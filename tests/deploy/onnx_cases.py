@@ -36,7 +36,10 @@ CASES = {
     "mode": ("edm", {"network": "transformer",
                      "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "num_experts": 4, "top_k": 2}},
              False, False),
-}   # four exports, not more: each graph costs seconds (torch.export + decompositions dominate)
+    "anchor": ("anchor", {"network": "anchor_decoder", "diffusion_steps": 1000,
+                          "anchor": {"num_anchors": 5, "d_model": 16, "n_heads": 2, "cond_tokens": 2, "ffn_mult": 2}},
+               False, False),
+}   # five exports, not more: each graph costs seconds (torch.export + decompositions dominate)
 
 
 def policy_config(process: str, **overrides) -> PolicyConfig:
@@ -53,7 +56,14 @@ def make_policy(process: str = "ddpm", image: bool = False, seed: int = 0, **ove
     """Same ``seed`` and architecture -> same weights, whatever the process or sample_steps."""
     torch.manual_seed(seed)
     norm = Normalizer.from_stats(STATS, {"state": "limits", "action": "limits"})
-    return build_policy(policy_config(process, **overrides), obs_shapes(image), 2, norm).eval()
+    policy = build_policy(policy_config(process, **overrides), obs_shapes(image), 2, norm).eval()
+    if process == "anchor":          # anchors from random chunks; heads that start at zero made to matter
+        gen = torch.Generator().manual_seed(seed)
+        policy.process.fit_anchors([torch.rand(40, 16, 2, generator=gen) * 2 - 1], seed=seed)
+        for layer in policy.denoiser.layers:
+            torch.nn.init.normal_(layer.offset.weight, std=0.1, generator=gen)
+            torch.nn.init.normal_(layer.film.weight, std=0.1, generator=gen)
+    return policy
 
 
 def make_obs(batch: int, image: bool = False, seed: int = 1) -> dict[str, np.ndarray]:

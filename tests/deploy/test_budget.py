@@ -41,3 +41,17 @@ def test_refuses_when_nothing_fits_and_says_what_was_measured(measured):
         choose(measured, 1e-3)
     text = str(err.value)
     assert "0.001 ms" in text and "torch-eager/2 steps" in text and "torch-eager/100 steps" in text
+
+
+def test_anchor_step_candidates_stay_within_the_truncated_schedule():
+    from omegaconf import OmegaConf
+
+    from cadence.config import PolicyConfig
+    from cadence.deploy.calibration import candidate_steps, reference_steps
+
+    cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),
+                          {"process": "anchor", "network": "anchor_decoder", "sample_steps": 2})
+    assert candidate_steps(cfg, None) == [4, 2, 1] and reference_steps(cfg, None) == 4
+    cfg.anchor.trunc_steps = 3                  # timesteps 2, 1, 0: at most three steps
+    assert candidate_steps(cfg, None) == [2, 1]
+    assert candidate_steps(cfg, [8, 3, 1]) == [3, 1]

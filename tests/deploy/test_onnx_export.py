@@ -28,9 +28,10 @@ def test_files_and_policy_json(case):
     if case.image:
         expected_obs["image"] = {"shape": [24, 32, 3], "dtype": "uint8"}
     assert spec["obs"] == expected_obs
+    anchor = CASES[case.name][0] == "anchor"
     assert spec["graphs"] == {"encoder": {"file": "encoder.onnx", "inputs": sorted(expected_obs), "outputs": ["cond"]},
                               "denoiser": {"file": "denoiser.onnx", "inputs": ["x", "level", "cond"],
-                                           "outputs": ["out"]}}
+                                           "outputs": ["out", "logits"] if anchor else ["out"]}}
     norm = policy.normalizer.tensors()
     assert spec["action_normalizer"] == {"mode": "limits", "scale": norm["action__scale"].tolist(),
                                          "offset": norm["action__offset"].tolist()}
@@ -39,7 +40,12 @@ def test_files_and_policy_json(case):
                "flow": {"type": "flow", "sample_steps": 3, "level_scale": 100.0},
                "edm": {"type": "edm", "sample_steps": 3, "sigma_min": 1e-3, "sigma_max": 80.0, "sigma_data": 0.5,
                        "sampler": "ddim", "clip_sample": True},
-               "regression": {"type": "regression"}}[CASES[case.name][0]]
+               "regression": {"type": "regression"},
+               "anchor": {"type": "anchor", "schedule": "cosine", "train_steps": 1000, "trunc_steps": 50,
+                          "start_step": 49, "sample_steps": 3, "select": "argmax", "temperature": 1.0}
+               }[CASES[case.name][0]]
+    if anchor:      # the anchors travel in policy.json: the host noises them
+        assert spec["process"].pop("anchors") == policy.process.anchors.tolist()
     assert spec["process"] == process
     assert spec["cond_dim"] == 16
     assert set(spec["versions"]) == {"cadence", "torch", "onnx", "onnxscript", "opset"}
