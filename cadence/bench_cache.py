@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from pathlib import Path
 
 import hydra
@@ -40,6 +39,7 @@ from omegaconf import DictConfig
 from cadence.bench_mode import trained
 from cadence.cache import stack_observations
 from cadence.checkpoint import load_policy
+from cadence.deploy.budget import interleaved_ms
 from cadence.deploy.calibration import calibration_observations
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, first_observation
@@ -94,19 +94,6 @@ def cached_policy(policy, steps: int, schedule: CacheSchedule | None):
     return private.eval()
 
 
-def interleaved_ms(policies: list, obs: dict, rounds: int, warmup: int = 2) -> list[float]:
-    """Median batch-1 ms per chunk of each policy, timed round-robin."""
-    times = [[] for _ in policies]
-    with torch.no_grad():
-        for r in range(warmup + rounds):
-            for i, p in enumerate(policies):
-                start = time.perf_counter()
-                p.predict_chunk(obs)
-                if r >= warmup:
-                    times[i].append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in times]
-
-
 def action_error(policy, reference: torch.Tensor, obs: dict, noise: torch.Tensor) -> float:
     return float((policy.predict_chunk(obs, noise=noise).actions - reference).abs().mean())
 
@@ -142,8 +129,8 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
         log.info("%s: calibrating BAC on %d observations, budgets %s", label, cfg.calibration, budgets)
         specs = row_schedules(base, steps, budgets, calib, cfg)
         policies = [cached_policy(base, steps, s) for _, _, s in specs]
-        ms = interleaved_ms(policies, obs1, cfg.timing_calls)
         with torch.no_grad():
+            ms = interleaved_ms(policies, obs1, cfg.timing_calls)
             reference = policies[0].predict_chunk(held_out, noise=noise).actions
         for (cache, m, schedule), policy, t in zip(specs, policies, ms):
             evals = schedule.branch_evaluations() if schedule is not None else branches * steps

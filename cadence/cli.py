@@ -25,6 +25,7 @@ COMMANDS = {
     "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
     "bench cache": ("cadence.bench_cache", "bench_cache", "BAC vs uniform caching vs no cache: ms, FLOPs, action error, success"),
     "bench mode": ("cadence.bench_mode", "bench_mode", "dense transformer vs MoDE, uncached and expert-cached"),
+    "bench anchor": ("cadence.bench_anchor", "bench_anchor", "truncated anchor diffusion at 1-4 steps vs DDIM-10/20"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 
@@ -41,12 +42,13 @@ def _reporting_errors(command: str, run):
     from cadence.deploy.budget import BudgetError
     from cadence.hardware.robot import RobotError
     from cadence.policies.caching.schedule import ScheduleError
+    from cadence.policies.processes.truncated_anchor import AnchorError
 
     @functools.wraps(run)
     def wrapped(cfg):
         try:
             return run(cfg)
-        except (StoreError, CheckpointError, BudgetError, RobotError, ScheduleError) as exc:
+        except (StoreError, CheckpointError, BudgetError, RobotError, ScheduleError, AnchorError) as exc:
             print(f"cadence {command}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     return wrapped

@@ -74,6 +74,19 @@ def time_calls(fn: Callable[[int], object], calls: int, warmup: int) -> np.ndarr
     return out
 
 
+def interleaved_ms(policies: list, obs: dict, rounds: int, warmup: int = 2) -> list[float]:
+    """Median batch-1 ms per ``predict_chunk(obs)`` of each policy, timed round-robin (call it under
+    ``torch.no_grad()``): machine noise hits every policy alike."""
+    times = [[] for _ in policies]
+    for r in range(warmup + rounds):
+        for i, p in enumerate(policies):
+            start = time.perf_counter()
+            p.predict_chunk(obs)
+            if r >= warmup:
+                times[i].append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(t)) for t in times]
+
+
 def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object], reference,
             observations: Sequence[Mapping[str, np.ndarray]], noises: Sequence[np.ndarray],
             budget_ms: float, calls: int = 20, warmup: int = 3, progress: bool = True) -> list[Measurement]:
