@@ -80,7 +80,8 @@ class _EncoderGraph(nn.Module):
 @contextlib.contextmanager
 def _quiet():
     """Silence torch.onnx's progress prints, warnings and registry log lines during one export."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")   # onnx_ir: optimizer passes
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

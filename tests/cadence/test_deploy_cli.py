@@ -29,6 +29,7 @@ def test_export_writes_graphs_and_schedule(trained):
     assert (out / "encoder.onnx").is_file() and (out / "denoiser.onnx").is_file()
     assert spec["process"]["type"] == "ddpm" and spec["process"]["sample_steps"] == 4
     assert "exported" in proc.stdout
+    assert "unused" not in proc.stdout        # the ONNX optimizer's passes log nothing at the command line
     bad = cadence("export", "checkpoint=runs/nothing", cwd=trained, check=False)
     assert bad.returncode == 1 and "runs/nothing" in bad.stderr
 
