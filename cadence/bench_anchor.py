@@ -9,9 +9,9 @@ policy at each of ``anchor_steps`` sampling steps choosing the most confident mo
 
 Per row: denoiser calls per chunk, milliseconds per chunk at batch 1 (median, the rows timed
 round-robin so machine noise hits all alike), speedup and success change against the
-reference row (the diffusion policy at its most steps), success rate, the modes the successful
-episodes took (the default task's left / right: mode coverage), and for anchor rows the top-1
-anchor accuracy (the most confident mode is the anchor nearest the demonstrated chunk) on
+reference row (the diffusion policy at its most steps), success rate, score (mean largest
+reward: PushT's paper metric), the modes the successful episodes took (the default task's
+left / right: mode coverage), and for anchor rows the top-1 anchor accuracy (the most confident mode is the anchor nearest the demonstrated chunk) on
 training windows. ``results.json`` and ``results.md`` are written to ``out_dir``.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ from cadence.train import load_windows
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("policy", "sampler", "denoiser calls", "ms / chunk", "speedup", "success", "vs ref", "modes (left / right)",
-           "anchor top-1")
+COLUMNS = ("policy", "sampler", "denoiser calls", "ms / chunk", "speedup", "success", "vs ref", "score",
+           "modes (left / right)", "anchor top-1")
 
 
 def train_configs(cfg: DictConfig, out_dir: Path) -> dict[str, DictConfig]:
@@ -77,13 +77,16 @@ def anchor_accuracy(policy, train_cfg, windows: int, seed: int, device) -> float
 
 
 def mode_text(summary: dict) -> str:
+    """Successful episodes per side of the default task; "-" for tasks that report no mode."""
     counts = summary.get("mode_counts", {})
+    if summary.get("n_success", 0) and not sum(counts.values()):
+        return "-"
     return f"{counts.get('left', 0)} / {counts.get('right', 0)}"
 
 
 def table(rows: list[dict]) -> str:
     cells = [[r["policy"], r["sampler"], str(r["denoiser_calls"]), f"{r['ms_per_chunk']:.2f}", f"{r['speedup']:.1f}x",
-              f"{r['success']:.2f}", f"{r['success_vs_ref']:+.2f}", mode_text(r["eval"]),
+              f"{r['success']:.2f}", f"{r['success_vs_ref']:+.2f}", f"{r['score']:.3f}", mode_text(r["eval"]),
               "-" if r["anchor_top1"] is None else f"{r['anchor_top1']:.2f}"] for r in rows]
     return markdown_table(COLUMNS, cells)
 
@@ -119,7 +122,8 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
         accuracy = anchor_accuracy(policy, tcfg, cfg.accuracy_windows, cfg.eval.seed, device) \
             if name == "anchor" else None
         rows.append({"policy": name, "sampler": sampler, "denoiser_calls": calls, "ms_per_chunk": round(t, 3),
-                     "success": summary["success_rate"], "episodes": summary["n_episodes"], "anchor_top1": accuracy,
+                     "success": summary["success_rate"], "score": summary.get("mean_max_reward", 0.0),
+                     "episodes": summary["n_episodes"], "anchor_top1": accuracy,
                      "eval": summary})
     ref = max((r for r in rows if r["policy"] == "diffusion"), key=lambda r: r["denoiser_calls"])
     for r in rows:
