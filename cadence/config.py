@@ -57,7 +57,8 @@ class EDMConfig:
 class AnchorConfig:
     """policy.process=anchor: truncated anchor diffusion (DiffusionDrive) with its cascade decoder."""
     num_anchors: int = 20            # K-means anchors per task, fitted on the training chunks
-    trunc_steps: int = 50            # training timesteps drawn from [0, trunc_steps) of diffusion_steps
+    train_steps: int = 1000          # timesteps of the cosine schedule the truncation is taken from
+    trunc_steps: int = 50            # training timesteps drawn from [0, trunc_steps) of train_steps (noise std <= 0.09)
     start_step: Optional[int] = None # timestep the anchors are noised to for sampling; default trunc_steps - 1
     select: str = "argmax"           # argmax: most confident mode | sample: drawn from softmax(logits / temperature)
     temperature: float = 1.0
@@ -81,7 +82,7 @@ class PolicyConfig:
     obs_horizon: int = 2             # To
     pred_horizon: int = 16           # Tp
     exec_horizon: int = 8            # Ta
-    diffusion_steps: int = 100       # DDPM (and anchor) training steps (cosine schedule)
+    diffusion_steps: int = 100       # DDPM training steps (cosine schedule)
     sample_steps: int = 10           # DDIM or Euler steps at inference
     clip_sample: bool = True
     normalizer: str = "limits"       # limits | gaussian

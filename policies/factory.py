@@ -30,7 +30,7 @@ def build_process(cfg, action_dim: int = 0, num_tasks: int = 1):
         return RegressionProcess()
     if cfg.process == "anchor":
         a = cfg.anchor
-        return TruncatedAnchorProcess(cfg.pred_horizon, action_dim, a.num_anchors, num_tasks, cfg.diffusion_steps,
+        return TruncatedAnchorProcess(cfg.pred_horizon, action_dim, a.num_anchors, num_tasks, a.train_steps,
                                       a.trunc_steps, a.start_step, cfg.sample_steps, a.select, a.temperature,
                                       a.cls_weight, a.reg_weight, a.focal_alpha, a.focal_gamma)
     raise ValueError(f"policy.process must be one of {PROCESSES}, got {cfg.process!r}")

@@ -38,6 +38,6 @@ def tiny_train_config(dataset, run_dir, process="ddpm", steps=6, **train):
 def tiny_anchor_config(dataset, run_dir, steps=4, **train):
     """tiny_train_config for truncated anchor diffusion (a small cascade decoder, 4 anchors)."""
     cfg = tiny_train_config(dataset, run_dir, process="anchor", steps=steps, **train)
-    return OmegaConf.merge(cfg, {"policy": {"network": "anchor_decoder", "diffusion_steps": 1000, "sample_steps": 2,
+    return OmegaConf.merge(cfg, {"policy": {"network": "anchor_decoder", "sample_steps": 2,
                                             "anchor": {"num_anchors": 4, "d_model": 16, "n_heads": 2,
                                                        "cond_tokens": 2, "ffn_mult": 2}}})

@@ -36,7 +36,7 @@ CASES = {
     "mode": ("edm", {"network": "transformer",
                      "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2, "num_experts": 4, "top_k": 2}},
              False, False),
-    "anchor": ("anchor", {"network": "anchor_decoder", "diffusion_steps": 1000,
+    "anchor": ("anchor", {"network": "anchor_decoder",
                           "anchor": {"num_anchors": 5, "d_model": 16, "n_heads": 2, "cond_tokens": 2, "ffn_mult": 2}},
                False, False),
 }   # five exports, not more: each graph costs seconds (torch.export + decompositions dominate)
