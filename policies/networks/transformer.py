@@ -1,7 +1,11 @@
 """DiT-style transformer denoiser, dense or with a mixture of denoising experts (MoDE).
 
 ``forward(x, level, cond, step=None)``: ``x`` (B, Tp, Da) noisy action chunk, ``level`` (B,)
-noise level, ``cond`` (B, Dc) encoded observation -> (B, Tp, Da).
+noise level or (B, Tp) one per action step, ``cond`` (B, Dc) encoded observation -> (B, Tp, Da).
+Per-step levels condition each action token's self-attention on its own level embedding; the
+noise token, the observation tokens and MoDE's routers see the embedding of the mean level, so
+equal levels give exactly the per-sample network. MoDE's expert cache (keyed by step) is not
+used with per-step levels.
 
 Tokens: a noise token ``c`` (the level embedding), ``cond_tokens`` observation tokens
 (a linear map of ``cond``) and one token per action step, with learned positions. With
@@ -45,12 +49,13 @@ ATTENTION = ("full", "causal")
 
 @dataclass
 class BranchContext:
-    c: torch.Tensor                    # (B, D) noise-level embedding
+    c: torch.Tensor                    # (B, D) noise-level embedding (of the mean level when per step)
     memory: torch.Tensor | None        # (B, M, D) observation tokens (cross-attention)
     mask: torch.Tensor | None          # (S, S) bool, True where attention is allowed
     step: int | None                   # sampling step index (None in training)
     cached: bool = False               # use the step-indexed expert cache
     cache: object | None = None        # the branch cache (BAC) consulted for every residual branch
+    c_tokens: torch.Tensor | None = None   # (B, S, D) per-token level embedding (per-step levels), else None
 
 
 class _Attention(nn.Module):
@@ -80,7 +85,7 @@ class SelfAttention(_Attention):
         self.norm = nn.RMSNorm(dim)
 
     def forward(self, x: torch.Tensor, ctx: BranchContext) -> torch.Tensor:
-        h = self.norm(x) + ctx.c[:, None, :]
+        h = self.norm(x) + (ctx.c[:, None, :] if ctx.c_tokens is None else ctx.c_tokens)
         return self.attend(h, h, ctx.mask)
 
 
@@ -176,20 +181,29 @@ class TransformerDenoiser(nn.Module):
     # --- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
                 ) -> torch.Tensor:
-        if level.ndim != 1:
-            raise ValueError(f"TransformerDenoiser takes one noise level per sample, shape (B,); got "
-                             f"{tuple(level.shape)}")
         b, tp, _ = x.shape
         if tp != self.horizon:
             raise ValueError(f"chunk length {tp} differs from the denoiser's horizon {self.horizon}")
-        cached = self._use_cache(step)
-        c = self._cache["c"][step].expand(b, -1) if cached else self.level_embed(level.expand(b))
+        per_step = level.ndim == 2
+        if per_step and tuple(level.shape) != (b, tp):
+            raise ValueError(f"per-step levels must be (B, Tp) = {(b, tp)}, got {tuple(level.shape)}")
+        if level.ndim > 2:
+            raise ValueError(f"level must be (B,) or (B, Tp), got {tuple(level.shape)}")
+        cached = self._use_cache(step) and not per_step
+        if cached:
+            c = self._cache["c"][step].expand(b, -1)
+        else:
+            c = self.level_embed(level.mean(dim=1) if per_step else level.expand(b))
         obs = self.cond_in(cond).view(b, self.cond_tokens, self.d_model)
         parts = [c[:, None, :], self.action_in(x)] if self.cross_attention else [c[:, None, :], obs, self.action_in(x)]
         h = torch.cat(parts, dim=1) + self.pos
         memory = obs + self.memory_pos if self.cross_attention else None
         cache = self.branch_cache if step is not None and not self.training else None
-        ctx = BranchContext(c, memory, self.mask, step, cached, cache)
+        c_tokens = None
+        if per_step:          # noise (and observation) tokens: the mean level; action tokens: their own
+            lead = h.shape[1] - tp
+            c_tokens = torch.cat([c[:, None, :].expand(-1, lead, -1), self.level_embed(level)], dim=1)
+        ctx = BranchContext(c, memory, self.mask, step, cached, cache, c_tokens)
         for block in self.blocks:
             h = block(h, ctx)
         return self.head(self.norm_out(h[:, -tp:]))

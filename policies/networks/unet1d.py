@@ -1,9 +1,12 @@
 """1-D temporal UNet with FiLM conditioning (the Diffusion Policy CNN design).
 
 ``forward(x, level, cond, step=None)``: ``x`` (B, Tp, Da) noisy action chunk, ``level`` (B,)
-noise level, ``cond`` (B, Dc) encoded observation -> (B, Tp, Da); ``step`` (the sampling step
-index, used by step-indexed caches) does not change this network. Each residual block modulates its
-features with a per-channel scale and bias computed from [level embedding, cond].
+noise level or (B, Tp) one per action step, ``cond`` (B, Dc) encoded observation -> (B, Tp, Da);
+``step`` (the sampling step index, used by step-indexed caches) does not change this network.
+Each residual block modulates its features with a per-channel scale and bias computed from
+[level embedding, cond]. With per-step levels the conditioning is per time position: each
+block averages it over the positions its (downsampled) feature map covers, so equal levels
+give exactly the per-sample conditioning.
 The chunk length must be divisible by 2 ** (len(down_dims) - 1).
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import SinusoidalEmbedding
@@ -31,8 +35,14 @@ class FiLMResidualBlock(nn.Module):
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` (B, F) per sample, or (B, F, T) per time position (pooled to this resolution)."""
         h = self.conv1(x)
-        scale, bias = self.film(cond)[..., None].chunk(2, dim=1)
+        if cond.ndim == 3:
+            if cond.shape[-1] != h.shape[-1]:
+                cond = F.adaptive_avg_pool1d(cond, h.shape[-1])
+            scale, bias = self.film(cond.transpose(1, 2)).transpose(1, 2).chunk(2, dim=1)
+        else:
+            scale, bias = self.film(cond)[..., None].chunk(2, dim=1)
         h = self.conv2(h * scale + bias)
         return h + self.skip(x)
 
@@ -64,12 +74,17 @@ class ConditionalUnet1D(nn.Module):
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
                 ) -> torch.Tensor:
-        if level.ndim != 1:
-            raise ValueError(f"ConditionalUnet1D takes one noise level per sample, shape (B,); got "
-                             f"{tuple(level.shape)} (per-step levels come with the streaming policy)")
-        if x.shape[1] % self.down_factor:
-            raise ValueError(f"chunk length {x.shape[1]} must be divisible by {self.down_factor}")
-        film = torch.cat([self.level_embed(level.expand(x.shape[0])), cond], dim=-1)
+        b, tp = x.shape[:2]
+        if tp % self.down_factor:
+            raise ValueError(f"chunk length {tp} must be divisible by {self.down_factor}")
+        if level.ndim == 2:
+            if tuple(level.shape) != (b, tp):
+                raise ValueError(f"per-step levels must be (B, Tp) = {(b, tp)}, got {tuple(level.shape)}")
+            film = torch.cat([self.level_embed(level), cond[:, None].expand(-1, tp, -1)], dim=-1).transpose(1, 2)
+        elif level.ndim <= 1:
+            film = torch.cat([self.level_embed(level.expand(b)), cond], dim=-1)
+        else:
+            raise ValueError(f"level must be (B,) or (B, Tp), got {tuple(level.shape)}")
         h = x.transpose(1, 2)
         skips = []
         for res1, res2, downsample in self.down:

@@ -81,9 +81,20 @@ def test_bad_inputs_name_the_problem():
     x, level, cond = _inputs()
     with pytest.raises(ValueError, match="horizon"):
         net(x[:, :6], level, cond)
-    with pytest.raises(ValueError, match="one noise level per sample"):
-        net(x, level[:, None].expand(3, 8), cond)
+    with pytest.raises(ValueError, match=r"\(B, Tp\)"):
+        net(x, level[:, None].expand(3, 4), cond)
     with pytest.raises(ValueError, match="divisible"):
         _net(d_model=30)
     with pytest.raises(ValueError, match="attention"):
         _net(attention="sliding")
+
+
+@pytest.mark.parametrize("options", [{}, {"cross_attention": True}, {"num_experts": 4, "top_k": 2}])
+def test_per_step_levels_equal_the_scalar_level_when_all_are_equal(options):
+    net = _net(**options)
+    x, level, cond = _inputs()
+    torch.testing.assert_close(net(x, level[:, None].expand(-1, x.shape[1]), cond), net(x, level, cond))
+    ramp = torch.linspace(0, 99, x.shape[1]).expand(x.shape[0], -1)
+    out = net(x, ramp, cond)
+    for constant in (0.0, 99.0):
+        assert (out - net(x, torch.full((x.shape[0],), constant), cond)).abs().max() > 1e-3
