@@ -75,9 +75,16 @@ class AnchorConfig:
 
 
 @dataclass
+class StreamingConfig:
+    """policy.process=streaming: Streaming Diffusion Policy's rolling buffer (sample_steps = calls per replan)."""
+    start_steps: int = 10            # DDIM calls of an episode's first replan (from pure noise)
+    constant_prob: float = 0.2       # training: share of samples with one level for the whole chunk
+
+
+@dataclass
 class PolicyConfig:
     name: str = "diffusion"
-    process: str = "ddpm"            # ddpm | flow | edm | regression | anchor
+    process: str = "ddpm"            # ddpm | flow | edm | regression | anchor | streaming
     network: str = "unet"            # unet | transformer | anchor_decoder (process=anchor)
     obs_horizon: int = 2             # To
     pred_horizon: int = 16           # Tp
@@ -97,6 +104,7 @@ class PolicyConfig:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     edm: EDMConfig = field(default_factory=EDMConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 @dataclass
@@ -331,24 +339,39 @@ class BenchCacheApp:
 
 
 @dataclass
-class BenchAnchorApp:
+class PairBenchApp:
+    """Fields shared by the benchmarks that put a technique's policy beside the diffusion policy."""
     task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
     steps: int = 1500                        # training steps of each policy
     batch_size: int = 256
-    anchor_overrides: list = field(default_factory=list)     # more `cadence train` overrides for the anchor policy
-    diffusion_overrides: list = field(default_factory=list)  # ... and for the diffusion policy
-    anchor_checkpoint: Optional[str] = None  # reuse trained runs instead of training
-    diffusion_checkpoint: Optional[str] = None
-    anchor_steps: list = field(default_factory=lambda: [1, 2, 4])   # most confident mode
-    sampled_steps: list = field(default_factory=lambda: [2])        # mode drawn by confidence
-    ddim_steps: list = field(default_factory=lambda: [10, 20])      # the most steps is the reference row
-    accuracy_windows: int = 512              # training windows for the anchor top-1 accuracy
+    diffusion_overrides: list = field(default_factory=list)  # more `cadence train` overrides for the diffusion policy
+    diffusion_checkpoint: Optional[str] = None   # reuse a trained run instead of training
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=100, video_episodes=0, latency_calls=0))
     timing_calls: int = 30                   # batch-1 chunks timed per row (median), rows interleaved
     collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
     threads: int = 0                         # torch CPU threads for training; 0: default
     device: str = "auto"
+
+
+@dataclass
+class BenchAnchorApp(PairBenchApp):
+    anchor_overrides: list = field(default_factory=list)     # more `cadence train` overrides for the anchor policy
+    anchor_checkpoint: Optional[str] = None  # reuse a trained anchor run instead of training
+    anchor_steps: list = field(default_factory=lambda: [1, 2, 4])   # most confident mode
+    sampled_steps: list = field(default_factory=lambda: [2])        # mode drawn by confidence
+    ddim_steps: list = field(default_factory=lambda: [10, 20])      # the most steps is the reference row
+    accuracy_windows: int = 512              # training windows for the anchor top-1 accuracy
     out_dir: str = "runs/bench-anchor-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
+class BenchStreamingApp(PairBenchApp):
+    streaming_overrides: list = field(default_factory=list)  # more `cadence train` overrides for the streaming policy
+    streaming_checkpoint: Optional[str] = None   # reuse a trained streaming run instead of training
+    streaming_steps: list = field(default_factory=lambda: [1, 2, 5, 50])   # denoiser calls per replan
+    ddim_steps: list = field(default_factory=lambda: [100, 10])             # 100: the DDPM chain
+    reference_steps: int = 10                # the diffusion row the others are compared with
+    out_dir: str = "runs/bench-streaming-${now:%Y%m%d-%H%M%S}"
 
 
 @dataclass
@@ -395,6 +418,6 @@ def register() -> None:
                        "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp,
                        "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp,
                        "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp,
-                       "bench_anchor_schema": BenchAnchorApp}.items():
+                       "bench_anchor_schema": BenchAnchorApp, "bench_streaming_schema": BenchStreamingApp}.items():
         cs.store(name=name, node=node)
 

@@ -3,7 +3,8 @@
 Each candidate (a runtime kind and a number of sampling steps) is built, warmed up and timed
 on calibration observations at batch 1; its accuracy is the mean absolute action error, in
 task units, against the full-quality reference configuration on the same observations with
-the same start noise. Block-cached (BAC) candidates are the PyTorch runtimes at each step
+the same start noise (a stateful policy is reset first, so each comparison starts an episode).
+Block-cached (BAC) candidates are the PyTorch runtimes at each step
 count the checkpoint has a cache schedule for. The chosen candidate is the most accurate one
 whose p99 latency is within the budget; if none is, :class:`BudgetError` says what each one
 measured.
@@ -92,13 +93,19 @@ def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object
             budget_ms: float, calls: int = 20, warmup: int = 3, progress: bool = True) -> list[Measurement]:
     """``observations[i]`` each key (1, To, ...); ``noises[i]`` (1, Tp, Da)."""
     n = len(observations)
-    targets = [reference.predict(observations[i], noise=noises[i]) for i in range(n)]
+
+    def fresh(runtime, i):              # a stateful policy (streaming) compared from the same start
+        reset = getattr(runtime, "reset", None)
+        if callable(reset):
+            reset()
+        return runtime.predict(observations[i], noise=noises[i])
+
+    targets = [fresh(reference, i) for i in range(n)]
     out = []
     for cand in tqdm(candidates, desc="timing inference configurations", disable=not progress):
         runtime = build(cand)
         ms = time_calls(lambda i, rt=runtime: rt.predict(observations[i % n], noise=noises[i % n]), calls, warmup)
-        error = float(np.mean([np.abs(runtime.predict(observations[i], noise=noises[i]) - targets[i]).mean()
-                               for i in range(n)]))
+        error = float(np.mean([np.abs(fresh(runtime, i) - targets[i]).mean() for i in range(n)]))
         p99 = float(np.percentile(ms, 99))
         out.append(Measurement(cand, float(np.percentile(ms, 50)), p99, error, p99 <= budget_ms, ms))
     return out

@@ -14,7 +14,7 @@ import torch
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = {"ddpm": [100, 50, 20, 10, 5, 2], "flow": [50, 20, 10, 5, 2, 1], "edm": [50, 20, 10, 5, 3],
-                 "regression": [1], "anchor": [4, 2, 1]}
+                 "regression": [1], "anchor": [4, 2, 1], "streaming": [10, 5, 2, 1]}
 
 
 def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
@@ -24,6 +24,8 @@ def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
     chosen = {int(s) for s in steps} if steps else {*DEFAULT_STEPS[policy_cfg.process], int(policy_cfg.sample_steps)}
     if policy_cfg.process == "ddpm":
         chosen = {s for s in chosen if s <= policy_cfg.diffusion_steps}
+    if policy_cfg.process == "streaming":       # calls per replan: at most one chunk's band of timesteps
+        chosen = {s for s in chosen if s <= _streaming_band(policy_cfg)}
     if policy_cfg.process == "anchor":          # the truncated schedule has start_step + 1 timesteps
         start = policy_cfg.anchor.start_step
         top = (policy_cfg.anchor.trunc_steps - 1 if start is None else start) + 1
@@ -34,8 +36,18 @@ def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
 def reference_steps(policy_cfg, steps: int | None) -> int:
     if steps:
         return int(steps)
+    if policy_cfg.process == "streaming":       # one call per timestep of the band (the paper's sampler)
+        return _streaming_band(policy_cfg)
+    # anchor: one step is the most accurate measured (PushT: later steps refine inputs the decoder never
+    # trained on), so it is the reference the budget's action error is taken against
     return {"ddpm": int(policy_cfg.diffusion_steps), "flow": 100, "edm": 100, "regression": 1,
-            "anchor": 4}[policy_cfg.process]
+            "anchor": 1}[policy_cfg.process]
+
+
+def _streaming_band(policy_cfg) -> int:
+    from cadence.policies.processes.streaming import num_chunks
+    h = num_chunks(policy_cfg.pred_horizon, policy_cfg.obs_horizon, policy_cfg.exec_horizon)
+    return int(policy_cfg.diffusion_steps) // h
 
 
 def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

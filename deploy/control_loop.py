@@ -107,6 +107,7 @@ class ControlLoop:
             raise RuntimeError("the inference worker has not answered for 30 s")
         while self.worker.poll() is not None:
             pass
+        self.worker.reset_state()          # a stateful policy (streaming buffer) starts the episode afresh
         obs = self.robot.reset(seed)
         self.history.push(obs)
         started = False

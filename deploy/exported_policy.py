@@ -14,6 +14,8 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                         "clip_sample"}
                      | {"type": "anchor", "schedule": "cosine", "train_steps", "trunc_steps", "start_step",
                         "sample_steps", "select", "temperature", "anchors": (T, K, Tp, Da) nested lists}
+                     | {"type": "streaming", "schedule": "cosine", "train_steps", "sample_steps", "start_steps",
+                        "clip_sample", "obs_horizon", "pred_horizon", "exec_horizon"}   (denoiser level (B, Tp))
     obs              {key: {"shape": per-step shape, "dtype": "float32" | "uint8"}}   (task units)
     obs_horizon, pred_horizon, action_dim, action_key, cond_dim
     action_normalizer {"mode", "scale": [Da], "offset": [Da]}   normalised = action * scale + offset
@@ -45,6 +47,7 @@ from cadence.policies.processes import (
     RegressionProcess,
 )
 from cadence.policies.processes.edm import EDMProcess
+from cadence.policies.processes.streaming import StreamingProcess
 from cadence.policies.processes.truncated_anchor import SELECT, TruncatedAnchorProcess
 from torch import nn
 
@@ -66,7 +69,9 @@ _PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "cl
                  "edm": {"type", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler", "clip_sample"},
                  "regression": {"type"},
                  "anchor": {"type", "schedule", "train_steps", "trunc_steps", "start_step", "sample_steps", "select",
-                            "temperature", "anchors"}}
+                            "temperature", "anchors"},
+                 "streaming": {"type", "schedule", "train_steps", "sample_steps", "start_steps", "clip_sample",
+                               "obs_horizon", "pred_horizon", "exec_horizon"}}
 
 
 class ExportFormatError(ValueError):
@@ -88,6 +93,11 @@ def process_spec(process) -> dict[str, Any]:
                 "sampler": process.sampler, "clip_sample": bool(process.clip_sample)}
     if isinstance(process, RegressionProcess):
         return {"type": "regression"}
+    if isinstance(process, StreamingProcess):
+        return {"type": "streaming", "schedule": "cosine", "train_steps": int(process.train_steps),
+                "sample_steps": int(process.sample_steps), "start_steps": int(process.start_steps),
+                "clip_sample": bool(process.clip_sample), "obs_horizon": int(process.obs_horizon),
+                "pred_horizon": int(process.pred_horizon), "exec_horizon": int(process.exec_horizon)}
     if isinstance(process, TruncatedAnchorProcess):
         return {"type": "anchor", "schedule": "cosine", "train_steps": int(process.train_steps),
                 "trunc_steps": int(process.trunc_steps), "start_step": int(process.start_step),
@@ -106,6 +116,9 @@ def build_process(spec: Mapping[str, Any]):
     if kind == "edm":
         return EDMProcess(spec["sample_steps"], spec["sigma_min"], spec["sigma_max"], spec["sigma_data"],
                           spec["sampler"], spec["clip_sample"])
+    if kind == "streaming":
+        return StreamingProcess(spec["pred_horizon"], spec["obs_horizon"], spec["exec_horizon"], spec["train_steps"],
+                                spec["sample_steps"], spec["start_steps"], clip_sample=spec["clip_sample"])
     if kind == "anchor":
         anchors = torch.tensor(spec["anchors"], dtype=torch.float32)
         if anchors.ndim != 4 or 0 in anchors.shape or not torch.isfinite(anchors).all():
@@ -182,6 +195,15 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
             _typed(where, process[key], f"process.{key}", (int, float))
         _typed(where, process["sampler"], "process.sampler", str)
         _typed(where, process["clip_sample"], "process.clip_sample", bool)
+    elif process["type"] == "streaming":
+        if process["schedule"] != "cosine":
+            raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
+        for key in ("train_steps", "sample_steps", "start_steps", "obs_horizon", "pred_horizon", "exec_horizon"):
+            _typed(where, process[key], f"process.{key}", int, minimum=1)
+        _typed(where, process["clip_sample"], "process.clip_sample", bool)
+        for key in ("obs_horizon", "pred_horizon"):
+            if process[key] != spec[key]:
+                raise ExportFormatError(f"{where}: 'process.{key}' is {process[key]}, the policy's {key} {spec[key]}")
     elif process["type"] == "anchor":
         if process["schedule"] != "cosine":
             raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
@@ -314,8 +336,8 @@ def _dtype_name(value) -> str:
 
 
 class OnnxDenoiser(nn.Module):
-    """``forward(x (B, Tp, Da), level (B,), cond (B, Dc)) -> (B, Tp, Da)``: one ONNX Runtime call
-    (anchor: ``x`` (B, K, Tp, Da) -> ``(chunks (B, K, Tp, Da), logits (B, K))``).
+    """``forward(x (B, Tp, Da), level (B,) or (B, Tp) for streaming, cond (B, Dc)) -> (B, Tp, Da)``:
+    one ONNX Runtime call (anchor: ``x`` (B, K, Tp, Da) -> ``(chunks (B, K, Tp, Da), logits (B, K))``).
     The exported graph is the same at every sampling step, so ``step`` is not used."""
 
     def __init__(self, session, outputs: list[str] = DENOISER_OUTPUTS):

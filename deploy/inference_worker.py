@@ -84,6 +84,14 @@ class InferenceWorker:
         if not done.wait(timeout):
             raise RuntimeError(f"inference warm-up did not finish within {timeout:g} s")
 
+    def reset_state(self, timeout: float = 30.0) -> None:
+        """Clear the runtime's per-episode state (a streaming policy's buffer), on the worker's own
+        thread so that it never races an inference; call it between episodes."""
+        done = threading.Event()
+        self._requests.put(("reset", done))
+        if not done.wait(timeout):
+            raise RuntimeError(f"the inference worker did not reset within {timeout:g} s")
+
     def stop(self) -> None:
         self._requests.put(None)
         self._thread.join(timeout=5)
@@ -96,7 +104,15 @@ class InferenceWorker:
             item = self._requests.get()
             if item is None:
                 return
-            if item[0] == "warm-up":
+            if isinstance(item[0], str) and item[0] == "reset":
+                reset = getattr(self.runtime, "reset", None)
+                try:
+                    if callable(reset):
+                        reset()
+                finally:
+                    item[1].set()
+                continue
+            if isinstance(item[0], str) and item[0] == "warm-up":
                 _, obs, calls, done = item
                 try:
                     for _ in range(calls):

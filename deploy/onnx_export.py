@@ -3,7 +3,8 @@
 ``encoder.onnx``   inputs: the observation keys in sorted order, each (B, To, ...) in task units
                    (uint8 images stay uint8); normalisation is inside. Output ``cond`` (B, Dc).
 ``denoiser.onnx``  inputs ``x`` (B, Tp, Da) float32, ``level`` (B,) float32, ``cond`` (B, Dc);
-                   output ``out`` (B, Tp, Da). Truncated anchor diffusion: ``x`` (B, K, Tp, Da), all
+                   output ``out`` (B, Tp, Da). Streaming diffusion: ``level`` is (B, Tp), one per
+                   action. Truncated anchor diffusion: ``x`` (B, K, Tp, Da), all
                    the noisy anchors; outputs ``out`` (B, K, Tp, Da) and ``logits`` (B, K). The anchors
                    themselves are in policy.json; noising, stepping and choosing the mode run on the host.
 ``policy.json``    everything else the host needs (see :mod:`cadence.deploy.exported_policy`).
@@ -183,10 +184,12 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         check_obs = _example_obs(obs_shapes, CHECK_BATCH, To, gen)
         check_cond = encoder(*check_obs.values())
         level_max = float(spec_process.get("train_steps", spec_process.get("level_scale", LEVEL_RANGE)))
-        trace_den = (torch.randn(TRACE_BATCH, *chunk, generator=gen), torch.rand(TRACE_BATCH, generator=gen) * level_max,
+        level_shape = (Tp,) if spec_process["type"] == "streaming" else ()      # streaming: a level per action
+        trace_den = (torch.randn(TRACE_BATCH, *chunk, generator=gen),
+                     torch.rand(TRACE_BATCH, *level_shape, generator=gen) * level_max,
                      torch.randn(TRACE_BATCH, cond_dim, generator=gen))
         check_den = {"x": torch.randn(CHECK_BATCH, *chunk, generator=gen),
-                     "level": torch.rand(CHECK_BATCH, generator=gen) * level_max, "cond": check_cond}
+                     "level": torch.rand(CHECK_BATCH, *level_shape, generator=gen) * level_max, "cond": check_cond}
         check_out = policy.denoiser(*check_den.values())
         check_out = check_out if isinstance(check_out, tuple) else (check_out,)
 

@@ -43,6 +43,8 @@ class Runtime(Protocol):
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
                 prefix: np.ndarray | None = None) -> np.ndarray: ...
 
+    def reset(self) -> None: ...
+
 
 # --- shared pieces ------------------------------------------------------------------------------
 
@@ -229,6 +231,7 @@ class TorchRuntime:
 
         private = copy.deepcopy(policy)
         private.process = with_sample_steps(policy.process, sample_steps)
+        private.reset()                                 # a runtime starts with no episode under way
         if not block_cache and getattr(private.denoiser, "branch_cache", None) is not None:
             private.denoiser.branch_cache = None        # the policy's block cache (BAC) left out
         private.to(self.device).eval()
@@ -263,6 +266,10 @@ class TorchRuntime:
                 prefix: np.ndarray | None = None) -> np.ndarray:
         return _run_policy(self.policy, obs, noise, prefix, self._generator, self.device)
 
+    def reset(self) -> None:
+        """Clear per-episode state (a streaming policy's buffer)."""
+        self.policy.reset()
+
 
 # --- ONNX Runtime ---------------------------------------------------------------------------------
 
@@ -282,6 +289,10 @@ class OnnxRuntime:
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
                 prefix: np.ndarray | None = None) -> np.ndarray:
         return _run_policy(self.policy, obs, noise, prefix, self._generator, torch.device("cpu"))
+
+    def reset(self) -> None:
+        """Clear per-episode state (a streaming policy's buffer)."""
+        self.policy.reset()
 
 
 # --- kinds ------------------------------------------------------------------------------------------

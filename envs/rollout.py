@@ -118,7 +118,8 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
 
     ``policy.predict_chunk({key: (B, obs_horizon, ...) tensor})`` is called with the B envs
     still running (float observations as float32, uint8 ones kept uint8, on ``device``) and
-    must return an ActionChunk whose batch is B. ``frames`` holds, for the first
+    must return an ActionChunk whose batch is B; a policy with ``keep_rows(rows)`` is told
+    which rows of the previous call's batch are still running before each call. ``frames`` holds, for the first
     ``video_episodes`` envs, their renders tiled side by side, one tiled frame for the reset
     and one per env step until the last of those episodes ended (a finished episode keeps
     showing its last frame). ``max_rewards`` is each episode's largest step reward (PushT's
@@ -176,10 +177,15 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
         reset = getattr(policy, "reset", None)
         if callable(reset):
             reset()
+        keep_rows = getattr(policy, "keep_rows", None)     # stateful policies follow the shrinking batch
+        previous = None
 
         with torch.no_grad():
             while not done.all():
                 running = np.flatnonzero(~done)
+                if previous is not None and len(running) != len(previous) and callable(keep_rows):
+                    keep_rows(np.searchsorted(previous, running))
+                previous = running
                 batch = {k: _to_tensor(history[k][running], device) for k in obs_keys}
                 chunk = policy.predict_chunk(batch)
                 actions = chunk.executable(exec_horizon).detach().to("cpu", torch.float32).numpy()

@@ -12,9 +12,10 @@ from .obs_encoder import ObsEncoder
 from .policy import Policy
 from .processes import DDPMProcess, RectifiedFlowProcess, RegressionProcess
 from .processes.edm import EDMProcess
+from .processes.streaming import StreamingProcess
 from .processes.truncated_anchor import TruncatedAnchorProcess
 
-PROCESSES = ("ddpm", "flow", "edm", "regression", "anchor")
+PROCESSES = ("ddpm", "flow", "edm", "regression", "anchor", "streaming")
 NETWORKS = ("unet", "transformer", "anchor_decoder")
 
 
@@ -33,6 +34,10 @@ def build_process(cfg, action_dim: int = 0, num_tasks: int = 1):
         return TruncatedAnchorProcess(cfg.pred_horizon, action_dim, a.num_anchors, num_tasks, a.train_steps,
                                       a.trunc_steps, a.start_step, cfg.sample_steps, a.select, a.temperature,
                                       a.cls_weight, a.reg_weight, a.focal_alpha, a.focal_gamma)
+    if cfg.process == "streaming":
+        s = cfg.streaming
+        return StreamingProcess(cfg.pred_horizon, cfg.obs_horizon, cfg.exec_horizon, cfg.diffusion_steps,
+                                cfg.sample_steps, s.start_steps, s.constant_prob, cfg.clip_sample)
     raise ValueError(f"policy.process must be one of {PROCESSES}, got {cfg.process!r}")
 
 

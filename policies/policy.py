@@ -80,7 +80,16 @@ class Policy(nn.Module):
         return KnownActions(values, mask)
 
     def reset(self) -> None:
-        """Clear per-episode state (none here; streaming processes keep their buffer)."""
+        """Clear per-episode state (a streaming process's buffer)."""
+        reset = getattr(self.process, "reset", None)
+        if reset is not None:
+            reset()
+
+    def keep_rows(self, rows) -> None:
+        """Keep the per-episode state of these rows of the last batch only (rollouts drop finished episodes)."""
+        keep = getattr(self.process, "keep_rows", None)
+        if keep is not None:
+            keep(rows)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Trainable weights, without the normalizer (saved in its own file)."""

@@ -123,9 +123,26 @@ def test_anchor_policy_round_trip_keeps_the_fitted_anchors(tiny_store, tmp_path)
     assert "process.anchors" in load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
     noise = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(1))
     again, _, _ = load_policy(tmp_path / "checkpoint")
-    assert torch.equal(policy.predict_chunk(_obs(), noise=noise).actions, again.predict_chunk(_obs(), noise=noise).actions)
+    assert torch.equal(policy.predict_chunk(_obs(), noise=noise).actions,
+                       again.predict_chunk(_obs(), noise=noise).actions)
     # a resumed run keeps its anchors (no refit) and trains on
     cfg.train.steps, cfg.resume = 6, True
     train(cfg, tmp_path, progress=False)
     resumed, _, meta = load_policy(tmp_path)
     assert meta["step"] == 6 and torch.equal(resumed.process.anchors, anchors)
+
+
+def test_streaming_policy_trains_evaluates_and_round_trips(tiny_store, tmp_path):
+    cfg = tiny_train_config(tiny_store, tmp_path, process="streaming", steps=4)
+    cfg.policy.merge_with({"pred_horizon": 16, "exec_horizon": 4, "sample_steps": 2, "streaming": {"start_steps": 3}})
+    cfg.eval.episodes = 3              # a lockstep rollout whose batch shrinks as episodes end
+    train(cfg, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "eval-step4" / "eval.json").read_text())
+    assert summary["n_episodes"] == 3
+    a, _, _ = load_policy(tmp_path)
+    b, _, _ = load_policy(tmp_path / "checkpoint")
+    assert a.process.num_chunks == 3 and a.process.buffer is None
+    outs = [p.predict_chunk(_obs(), generator=torch.Generator().manual_seed(0)).actions for p in (a, b)]
+    assert torch.equal(outs[0], outs[1]) and a.process.buffer.shape == (3, 16, 2)
+    a.reset()
+    assert a.process.buffer is None

@@ -51,7 +51,32 @@ def test_anchor_step_candidates_stay_within_the_truncated_schedule():
 
     cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),
                           {"process": "anchor", "network": "anchor_decoder", "sample_steps": 2})
-    assert candidate_steps(cfg, None) == [4, 2, 1] and reference_steps(cfg, None) == 4
+    assert candidate_steps(cfg, None) == [4, 2, 1] and reference_steps(cfg, None) == 1
     cfg.anchor.trunc_steps = 3                  # timesteps 2, 1, 0: at most three steps
     assert candidate_steps(cfg, None) == [2, 1]
     assert candidate_steps(cfg, [8, 3, 1]) == [3, 1]
+
+
+def test_streaming_candidates_are_calls_per_replan_within_a_band():
+    from omegaconf import OmegaConf
+
+    from cadence.config import PolicyConfig
+    from cadence.deploy.calibration import candidate_steps, reference_steps
+
+    cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),
+                          {"process": "streaming", "pred_horizon": 20, "exec_horizon": 8, "sample_steps": 2})
+    assert candidate_steps(cfg, None) == [10, 5, 2, 1] and reference_steps(cfg, None) == 50   # 2 chunks of 50
+    cfg.diffusion_steps = 8                                   # bands of 4 timesteps
+    assert candidate_steps(cfg, None) == [2, 1] and reference_steps(cfg, None) == 4
+
+
+def test_stateful_runtimes_are_compared_from_a_fresh_start():
+    policy = make_policy("streaming", pred_horizon=20, exec_horizon=8, sample_steps=2, streaming={"start_steps": 2})
+    rng = np.random.default_rng(0)
+    obs = [{"state": rng.uniform(-1, 1, (1, 2, 6)).astype(np.float32)} for _ in range(2)]
+    noises = [rng.standard_normal((1, 20, 2)).astype(np.float32) for _ in obs]
+    build = lambda c: TorchRuntime(policy, sample_steps=c.sample_steps, seed=0)  # noqa: E731
+    reference = TorchRuntime(policy, sample_steps=2, seed=0)
+    (same,) = measure([Candidate("torch-eager", 2)], build, reference, obs, noises, budget_ms=1e9, calls=3, warmup=1,
+                      progress=False)
+    assert same.action_error == 0.0          # although the candidate rolled its buffer while being timed

@@ -46,3 +46,19 @@ def test_a_failed_inference_is_reported_not_raised():
         assert result.actions is None and "observation steps" in result.error
     finally:
         w.stop()
+
+
+def test_reset_state_clears_a_streaming_buffer_on_the_worker_thread():
+    runtime = TorchRuntime(make_policy("streaming", pred_horizon=20, exec_horizon=8, sample_steps=2,
+                                       streaming={"start_steps": 2}))
+    w = InferenceWorker(runtime, start=1)
+    try:
+        w.submit(request())
+        assert w.wait(timeout=30).actions.shape == (19, 2)
+        assert runtime.policy.process.buffer is not None       # mid-episode: the buffer rolls on
+        w.reset_state()
+        assert runtime.policy.process.buffer is None
+        w.submit(request())
+        assert w.wait(timeout=30).error is None and runtime.policy.process.calls == 2 + 2   # started afresh
+    finally:
+        w.stop()

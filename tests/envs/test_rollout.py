@@ -236,3 +236,33 @@ def test_max_reward_and_final_info_metrics_on_pusht():
     summary = result.summary()
     assert summary["mean_final_coverage"] == pytest.approx(result.final_info["coverage"].mean())
     assert summary["mean_max_reward"] == pytest.approx(result.max_rewards.mean())
+
+
+class RowTrackingPolicy(CarrotPolicy):
+    """The carrot expert with per-row state, as a streaming policy keeps: each row remembers the
+    goal it first saw, and ``keep_rows`` must keep every row with its own episode."""
+
+    def __init__(self):
+        super().__init__()
+        self.goals = None
+        self.kept: list[list[int]] = []
+
+    def keep_rows(self, rows):
+        self.kept.append(list(rows))
+        self.goals = self.goals[np.asarray(rows)]
+
+    def predict_chunk(self, obs):
+        goals = obs["state"][:, -1, 4:6].numpy()
+        if self.goals is None:
+            self.goals = goals.copy()
+        assert self.goals.shape == goals.shape and np.allclose(self.goals, goals), "a row lost its episode"
+        return super().predict_chunk(obs)
+
+
+def test_stateful_policies_are_told_which_rows_keep_running():
+    policy = RowTrackingPolicy()
+    result = _run(policy)
+    assert result.success.all()
+    lengths = np.asarray(result.lengths)
+    assert len(set(lengths.tolist())) > 1 and policy.kept                   # episodes ended at different times
+    assert policy.batch_sizes == sorted(policy.batch_sizes, reverse=True) and policy.batch_sizes[-1] < len(SEEDS)
