@@ -11,9 +11,9 @@ chunk-wise regime ``k_i = top_i - j`` with ``j ~ U{0 .. N // h - 1}`` shared alo
 
 Sampling keeps the buffer as state (``reset()`` clears it; a new batch size restarts it). Before
 each call the buffer sits at the band tops. A call takes ``sample_steps`` DDIM steps that lower
-every element by ``N // h`` timesteps in equal strides -- each level the network sees is one the
-chunk-wise regime trained on -- so chunk 0 ends clean (level -1) and every later chunk at the
-top of the band below. The returned chunk is the buffer then: the actions to execute, indices
+every element by its band's width (``N // h``, one more for some bands when h does not divide N)
+in equal strides -- each level the network sees is one the chunk-wise regime trained on -- so
+chunk 0 ends clean (level -1) and every later chunk exactly at the top of the band below. The returned chunk is the buffer then: the actions to execute, indices
 ``To - 1 .. To - 2 + Ta``, are clean. The buffer then shifts by ``Ta``: the slots aligned with
 the observation hold executed (clean) actions and are noised forward to chunk 0's top, so their
 level matches their label (the reference leaves them clean while labelled noisy), and the last
@@ -77,14 +77,17 @@ class StreamingProcess:
         self.constant_prob, self.clip_sample = constant_prob, clip_sample
         self.alphas_cumprod = cosine_alphas_cumprod(train_steps)
         self.tops = torch.tensor(chunk_tops(train_steps, self.chunks))
+        below = torch.tensor([-1] + chunk_tops(train_steps, list(range(self.num_chunks))))[torch.tensor(self.chunks)]
+        self.widths = self.tops - below     # timesteps of each element's band (N // h or one more)
         self.buffer: torch.Tensor | None = None
         self.calls = 0                      # denoiser calls of the last sample()
 
     # --- levels ---------------------------------------------------------------------------------
 
     def step_levels(self) -> list[torch.Tensor]:
-        """The (Tp,) levels of each call of a replan, then the levels it ends at (chunk 0: -1)."""
-        return [self.tops - (s * self.band) // self.sample_steps for s in range(self.sample_steps + 1)]
+        """The (Tp,) levels of each call of a replan, then the levels it ends at: each element at the top
+        of the band below its own (chunk 0: -1, clean)."""
+        return [self.tops - (s * self.widths) // self.sample_steps for s in range(self.sample_steps + 1)]
 
     def levels(self) -> list[float]:
         """Mean level per call (for step-indexed caches, which key on the schedule)."""

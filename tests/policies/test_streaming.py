@@ -120,3 +120,14 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="1 to 50 calls"):
         with_sample_steps(StreamingProcess(TP, TO, TA), 60)
     assert with_sample_steps(StreamingProcess(TP, TO, TA), 5).sample_steps == 5
+
+
+def test_three_chunks_end_each_replan_at_the_band_below():
+    process = StreamingProcess(16, 2, 4, train_steps=100, sample_steps=3)        # bands 0-32, 33-65, 66-99
+    start, *_, end = process.step_levels()
+    assert start.tolist() == [32] * 5 + [65] * 4 + [99] * 7
+    assert end.tolist() == [-1] * 5 + [32] * 4 + [65] * 7
+    trained = process.training_levels(20000, torch.Generator().manual_seed(0))
+    for levels in process.step_levels()[:-1]:          # every level a replan shows the network was trained on
+        for i, level in enumerate(levels.tolist()):
+            assert (trained[:, i] == level).any()
