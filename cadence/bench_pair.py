@@ -103,8 +103,8 @@ def footer(result: dict, cfg: DictConfig, unit: str, verdict: str) -> str:
 def mode_text(summary: dict) -> str:
     """Successful episodes per side of the default task; "-" for tasks that report no mode."""
     counts = summary.get("mode_counts", {})
-    if summary.get("n_success", 0) and not sum(counts.values()):
-        return "-"
+    if summary.get("n_success", 0) and not counts.get("left", 0) + counts.get("right", 0):
+        return "-"                      # successes, none of them left or right: the task has no such modes
     return f"{counts.get('left', 0)} / {counts.get('right', 0)}"
 
 
