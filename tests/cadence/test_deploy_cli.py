@@ -118,3 +118,20 @@ def test_run_chooses_among_anchor_step_counts_and_runtimes(trained):
     assert errors[("torch-eager", 1)] == 0.0 and errors[("onnx-cpu", 1)] < 1e-4
     summary = json.loads((trained / "deploy-anchor" / "summary.json").read_text())
     assert summary["timing"]["late_sends"] == 0 and "success" in proc.stdout
+
+
+def test_run_drives_the_robot_with_a_streaming_policy(trained):
+    streaming = ["policy=streaming", "policy.obs_feature_dim=16", "policy.down_dims=[16,32]", "policy.level_embed_dim=16",
+                 "policy.streaming.start_steps=2"]
+    cadence("train", "run_dir=runs/streaming", *streaming, *TINY_TRAIN, "eval.episodes=0", cwd=trained)
+    proc = cadence("run", "checkpoint=runs/streaming", "budget.runtimes=[torch-eager,onnx-cpu]", "budget.steps=[2,1]",
+                   "budget.calls=2", "budget.warmup=1", "budget.calibration=2", "control.episodes=2",
+                   "control.max_ticks=20", "out_dir=deploy-streaming", cwd=trained)
+    budget = json.loads((trained / "deploy-streaming" / "budget.json").read_text())
+    errors = {(m["kind"], m["sample_steps"]): m["action_error"] for m in budget["candidates"]}
+    assert set(errors) == {(k, s) for k in ("torch-eager", "onnx-cpu") for s in (2, 1)}
+    # against the 50-call reference from the same fresh start: the exported graphs err as the eager policy does
+    for steps in (2, 1):
+        assert abs(errors[("onnx-cpu", steps)] - errors[("torch-eager", steps)]) < 1e-4
+    summary = json.loads((trained / "deploy-streaming" / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["timing"]["late_sends"] == 0 and "success" in proc.stdout
