@@ -76,6 +76,7 @@ class StreamingProcess:
         self.train_steps, self.sample_steps, self.start_steps = train_steps, sample_steps, start_steps
         self.constant_prob, self.clip_sample = constant_prob, clip_sample
         self.alphas_cumprod = cosine_alphas_cumprod(train_steps)
+        self._alpha_table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])   # level -1: 1
         self.tops = torch.tensor(chunk_tops(train_steps, self.chunks))
         below = torch.tensor([-1] + chunk_tops(train_steps, list(range(self.num_chunks))))[torch.tensor(self.chunks)]
         self.widths = self.tops - below     # timesteps of each element's band (N // h or one more)
@@ -95,8 +96,7 @@ class StreamingProcess:
 
     def _alpha(self, level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Cumulative alpha per element (level -1: clean, 1) of levels (Tp,) or (B, Tp), as (1 or B, Tp, 1)."""
-        table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        a = table[(level + 1).long().cpu()].to(like.device, like.dtype)
+        a = self._alpha_table[(level + 1).long().cpu()].to(like.device, like.dtype)
         return (a[None] if a.ndim == 1 else a)[..., None]
 
     # --- training -------------------------------------------------------------------------------
