@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
     "import": ("cadence.import_data", "import", "import a dataset (robomimic HDF5, LeRobot v2.x / v3.0) into an episode store"),
+    "finetune": ("cadence.finetune", "finetune", "RL fine-tuning in simulation: ReinFlow (flow / shortcut), DPPO-style (DDPM)"),
     "cache": ("cadence.cache", "cache", "calibrate block-wise caching (BAC) of a transformer policy, saved beside it"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),

@@ -82,10 +82,24 @@ class StreamingConfig:
 
 
 @dataclass
+class MLPConfig:
+    """policy.network=mlp: the flattened-chunk residual MLP (ReinFlow / DPPO's state-task network)."""
+    width: int = 512
+    n_layers: int = 3                # residual blocks
+
+
+@dataclass
+class ShortcutConfig:
+    """policy.process=shortcut: a flow told its step size; sample_steps a power of 2 up to max_steps."""
+    max_steps: int = 128             # finest step 1/max_steps (the flow-matching target)
+    bootstrap_fraction: float = 0.25 # share of each batch trained for self-consistency
+
+
+@dataclass
 class PolicyConfig:
     name: str = "diffusion"
-    process: str = "ddpm"            # ddpm | flow | edm | regression | anchor | streaming
-    network: str = "unet"            # unet | transformer | anchor_decoder (process=anchor)
+    process: str = "ddpm"            # ddpm | flow | shortcut | edm | regression | anchor | streaming
+    network: str = "unet"            # unet | transformer | mlp | anchor_decoder (process=anchor)
     obs_horizon: int = 2             # To
     pred_horizon: int = 16           # Tp
     exec_horizon: int = 8            # Ta
@@ -102,6 +116,8 @@ class PolicyConfig:
     image_encoder: str = "conv"      # conv (small, fast) | resnet18 (GroupNorm, spatial softmax)
     crop: float = 1.0                # resnet18: side fraction kept (random crop in training, centre at inference)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
     edm: EDMConfig = field(default_factory=EDMConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
@@ -401,6 +417,64 @@ class CacheApp:
 
 
 @dataclass
+class NoiseConfig:
+    """ReinFlow's exploration noise sigma(s, t_k), in normalised action units."""
+    schedule: str = "learn"          # fixed | decay | learn | learn_decay
+    sigma_min: float = 0.05
+    sigma_max: float = 0.10
+    hidden: int = 64
+    hold: float = 0.35               # decay schedules: share of fine-tuning at sigma_max
+    floor: float = 0.7               # ... then cosine to sigma_min + floor * (sigma_max - sigma_min)
+
+
+@dataclass
+class DPPOConfig:
+    """The DPPO-style baseline (DDPM policies): DDIM steps as Gaussian policies."""
+    ft_steps: Optional[int] = None   # fine-tuned (last) denoising steps; default all
+    min_std: float = 0.1             # std floor of every step, sampling and likelihood
+    eta: float = 1.0                 # DDIM stochasticity
+    gamma_denoise: float = 0.99      # advantage discount over the denoising steps
+
+
+@dataclass
+class FinetuneConfig:
+    sample_steps: Optional[int] = None   # denoising steps K of the chain (and of evaluation); default the policy's
+    envs: int = 50                   # parallel environments
+    rollout_steps: int = 8           # decisions (chunks) per environment per iteration
+    env_steps: int = 100_000         # budget: actions executed in all environments
+    epochs: int = 5                  # PPO epochs per iteration
+    minibatch: int = 100             # decisions per gradient step
+    gamma: float = 0.99              # discount per decision
+    lam: float = 0.95                # GAE lambda
+    clip: float = 0.01               # PPO ratio clip
+    entropy: float = 0.0             # entropy bonus weight
+    actor_lr: float = 1e-4           # policy (and noise network) learning rate
+    critic_lr: float = 1e-3
+    grad_clip: float = 1.0
+    w2_weight: float = 0.0           # ReinFlow: ||ODE_pretrained(z) - ODE_current(z)||^2 regulariser toward the pretrained flow
+    logprob_reduce: str = "mean"     # ReinFlow: chain log-likelihood per element (mean) or total (sum) in the ratio
+    critic_warmup: int = 2           # first iterations train the critic only
+    ratio_tolerance: float = 1e-4    # the first minibatch's ratios must be 1 within this (a rescoring bug otherwise)
+    eval_every: int = 5              # iterations between evaluations (0: only before and after)
+    checkpoint_every: int = 5        # iterations between checkpoints
+    seed: int = 0
+    threads: int = 0                 # torch CPU threads; 0: library default
+    device: str = "auto"
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    dppo: DPPOConfig = field(default_factory=DPPOConfig)
+
+
+@dataclass
+class FinetuneApp:
+    checkpoint: str = "???"                  # the pretrained run (flow or shortcut: ReinFlow; ddpm: DPPO)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=50, video_episodes=0, latency_calls=0))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run_dir: str = "runs/finetune-${now:%Y%m%d-%H%M%S}"
+    resume: bool = False
+
+
+@dataclass
 class ImportApp:
     format: str = "robomimic"               # robomimic | lerobot
     source: str = "???"                     # robomimic: an HDF5 file; lerobot: the dataset directory
@@ -418,6 +492,7 @@ def register() -> None:
                        "bench_loop_schema": BenchLoopApp, "import_schema": ImportApp,
                        "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp,
                        "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp,
-                       "bench_anchor_schema": BenchAnchorApp, "bench_streaming_schema": BenchStreamingApp}.items():
+                       "bench_anchor_schema": BenchAnchorApp, "bench_streaming_schema": BenchStreamingApp,
+                       "finetune_schema": FinetuneApp}.items():
         cs.store(name=name, node=node)
 

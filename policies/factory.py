@@ -6,17 +6,19 @@ from typing import Mapping, Sequence
 from cadence.datasets.window_dataset import TASK_ID_KEY
 
 from .networks.anchor_decoder import AnchorDecoder
+from .networks.mlp import MLPDenoiser
 from .networks.transformer import TransformerDenoiser
 from .networks.unet1d import ConditionalUnet1D
 from .obs_encoder import ObsEncoder
 from .policy import Policy
 from .processes import DDPMProcess, RectifiedFlowProcess, RegressionProcess
 from .processes.edm import EDMProcess
+from .processes.shortcut import ShortcutProcess
 from .processes.streaming import StreamingProcess
 from .processes.truncated_anchor import TruncatedAnchorProcess
 
-PROCESSES = ("ddpm", "flow", "edm", "regression", "anchor", "streaming")
-NETWORKS = ("unet", "transformer", "anchor_decoder")
+PROCESSES = ("ddpm", "flow", "shortcut", "edm", "regression", "anchor", "streaming")
+NETWORKS = ("unet", "transformer", "mlp", "anchor_decoder")
 
 
 def build_process(cfg, action_dim: int = 0, num_tasks: int = 1):
@@ -24,6 +26,8 @@ def build_process(cfg, action_dim: int = 0, num_tasks: int = 1):
         return DDPMProcess(cfg.diffusion_steps, cfg.sample_steps, cfg.clip_sample)
     if cfg.process == "flow":
         return RectifiedFlowProcess(cfg.sample_steps)
+    if cfg.process == "shortcut":
+        return ShortcutProcess(cfg.sample_steps, cfg.shortcut.max_steps, cfg.shortcut.bootstrap_fraction)
     if cfg.process == "edm":
         e = cfg.edm
         return EDMProcess(cfg.sample_steps, e.sigma_min, e.sigma_max, e.sigma_data, e.sampler, cfg.clip_sample)
@@ -53,8 +57,9 @@ def build_policy(cfg, obs_shapes: Mapping[str, Sequence[int]], action_dim: int, 
     encoder = ObsEncoder(obs_shapes, cfg.obs_horizon, cfg.obs_feature_dim, image_feature_dim=cfg.image_feature_dim,
                          image_encoder=cfg.image_encoder, crop=cfg.crop)
     num_tasks = int(obs_shapes[TASK_ID_KEY][0]) if TASK_ID_KEY in obs_shapes else 1
-    return Policy(normalizer, encoder, build_denoiser(cfg, action_dim, encoder.out_dim),
-                  build_process(cfg, action_dim, num_tasks),
+    process = build_process(cfg, action_dim, num_tasks)
+    cond_dim = encoder.out_dim + getattr(process, "extra_cond_dim", 0)     # e.g. a shortcut's step-size code
+    return Policy(normalizer, encoder, build_denoiser(cfg, action_dim, cond_dim), process,
                   cfg.obs_horizon, cfg.pred_horizon, action_dim, action_key=action_key)
 
 
@@ -67,6 +72,8 @@ def build_denoiser(cfg, action_dim: int, cond_dim: int):
         return TransformerDenoiser(action_dim, cond_dim, cfg.pred_horizon, t.d_model, t.n_layers, t.n_heads,
                                    t.cond_tokens, t.attention, t.cross_attention, t.ffn_mult, t.dropout,
                                    t.num_experts, t.top_k, t.balance_weight, t.expert_cache)
+    if cfg.network == "mlp":
+        return MLPDenoiser(action_dim, cfg.pred_horizon, cond_dim, cfg.mlp.width, cfg.mlp.n_layers, cfg.level_embed_dim)
     if cfg.network == "anchor_decoder":
         a = cfg.anchor
         return AnchorDecoder(action_dim, cfg.pred_horizon, cond_dim, a.d_model, a.n_layers, a.n_heads, a.cond_tokens,

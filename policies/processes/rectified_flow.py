@@ -42,14 +42,19 @@ class RectifiedFlowProcess:
         x_t = (1 - t.view(b, 1, 1)) * noise + t.view(b, 1, 1) * x0
         return F.mse_loss(net(x_t, t * self.level_scale, cond), x0 - noise)
 
+    def velocity(self, net, x: torch.Tensor, t, cond: torch.Tensor, steps=None, step: int | None = None
+                 ) -> torch.Tensor:
+        """The network's velocity at time ``t`` (float or (B,)); ``steps`` is ignored (one velocity field)."""
+        level = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0]) * self.level_scale
+        return net(x, level, cond, step=step)
+
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
                noise: torch.Tensor | None = None, known: KnownActions | None = None) -> torch.Tensor:
         x = torch.randn(shape, generator=generator, device=cond.device) if noise is None else noise.clone()
-        level = lambda t: torch.full((shape[0],), t * self.level_scale, device=x.device)  # noqa: E731
         start = x.clone()
         after = None if known is None else (lambda x, t: known.impose(x, start, t, 1 - t))
-        return euler_integrate(lambda x, t, k: net(x, level(t), cond, step=k), x, self.sample_steps, after)
+        return euler_integrate(lambda x, t, k: self.velocity(net, x, t, cond, step=k), x, self.sample_steps, after)
 
     def levels(self) -> list[float]:
         """The level the network sees at each sampling step."""

@@ -5,6 +5,7 @@ import copy
 
 from .ddpm import DDPMProcess
 from .regression import RegressionProcess
+from .shortcut import ShortcutProcess
 from .streaming import StreamingProcess
 from .truncated_anchor import TruncatedAnchorProcess, sampling_timesteps
 
@@ -27,6 +28,8 @@ def with_sample_steps(process, steps: int | None):
         raise ValueError(f"need 1 <= sample_steps <= train_steps ({process.train_steps}), got {steps}")
     if isinstance(process, TruncatedAnchorProcess):
         sampling_timesteps(process.start_step, steps)       # at most start_step + 1 distinct timesteps
+    if isinstance(process, ShortcutProcess):
+        process.check_steps(steps)
     if isinstance(process, StreamingProcess) and steps > process.band:
         raise ValueError(f"a streaming policy takes 1 to {process.band} calls per replan (one chunk's band of "
                          f"timesteps), got {steps}")

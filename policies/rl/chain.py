@@ -1,0 +1,25 @@
+"""What an actor's exploration returns: the sampled chain, the chunk it executes, its log-likelihood."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cadence.action_chunk import ActionChunk
+
+
+@dataclass
+class ChainSample:
+    chain: torch.Tensor       # (B, S, Tp, Da) normalised chain states, noise first, executed chunk last
+    chunk: ActionChunk        # the last state in task units
+    log_prob: torch.Tensor    # (B,) ReinFlow: the whole chain; (B, K') DPPO: per fine-tuned denoising step
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, std^2)."""
+    return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * torch.log(torch.tensor(2 * torch.pi, device=x.device))
+
+
+def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
+    """Elementwise entropy of N(., std^2)."""
+    return 0.5 + 0.5 * torch.log(torch.tensor(2 * torch.pi, device=std.device)) + torch.log(std)
