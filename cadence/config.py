@@ -475,6 +475,36 @@ class FinetuneApp:
 
 
 @dataclass
+class FinetuneMethod:
+    """One row of `cadence bench finetune`."""
+    name: str = "reinflow-flow"
+    policy: str = "flow"                     # a config in configs/policy/ (flow | shortcut: ReinFlow; diffusion: DPPO)
+    pretrain_steps: int = 100                # imitation steps (few: a deliberately imperfect start)
+    sample_steps: int = 4                    # denoising steps of the chain and of evaluation
+    checkpoint: Optional[str] = None         # reuse a pretrained run instead of pretraining
+    finetune: bool = True                    # false: evaluate the pretrained policy only (the no-fine-tuning row)
+    overrides: list = field(default_factory=list)   # finetune.* overrides for this row, e.g. finetune.actor_lr=3e-5
+
+
+def _default_methods() -> list:
+    return [FinetuneMethod("reinflow-flow", "flow", 100, 4), FinetuneMethod("reinflow-shortcut", "shortcut", 100, 4),
+            FinetuneMethod("dppo", "diffusion", 600, 10), FinetuneMethod("no fine-tuning", "flow", 100, 4, finetune=False)]
+
+
+@dataclass
+class BenchFinetuneApp:
+    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
+    demos: int = 10                          # demonstrations for pretraining, in data/<task>-<demos>demos.zarr
+    pretrain_overrides: list = field(default_factory=lambda: ["policy.network=mlp"])   # for every pretraining
+    methods: list = field(default_factory=_default_methods)   # FinetuneMethod fields per row
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)   # shared: budget, PPO settings
+    target: float = 0.9                      # success to reach; wall time and env steps to it are compared
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=50, video_episodes=0, latency_calls=0))
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    out_dir: str = "runs/bench-finetune-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class ImportApp:
     format: str = "robomimic"               # robomimic | lerobot
     source: str = "???"                     # robomimic: an HDF5 file; lerobot: the dataset directory
@@ -493,6 +523,6 @@ def register() -> None:
                        "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp,
                        "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp,
                        "bench_anchor_schema": BenchAnchorApp, "bench_streaming_schema": BenchStreamingApp,
-                       "finetune_schema": FinetuneApp}.items():
+                       "finetune_schema": FinetuneApp, "bench_finetune_schema": BenchFinetuneApp}.items():
         cs.store(name=name, node=node)
 

@@ -104,3 +104,24 @@ def test_policies_without_a_chain_are_refused(tiny_store, tmp_path):
     train(cfg, run, progress=False)
     with pytest.raises(CheckpointError, match="flow or shortcut"):
         finetune(finetune_config(run, tmp_path / "ft"), tmp_path / "ft", progress=False)
+
+
+def test_reinflow_on_robosuite_lift_low_dim(tmp_path):
+    """Pretrain a tiny flow policy on two scripted Lift demonstrations, then one ReinFlow iteration in robosuite."""
+    from cadence.collect import collect
+    from cadence.config import CollectConfig, TaskConfig
+
+    task = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load("configs/task/lift.yaml"),
+                           {"dataset": str(tmp_path / "lift.zarr")})
+    collect(task, OmegaConf.structured(CollectConfig(episodes=2)), progress=False)
+    run = tmp_path / "pre"
+    cfg = tiny_train_config(tmp_path / "lift.zarr", run, process="flow", steps=4)
+    cfg = OmegaConf.merge(cfg, {"task": task, "policy": {"network": "mlp", "mlp": {"width": 32, "n_layers": 1}},
+                                "eval": {"episodes": 0}})
+    train(cfg, run, progress=False)
+    ft = tmp_path / "ft"
+    ftcfg = finetune_config(run, ft, envs=2, rollout_steps=2, env_steps=16, eval_every=0)
+    ftcfg.eval.episodes = 1
+    ckpt = finetune(ftcfg, ft, progress=False)
+    curve = json.loads((ft / "curve.json").read_text())
+    assert curve[-1]["env_steps"] >= 16 and load_policy(ckpt)[1].task.name == "lift"

@@ -56,3 +56,25 @@ def test_time_limit_is_a_truncation_and_collision_a_termination_without_reward()
     assert not first.truncated[0] and second.truncated[0] and not second.terminated[0]
     assert second.env_steps == 1 + 4 and first.env_steps < 8     # env 0 cut after its 5th step; env 1 stopped at the collision
     assert first.finished == [False] and second.finished.count(False) >= 1
+
+
+@pytest.mark.parametrize("env_id,keys", [("cadence/Lift-v0", ["robot0_eef_pos", "object"]),
+                                         ("cadence/Can-v0", ["robot0_eef_pos", "robot0_gripper_qpos", "object"])])
+def test_robosuite_tasks_run_as_chunk_environments(env_id, keys):
+    import gymnasium as gym
+
+    import cadence.envs  # noqa: F401  (registers the tasks)
+
+    venv = ChunkVectorEnv(lambda: gym.make(env_id, max_steps=6), n=2, obs_horizon=2, exec_horizon=4, obs_keys=keys,
+                          seed=0)
+    try:
+        obs = venv.reset()
+        assert all(obs[k].shape[:2] == (2, 2) for k in keys)
+        assert not np.allclose(obs["object"][0], obs["object"][1])          # seeds 0 and 1: other placements
+        still = np.zeros((2, 4, 7), np.float32)
+        first, second = venv.step(still), venv.step(still)
+        assert first.env_steps == 8 and not (first.terminated | first.truncated).any()
+        assert second.truncated.all() and second.env_steps == 4 and np.all(second.reward == 0)   # cut at 6 steps
+        assert venv.next_seed == 4 and second.finished == [False, False]
+    finally:
+        venv.close()
