@@ -420,8 +420,8 @@ class CacheApp:
 class NoiseConfig:
     """ReinFlow's exploration noise sigma(s, t_k), in normalised action units."""
     schedule: str = "learn"          # fixed | decay | learn | learn_decay
-    sigma_min: float = 0.05
-    sigma_max: float = 0.10
+    sigma_min: float = 0.10
+    sigma_max: float = 0.20
     hidden: int = 64
     hold: float = 0.35               # decay schedules: share of fine-tuning at sigma_max
     floor: float = 0.7               # ... then cosine to sigma_min + floor * (sigma_max - sigma_min)
@@ -441,21 +441,21 @@ class FinetuneConfig:
     sample_steps: Optional[int] = None   # denoising steps K of the chain (and of evaluation); default the policy's
     envs: int = 50                   # parallel environments
     rollout_steps: int = 8           # decisions (chunks) per environment per iteration
-    env_steps: int = 100_000         # budget: actions executed in all environments
-    epochs: int = 5                  # PPO epochs per iteration
-    minibatch: int = 100             # decisions per gradient step
+    env_steps: int = 200_000         # budget: actions executed in all environments
+    epochs: int = 10                 # PPO epochs per iteration
+    minibatch: int = 400             # decisions per gradient step (default: the whole batch of 50 x 8)
     gamma: float = 0.99              # discount per decision
     lam: float = 0.95                # GAE lambda
     clip: float = 0.01               # PPO ratio clip
     entropy: float = 0.0             # entropy bonus weight
-    actor_lr: float = 1e-4           # policy (and noise network) learning rate
+    actor_lr: float = 3e-5           # policy (and noise network) learning rate
     critic_lr: float = 1e-3
     grad_clip: float = 1.0
     w2_weight: float = 0.0           # ReinFlow: ||ODE_pretrained(z) - ODE_current(z)||^2 regulariser toward the pretrained flow
     logprob_reduce: str = "mean"     # ReinFlow: chain log-likelihood per element (mean) or total (sum) in the ratio
     critic_warmup: int = 2           # first iterations train the critic only
     ratio_tolerance: float = 1e-4    # the first minibatch's ratios must be 1 within this (a rescoring bug otherwise)
-    eval_every: int = 5              # iterations between evaluations (0: only before and after)
+    eval_every: int = 3              # iterations between evaluations (0: only before and after)
     checkpoint_every: int = 5        # iterations between checkpoints
     seed: int = 0
     threads: int = 0                 # torch CPU threads; 0: library default

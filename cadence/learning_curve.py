@@ -16,6 +16,10 @@ def plot_learning_curves(curves: Mapping[str, Sequence[Mapping]], path: Path, ti
     for name, rows in curves.items():
         rows = list(rows)
         success = [r["success_rate"] for r in rows]
+        if len(rows) == 1:               # not fine-tuned: one evaluation, drawn as a level line
+            for ax in (by_steps, by_time):
+                ax.axhline(success[0], linestyle="--", color="gray", label=name)
+            continue
         by_steps.plot([r["env_steps"] for r in rows], success, marker="o", markersize=3, label=name)
         by_time.plot([r["wall_s"] for r in rows], success, marker="o", markersize=3, label=name)
     for ax, label in ((by_steps, "environment steps"), (by_time, "wall time (s, evaluations excluded)")):

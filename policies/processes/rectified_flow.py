@@ -28,6 +28,17 @@ def euler_integrate(velocity: Callable[[torch.Tensor, float, int], torch.Tensor]
     return x
 
 
+def sample_straight_path(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], shape: tuple[int, ...], device,
+                         steps: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                         known: KnownActions | None = None) -> torch.Tensor:
+    """Euler-integrate ``velocity`` from ``noise`` (or a fresh draw) at t = 0 to t = 1; ``known``
+    entries are put on their straight path from the start noise after every step."""
+    x = torch.randn(shape, generator=generator, device=device) if noise is None else noise.clone()
+    start = x.clone()
+    after = None if known is None else (lambda x, t: known.impose(x, start, t, 1 - t))
+    return euler_integrate(velocity, x, steps, after)
+
+
 class RectifiedFlowProcess:
     def __init__(self, sample_steps: int = 10, level_scale: float = 100.0):
         if sample_steps < 1:
@@ -51,10 +62,8 @@ class RectifiedFlowProcess:
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
                noise: torch.Tensor | None = None, known: KnownActions | None = None) -> torch.Tensor:
-        x = torch.randn(shape, generator=generator, device=cond.device) if noise is None else noise.clone()
-        start = x.clone()
-        after = None if known is None else (lambda x, t: known.impose(x, start, t, 1 - t))
-        return euler_integrate(lambda x, t, k: self.velocity(net, x, t, cond, step=k), x, self.sample_steps, after)
+        return sample_straight_path(lambda x, t, k: self.velocity(net, x, t, cond, step=k), shape, cond.device,
+                                    self.sample_steps, generator, noise, known)
 
     def levels(self) -> list[float]:
         """The level the network sees at each sampling step."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .known_actions import KnownActions
-from .rectified_flow import euler_integrate
+from .rectified_flow import sample_straight_path
 
 
 class ShortcutProcess:
@@ -80,11 +80,9 @@ class ShortcutProcess:
     @torch.no_grad()
     def sample(self, net, cond: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None,
                noise: torch.Tensor | None = None, known: KnownActions | None = None) -> torch.Tensor:
-        x = torch.randn(shape, generator=generator, device=cond.device) if noise is None else noise.clone()
-        start = x.clone()
-        after = None if known is None else (lambda x, t: known.impose(x, start, t, 1 - t))
         k_steps = self.sample_steps
-        return euler_integrate(lambda x, t, k: self.velocity(net, x, t, cond, k_steps, step=k), x, k_steps, after)
+        return sample_straight_path(lambda x, t, k: self.velocity(net, x, t, cond, k_steps, step=k), shape,
+                                    cond.device, k_steps, generator, noise, known)
 
     def levels(self) -> list[float]:
         return [k / self.sample_steps * self.level_scale for k in range(self.sample_steps)]

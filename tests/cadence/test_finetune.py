@@ -125,3 +125,18 @@ def test_reinflow_on_robosuite_lift_low_dim(tmp_path):
     ckpt = finetune(ftcfg, ft, progress=False)
     curve = json.loads((ft / "curve.json").read_text())
     assert curve[-1]["env_steps"] >= 16 and load_policy(ckpt)[1].task.name == "lift"
+
+
+def test_w2_regulariser_starts_at_zero_and_pulls_toward_the_pretrained_flow(pretrained, tmp_path):
+    run = tmp_path / "ft"
+    ft = Finetuner(finetune_config(pretrained["flow"], run, w2_weight=1.0, actor_lr=1e-2), run, progress=False)
+    obs = {"state": torch.rand(4, 2, 6)}
+    start = torch.randn(4, ft.policy.pred_horizon, ft.policy.action_dim)
+    assert torch.equal(ft.actor.ode(obs, start), ft.pretrained.ode(obs, start))     # same flow before fine-tuning
+    ft.run()
+    updates = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "w2" in m]
+    assert updates and all(m["w2"] > 0 for m in updates)
+    assert not torch.allclose(ft.actor.ode(obs, start), ft.pretrained.ode(obs, start))
+    assert not any(p.requires_grad for p in ft.pretrained.parameters())
+    with pytest.raises(ValueError, match="w2_weight"):
+        finetune(finetune_config(pretrained["ddpm"], tmp_path / "d", w2_weight=1.0), tmp_path / "d", progress=False)

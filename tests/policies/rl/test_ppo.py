@@ -34,3 +34,12 @@ def test_clipped_surrogate_per_decision_and_per_denoising_step():
     weights = torch.tensor([0.5, 1.0])
     loss2, _ = clipped_surrogate(torch.zeros(2, 2), torch.zeros(2, 2), torch.tensor([2.0, -1.0]), 0.1, weights)
     assert torch.allclose(loss2, -torch.tensor([1.0, 2.0, -0.5, -1.0]).mean())
+
+
+def test_gaussian_helpers_match_torch_distributions():
+    from cadence.policies.rl.chain import gaussian_entropy, gaussian_log_prob
+
+    x, mean, std = torch.randn(5, 3), torch.randn(5, 3), torch.rand(5, 3) + 0.05
+    normal = torch.distributions.Normal(mean, std)
+    assert torch.allclose(gaussian_log_prob(x, mean, std), normal.log_prob(x), atol=1e-6)
+    assert torch.allclose(gaussian_entropy(std), normal.entropy(), atol=1e-6)
