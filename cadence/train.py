@@ -3,6 +3,12 @@
 Every step draws its batch and its noise from a generator seeded by (seed, step), and the
 learning rate is a function of the step, so a run resumed from a checkpoint continues
 exactly as if it had never stopped.
+
+Under ``torchrun --nproc_per_node=N`` (see :mod:`cadence.distributed`) ``train.batch_size`` stays
+the global batch: every rank draws the same global sample indices and takes its own slice
+(``batch_size / N`` each), with its own noise; DistributedDataParallel averages the gradients,
+so the weights follow the same path as one process with that batch. Rank 0 logs, evaluates and
+checkpoints; the logged loss is the mean over ranks.
 """
 from __future__ import annotations
 
@@ -13,15 +19,17 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from cadence import distributed
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from cadence.datasets.concat_windows import ConcatWindows
 from cadence.datasets.episode_store import StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset, is_image_shape
-from cadence.device import resolve_device
 from cadence.ema import EMA
 from cadence.evaluate import evaluate_policy, format_summary
 from cadence.lr_schedule import warmup_cosine
@@ -60,9 +68,10 @@ def fit_anchors(policy, data, pcfg, seed: int) -> None:
              " + ".join(str(len(c)) for c in chunks), time.perf_counter() - started)
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+def step_generator(seed: int, step: int, device: torch.device, stream: int = 0) -> torch.Generator:
+    """The generator of training step ``step``; ``stream`` > 0 gives other ranks their own noise."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed * 1_000_003 + step)
+    gen.manual_seed(seed * 1_000_003 + step + stream * 1_000_000_007_000)
     return gen
 
 
@@ -92,12 +101,35 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, steps: di
 
 
 def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
-    """Train per ``cfg`` (a TrainApp config) in ``run_dir``; returns the checkpoint folder."""
-    run_dir = Path(run_dir)
+    """Train per ``cfg`` (a TrainApp config) in ``run_dir``; returns the checkpoint folder. Under
+    ``torchrun`` every process calls this: the ranks share rank 0's ``run_dir`` and the global batch."""
+    ranks = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, Path(distributed.broadcast_text(str(run_dir), ranks)), progress, ranks)
+    finally:
+        distributed.teardown(ranks)
+
+
+class _Loss(nn.Module):
+    """``policy.compute_loss`` as a forward pass, so DistributedDataParallel can average its gradients."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch, generator):
+        return self.policy.compute_loss(batch, generator=generator)
+
+
+def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ranks) -> Path:
     tcfg, pcfg = cfg.train, cfg.policy
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
-    device = resolve_device(tcfg.device)
+    if tcfg.batch_size % ranks.world:
+        raise ValueError(f"train.batch_size ({tcfg.batch_size}) is the global batch: it must be divisible by the "
+                         f"number of processes ({ranks.world})")
+    per_rank = tcfg.batch_size // ranks.world
+    device = ranks.device
     ckpt_dir = run_dir / "checkpoint"
     existing = next((run_dir / n for n in ("checkpoint", "checkpoint.old")
                      if (run_dir / n / "model.safetensors").exists()), None)
@@ -122,24 +154,36 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         log.info("resumed %s at step %d", run_dir, start)
     elif cfg.resume:
         log.info("resume=true but %s holds no checkpoint yet: starting from step 0", run_dir)
+    loss_of = _Loss(policy)
+    if ranks.distributed:      # rank 0's weights and buffers go to every rank here; gradients are averaged
+        loss_of = DistributedDataParallel(loss_of, device_ids=[device] if device.type == "cuda" else None,
+                                          find_unused_parameters=pcfg.network == "transformer"
+                                          and pcfg.transformer.num_experts > 0)
 
     n_params = sum(p.numel() for p in policy.parameters())
-    log.info("%s policy, %.2fM parameters, %d training windows from %d episodes, device %s",
-             pcfg.name, n_params / 1e6, len(data), data.n_episodes, device)
+    if ranks.main:
+        log.info("%s policy, %.2fM parameters, %d training windows from %d episodes, device %s",
+                 pcfg.name, n_params / 1e6, len(data), data.n_episodes, device)
+        log.info("batch %d per step = %d process%s x %d", tcfg.batch_size, ranks.world,
+                 "es" if ranks.distributed else "", per_rank)
     metrics = MetricsLogger(run_dir, cfg.tracking.mode, cfg.tracking.project,
-                            OmegaConf.to_container(cfg, resolve=True), name=run_dir.name)
+                            OmegaConf.to_container(cfg, resolve=True), name=run_dir.name) if ranks.main else None
 
     # Training wall time, periodic evaluations excluded, carried across resumes (meta.json).
     clock = {"start": time.perf_counter(), "eval": 0.0, "before": _previous_train_seconds(existing, cfg.resume)}
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int, extra: dict | None = None) -> None:
+        if not ranks.main:
+            return
         tensors, steps = optimizer_state(optimizer)
         tensors.update({f"model.{k}": v for k, v in policy.weights().items()})
         seconds = clock["before"] + time.perf_counter() - clock["start"] - clock["eval"]
         save_checkpoint(ckpt_dir, ema.model, cfg, step, data.obs_shapes, tensors, {"optimizer_steps": steps},
-                        extra_meta={"train_seconds": round(seconds, 1)})
+                        extra_meta={"train_seconds": round(seconds, 1), "world_size": ranks.world, **(extra or {})})
 
     def evaluate(step: int) -> None:
+        if not ranks.main:
+            return
         started = time.perf_counter()
         out = run_dir / f"eval-step{step}"
         summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
@@ -148,7 +192,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         log.info("step %d: %s", step, format_summary(summary))
         clock["eval"] += time.perf_counter() - started
 
-    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {pcfg.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {pcfg.name}", disable=not (progress and ranks.main),
+               dynamic_ncols=True)
     window_loss, window_start = 0.0, time.perf_counter()
     policy.train()
     for step in range(start, tcfg.steps):
@@ -157,7 +202,11 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
             group["lr"] = lr
         gen = step_generator(tcfg.seed, step, device)
         samples = torch.randint(0, len(data), (tcfg.batch_size,), generator=gen, device=device)
-        loss = policy.compute_loss(data.batch(samples, device), generator=gen)
+        if ranks.distributed:      # this rank's share of the global batch, and its own noise
+            samples = samples[ranks.rank * per_rank:(ranks.rank + 1) * per_rank]
+            if ranks.rank:
+                gen = step_generator(tcfg.seed, step, device, stream=ranks.rank)
+        loss = loss_of(data.batch(samples, device), gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
@@ -170,23 +219,37 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
         bar.update(1)
         if done % tcfg.log_every == 0 or done == tcfg.steps:
             n = (done - start) % tcfg.log_every or tcfg.log_every
+            mean_loss = _mean_over_ranks(window_loss / n, ranks, device)
             elapsed = time.perf_counter() - window_start
-            record = {"loss": window_loss / n, "lr": lr, "grad_norm": float(grad_norm),
-                      "samples_per_s": n * tcfg.batch_size / max(elapsed, 1e-9)}
-            metrics.log(record, done)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}")
+            if ranks.main:
+                record = {"loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
+                          "samples_per_s": n * tcfg.batch_size / max(elapsed, 1e-9)}
+                metrics.log(record, done)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.1e}")
             window_loss, window_start = 0.0, time.perf_counter()
         if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.steps:
             checkpoint(done)
         if tcfg.eval_every and cfg.eval.episodes > 0 and done % tcfg.eval_every == 0 and done < tcfg.steps:
             evaluate(done)
     bar.close()
+    spread = distributed.max_weight_difference(policy, ranks)
+    if spread > 1e-5:
+        log.warning("weights differ across the %d processes by up to %.2e", ranks.world, spread)
     if start < tcfg.steps:          # a resumed run that was already complete has nothing new to save
-        checkpoint(tcfg.steps)
+        checkpoint(tcfg.steps, {"ranks_max_weight_difference": spread} if ranks.distributed else None)
         if cfg.eval.episodes > 0:
             evaluate(tcfg.steps)
-    metrics.close()
+    if metrics is not None:
+        metrics.close()
     return ckpt_dir
+
+
+def _mean_over_ranks(value: float, ranks: distributed.Ranks, device) -> float:
+    if not ranks.distributed:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return float(total) / ranks.world
 
 
 def _with_checkpoint_model(cfg: DictConfig, ckpt: Path) -> DictConfig:

@@ -1,0 +1,89 @@
+"""cadence train under torchrun (two CPU processes, Gloo) and a run killed with SIGKILL, then resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cadence.checkpoint import load_policy
+
+pytestmark = pytest.mark.timeout(600)
+
+TINY = ["policy.down_dims=[16,32]", "policy.level_embed_dim=16", "policy.obs_feature_dim=16", "policy.pred_horizon=8",
+        "policy.exec_horizon=4", "train.batch_size=16", "train.warmup_steps=2", "train.log_every=2",
+        "train.checkpoint_every=0", "train.threads=1", "eval.episodes=0"]
+
+
+def _run(cmd, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def train_cmd(*args, nproc=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    return [*launcher, "-m", "cadence.cli", "train", *TINY, *args]
+
+
+def _losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_two_processes_follow_one_process_with_the_same_global_batch(tiny_store, tmp_path):
+    common = [f"task.dataset={tiny_store}", "policy=regression", "train.steps=12"]
+    _run(train_cmd(*common, f"run_dir={tmp_path / 'one'}"), tmp_path)
+    out = _run(train_cmd(*common, f"run_dir={tmp_path / 'two'}", nproc=2), tmp_path)
+    assert "batch 16 per step = 2 processes x 8" in out.stdout + out.stderr
+    meta = json.loads((tmp_path / "two" / "checkpoint" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["ranks_max_weight_difference"] == 0.0 and meta["step"] == 12
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == 6 and one[0] > one[-1]
+    assert torch.allclose(torch.tensor(one), torch.tensor(two), rtol=1e-4)
+    a = load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not (tmp_path / "two" / "rank1").exists() and len(list((tmp_path / "two").glob("metrics*.jsonl"))) == 1
+
+
+def test_diffusion_ranks_stay_identical_and_the_batch_must_divide(tiny_store, tmp_path):
+    common = [f"task.dataset={tiny_store}", "policy=diffusion", "train.steps=6"]
+    _run(train_cmd(*common, f"run_dir={tmp_path / 'two'}", nproc=2), tmp_path)
+    meta = json.loads((tmp_path / "two" / "checkpoint" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["ranks_max_weight_difference"] == 0.0
+    assert all(l == l for l in _losses(tmp_path / "two"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    bad = subprocess.run(train_cmd(*common, "train.batch_size=15", f"run_dir={tmp_path / 'bad'}", nproc=2),
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "divisible by the number of processes (2)" in bad.stdout + bad.stderr
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_step_count(tiny_store, tmp_path):
+    run = tmp_path / "run"
+    cmd = train_cmd(f"task.dataset={tiny_store}", "train.steps=400", "train.checkpoint_every=5", f"run_dir={run}")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    meta = run / "checkpoint" / "meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if meta.exists() and json.loads(meta.read_text())["step"] >= 20:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(next(p for p in (meta, run / "checkpoint.old" / "meta.json") if p.exists()).read_text())
+    assert 20 <= killed_at["step"] < 400
+    _run(train_cmd(f"task.dataset={tiny_store}", "train.steps=400", "train.checkpoint_every=5", f"run_dir={run}",
+                   "resume=true"), tmp_path)
+    assert json.loads(meta.read_text())["step"] == 400
+    policy, _, _ = load_policy(run)                     # loads strictly: nothing half-written
+    assert not (run / "checkpoint.tmp").exists() and not (run / "checkpoint.old").exists()
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps[-1] == 400
