@@ -505,6 +505,21 @@ class BenchFinetuneApp:
 
 
 @dataclass
+class BenchScaleApp:
+    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
+    policy_name: str = "diffusion"           # a config in configs/policy/ (not `policy`: that is a config group)
+    processes: list = field(default_factory=lambda: [1, 2])   # torchrun processes per row (1: plain)
+    threads: int = 0                         # torch threads per process; 0: this machine's cores / processes
+    steps: int = 60                          # training steps per row (the first log window is warm-up)
+    batch_size: int = 256                    # the global batch, the same in every row
+    log_every: int = 10
+    device: str = "auto"
+    overrides: list = field(default_factory=list)   # more `cadence train` overrides
+    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
+    out_dir: str = "runs/bench-scale-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class ImportApp:
     format: str = "robomimic"               # robomimic | lerobot
     source: str = "???"                     # robomimic: an HDF5 file; lerobot: the dataset directory
@@ -523,6 +538,7 @@ def register() -> None:
                        "bench_success_schema": BenchSuccessApp, "bench_mode_schema": BenchModeApp,
                        "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp,
                        "bench_anchor_schema": BenchAnchorApp, "bench_streaming_schema": BenchStreamingApp,
-                       "finetune_schema": FinetuneApp, "bench_finetune_schema": BenchFinetuneApp}.items():
+                       "finetune_schema": FinetuneApp, "bench_finetune_schema": BenchFinetuneApp,
+                       "bench_scale_schema": BenchScaleApp}.items():
         cs.store(name=name, node=node)
 

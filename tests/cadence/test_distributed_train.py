@@ -87,3 +87,30 @@ def test_a_run_killed_mid_training_resumes_to_the_same_step_count(tiny_store, tm
     assert not (run / "checkpoint.tmp").exists() and not (run / "checkpoint.old").exists()
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps[-1] == 400
+
+
+def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
+    from .test_bench_anchor import _list
+    from .test_cli import cadence
+
+    out = cadence("bench", "scale", f"task.dataset={tiny_store}", "policy_name=regression", "steps=6", "batch_size=16",
+                  "log_every=2", "threads=1", f"overrides={_list(TINY[:5])}", "out_dir=b", cwd=tmp_path).stdout
+    result = json.loads((tmp_path / "b" / "results.json").read_text())
+    rows = result["rows"]
+    assert [(r["processes"], r["batch_per_process"], r["threads_per_process"]) for r in rows] == [(1, 16, 1), (2, 8, 1)]
+    assert all(r["samples_per_s"] > 0 and r["windows"] == 2 for r in rows) and rows[0]["speedup"] == 1.0
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["samples_per_s"] / rows[0]["samples_per_s"], rel=0.01)
+    assert rows[0]["final_loss"] == pytest.approx(rows[1]["final_loss"], rel=1e-3)   # regression: the same path
+    assert "| processes" in out
+
+
+def test_a_multirun_sweep_gives_each_job_its_own_run_folder_and_config(tiny_store, tmp_path):
+    out = _run([sys.executable, "-m", "cadence.cli", "train", "-m", "train.seed=0,1", f"task.dataset={tiny_store}",
+                "policy=regression", *TINY, "train.steps=2"], tmp_path)
+    sweeps = list((tmp_path / "runs").glob("sweep-bimodal_reach-regression-*"))
+    assert len(sweeps) == 1, out.stdout
+    for job, seed in (("0", 0), ("1", 1)):
+        run = sweeps[0] / job
+        assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+        _, cfg, meta = load_policy(run)
+        assert cfg.train.seed == seed and meta["step"] == 2

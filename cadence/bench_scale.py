@@ -1,0 +1,76 @@
+"""``cadence bench scale``: training throughput with 1, 2, ... data-parallel processes (torchrun).
+
+Each row trains the same policy for ``steps`` steps with the same global batch, under
+``torchrun --standalone --nproc_per_node=N`` (N > 1) or as one plain process, each process with
+``threads`` torch threads (default: this machine's cores shared out). Throughput is the median of
+the logged samples/s windows after the first (warm-up); the final logged loss is shown so that
+rows can be seen to train alike. ``results.json`` and ``results.md`` go to ``out_dir``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from cadence.bench_pair import write_results
+from cadence.collect import collect_missing
+from cadence.device import resolve_device
+from cadence.markdown_table import markdown_table
+
+COLUMNS = ("processes", "threads / process", "global batch", "batch / process", "samples / s", "speedup",
+           "final loss", "device")
+
+
+def train_command(cfg: DictConfig, n: int, threads: int, run_dir: Path) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] \
+        if n > 1 else [sys.executable]
+    return [*launcher, "-m", "cadence.cli", "train", f"task={cfg.task.name}", f"task.dataset={cfg.task.dataset}",
+            f"policy={cfg.policy_name}", f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}",
+            f"train.threads={threads}", f"train.log_every={cfg.log_every}", f"train.device={cfg.device}",
+            "train.eval_every=0", "train.checkpoint_every=0", "eval.episodes=0", *cfg.overrides, f"run_dir={run_dir}"]
+
+
+def measure(run_dir: Path) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["samples_per_s"] for r in records if "samples_per_s" in r]
+    steady = rates[1:] or rates
+    return {"samples_per_s": round(float(np.median(steady)), 1), "windows": len(steady),
+            "final_loss": next(r["loss"] for r in reversed(records) if "loss" in r)}
+
+
+def run(cfg: DictConfig, progress: bool = True) -> dict:
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bad = [n for n in cfg.processes if int(n) < 1 or cfg.batch_size % int(n)]
+    if bad:
+        raise ValueError(f"processes {bad}: each must be >= 1 and divide batch_size ({cfg.batch_size})")
+    collect_missing(cfg.task, cfg.collect, progress=progress)
+    device = str(resolve_device(cfg.device))
+    rows = []
+    for n in map(int, cfg.processes):
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
+        run_dir = out_dir / f"{n}-processes"
+        proc = subprocess.run(train_command(cfg, n, threads, run_dir), capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        if proc.returncode != 0:
+            raise RuntimeError(f"training with {n} processes failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        rows.append({"processes": n, "threads_per_process": threads, "global_batch": cfg.batch_size,
+                     "batch_per_process": cfg.batch_size // n, "device": device, **measure(run_dir)})
+        print(f"{n} process(es): {rows[-1]['samples_per_s']:.0f} samples/s", flush=True)
+    base = rows[0]["samples_per_s"]
+    for r in rows:
+        r["speedup"] = round(r["samples_per_s"] / base, 2)
+    cells = [[str(r["processes"]), str(r["threads_per_process"]), str(r["global_batch"]), str(r["batch_per_process"]),
+              f"{r['samples_per_s']:,.0f}", f"{r['speedup']:.2f}x", f"{r['final_loss']:.4f}", r["device"]] for r in rows]
+    result = {"task": cfg.task.name, "policy": cfg.policy_name, "steps": cfg.steps, "cpu_count": os.cpu_count(),
+              "rows": rows}
+    footer = (f"Task {cfg.task.name}, policy {cfg.policy_name}, {cfg.steps} steps per row; samples/s = median of the "
+              f"logged {cfg.log_every}-step windows after the first; speedup against {rows[0]['processes']} "
+              f"process(es); {os.cpu_count()} CPU cores.")
+    write_results(out_dir, result, f"{markdown_table(COLUMNS, cells)}\n\n{footer}")
+    return result
