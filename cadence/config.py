@@ -138,6 +138,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                 # torch CPU threads; 0 leaves torch's default
     device: str = "auto"             # auto | cpu | cuda
+    precision: str = "fp32"          # fp32 | bf16: autocast forward and loss (weights, optimizer, EMA stay fp32)
 
 
 @dataclass

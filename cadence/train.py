@@ -38,6 +38,7 @@ from cadence.task_suite import is_suite, member_tasks
 from cadence.tracking import MetricsLogger
 
 log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16")
 
 
 def load_windows(task_cfg, obs_horizon: int, pred_horizon: int) -> WindowDataset | ConcatWindows:
@@ -130,6 +131,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
                          f"number of processes ({ranks.world})")
     per_rank = tcfg.batch_size // ranks.world
     device = ranks.device
+    if tcfg.precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {tcfg.precision!r}")
     ckpt_dir = run_dir / "checkpoint"
     existing = next((run_dir / n for n in ("checkpoint", "checkpoint.old")
                      if (run_dir / n / "model.safetensors").exists()), None)
@@ -206,7 +209,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
             samples = samples[ranks.rank * per_rank:(ranks.rank + 1) * per_rank]
             if ranks.rank:
                 gen = step_generator(tcfg.seed, step, device, stream=ranks.rank)
-        loss = loss_of(data.batch(samples, device), gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16"):
+            loss = loss_of(data.batch(samples, device), gen).float()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
         optimizer.zero_grad(set_to_none=True)

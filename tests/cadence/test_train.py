@@ -151,3 +151,21 @@ def test_resume_keeps_the_checkpoints_policy(tiny_store, tmp_path, caplog):
     policy, saved, meta = load_policy(tmp_path)
     assert meta["step"] == 5 and saved.policy.process == "flow" and saved.train.steps == 5
     assert type(policy.process).__name__ == "RectifiedFlowProcess"
+
+
+def test_bf16_autocast_trains_with_fp32_weights(tiny_store, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_train_config(tiny_store, tmp_path / precision, steps=6, precision=precision)
+        cfg.eval.episodes = 0
+        train(cfg, tmp_path / precision, progress=False)
+        runs[precision] = [r["loss"] for r in map(json.loads, (tmp_path / precision / "metrics.jsonl")
+                                                  .read_text().splitlines()) if "loss" in r]
+    assert all(torch.isfinite(torch.tensor(runs["bf16"])))
+    assert torch.allclose(torch.tensor(runs["bf16"]), torch.tensor(runs["fp32"]), rtol=0.1)   # bf16 rounding only
+    assert runs["bf16"] != runs["fp32"]                      # ... which is there: autocast took effect
+    weights = load_file(str(tmp_path / "bf16" / "checkpoint" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+    bad = tiny_train_config(tiny_store, tmp_path / "bad", steps=2, precision="fp8")
+    with pytest.raises(ValueError, match="train.precision"):
+        train(bad, tmp_path / "bad", progress=False)
