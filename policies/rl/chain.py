@@ -1,11 +1,15 @@
 """What an actor's exploration returns: the sampled chain, the chunk it executes, its log-likelihood."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from cadence.action_chunk import ActionChunk
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass
@@ -17,9 +21,9 @@ class ChainSample:
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Elementwise log N(x; mean, std^2)."""
-    return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * torch.log(torch.tensor(2 * torch.pi, device=x.device))
+    return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - _HALF_LOG_2PI
 
 
 def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
     """Elementwise entropy of N(., std^2)."""
-    return 0.5 + 0.5 * torch.log(torch.tensor(2 * torch.pi, device=std.device)) + torch.log(std)
+    return 0.5 + _HALF_LOG_2PI + torch.log(std)

@@ -39,6 +39,9 @@ class DPPOActor(nn.Module):
         if min_std <= 0:
             raise ValueError(f"finetune.dppo.min_std must be > 0, got {min_std}")
         self.policy, self.ft_steps, self.min_std, self.eta = policy, ft_steps, min_std, eta
+        ts, alphas = policy.process.timesteps(), policy.process.alphas_cumprod.tolist()
+        # per DDIM step: (timestep, alpha-bar there, alpha-bar at the next step; 1 after the last)
+        self._schedule = [(t, alphas[t], alphas[ts[i + 1]] if i + 1 < len(ts) else 1.0) for i, t in enumerate(ts)]
         frozen = copy.deepcopy(policy).requires_grad_(False) if ft_steps < steps else None
         self._frozen = [frozen]     # a list: not a registered submodule, so not trained nor saved
 
@@ -47,13 +50,10 @@ class DPPOActor(nn.Module):
         return self.policy.process.sample_steps
 
     def _mean_std(self, policy, x: torch.Tensor, i: int, cond: torch.Tensor):
-        p = self.policy.process
-        ts, alphas = p.timesteps(), p.alphas_cumprod.tolist()
-        a = alphas[ts[i]]
-        a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else 1.0
-        eps = policy.denoiser(x, torch.full((x.shape[0],), float(ts[i]), device=x.device), cond)
+        t, a, a_prev = self._schedule[i]
+        eps = policy.denoiser(x, torch.full((x.shape[0],), float(t), device=x.device), cond)
         x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
-        if p.clip_sample:
+        if self.policy.process.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
         sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))

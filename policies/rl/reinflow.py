@@ -21,6 +21,7 @@ from torch import nn
 
 from cadence.action_chunk import ActionChunk
 
+from ..processes.rectified_flow import euler_integrate
 from .chain import ChainSample, gaussian_entropy, gaussian_log_prob
 from .exploration_noise import ExplorationNoise
 
@@ -82,10 +83,9 @@ class ReinFlowActor(nn.Module):
 
     def ode(self, obs: Mapping[str, torch.Tensor], start: torch.Tensor) -> torch.Tensor:
         """The deterministic K-step Euler path from ``start`` (normalised), with gradient (the W2 regulariser)."""
-        cond, K, x = self._cond(obs), self.steps, start
-        for k in range(K):
-            x = x + self.policy.process.velocity(self.policy.denoiser, x, k / K, cond, K) / K
-        return x
+        cond, K = self._cond(obs), self.steps
+        return euler_integrate(lambda x, t, k: self.policy.process.velocity(self.policy.denoiser, x, t, cond, K),
+                               start, K)
 
     def act(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> ActionChunk:
         return self.policy.predict_chunk(obs, generator=generator)
