@@ -150,6 +150,8 @@ class EvalConfig:
     video_format: str = "gif"        # gif | mp4
     plot: bool = True
     latency_calls: int = 20          # batch-1 predict_chunk calls timed for ms per chunk
+    batch_size: int = 0              # episodes run together (one policy batch); 0: all (under torchrun: split over ranks)
+    async_envs: bool = False         # step each episode's simulator in its own worker process (AsyncVectorEnv)
 
 
 @dataclass

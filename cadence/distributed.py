@@ -33,6 +33,9 @@ class Ranks:
         return self.world > 1
 
 
+SINGLE = Ranks(0, 1, 0, torch.device("cpu"))   # one process (its device is not used by the helpers below)
+
+
 def setup(device_name: str) -> Ranks:
     """Join the process group torchrun describes (nothing to do for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -65,6 +68,16 @@ def broadcast_text(text: str, ranks: Ranks) -> str:
     buffer = data if ranks.main else torch.zeros(int(size), dtype=torch.uint8, device=device)
     dist.broadcast(buffer, 0)
     return bytes(buffer.cpu().tolist()).decode()
+
+
+def gather_to_main(items: list, ranks: Ranks) -> list | None:
+    """Every rank's ``items`` concatenated on rank 0 (rank order); None on the other ranks. The
+    objects travel pickled between this job's own processes (never from a file)."""
+    if not ranks.distributed:
+        return list(items)
+    gathered = [None] * ranks.world if ranks.main else None
+    dist.gather_object(list(items), gathered, dst=0)
+    return [item for part in gathered for item in part] if ranks.main else None
 
 
 @torch.no_grad()

@@ -2,22 +2,30 @@
 
 ``cadence eval checkpoint=RUN_DIR`` runs this on a checkpoint; training calls
 :func:`evaluate_policy` directly for its periodic and final evaluations.
+
+The episodes run in waves of ``eval.batch_size`` (0: all at once) in one vector env each,
+stepped in worker processes with ``eval.async_envs``. Wave ``k`` seeds the sampling noise with
+its own number, and under ``torchrun`` the ranks take the waves in turn (rank ``k % world``) and
+rank 0 gathers them, so the outcomes depend on the seeds and the batch size only: the same with
+one process or many, in this process or in workers.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from cadence import distributed
+
 from cadence.envs import DEFAULT_TASK_ID   # importing cadence.envs registers the tasks
-from cadence.envs.task_id import TaskIdObservation
+from cadence.envs.task_env import make_env
 from cadence.task_suite import is_suite, member_tasks
 from cadence.envs.rendering import rendering_problem
 from cadence.envs.rollout import RolloutResult, rollout
@@ -27,15 +35,6 @@ from cadence.envs.video import check_video_format, save_video
 from cadence.policies.processes.sample_steps import with_sample_steps
 
 log = logging.getLogger(__name__)
-
-
-def make_env(task_cfg, render: bool = False) -> gym.Env:
-    kwargs = dict(task_cfg.env_kwargs)
-    if render:
-        kwargs["render_mode"] = "rgb_array"
-    env = gym.make(task_cfg.env_id, **kwargs)
-    task_id = task_cfg.get("task_id")
-    return TaskIdObservation(env, list(task_id)) if task_id else env
 
 
 def set_sample_steps(policy, steps: int | None) -> None:
@@ -62,17 +61,25 @@ def first_observation(task_cfg, obs_horizon: int, seed: int, device) -> dict[str
 
 
 def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device,
-                    progress: bool = True, title: str = "") -> tuple[dict, RolloutResult | None]:
+                    progress: bool = True, title: str = "",
+                    ranks: distributed.Ranks | None = None) -> tuple[dict | None, RolloutResult | None]:
     """Roll out ``eval_cfg.episodes`` seeded episodes; write eval.json, video and plot to ``out_dir``.
     A multitask suite runs every member on the same seeds (``out_dir/<member>``); its summary
-    holds each member's (``per_task``) and their means (the rollout result is None)."""
+    holds each member's (``per_task``) and their means (the rollout result is None). Under
+    torchrun every rank calls this with its ``ranks``; rank 0 gets the results and writes them,
+    the other ranks get ``(None, None)``."""
+    ranks = ranks or distributed.SINGLE
+    if not ranks.main:
+        out_dir = None
     if not is_suite(task_cfg):
-        return _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir, device, progress, title)
+        return _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir, device, progress, title, ranks)
     per_task = {}
     for member in member_tasks(task_cfg):
         per_task[member.name], _ = _evaluate_task(policy, member, policy_cfg, eval_cfg,
                                                   None if out_dir is None else out_dir / member.name, device,
-                                                  progress, f"{title} ({member.name})")
+                                                  progress, f"{title} ({member.name})", ranks)
+    if not ranks.main:
+        return None, None
     summaries = list(per_task.values())
     mean = lambda key: float(np.mean([m[key] for m in summaries]))  # noqa: E731
     summary = {"success_rate": mean("success_rate"), "n_episodes": sum(m["n_episodes"] for m in summaries),
@@ -86,10 +93,25 @@ def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None
     return summary, None
 
 
+def evaluation_waves(seeds: list[int], batch_size: int, world: int = 1) -> list[list[int]]:
+    """``seeds`` in waves of ``batch_size`` episodes run together; 0: one wave per rank (all at once alone)."""
+    if batch_size < 0:
+        raise ValueError(f"eval.batch_size must be >= 0 (0: all episodes at once), got {batch_size}")
+    size = batch_size or max(1, math.ceil(len(seeds) / world))
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
+def wave_seed(seed: int, wave: int) -> int:
+    """The sampling-noise seed of wave ``wave`` (wave 0: ``seed`` itself, as one wave always had)."""
+    return seed + wave * 1_000_003
+
+
 def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device, progress: bool,
-                   title: str) -> tuple[dict, RolloutResult]:
+                   title: str, ranks: distributed.Ranks) -> tuple[dict | None, RolloutResult | None]:
     policy.eval()
     seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
+    if not seeds:
+        raise ValueError(f"eval.episodes must be >= 1 to evaluate, got {eval_cfg.episodes}")
     video = eval_cfg.video_episodes if out_dir is not None else 0
     if video:
         check_video_format(eval_cfg.video_format)
@@ -97,13 +119,23 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     if problem:
         log.warning("no rollout video: %s", problem)
         video = 0
-    with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
-        torch.manual_seed(eval_cfg.seed)
-        result = rollout(policy, partial(make_env, task_cfg, video > 0), seeds, policy_cfg.obs_horizon,
-                         policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
-                         video_episodes=video, progress=progress,
-                         info_metrics=list(task_cfg.get("info_metrics") or []))
+    waves = evaluation_waves(seeds, eval_cfg.batch_size, ranks.world)
+    mine = []
+    for k in range(ranks.rank, len(waves), ranks.world):
+        filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)
+        with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
+            torch.manual_seed(wave_seed(eval_cfg.seed, k))
+            mine.append((k, rollout(policy, partial(make_env, task_cfg, filmed > 0), waves[k], policy_cfg.obs_horizon,
+                                    policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
+                                    video_episodes=filmed, progress=progress,
+                                    info_metrics=list(task_cfg.get("info_metrics") or []),
+                                    async_envs=eval_cfg.async_envs)))
+    parts = distributed.gather_to_main(mine, ranks)
+    if not ranks.main:
+        return None, None
+    result = RolloutResult.concat([r for _, r in sorted(parts, key=lambda kr: kr[0])])
     summary = result.summary()
+    summary.update(batch_size=len(waves[0]), waves=len(waves))
     if eval_cfg.latency_calls > 0:
         summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),
                                        eval_cfg.latency_calls))
@@ -119,7 +151,7 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
                                               fps=task_cfg.fps))
         if eval_cfg.plot and task_cfg.env_id == DEFAULT_TASK_ID:   # the picture is of that task
             summary["plot"] = str(plot_trajectories(result, out_dir / "trajectories.png", title=title))
-        (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / "eval.json").write_text(json.dumps({**summary, "episodes": result.episodes()}, indent=2))
     return summary, result
 
 
@@ -136,18 +168,22 @@ def format_summary(summary: dict) -> str:
             f"mean max reward {summary.get('mean_max_reward', 0.0):.3f}{finals}{latency}")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> dict | None:
+    """``cadence eval``; under ``torchrun`` the ranks share the episodes and rank 0 reports."""
     from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-    from cadence.device import resolve_device
 
-    device = resolve_device(cfg.device)
-    ckpt = resolve_checkpoint_dir(cfg.checkpoint)
-    policy, train_cfg, meta = load_policy(ckpt, device, block_cache=cfg.block_cache)
-    set_sample_steps(policy, cfg.eval.sample_steps)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
-    summary, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy, cfg.eval, out_dir, device,
-                                 title=f"{train_cfg.policy.name} @ step {meta['step']}")
-    print(f"{train_cfg.policy.name}: {format_summary(summary)}")
-    print(f"results in {out_dir}")
-    return summary
-
+    ranks = distributed.setup(cfg.device)
+    try:
+        ckpt = resolve_checkpoint_dir(cfg.checkpoint)
+        policy, train_cfg, meta = load_policy(ckpt, ranks.device, block_cache=cfg.block_cache)
+        set_sample_steps(policy, cfg.eval.sample_steps)
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
+        summary, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy, cfg.eval, out_dir, ranks.device,
+                                     progress=ranks.main, title=f"{train_cfg.policy.name} @ step {meta['step']}",
+                                     ranks=ranks)
+        if ranks.main:
+            print(f"{train_cfg.policy.name}: {format_summary(summary)}")
+            print(f"results in {out_dir}")
+        return summary
+    finally:
+        distributed.teardown(ranks)

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir, save_checkpoint
 from cadence.device import resolve_device
 from cadence.envs.chunk_env import ChunkVectorEnv
-from cadence.evaluate import evaluate_policy, format_summary, make_env, set_sample_steps
+from cadence.envs.task_env import make_env
+from cadence.evaluate import evaluate_policy, format_summary, set_sample_steps
 from cadence.learning_curve import plot_learning_curves
 from cadence.policies.processes.ddpm import DDPMProcess
 from cadence.policies.rl.critic import Critic

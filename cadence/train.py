@@ -184,15 +184,14 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         save_checkpoint(ckpt_dir, ema.model, cfg, step, data.obs_shapes, tensors, {"optimizer_steps": steps},
                         extra_meta={"train_seconds": round(seconds, 1), "world_size": ranks.world, **(extra or {})})
 
-    def evaluate(step: int) -> None:
-        if not ranks.main:
-            return
+    def evaluate(step: int) -> None:             # every rank rolls out its share; rank 0 gathers and logs
         started = time.perf_counter()
         out = run_dir / f"eval-step{step}"
         summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
-                                     title=f"{pcfg.name} @ step {step}")
-        metrics.log({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, step)
-        log.info("step %d: %s", step, format_summary(summary))
+                                     title=f"{pcfg.name} @ step {step}", ranks=ranks)
+        if ranks.main:
+            metrics.log({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, step)
+            log.info("step %d: %s", step, format_summary(summary))
         clock["eval"] += time.perf_counter() - started
 
     bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {pcfg.name}", disable=not (progress and ranks.main),

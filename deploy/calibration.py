@@ -62,7 +62,7 @@ def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.nd
         return [{k: batch[k][i: i + 1].numpy() for k in task.obs_keys} for i in range(n)]
     log.warning("%s not found: calibrating on the first observations of %d seeded episodes instead",
                 task.dataset, n)
-    from cadence.evaluate import make_env
+    from cadence.envs.task_env import make_env
     env = make_env(task)
     out = []
     for i in range(n):

@@ -1,7 +1,9 @@
 """Receding-horizon policy rollouts over a gymnasium vector environment.
 
-All episodes (one per seed) run in lockstep in a :class:`gymnasium.vector.SyncVectorEnv`. At
-each replan the policy sees, for every env whose episode is still running, the last
+All episodes (one per seed) run in lockstep in a gymnasium vector environment: a
+:class:`~gymnasium.vector.SyncVectorEnv` in this process, or with ``async_envs=True`` an
+:class:`~gymnasium.vector.AsyncVectorEnv` with one worker process per episode (the simulators
+step in parallel; the policy still sees one batch). At each replan the policy sees, for every env whose episode is still running, the last
 ``obs_horizon`` observations (padded at the episode start by repeating the reset observation)
 and returns an :class:`~cadence.action_chunk.ActionChunk`; ``exec_horizon`` actions of it are
 executed, one per env step, then the policy is asked again.
@@ -11,7 +13,9 @@ kept and everything a sub-env does after its episode ended is ignored.
 """
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -35,6 +39,28 @@ class RolloutResult:
     final_info: dict[str, np.ndarray] = field(default_factory=dict)        # info[k] at each episode's end
     states: list[np.ndarray] = field(default_factory=list)  # per episode (L+1, Ds)
     frames: list[np.ndarray] = field(default_factory=list)  # (H, W*V, 3) uint8 per step
+
+    def episodes(self) -> list[dict]:
+        """One JSON-able record per episode (seed, success, length, return, mode, final info)."""
+        return [{"seed": seed, "success": bool(self.success[i]), "length": int(self.lengths[i]),
+                 "return": float(self.returns[i]), "mode": self.modes[i],
+                 **{k: float(v[i]) for k, v in self.final_info.items()}} for i, seed in enumerate(self.seeds)]
+
+    @classmethod
+    def concat(cls, parts: Sequence["RolloutResult"]) -> "RolloutResult":
+        """The episodes of ``parts`` one after another (e.g. evaluation waves, or ranks' shares);
+        the frames are the first part's."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        keys = list(parts[0].final_info)
+        return cls(seeds=[s for p in parts for s in p.seeds],
+                   success=np.concatenate([p.success for p in parts]),
+                   returns=np.concatenate([p.returns for p in parts]),
+                   lengths=np.concatenate([p.lengths for p in parts]),
+                   modes=[m for p in parts for m in p.modes],
+                   max_rewards=np.concatenate([p.max_rewards for p in parts]),
+                   final_info={k: np.concatenate([p.final_info[k] for p in parts]) for k in keys},
+                   states=[s for p in parts for s in p.states], frames=list(parts[0].frames))
 
     def summary(self) -> dict:
         """JSON-able aggregate numbers.
@@ -90,16 +116,38 @@ def _as_dict(obs: Any) -> dict[str, np.ndarray]:
     return obs if isinstance(obs, dict) else {"obs": obs}
 
 
-def _render(envs: gym.vector.SyncVectorEnv, i: int) -> np.ndarray:
-    frame = envs.envs[i].render()
-    if frame is None:
-        raise RuntimeError(
-            "env.render() returned None: for video_episodes > 0 make_env must create the env "
-            "with render_mode='rgb_array'")
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8:
-        frame = np.clip(frame, 0, 255).astype(np.uint8)
-    return frame
+class _Filmed(gym.Wrapper):
+    """``frame()``: the env's render as uint8 while ``filming`` is set, else None (nothing rendered).
+    A method of the env, so a vector env's ``call("frame")`` reaches it in a worker process too."""
+
+    def __init__(self, env: gym.Env, filming: bool):
+        super().__init__(env)
+        self.filming = filming
+
+    def frame(self) -> np.ndarray | None:
+        if not self.filming:
+            return None
+        frame = self.env.render()
+        if frame is None:
+            raise RuntimeError(
+                "env.render() returned None: for video_episodes > 0 make_env must create the env "
+                "with render_mode='rgb_array'")
+        frame = np.asarray(frame)
+        return frame if frame.dtype == np.uint8 else np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _filmed_env(make_env: Callable[[], gym.Env], filming: bool) -> gym.Env:
+    return _Filmed(make_env(), filming)
+
+
+def _vector_env(make_env: Callable[[], gym.Env], n: int, n_video: int, async_envs: bool) -> gym.vector.VectorEnv:
+    fns = [partial(_filmed_env, make_env, i < n_video) for i in range(n)]
+    if async_envs:
+        # Workers fork from a clean server process that has imported the env code once: fork from
+        # this process can deadlock (its torch threads and GL contexts), spawn re-imports per worker.
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["cadence.envs.rollout", "cadence.envs.task_env"])
+        return gym.vector.AsyncVectorEnv(fns, context="forkserver")
+    return gym.vector.SyncVectorEnv(fns)
 
 
 def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -113,7 +161,7 @@ def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
 def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_horizon: int,
             exec_horizon: int, obs_keys: Sequence[str], device: str | torch.device = "cpu",
             video_episodes: int = 0, progress: bool = True,
-            info_metrics: Sequence[str] = ()) -> RolloutResult:
+            info_metrics: Sequence[str] = (), async_envs: bool = False) -> RolloutResult:
     """Run one episode per seed with receding-horizon control and return the outcomes.
 
     ``policy.predict_chunk({key: (B, obs_horizon, ...) tensor})`` is called with the B envs
@@ -125,6 +173,8 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
     showing its last frame). ``max_rewards`` is each episode's largest step reward (PushT's
     score in the Diffusion Policy paper); ``final_info[k]`` the number ``info[k]`` held at each
     episode's last step, for every ``k`` in ``info_metrics`` (NaN if the env never reported it).
+    ``async_envs``: step the envs in worker processes (``make_env`` then runs there; it is
+    cloudpickled, so a lambda works); the outcomes are the same as in this process.
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -137,7 +187,7 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
     device = torch.device(device)
     n_video = max(0, min(int(video_episodes), n))
 
-    envs = gym.vector.SyncVectorEnv([make_env] * n)
+    envs = _vector_env(make_env, n, n_video, async_envs)
     bar = tqdm(desc="rollout", unit="step", disable=not progress, leave=False)
     try:
         obs, _ = envs.reset(seed=seeds)
@@ -165,8 +215,9 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
         frames: list[np.ndarray] = []
         last_frames: list[np.ndarray] = []
         if n_video:
-            last_frames = [_render(envs, i) for i in range(n_video)]
+            last_frames = list(envs.call("frame")[:n_video])
             frames.append(np.concatenate(last_frames, axis=1))
+            filming = np.arange(n) < n_video
 
         action_space = envs.single_action_space
         idle_action = np.zeros(action_space.shape, dtype=action_space.dtype)
@@ -222,9 +273,13 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
                     if n_video and np.any(active < n_video):
                         # render after the step, before the next step's autoreset, so a
                         # finished episode's terminal state is its last frame
+                        rendered = envs.call("frame")
                         for i in active[active < n_video]:
-                            last_frames[i] = _render(envs, int(i))
+                            last_frames[i] = rendered[i]
                         frames.append(np.concatenate(last_frames, axis=1))
+                        if np.any(filming & done):     # finished episodes need no more renders
+                            filming &= ~done
+                            envs.set_attr("filming", filming.tolist())
                     bar.set_postfix(running=int((~done).sum()))
     finally:
         bar.close()

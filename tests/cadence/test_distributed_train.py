@@ -1,10 +1,11 @@
-"""cadence train under torchrun (two CPU processes, Gloo) and a run killed with SIGKILL, then resumed."""
+"""cadence train and cadence eval under torchrun (two CPU processes, Gloo); a run killed with SIGKILL, then resumed."""
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 TINY = ["policy.down_dims=[16,32]", "policy.level_embed_dim=16", "policy.obs_feature_dim=16", "policy.pred_horizon=8",
         "policy.exec_horizon=4", "train.batch_size=16", "train.warmup_steps=2", "train.log_every=2",
         "train.checkpoint_every=0", "train.threads=1", "eval.episodes=0"]
+EVAL = ["eval.episodes=3", "eval.video_episodes=0", "eval.plot=false", "eval.latency_calls=0"]
 
 
 def _run(cmd, cwd):
@@ -26,10 +28,14 @@ def _run(cmd, cwd):
     return proc
 
 
-def train_cmd(*args, nproc=1):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+def _launcher(nproc):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    return [*launcher, "-m", "cadence.cli", "train", *TINY, *args]
+
+
+def train_cmd(*args, nproc=1, evaluate=False):
+    tiny = [*TINY[:-1], *EVAL] if evaluate else TINY
+    return [*_launcher(nproc), "-m", "cadence.cli", "train", *tiny, *args]
 
 
 def _losses(run):
@@ -54,10 +60,12 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tiny_store,
 
 def test_diffusion_ranks_stay_identical_and_the_batch_must_divide(tiny_store, tmp_path):
     common = [f"task.dataset={tiny_store}", "policy=diffusion", "train.steps=6"]
-    _run(train_cmd(*common, f"run_dir={tmp_path / 'two'}", nproc=2), tmp_path)
+    _run(train_cmd(*common, f"run_dir={tmp_path / 'two'}", nproc=2, evaluate=True), tmp_path)
     meta = json.loads((tmp_path / "two" / "checkpoint" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["ranks_max_weight_difference"] == 0.0
     assert all(l == l for l in _losses(tmp_path / "two"))
+    evaluated = json.loads((tmp_path / "two" / "eval-step6" / "eval.json").read_text())   # both ranks rolled out
+    assert evaluated["n_episodes"] == 3 and evaluated["waves"] == 2 and evaluated["batch_size"] == 2
     env = dict(os.environ, OMP_NUM_THREADS="1")
     bad = subprocess.run(train_cmd(*common, "train.batch_size=15", f"run_dir={tmp_path / 'bad'}", nproc=2),
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -114,3 +122,24 @@ def test_a_multirun_sweep_gives_each_job_its_own_run_folder_and_config(tiny_stor
         assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
         _, cfg, meta = load_policy(run)
         assert cfg.train.seed == seed and meta["step"] == 2
+
+
+def test_evaluation_over_two_ranks_and_in_workers_matches_one_process(tiny_store, tmp_path):
+    _run(train_cmd(f"task.dataset={tiny_store}", "policy=diffusion", "train.steps=4", f"run_dir={tmp_path / 'run'}"),
+         tmp_path)
+    episodes = ["eval.episodes=5", "eval.batch_size=2", "eval.latency_calls=0", "eval.plot=true"]
+
+    def evaluate(name, *extra, nproc=1):
+        _run([*_launcher(nproc), "-m", "cadence.cli", "eval", f"checkpoint={tmp_path / 'run'}", *episodes,
+              f"out_dir={tmp_path / name}", *extra], tmp_path)
+        return json.loads((tmp_path / name / "eval.json").read_text())
+
+    one = evaluate("one", "eval.video_episodes=0")
+    two = evaluate("two", "eval.video_episodes=1", nproc=2)
+    workers = evaluate("workers", "eval.video_episodes=0", "eval.async_envs=true")
+    assert one["n_episodes"] == 5 and one["waves"] == 3
+    assert [e["seed"] for e in one["episodes"]] == list(range(100_000, 100_005))
+    assert Path(two.pop("video")).is_file()             # rank 0 films its first wave
+    plots = [Path(r.pop("plot")).read_bytes() for r in (one, two, workers)]
+    assert plots[0] == plots[1] == plots[2]             # every episode's trajectory, drawn: the same states
+    assert one == two == workers

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cadence.checkpoint import load_policy
-from cadence.evaluate import evaluate_policy, set_sample_steps
+from cadence.evaluate import evaluate_policy, evaluation_waves, set_sample_steps
 from cadence.train import train
 from tests.conftest import tiny_train_config
 
@@ -54,3 +54,36 @@ def test_unwritable_video_format_fails_before_the_rollout(tiny_policy, tmp_path)
     with pytest.raises(RuntimeError, match="imageio-ffmpeg"):
         evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, tmp_path / "out", "cpu", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_waves_cover_the_seeds_in_order():
+    seeds = list(range(10, 17))
+    assert evaluation_waves(seeds, 3) == [[10, 11, 12], [13, 14, 15], [16]]
+    assert evaluation_waves(seeds, 0) == [seeds]
+    assert evaluation_waves(seeds, 0, world=2) == [[10, 11, 12, 13], [14, 15, 16]]
+    assert evaluation_waves(seeds, 20, world=2) == [seeds]
+    with pytest.raises(ValueError, match="eval.batch_size"):
+        evaluation_waves(seeds, -1)
+
+
+def test_waves_in_worker_processes_match_waves_here(tiny_policy):
+    policy, cfg, _ = tiny_policy
+    cfg.eval.episodes, cfg.eval.latency_calls, cfg.eval.batch_size = 3, 0, 2
+    here, run_here = evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)
+    cfg.eval.async_envs = True
+    workers, run_workers = evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)
+    assert here == workers and here["waves"] == 2 and here["batch_size"] == 2 and here["n_episodes"] == 3
+    assert run_here.seeds == [cfg.eval.seed, cfg.eval.seed + 1, cfg.eval.seed + 2]
+    for a, b in zip(run_here.states, run_workers.states):
+        np.testing.assert_array_equal(a, b)
+    cfg.eval.async_envs, cfg.eval.batch_size = False, 0     # one wave: its noise differs from wave 1's
+    _, whole = evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)
+    np.testing.assert_array_equal(whole.states[0][:2], run_here.states[0][:2])   # same starts
+    assert any(not np.array_equal(a, b) for a, b in zip(whole.states, run_here.states))
+
+
+def test_no_episodes_is_refused(tiny_policy):
+    policy, cfg, _ = tiny_policy
+    cfg.eval.episodes = 0
+    with pytest.raises(ValueError, match="eval.episodes"):
+        evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)

@@ -74,7 +74,7 @@ class CarrotPolicy:
         return ActionChunk(torch.from_numpy(actions), start=TO - 1)
 
 
-def _run(policy, seeds=SEEDS, **kwargs):
+def _run(policy, seeds=SEEDS, make_env=make_env, **kwargs):
     return rollout(policy, make_env, seeds, obs_horizon=TO, exec_horizon=TA,
                    obs_keys=["state"], progress=False, **kwargs)
 
@@ -266,3 +266,30 @@ def test_stateful_policies_are_told_which_rows_keep_running():
     lengths = np.asarray(result.lengths)
     assert len(set(lengths.tolist())) > 1 and policy.kept                   # episodes ended at different times
     assert policy.batch_sizes == sorted(policy.batch_sizes, reverse=True) and policy.batch_sizes[-1] < len(SEEDS)
+
+
+def test_async_workers_give_the_same_episodes_and_video_as_this_process():
+    seeds = SEEDS[:4]
+    here = _run(CarrotPolicy(), seeds=seeds, video_episodes=2,
+                make_env=partial(make_env, render_mode="rgb_array", render_size=32))
+    workers = _run(CarrotPolicy(), seeds=seeds, video_episodes=2, async_envs=True,
+                   make_env=partial(make_env, render_mode="rgb_array", render_size=32))
+    assert here.success.all() and here.lengths.tolist() == workers.lengths.tolist()
+    for a, b in zip(here.states, workers.states):
+        np.testing.assert_array_equal(a, b)
+    assert len(here.frames) == len(workers.frames) == max(here.lengths[:2]) + 1
+    for a, b in zip(here.frames, workers.frames):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_concatenated_waves_are_the_episodes_of_one_rollout():
+    whole = _run(CarrotPolicy(), seeds=SEEDS[:5])
+    parts = RolloutResult.concat([_run(CarrotPolicy(), seeds=SEEDS[:2]), _run(CarrotPolicy(), seeds=SEEDS[2:5])])
+    assert parts.seeds == whole.seeds and parts.modes == whole.modes
+    for key in ("success", "returns", "lengths", "max_rewards"):
+        np.testing.assert_array_equal(getattr(parts, key), getattr(whole, key))
+    for a, b in zip(parts.states, whole.states):
+        np.testing.assert_array_equal(a, b)
+    assert parts.summary() == whole.summary()
+    with pytest.raises(ValueError, match="nothing"):
+        RolloutResult.concat([])

@@ -1,0 +1,16 @@
+"""The gymnasium env of a task config (``env_id`` + ``env_kwargs``, a suite member's one-hot ``task_id``)."""
+from __future__ import annotations
+
+import gymnasium as gym
+
+import cadence.envs  # noqa: F401  (registers the tasks, also in a vector env's worker process)
+from cadence.envs.task_id import TaskIdObservation
+
+
+def make_env(task_cfg, render: bool = False) -> gym.Env:
+    kwargs = dict(task_cfg.env_kwargs)
+    if render:
+        kwargs["render_mode"] = "rgb_array"
+    env = gym.make(task_cfg.env_id, **kwargs)
+    task_id = task_cfg.get("task_id")
+    return TaskIdObservation(env, list(task_id)) if task_id else env
