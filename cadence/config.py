@@ -156,7 +156,7 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
-    mode: str = "none"               # none | offline | online (Weights & Biases)
+    mode: str = "offline"            # offline | online | none (Weights & Biases; the `tracking` config group)
     project: str = "cadence"
 
 

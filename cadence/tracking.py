@@ -1,7 +1,9 @@
-"""Run metrics: always a local ``metrics.jsonl``; Weights & Biases when asked (offline by default).
+"""Run metrics: always a local ``metrics.jsonl``; Weights & Biases offline by default (``tracking=``).
 
-W&B is imported only when enabled, runs in offline mode unless ``mode=online``, and a failure
-to start it is reported and ignored: tracking never blocks or breaks training.
+W&B is imported only when enabled, runs offline (the run stays under ``<run_dir>/wandb/`` for a
+later ``wandb sync``) unless ``tracking=online``, and a failure to start it is reported and
+ignored: tracking never blocks or breaks training. Every record also goes to ``metrics.jsonl``:
+numbers as they are, a video as its file path, a table as ``{"columns": [...], "rows": [...]}``.
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 MODES = ("none", "offline", "online")
+LATENCY_COLUMNS = ("step", "sample_steps", "ms_per_chunk", "ms_per_chunk_p90", "success_rate")
 
 
 class MetricsLogger:
@@ -25,6 +28,7 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
         self._wandb = None
+        self._latency_rows: list[list] = []
         if mode != "none":
             try:
                 import wandb
@@ -34,17 +38,51 @@ class MetricsLogger:
                 log.warning("Weights & Biases disabled (%s: %s); metrics go to %s only",
                             type(exc).__name__, exc, self.path)
 
+    @property
+    def wandb_dir(self) -> Path | None:
+        """This run's W&B folder (``.../wandb/offline-run-*`` or ``run-*``), None without W&B."""
+        return None if self._wandb is None else Path(self._wandb.dir).parent
+
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        record = {"step": step, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        if self._wandb is not None:
-            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        self._write(step, {k: _jsonable(v) for k, v in metrics.items()})
+        self._to_wandb(lambda wandb: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+
+    def log_video(self, key: str, path: str | Path, step: int) -> None:
+        """A rollout video file (gif or mp4)."""
+        self._write(step, {key: str(path)})
+        self._to_wandb(lambda wandb: {key: wandb.Video(str(path), format=Path(path).suffix.lstrip("."))}, step)
+
+    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> None:
+        self._write(step, {key: {"columns": list(columns), "rows": [[_jsonable(v) for v in r] for r in rows]}})
+        self._to_wandb(lambda wandb: {key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step)
+
+    def log_evaluation(self, summary: Mapping[str, Any], step: int) -> None:
+        """An evaluation summary: its numbers as ``eval/<key>``, its video, and the latency table
+        (one row per evaluation so far: sampling steps, ms per chunk, success)."""
+        self.log({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, step)
+        if summary.get("video"):
+            self.log_video("eval/rollouts", summary["video"], step)
+        if "ms_per_chunk" in summary:
+            self._latency_rows.append([step, *(summary.get(k) for k in LATENCY_COLUMNS[1:])])
+            self.log_table("eval/latency", LATENCY_COLUMNS, self._latency_rows, step)
 
     def close(self) -> None:
         self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+    def _write(self, step: int, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **record}) + "\n")
+        self._file.flush()
+
+    def _to_wandb(self, build, step: int) -> None:
+        if self._wandb is None:
+            return
+        try:
+            import wandb
+            self._wandb.log(build(wandb), step=step)
+        except Exception as exc:  # noqa: BLE001 - a media file W&B cannot read must not stop a run
+            log.warning("Weights & Biases could not log step %d (%s: %s)", step, type(exc).__name__, exc)
 
 
 def _jsonable(value: Any) -> Any:

@@ -190,7 +190,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
                                      title=f"{pcfg.name} @ step {step}", ranks=ranks)
         if ranks.main:
-            metrics.log({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, step)
+            metrics.log_evaluation(summary, step)
             log.info("step %d: %s", step, format_summary(summary))
         clock["eval"] += time.perf_counter() - started
 

@@ -34,10 +34,20 @@ def test_collect_train_eval_end_to_end(tmp_path):
     run = tmp_path / "runs" / "tiny"
     assert (run / "checkpoint" / "model.safetensors").is_file()
     assert (run / ".hydra" / "config.yaml").is_file()
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [3, 6, 6]          # two training logs, then the final evaluation
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [3, 6]
+    assert {"lr", "grad_norm", "samples_per_s"} <= set(records[0])
     final = json.loads((run / "eval-step6" / "eval.json").read_text())
     assert final["n_episodes"] == 3 and Path(final["video"]).is_file() and Path(final["plot"]).is_file()
+    evaluated = {k: v for r in records if r["step"] == 6 and "loss" not in r for k, v in r.items()}
+    assert evaluated["eval/success_rate"] == final["success_rate"] and evaluated["eval/rollouts"] == final["video"]
+    assert evaluated["eval/latency"]["rows"] == [[6, 4, final["ms_per_chunk"], final["ms_per_chunk_p90"],
+                                                  final["success_rate"]]]
+    # Weights & Biases, offline by default: the run, its rollout video and latency table beside it
+    wandb_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1 and list(wandb_runs[0].glob("run-*.wandb"))
+    assert list(wandb_runs[0].glob("files/media/videos/eval/rollouts_*.gif"))
+    assert list(wandb_runs[0].glob("files/media/table/eval/latency_*.table.json"))
 
     proc = cadence("eval", "checkpoint=runs/tiny", "out_dir=evals/a", "eval.episodes=4", "eval.video_episodes=0",
                    "eval.sample_steps=2", cwd=tmp_path)
@@ -49,8 +59,10 @@ def test_collect_train_eval_end_to_end(tmp_path):
     refused = cadence("train", "run_dir=runs/tiny", *TINY_POLICY, *TINY_TRAIN, cwd=tmp_path, check=False)
     assert refused.returncode != 0 and "resume=true" in refused.stderr + refused.stdout
     cadence("train", "run_dir=runs/tiny", "resume=true", *TINY_POLICY, *TINY_TRAIN, "train.steps=9",
-            "eval.episodes=0", cwd=tmp_path)
+            "eval.episodes=0", "tracking=none", cwd=tmp_path)
     assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 9
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1           # tracking=none: no new W&B run
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 9
 
 
 def test_demo_end_to_end(tmp_path):
@@ -65,7 +77,7 @@ def test_demo_end_to_end(tmp_path):
     assert "| policy" in proc.stdout and (tmp_path / "out" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("command,groups", [("train", ["policy:", "task:"]), ("collect", ["task:"]),
+@pytest.mark.parametrize("command,groups", [("train", ["policy:", "task:", "tracking:"]), ("collect", ["task:"]),
                                             ("demo", ["task:"]), ("eval", [])])
 def test_help_lists_config_groups(tmp_path, command, groups):
     out = cadence(command, "--help", cwd=tmp_path).stdout
