@@ -29,6 +29,7 @@ COMMANDS = {
     "bench anchor": ("cadence.bench_anchor", "bench_anchor", "truncated anchor diffusion at 1-4 steps vs DDIM-10/20"),
     "bench streaming": ("cadence.bench_streaming", "bench_streaming", "streaming diffusion replans vs DDPM-100 / DDIM-10"),
     "bench scale": ("cadence.bench_scale", "bench_scale", "training samples/s with 1, 2, ... torchrun processes"),
+    "bench eval": ("cadence.bench_eval", "bench_eval", "evaluation wall time: one process vs waves vs async envs vs ranks"),
     "bench finetune": ("cadence.bench_finetune", "bench_finetune", "ReinFlow (flow, shortcut) vs DPPO-style vs no fine-tuning"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}

@@ -523,6 +523,35 @@ class BenchScaleApp:
 
 
 @dataclass
+class EvalSetup:
+    """One row of `cadence bench eval`: where the episodes run."""
+    name: str = "one process"
+    processes: int = 1                       # torchrun processes (1: plain)
+    async_envs: bool = False
+    batch_size: Optional[int] = None         # episodes per wave; None: the bench's batch_size; 0: all at once
+
+
+def _default_eval_setups() -> list:
+    return [{"name": "1 process, all at once", "processes": 1, "batch_size": 0},
+            {"name": "1 process, waves", "processes": 1},
+            {"name": "1 process, waves, async envs", "processes": 1, "async_envs": True},
+            {"name": "2 ranks, waves", "processes": 2},
+            {"name": "2 ranks, waves, async envs", "processes": 2, "async_envs": True}]
+
+
+@dataclass
+class BenchEvalApp:
+    checkpoint: str = "???"                  # the run to evaluate
+    episodes: int = 20                       # seeds eval.seed, eval.seed + 1, ...
+    batch_size: int = 10                     # episodes per wave in the rows that run waves
+    seed: int = 100_000
+    setups: list = field(default_factory=_default_eval_setups)   # EvalSetup fields per row
+    threads: int = 0                         # torch threads per process; 0: this machine's cores / processes
+    device: str = "cpu"
+    out_dir: str = "runs/bench-eval-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class ImportApp:
     format: str = "robomimic"               # robomimic | lerobot
     source: str = "???"                     # robomimic: an HDF5 file; lerobot: the dataset directory
@@ -542,6 +571,6 @@ def register() -> None:
                        "cache_schema": CacheApp, "bench_cache_schema": BenchCacheApp,
                        "bench_anchor_schema": BenchAnchorApp, "bench_streaming_schema": BenchStreamingApp,
                        "finetune_schema": FinetuneApp, "bench_finetune_schema": BenchFinetuneApp,
-                       "bench_scale_schema": BenchScaleApp}.items():
+                       "bench_scale_schema": BenchScaleApp, "bench_eval_schema": BenchEvalApp}.items():
         cs.store(name=name, node=node)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -120,6 +121,7 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
         log.warning("no rollout video: %s", problem)
         video = 0
     waves = evaluation_waves(seeds, eval_cfg.batch_size, ranks.world)
+    started = time.perf_counter()
     mine = []
     for k in range(ranks.rank, len(waves), ranks.world):
         filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)
@@ -133,6 +135,7 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     parts = distributed.gather_to_main(mine, ranks)
     if not ranks.main:
         return None, None
+    seconds = time.perf_counter() - started      # wall time of all waves, in eval.json only (summaries stay comparable)
     result = RolloutResult.concat([r for _, r in sorted(parts, key=lambda kr: kr[0])])
     summary = result.summary()
     summary.update(batch_size=len(waves[0]), waves=len(waves))
@@ -151,7 +154,8 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
                                               fps=task_cfg.fps))
         if eval_cfg.plot and task_cfg.env_id == DEFAULT_TASK_ID:   # the picture is of that task
             summary["plot"] = str(plot_trajectories(result, out_dir / "trajectories.png", title=title))
-        (out_dir / "eval.json").write_text(json.dumps({**summary, "episodes": result.episodes()}, indent=2))
+        (out_dir / "eval.json").write_text(json.dumps({**summary, "rollout_seconds": round(seconds, 3),
+                                                         "episodes": result.episodes()}, indent=2))
     return summary, result
 
 

@@ -140,6 +140,7 @@ def test_evaluation_over_two_ranks_and_in_workers_matches_one_process(tiny_store
     assert one["n_episodes"] == 5 and one["waves"] == 3
     assert [e["seed"] for e in one["episodes"]] == list(range(100_000, 100_005))
     assert Path(two.pop("video")).is_file()             # rank 0 films its first wave
+    assert all(r.pop("rollout_seconds") > 0 for r in (one, two, workers))
     plots = [Path(r.pop("plot")).read_bytes() for r in (one, two, workers)]
     assert plots[0] == plots[1] == plots[2]             # every episode's trajectory, drawn: the same states
     assert one == two == workers
