@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cadence import distributed
 from cadence.bench_pair import write_results
 from cadence.checkpoint import resolve_checkpoint_dir
 from cadence.config import EvalSetup
@@ -29,9 +29,7 @@ COLUMNS = ("setup", "processes", "async envs", "episodes / wave", "waves", "roll
 
 
 def eval_command(cfg: DictConfig, setup: EvalSetup, batch_size: int, out_dir: Path) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={setup.processes}"] \
-        if setup.processes > 1 else [sys.executable]
-    return [*launcher, "-m", "cadence.cli", "eval", f"checkpoint={cfg.checkpoint}", f"device={cfg.device}",
+    return [*distributed.launcher(setup.processes), "-m", "cadence.cli", "eval", f"checkpoint={cfg.checkpoint}", f"device={cfg.device}",
             f"eval.episodes={cfg.episodes}", f"eval.seed={cfg.seed}", f"eval.batch_size={batch_size}",
             f"eval.async_envs={str(setup.async_envs).lower()}", "eval.video_episodes=0", "eval.plot=false",
             "eval.latency_calls=0", f"out_dir={out_dir}"]

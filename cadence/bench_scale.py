@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
+from cadence import distributed
 from cadence.bench_pair import write_results
 from cadence.collect import collect_missing
 from cadence.device import resolve_device
@@ -27,9 +27,7 @@ COLUMNS = ("processes", "threads / process", "global batch", "batch / process", 
 
 
 def train_command(cfg: DictConfig, n: int, threads: int, run_dir: Path) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] \
-        if n > 1 else [sys.executable]
-    return [*launcher, "-m", "cadence.cli", "train", f"task={cfg.task.name}", f"task.dataset={cfg.task.dataset}",
+    return [*distributed.launcher(n), "-m", "cadence.cli", "train", f"task={cfg.task.name}", f"task.dataset={cfg.task.dataset}",
             f"policy={cfg.policy_name}", f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}",
             f"train.threads={threads}", f"train.log_every={cfg.log_every}", f"train.device={cfg.device}",
             "train.eval_every=0", "train.checkpoint_every=0", "eval.episodes=0", *cfg.overrides, f"run_dir={run_dir}"]

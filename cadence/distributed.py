@@ -9,6 +9,7 @@ averages the gradients), which :func:`max_weight_difference` verifies at the end
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,13 @@ class Ranks:
 
 
 SINGLE = Ranks(0, 1, 0, torch.device("cpu"))   # one process (its device is not used by the helpers below)
+
+
+def launcher(processes: int) -> list[str]:
+    """The command prefix that starts ``processes`` local ranks (torchrun), or one plain Python."""
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [sys.executable]
 
 
 def setup(device_name: str) -> Ranks:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cadence.checkpoint import load_policy
+from cadence.distributed import launcher
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,14 +29,9 @@ def _run(cmd, cwd):
     return proc
 
 
-def _launcher(nproc):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-
-
 def train_cmd(*args, nproc=1, evaluate=False):
     tiny = [*TINY[:-1], *EVAL] if evaluate else TINY
-    return [*_launcher(nproc), "-m", "cadence.cli", "train", *tiny, *args]
+    return [*launcher(nproc), "-m", "cadence.cli", "train", *tiny, *args]
 
 
 def _losses(run):
@@ -130,7 +126,7 @@ def test_evaluation_over_two_ranks_and_in_workers_matches_one_process(tiny_store
     episodes = ["eval.episodes=5", "eval.batch_size=2", "eval.latency_calls=0", "eval.plot=true"]
 
     def evaluate(name, *extra, nproc=1):
-        _run([*_launcher(nproc), "-m", "cadence.cli", "eval", f"checkpoint={tmp_path / 'run'}", *episodes,
+        _run([*launcher(nproc), "-m", "cadence.cli", "eval", f"checkpoint={tmp_path / 'run'}", *episodes,
               f"out_dir={tmp_path / name}", *extra], tmp_path)
         return json.loads((tmp_path / name / "eval.json").read_text())
 
