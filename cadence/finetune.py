@@ -170,7 +170,7 @@ class Finetuner:
         row = {"iteration": self.iteration, "env_steps": self.env_steps, "wall_s": round(self.seconds, 2),
                "success_rate": summary["success_rate"], "mean_length": summary["mean_length"]}
         self.curve = [r for r in self.curve if r["iteration"] != self.iteration] + [row]
-        metrics.log({f"eval/{k}": v for k, v in row.items() if k != "iteration"}, self.iteration)
+        metrics.log_evaluation({**summary, "env_steps": self.env_steps, "wall_s": row["wall_s"]}, self.iteration)
         log.info("iteration %d (%d env steps, %.0f s): %s", self.iteration, self.env_steps, self.seconds,
                  format_summary(summary))
         (self.run_dir / "curve.json").write_text(json.dumps(self.curve, indent=2))

@@ -37,8 +37,9 @@ def test_export_writes_graphs_and_schedule(trained):
 def test_run_drives_a_remote_robot_and_refuses_an_impossible_budget(trained):
     token = secrets.token_hex(8)
     env = {**os.environ, "CADENCE_ROBOT_TOKEN": token}
+    server_env = {**env, "PYTHONFAULTHANDLER": "1"}       # SIGABRT dumps every thread's stack
     server = subprocess.Popen([sys.executable, "-m", "cadence.cli", "robot", "serve", "robot.endpoint=tcp://127.0.0.1:*",
-                               "max_seconds=120"], cwd=trained, env=env, stdout=subprocess.PIPE,
+                               "max_seconds=120"], cwd=trained, env=server_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
         line = server.stdout.readline()
@@ -71,8 +72,9 @@ def test_run_drives_a_remote_robot_and_refuses_an_impossible_budget(trained):
         try:
             served = server.communicate(timeout=20)[0]
         except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+            server.send_signal(signal.SIGABRT)
+            stacks = server.communicate(timeout=20)[0]
+            pytest.fail(f"robot server still running 20 s after SIGINT; its threads:\n{stacks[-6000:]}")
     # The server's own watchdog held the robot once its controller went quiet; it exited cleanly.
     assert "watchdog tripped, holding" in served and server.returncode == 0
     rejected = int(served.split("rejected ")[-1].split()[0])

@@ -27,20 +27,21 @@ def pretrained(tiny_store, tmp_path_factory):
     return runs
 
 
-def finetune_config(checkpoint, run_dir, **finetune):
+def finetune_config(checkpoint, run_dir, video_episodes=0, **finetune):
     cfg = OmegaConf.structured(FinetuneApp)
     return OmegaConf.merge(cfg, {
         "checkpoint": str(checkpoint), "run_dir": str(run_dir),
         "finetune": {"envs": 3, "rollout_steps": 2, "env_steps": 40, "epochs": 2, "minibatch": 4, "critic_warmup": 0,
                      "eval_every": 1, "checkpoint_every": 1, **finetune},
-        "eval": {"episodes": 2, "video_episodes": 0, "plot": False, "latency_calls": 0}})
+        "eval": {"episodes": 2, "video_episodes": video_episodes, "plot": False, "latency_calls": 0}})
 
 
 @pytest.mark.parametrize("process,method", [("flow", "reinflow"), ("shortcut", "reinflow"), ("ddpm", "dppo")])
 def test_finetune_runs_evaluates_and_saves_an_ordinary_checkpoint(pretrained, tmp_path, process, method):
     run = tmp_path / "ft"
-    ckpt = finetune(finetune_config(pretrained[process], run, sample_steps=1 if process == "flow" else None), run,
-                    progress=False)
+    video = int(process == "flow")
+    ckpt = finetune(finetune_config(pretrained[process], run, video_episodes=video,
+                                    sample_steps=1 if process == "flow" else None), run, progress=False)
     curve = json.loads((run / "curve.json").read_text())
     # 3 envs x 2 decisions x 4 actions: at most 24 env steps per iteration (fewer when episodes end mid-chunk)
     n = len(curve) - 1
@@ -49,6 +50,9 @@ def test_finetune_runs_evaluates_and_saves_an_ordinary_checkpoint(pretrained, tm
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     updates = [m for m in metrics if "pg_loss" in m]
     assert len(updates) == n and all(m["ratio_max_dev"] < 1 for m in updates)
+    evals = [m for m in metrics if "eval/success_rate" in m]                  # every evaluation, as train logs it
+    assert [(m["step"], m["eval/env_steps"]) for m in evals] == [(r["iteration"], r["env_steps"]) for r in curve]
+    assert sum("eval/rollouts" in m for m in metrics) == video * len(curve) and all("eval/latency" not in m for m in metrics)
     policy, cfg, meta = load_policy(ckpt)
     assert meta["finetune"]["method"] == method and meta["finetune"]["iterations"] == n
     assert cfg.policy.sample_steps == (1 if process == "flow" else 2)
