@@ -26,10 +26,10 @@ from omegaconf import DictConfig
 from cadence import distributed
 
 from cadence.envs import DEFAULT_TASK_ID   # importing cadence.envs registers the tasks
-from cadence.envs.task_env import make_env
+from cadence.envs.task_env import env_module, make_env
 from cadence.task_suite import is_suite, member_tasks
 from cadence.envs.rendering import rendering_problem
-from cadence.envs.rollout import RolloutResult, rollout
+from cadence.envs.rollout import RolloutResult, rollout, vector_env
 from cadence.envs.trajectory_plot import plot_trajectories
 from cadence.deploy.budget import time_calls
 from cadence.envs.video import check_video_format, save_video
@@ -122,16 +122,22 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
         video = 0
     waves = evaluation_waves(seeds, eval_cfg.batch_size, ranks.world)
     started = time.perf_counter()
-    mine = []
-    for k in range(ranks.rank, len(waves), ranks.world):
-        filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)
-        with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
-            torch.manual_seed(wave_seed(eval_cfg.seed, k))
-            mine.append((k, rollout(policy, partial(make_env, task_cfg, filmed > 0), waves[k], policy_cfg.obs_horizon,
-                                    policy_cfg.exec_horizon, list(task_cfg.obs_keys), device=device,
-                                    video_episodes=filmed, progress=progress,
-                                    info_metrics=list(task_cfg.get("info_metrics") or []),
-                                    async_envs=eval_cfg.async_envs)))
+    mine, my_waves = [], range(ranks.rank, len(waves), ranks.world)
+    # Worker processes start once and run every wave of this rank (the last, shorter one with spare envs).
+    envs = vector_env(partial(make_env, task_cfg, video > 0), len(waves[0]), n_video=video, async_envs=True,
+                      preload=[m for m in [env_module(task_cfg)] if m]) if eval_cfg.async_envs and my_waves else None
+    try:
+        for k in my_waves:
+            filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)
+            with torch.random.fork_rng(devices=[]):   # sampling noise seeded too: reruns are identical
+                torch.manual_seed(wave_seed(eval_cfg.seed, k))
+                mine.append((k, rollout(policy, partial(make_env, task_cfg, filmed > 0), waves[k],
+                                        policy_cfg.obs_horizon, policy_cfg.exec_horizon, list(task_cfg.obs_keys),
+                                        device=device, video_episodes=filmed, progress=progress,
+                                        info_metrics=list(task_cfg.get("info_metrics") or []), envs=envs)))
+    finally:
+        if envs is not None:
+            envs.close()
     parts = distributed.gather_to_main(mine, ranks)
     if not ranks.main:
         return None, None

@@ -1,7 +1,8 @@
 """robosuite Lift, PickPlaceCan and NutAssemblySquare (Panda arm) as gymnasium environments.
 
 Registered as ``cadence/Lift-v0``, ``cadence/Can-v0`` and ``cadence/Square-v0``. robosuite is
-imported when an environment is made, not when :mod:`cadence.envs` is.
+imported with this module, which gymnasium imports when an environment is made (not when
+:mod:`cadence.envs` is), so a process that preloads it forks env workers with robosuite ready.
 
 Control: robosuite's default "BASIC" composite controller, an operational-space controller
 (OSC_POSE) with *delta* inputs, at 20 Hz. Action: float32 (7,) in [-1, 1]: dx, dy, dz
@@ -97,6 +98,9 @@ def import_robosuite():
         logger.removeFilter(quiet)
     logger.setLevel(logging.WARNING)   # robosuite sets INFO (e.g. "Loading controller configuration")
     return robosuite
+
+
+import_robosuite()
 
 
 def controller_config() -> dict:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["RolloutResult", "rollout"]
+__all__ = ["RolloutResult", "rollout", "vector_env"]
 
 
 @dataclass
@@ -140,12 +140,19 @@ def _filmed_env(make_env: Callable[[], gym.Env], filming: bool) -> gym.Env:
     return _Filmed(make_env(), filming)
 
 
-def _vector_env(make_env: Callable[[], gym.Env], n: int, n_video: int, async_envs: bool) -> gym.vector.VectorEnv:
+def vector_env(make_env: Callable[[], gym.Env], n: int, n_video: int = 0, async_envs: bool = False,
+               preload: Sequence[str] = ()) -> gym.vector.VectorEnv:
+    """``n`` sub-envs of ``make_env()``, the first ``n_video`` filmed (``make_env`` must then
+    render), for :func:`rollout`; pass it as ``envs`` to run several rollouts in the same one.
+    ``async_envs``: one worker process per sub-env, forked from a server process that has
+    imported the env code and the modules in ``preload`` once (they apply when that server
+    starts: the first async vector env of the process)."""
     fns = [partial(_filmed_env, make_env, i < n_video) for i in range(n)]
     if async_envs:
         # Workers fork from a clean server process that has imported the env code once: fork from
         # this process can deadlock (its torch threads and GL contexts), spawn re-imports per worker.
-        multiprocessing.get_context("forkserver").set_forkserver_preload(["cadence.envs.rollout", "cadence.envs.task_env"])
+        modules = ["cadence.envs.rollout", "cadence.envs.task_env", *preload]
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(modules)))
         return gym.vector.AsyncVectorEnv(fns, context="forkserver")
     return gym.vector.SyncVectorEnv(fns)
 
@@ -158,10 +165,11 @@ def _to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 # --- rollout ---------------------------------------------------------------------------
 
-def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_horizon: int,
+def rollout(policy, make_env: Callable[[], gym.Env] | None, seeds: Sequence[int], obs_horizon: int,
             exec_horizon: int, obs_keys: Sequence[str], device: str | torch.device = "cpu",
             video_episodes: int = 0, progress: bool = True,
-            info_metrics: Sequence[str] = (), async_envs: bool = False) -> RolloutResult:
+            info_metrics: Sequence[str] = (), async_envs: bool = False,
+            envs: gym.vector.VectorEnv | None = None) -> RolloutResult:
     """Run one episode per seed with receding-horizon control and return the outcomes.
 
     ``policy.predict_chunk({key: (B, obs_horizon, ...) tensor})`` is called with the B envs
@@ -175,6 +183,9 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
     episode's last step, for every ``k`` in ``info_metrics`` (NaN if the env never reported it).
     ``async_envs``: step the envs in worker processes (``make_env`` then runs there; it is
     cloudpickled, so a lambda works); the outcomes are the same as in this process.
+    ``envs``: an open :func:`vector_env` to run in instead (``make_env`` and ``async_envs`` are
+    then unused; it is left open): it needs at least ``len(seeds)`` sub-envs, and those beyond
+    step with a neutral action until the last episode ends, their outcomes dropped.
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -186,11 +197,18 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
     obs_keys = list(obs_keys)
     device = torch.device(device)
     n_video = max(0, min(int(video_episodes), n))
+    own = envs is None
+    if own:
+        envs = vector_env(make_env, n, n_video, async_envs)
+    elif envs.num_envs < n:
+        raise ValueError(f"{n} seeds need at least {n} envs, the vector env has {envs.num_envs}")
+    n_pad = envs.num_envs - n                     # spare sub-envs: their episodes are not counted
 
-    envs = _vector_env(make_env, n, n_video, async_envs)
     bar = tqdm(desc="rollout", unit="step", disable=not progress, leave=False)
     try:
-        obs, _ = envs.reset(seed=seeds)
+        if not own:
+            envs.set_attr("filming", [i < n_video for i in range(envs.num_envs)])
+        obs, _ = envs.reset(seed=seeds + seeds[-1:] * n_pad)
         obs = _as_dict(obs)
         missing = [k for k in obs_keys if k not in obs]
         if missing:
@@ -247,7 +265,7 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
                     active = running[~done[running]]
                     if active.size == 0:
                         break
-                    full = np.broadcast_to(idle_action, (n, *idle_action.shape)).copy()
+                    full = np.broadcast_to(idle_action, (n + n_pad, *idle_action.shape)).copy()
                     # rows of `actions` follow `running`; pick those still active
                     full[active] = actions[np.searchsorted(running, active), t].reshape(
                         (active.size, *idle_action.shape))
@@ -279,11 +297,12 @@ def rollout(policy, make_env: Callable[[], gym.Env], seeds: Sequence[int], obs_h
                         frames.append(np.concatenate(last_frames, axis=1))
                         if np.any(filming & done):     # finished episodes need no more renders
                             filming &= ~done
-                            envs.set_attr("filming", filming.tolist())
+                            envs.set_attr("filming", filming.tolist() + [False] * n_pad)
                     bar.set_postfix(running=int((~done).sum()))
     finally:
         bar.close()
-        envs.close()
+        if own:
+            envs.close()
 
     return RolloutResult(
         seeds=seeds, success=success, returns=returns, lengths=lengths, modes=modes,

@@ -14,3 +14,10 @@ def make_env(task_cfg, render: bool = False) -> gym.Env:
     env = gym.make(task_cfg.env_id, **kwargs)
     task_id = task_cfg.get("task_id")
     return TaskIdObservation(env, list(task_id)) if task_id else env
+
+
+def env_module(task_cfg) -> str | None:
+    """The module that defines the task's env class (its registered entry point), e.g. to
+    import it once in a process that forks env workers; None for an env registered by callable."""
+    entry = gym.spec(task_cfg.env_id).entry_point
+    return entry.split(":")[0] if isinstance(entry, str) else None

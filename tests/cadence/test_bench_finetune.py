@@ -4,7 +4,7 @@ import json
 import pytest
 
 from cadence.bench_finetune import summarize, verdict
-from cadence.config import FinetuneMethod
+from cadence.bench_config import FinetuneMethod
 
 from .test_bench_anchor import _list
 from .test_cli import cadence

@@ -13,7 +13,7 @@ import cadence.envs  # noqa: F401
 from cadence.action_chunk import ActionChunk
 from cadence.envs.bimodal_reach import OBSTACLE_RADIUS, AGENT_RADIUS
 from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y
-from cadence.envs.rollout import RolloutResult, rollout
+from cadence.envs.rollout import RolloutResult, rollout, vector_env
 
 TO, TA, TP = 2, 8, 16
 SPEED = 0.45  # m/s of the carrot
@@ -268,18 +268,40 @@ def test_stateful_policies_are_told_which_rows_keep_running():
     assert policy.batch_sizes == sorted(policy.batch_sizes, reverse=True) and policy.batch_sizes[-1] < len(SEEDS)
 
 
+def _same_episodes(a, b):
+    assert a.seeds == b.seeds and a.modes == b.modes and a.lengths.tolist() == b.lengths.tolist()
+    for x, y in zip(a.states, b.states):
+        np.testing.assert_array_equal(x, y)
+    assert len(a.frames) == len(b.frames)
+    for x, y in zip(a.frames, b.frames):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_async_workers_give_the_same_episodes_and_video_as_this_process():
     seeds = SEEDS[:4]
     here = _run(CarrotPolicy(), seeds=seeds, video_episodes=2,
                 make_env=partial(make_env, render_mode="rgb_array", render_size=32))
     workers = _run(CarrotPolicy(), seeds=seeds, video_episodes=2, async_envs=True,
                    make_env=partial(make_env, render_mode="rgb_array", render_size=32))
-    assert here.success.all() and here.lengths.tolist() == workers.lengths.tolist()
-    for a, b in zip(here.states, workers.states):
-        np.testing.assert_array_equal(a, b)
-    assert len(here.frames) == len(workers.frames) == max(here.lengths[:2]) + 1
-    for a, b in zip(here.frames, workers.frames):
-        np.testing.assert_array_equal(a, b)
+    assert here.success.all() and len(here.frames) == max(here.lengths[:2]) + 1
+    _same_episodes(here, workers)
+
+
+def test_one_worker_pool_runs_several_waves_like_fresh_envs():
+    filmable = partial(make_env, render_mode="rgb_array", render_size=32)
+    envs = vector_env(filmable, 4, n_video=2, async_envs=True)
+    try:
+        first, second = CarrotPolicy(), CarrotPolicy()
+        waves = [_run(first, seeds=SEEDS[:4], video_episodes=2, envs=envs),
+                 _run(second, seeds=SEEDS[4:7], video_episodes=1, envs=envs)]   # one spare env, one film
+        with pytest.raises(ValueError, match="5 seeds need at least 5 envs"):
+            _run(CarrotPolicy(), seeds=SEEDS[:5], envs=envs)
+        assert envs.call("frame")[1] is None                              # filming ended with the episodes
+    finally:
+        envs.close()
+    _same_episodes(waves[0], _run(CarrotPolicy(), seeds=SEEDS[:4], video_episodes=2, make_env=filmable))
+    _same_episodes(waves[1], _run(CarrotPolicy(), seeds=SEEDS[4:7], video_episodes=1, make_env=filmable))
+    assert second.batch_sizes[0] == 3 and len(waves[1].success) == 3      # the spare env's episode is not counted
 
 
 def test_concatenated_waves_are_the_episodes_of_one_rollout():
