@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from cadence.checkpoint import load_policy
@@ -108,9 +109,11 @@ def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
     assert "| processes" in out
 
 
-def test_a_multirun_sweep_gives_each_job_its_own_run_folder_and_config(tiny_store, tmp_path):
-    out = _run([sys.executable, "-m", "cadence.cli", "train", "-m", "train.seed=0,1", f"task.dataset={tiny_store}",
-                "policy=regression", *TINY, "train.steps=2"], tmp_path)
+@pytest.mark.parametrize("launcher_override", [[], ["hydra/launcher=submitit_local"]], ids=["basic", "submitit"])
+def test_a_multirun_sweep_gives_each_job_its_own_run_folder_and_config(tiny_store, tmp_path, launcher_override):
+    # submitit_local: the Slurm launcher's plugin and job pickling, its jobs run as local processes
+    out = _run([sys.executable, "-m", "cadence.cli", "train", "-m", *launcher_override, "train.seed=0,1",
+                f"task.dataset={tiny_store}", "policy=regression", *TINY, "train.steps=2"], tmp_path)
     sweeps = list((tmp_path / "runs").glob("sweep-bimodal_reach-regression-*"))
     assert len(sweeps) == 1, out.stdout
     for job, seed in (("0", 0), ("1", 1)):
@@ -118,6 +121,16 @@ def test_a_multirun_sweep_gives_each_job_its_own_run_folder_and_config(tiny_stor
         assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
         _, cfg, meta = load_policy(run)
         assert cfg.train.seed == seed and meta["step"] == 2
+    assert (sweeps[0] / ".submitit").is_dir() == bool(launcher_override)
+
+
+def test_the_documented_slurm_sweep_composes(tmp_path):
+    out = _run([sys.executable, "-m", "cadence.cli", "train", "hydra/launcher=submitit_slurm",
+                "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1", "--cfg", "hydra"], tmp_path).stdout
+    launcher_cfg = yaml.safe_load(out)["hydra"]["launcher"]
+    assert launcher_cfg["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher_cfg["partition"] == "gpu" and launcher_cfg["gpus_per_node"] == 1
+    assert launcher_cfg["submitit_folder"].startswith("${hydra.sweep.dir}")    # logs beside the sweep's runs
 
 
 def test_evaluation_over_two_ranks_and_in_workers_matches_one_process(tiny_store, tmp_path):
