@@ -164,6 +164,7 @@ class BenchScaleApp:
     task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
     policy_name: str = "diffusion"           # a config in configs/policy/ (not `policy`: that is a config group)
     processes: list = field(default_factory=lambda: [1, 2])   # torchrun processes per row (1: plain)
+    precisions: list = field(default_factory=lambda: ["fp32"])   # train.precision per row (bf16: autocast)
     threads: int = 0                         # torch threads per process; 0: this machine's cores / processes
     steps: int = 60                          # training steps per row (the first log window is warm-up)
     batch_size: int = 256                    # the global batch, the same in every row

@@ -32,7 +32,8 @@ class MetricsLogger:
         if mode != "none":
             try:
                 import wandb
-                self._wandb = wandb.init(project=project, name=name, dir=str(run_dir), mode=mode,
+                # absolute: a W&B service process started elsewhere (inherited WANDB_SERVICE) has its own cwd
+                self._wandb = wandb.init(project=project, name=name, dir=str(Path(run_dir).resolve()), mode=mode,
                                          config=dict(config or {}), settings=wandb.Settings(silent=True))
             except Exception as exc:  # noqa: BLE001 - tracking must never stop a run
                 log.warning("Weights & Biases disabled (%s: %s); metrics go to %s only",

@@ -99,14 +99,21 @@ def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
     from .test_cli import cadence
 
     out = cadence("bench", "scale", f"task.dataset={tiny_store}", "policy_name=regression", "steps=6", "batch_size=16",
-                  "log_every=2", "threads=1", f"overrides={_list(TINY[:5])}", "out_dir=b", cwd=tmp_path).stdout
+                  "log_every=2", "threads=1", "precisions=[fp32,bf16]", f"overrides={_list(TINY[:5])}", "out_dir=b",
+                  cwd=tmp_path).stdout
     result = json.loads((tmp_path / "b" / "results.json").read_text())
     rows = result["rows"]
-    assert [(r["processes"], r["batch_per_process"], r["threads_per_process"]) for r in rows] == [(1, 16, 1), (2, 8, 1)]
+    assert [(r["processes"], r["precision"], r["batch_per_process"], r["threads_per_process"]) for r in rows] == \
+        [(1, "fp32", 16, 1), (1, "bf16", 16, 1), (2, "fp32", 8, 1), (2, "bf16", 8, 1)]
     assert all(r["samples_per_s"] > 0 and r["windows"] == 2 for r in rows) and rows[0]["speedup"] == 1.0
-    assert rows[1]["speedup"] == pytest.approx(rows[1]["samples_per_s"] / rows[0]["samples_per_s"], rel=0.01)
-    assert rows[0]["final_loss"] == pytest.approx(rows[1]["final_loss"], rel=1e-3)   # regression: the same path
-    assert "| processes" in out
+    assert rows[2]["speedup"] == pytest.approx(rows[2]["samples_per_s"] / rows[0]["samples_per_s"], rel=0.01)
+    losses = [r["final_loss"] for r in rows]
+    assert losses[0] == pytest.approx(losses[2], rel=1e-3) and losses[1] == pytest.approx(losses[3], rel=1e-2)
+    assert losses[0] != losses[1] and losses[0] == pytest.approx(losses[1], rel=0.1)   # bf16 rounds, trains alike
+    assert "| processes | precision" in out and result["gpu"] is None
+    bad = cadence("bench", "scale", f"task.dataset={tiny_store}", "precisions=[fp16]", "out_dir=c", cwd=tmp_path,
+                  check=False)
+    assert bad.returncode == 1 and "precisions ['fp16']" in bad.stderr and not (tmp_path / "c" / "1-processes-fp16").exists()
 
 
 @pytest.mark.parametrize("launcher_override", [[], ["hydra/launcher=submitit_local"]], ids=["basic", "submitit"])

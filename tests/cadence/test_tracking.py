@@ -1,5 +1,7 @@
 """MetricsLogger: metrics.jsonl always, a real Weights & Biases offline run beside it when asked."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,3 +57,15 @@ def test_unknown_mode_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="tracking.mode.*'offlne'"):
         MetricsLogger(tmp_path, "offlne")
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_relative_run_dir_is_the_callers_even_with_a_running_wandb_service(tmp_path):
+    # This process's W&B service (its address inherited by child processes) runs in another cwd.
+    MetricsLogger(tmp_path / "first", "offline").close()
+    here = tmp_path / "here"
+    here.mkdir()
+    code = ("from pathlib import Path; from cadence.tracking import MetricsLogger; "
+            "m = MetricsLogger(Path('rel'), 'offline'); m.log({'loss': 1.0}, 1); print('hello'); m.close()")
+    subprocess.run([sys.executable, "-c", code], cwd=here, check=True, capture_output=True, timeout=120)
+    runs = list((here / "rel" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and (runs[0] / "files" / "output.log").is_file() and list(runs[0].glob("run-*.wandb"))
