@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from cadence import distributed
 
 from cadence.envs import DEFAULT_TASK_ID   # importing cadence.envs registers the tasks
+from cadence.envs.env_pools import EnvPools
 from cadence.envs.task_env import env_module, make_env
 from cadence.task_suite import is_suite, member_tasks
 from cadence.envs.rendering import rendering_problem
@@ -62,23 +63,24 @@ def first_observation(task_cfg, obs_horizon: int, seed: int, device) -> dict[str
 
 
 def evaluate_policy(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device,
-                    progress: bool = True, title: str = "",
-                    ranks: distributed.Ranks | None = None) -> tuple[dict | None, RolloutResult | None]:
+                    progress: bool = True, title: str = "", ranks: distributed.Ranks | None = None,
+                    pools: EnvPools | None = None) -> tuple[dict | None, RolloutResult | None]:
     """Roll out ``eval_cfg.episodes`` seeded episodes; write eval.json, video and plot to ``out_dir``.
     A multitask suite runs every member on the same seeds (``out_dir/<member>``); its summary
     holds each member's (``per_task``) and their means (the rollout result is None). Under
     torchrun every rank calls this with its ``ranks``; rank 0 gets the results and writes them,
-    the other ranks get ``(None, None)``."""
+    the other ranks get ``(None, None)``. ``pools``: keep ``eval.async_envs`` workers there for
+    the next evaluation (the caller closes it) instead of closing them."""
     ranks = ranks or distributed.SINGLE
     if not ranks.main:
         out_dir = None
     if not is_suite(task_cfg):
-        return _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir, device, progress, title, ranks)
+        return _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir, device, progress, title, ranks, pools)
     per_task = {}
     for member in member_tasks(task_cfg):
         per_task[member.name], _ = _evaluate_task(policy, member, policy_cfg, eval_cfg,
                                                   None if out_dir is None else out_dir / member.name, device,
-                                                  progress, f"{title} ({member.name})", ranks)
+                                                  progress, f"{title} ({member.name})", ranks, pools)
     if not ranks.main:
         return None, None
     summaries = list(per_task.values())
@@ -108,7 +110,8 @@ def wave_seed(seed: int, wave: int) -> int:
 
 
 def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None, device, progress: bool,
-                   title: str, ranks: distributed.Ranks) -> tuple[dict | None, RolloutResult | None]:
+                   title: str, ranks: distributed.Ranks,
+                   pools: EnvPools | None) -> tuple[dict | None, RolloutResult | None]:
     policy.eval()
     seeds = [eval_cfg.seed + i for i in range(eval_cfg.episodes)]
     if not seeds:
@@ -123,9 +126,13 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     waves = evaluation_waves(seeds, eval_cfg.batch_size, ranks.world)
     started = time.perf_counter()
     mine, my_waves = [], range(ranks.rank, len(waves), ranks.world)
-    # Worker processes start once and run every wave of this rank (the last, shorter one with spare envs).
-    envs = vector_env(partial(make_env, task_cfg, video > 0), len(waves[0]), n_video=video, async_envs=True,
-                      preload=[m for m in [env_module(task_cfg)] if m]) if eval_cfg.async_envs and my_waves else None
+    # Worker processes start once and run every wave of this rank (the last, shorter one with spare
+    # envs); with `pools`, once for every evaluation of the run.
+    envs, key = None, (task_cfg.name, task_cfg.env_id, len(waves[0]), video)
+    if eval_cfg.async_envs and my_waves:
+        build = partial(vector_env, partial(make_env, task_cfg, video > 0), len(waves[0]), n_video=video,
+                        async_envs=True, preload=[m for m in [env_module(task_cfg)] if m])
+        envs = pools.get(key, build) if pools is not None else build()
     try:
         for k in my_waves:
             filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)
@@ -135,8 +142,12 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
                                         policy_cfg.obs_horizon, policy_cfg.exec_horizon, list(task_cfg.obs_keys),
                                         device=device, video_episodes=filmed, progress=progress,
                                         info_metrics=list(task_cfg.get("info_metrics") or []), envs=envs)))
+    except BaseException:
+        if pools is not None:
+            pools.drop(key)                        # a worker may have died: the next evaluation starts afresh
+        raise
     finally:
-        if envs is not None:
+        if envs is not None and pools is None:
             envs.close()
     parts = distributed.gather_to_main(mine, ranks)
     if not ranks.main:

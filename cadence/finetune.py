@@ -30,6 +30,7 @@ from tqdm import tqdm
 from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir, save_checkpoint
 from cadence.device import resolve_device
 from cadence.envs.chunk_env import ChunkVectorEnv
+from cadence.envs.env_pools import EnvPools
 from cadence.envs.task_env import make_env
 from cadence.evaluate import evaluate_policy, format_summary, set_sample_steps
 from cadence.learning_curve import plot_learning_curves
@@ -88,6 +89,7 @@ class Finetuner:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, progress: bool = True):
         self.cfg, self.fcfg, self.run_dir, self.progress = cfg, cfg.finetune, Path(run_dir), progress
+        self.eval_pools = EnvPools()             # eval.async_envs workers, kept between evaluations; run() closes
         f = self.fcfg
         if f.threads > 0:
             torch.set_num_threads(f.threads)
@@ -166,7 +168,7 @@ class Finetuner:
     def evaluate(self, metrics: MetricsLogger) -> dict:
         summary, _ = evaluate_policy(self.policy, self.train_cfg.task, self.train_cfg.policy, self.cfg.eval,
                                      self.run_dir / f"eval-iter{self.iteration}", self.device, progress=False,
-                                     title=f"{self.method} @ iteration {self.iteration}")
+                                     title=f"{self.method} @ iteration {self.iteration}", pools=self.eval_pools)
         row = {"iteration": self.iteration, "env_steps": self.env_steps, "wall_s": round(self.seconds, 2),
                "success_rate": summary["success_rate"], "mean_length": summary["mean_length"]}
         self.curve = [r for r in self.curve if r["iteration"] != self.iteration] + [row]
@@ -271,13 +273,14 @@ class Finetuner:
         log.info("%s fine-tuning of %s (%s, %d denoising steps): %d envs x %d decisions x %d actions per iteration, "
                  "budget %d environment steps", self.method, self.source, self.train_cfg.policy.name,
                  self.policy.process.sample_steps, f.envs, f.rollout_steps, self.policy_exec, f.env_steps)
-        if not resumed:
-            self.evaluate(metrics)
-        venv = ChunkVectorEnv(lambda: make_env(self.train_cfg.task), f.envs, self.policy.obs_horizon,
-                              self.policy_exec, list(self.train_cfg.task.obs_keys), seed=self.next_seed)
-        bar = tqdm(total=f.env_steps, initial=min(self.env_steps, f.env_steps), unit="step",
-                   desc=f"finetune {self.method}", disable=not self.progress, dynamic_ncols=True)
+        venv = bar = None
         try:
+            if not resumed:
+                self.evaluate(metrics)
+            venv = ChunkVectorEnv(lambda: make_env(self.train_cfg.task), f.envs, self.policy.obs_horizon,
+                                  self.policy_exec, list(self.train_cfg.task.obs_keys), seed=self.next_seed)
+            bar = tqdm(total=f.env_steps, initial=min(self.env_steps, f.env_steps), unit="step",
+                       desc=f"finetune {self.method}", disable=not self.progress, dynamic_ncols=True)
             obs = venv.reset()
             while self.env_steps < f.env_steps:
                 started, before = time.perf_counter(), self.env_steps
@@ -299,8 +302,11 @@ class Finetuner:
                 if done or (f.checkpoint_every and self.iteration % f.checkpoint_every == 0):
                     self.save()
         finally:
-            bar.close()
-            venv.close()
+            if bar is not None:
+                bar.close()
+            if venv is not None:
+                venv.close()
+            self.eval_pools.close()
             metrics.close()
         return self.ckpt_dir
 

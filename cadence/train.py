@@ -31,6 +31,7 @@ from cadence.datasets.episode_store import StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset, is_image_shape
 from cadence.ema import EMA
+from cadence.envs.env_pools import EnvPools
 from cadence.evaluate import evaluate_policy, format_summary
 from cadence.lr_schedule import warmup_cosine
 from cadence.policies.factory import build_policy
@@ -106,7 +107,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:
     ``torchrun`` every process calls this: the ranks share rank 0's ``run_dir`` and the global batch."""
     ranks = distributed.setup(cfg.train.device)
     try:
-        return _train(cfg, Path(distributed.broadcast_text(str(run_dir), ranks)), progress, ranks)
+        with EnvPools() as pools:              # eval.async_envs workers live for the whole run
+            return _train(cfg, Path(distributed.broadcast_text(str(run_dir), ranks)), progress, ranks, pools)
     finally:
         distributed.teardown(ranks)
 
@@ -122,7 +124,7 @@ class _Loss(nn.Module):
         return self.policy.compute_loss(batch, generator=generator)
 
 
-def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ranks) -> Path:
+def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ranks, pools: EnvPools) -> Path:
     tcfg, pcfg = cfg.train, cfg.policy
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
@@ -188,7 +190,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         started = time.perf_counter()
         out = run_dir / f"eval-step{step}"
         summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
-                                     title=f"{pcfg.name} @ step {step}", ranks=ranks)
+                                     title=f"{pcfg.name} @ step {step}", ranks=ranks, pools=pools)
         if ranks.main:
             metrics.log_evaluation(summary, step)
             log.info("step %d: %s", step, format_summary(summary))

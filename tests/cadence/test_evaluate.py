@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cadence.checkpoint import load_policy
+from cadence.envs.env_pools import EnvPools
 from cadence.evaluate import evaluate_policy, evaluation_waves, set_sample_steps
 from cadence.train import train
 from tests.conftest import tiny_train_config
@@ -87,3 +88,30 @@ def test_no_episodes_is_refused(tiny_policy):
     cfg.eval.episodes = 0
     with pytest.raises(ValueError, match="eval.episodes"):
         evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)
+
+
+class _Broken:
+    def eval(self):
+        return self
+
+    def predict_chunk(self, obs):
+        raise RuntimeError("broken policy")
+
+
+def test_pools_keep_async_workers_between_evaluations_and_drop_them_after_a_failure(tiny_policy):
+    policy, cfg, _ = tiny_policy
+    cfg.eval.episodes, cfg.eval.latency_calls, cfg.eval.batch_size, cfg.eval.async_envs = 3, 0, 2, False
+    here, _ = evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)
+    cfg.eval.async_envs = True
+    with EnvPools() as pools:
+        first, _ = evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False, pools=pools)
+        [envs] = list(pools)
+        second, _ = evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False, pools=pools)
+        assert list(pools) == [envs] and not envs.closed            # the same workers ran both evaluations
+        assert here == first == second
+        with pytest.raises(RuntimeError, match="broken policy"):
+            evaluate_policy(_Broken(), cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False, pools=pools)
+        assert len(pools) == 0 and envs.closed
+        evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False, pools=pools)
+        [fresh] = list(pools)
+    assert fresh is not envs and fresh.closed                       # closed with the pools
