@@ -61,8 +61,8 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     collect_missing(cfg.task, cfg.collect, progress=progress)
     rows = []
     for n in map(int, cfg.processes):
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
         for precision in cfg.precisions:
-            threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
             run_dir = out_dir / f"{n}-processes-{precision}"
             proc = subprocess.run(train_command(cfg, n, threads, run_dir, precision), capture_output=True, text=True,
                                   env=dict(os.environ, OMP_NUM_THREADS=str(threads)))

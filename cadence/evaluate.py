@@ -128,11 +128,13 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     mine, my_waves = [], range(ranks.rank, len(waves), ranks.world)
     # Worker processes start once and run every wave of this rank (the last, shorter one with spare
     # envs); with `pools`, once for every evaluation of the run.
-    envs, key = None, (task_cfg.name, task_cfg.env_id, len(waves[0]), video)
+    own_pools, key = pools is None, (task_cfg.name, task_cfg.env_id, len(waves[0]), video)
+    pools = EnvPools() if own_pools else pools
+    envs = None
     if eval_cfg.async_envs and my_waves:
-        build = partial(vector_env, partial(make_env, task_cfg, video > 0), len(waves[0]), n_video=video,
-                        async_envs=True, preload=[m for m in [env_module(task_cfg)] if m])
-        envs = pools.get(key, build) if pools is not None else build()
+        envs = pools.get(key, partial(vector_env, partial(make_env, task_cfg, video > 0), len(waves[0]),
+                                      n_video=video, async_envs=True,
+                                      preload=[m for m in [env_module(task_cfg)] if m]))
     try:
         for k in my_waves:
             filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)
@@ -143,12 +145,11 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
                                         device=device, video_episodes=filmed, progress=progress,
                                         info_metrics=list(task_cfg.get("info_metrics") or []), envs=envs)))
     except BaseException:
-        if pools is not None:
-            pools.drop(key)                        # a worker may have died: the next evaluation starts afresh
+        pools.drop(key)                            # a worker may have died: the next evaluation starts afresh
         raise
     finally:
-        if envs is not None and pools is None:
-            envs.close()
+        if own_pools:
+            pools.close()
     parts = distributed.gather_to_main(mine, ranks)
     if not ranks.main:
         return None, None
