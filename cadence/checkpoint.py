@@ -30,12 +30,13 @@ from cadence.datasets.normalizer import Normalizer
 from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.factory import build_policy
 from cadence.policies.policy import Policy
+from cadence.errors import CadenceError
 
 FORMAT_VERSION = 1
 DIR_NAME = "checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CadenceError, ValueError):
     """A checkpoint is missing, incomplete or does not match its config."""
 
 

@@ -39,21 +39,17 @@ USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".
 
 
 def _reporting_errors(command: str, run):
-    """Known input errors end the command with their message (exit 1) instead of a traceback."""
+    """Refused input (any ``CadenceError``) ends the command with its one-line message (exit 1)
+    instead of a traceback."""
     import functools
 
-    from cadence.checkpoint import CheckpointError
-    from cadence.datasets.episode_store import StoreError
-    from cadence.deploy.budget import BudgetError
-    from cadence.hardware.robot import RobotError
-    from cadence.policies.caching.schedule import ScheduleError
-    from cadence.policies.processes.truncated_anchor import AnchorError
+    from cadence.errors import CadenceError
 
     @functools.wraps(run)
     def wrapped(cfg):
         try:
             return run(cfg)
-        except (StoreError, CheckpointError, BudgetError, RobotError, ScheduleError, AnchorError) as exc:
+        except CadenceError as exc:
             print(f"cadence {command}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     return wrapped

@@ -25,13 +25,15 @@ from typing import Iterable, Mapping
 import numpy as np
 import zarr
 
+from cadence.errors import CadenceError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _ENDS = "meta/episode_ends"
 
 
-class StoreError(ValueError):
+class StoreError(CadenceError, ValueError):
     """A store (or an episode offered to it) is malformed; the message names what and where."""
 
 

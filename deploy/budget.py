@@ -18,8 +18,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from cadence.errors import CadenceError
 
-class BudgetError(RuntimeError):
+
+class BudgetError(CadenceError, RuntimeError):
     """No candidate configuration meets the latency budget."""
 
 

@@ -53,6 +53,8 @@ from torch import nn
 
 from .onnx_providers import create_session
 
+from cadence.errors import CadenceError
+
 FORMAT_VERSION = 1
 SPEC_FILE = "policy.json"
 ENCODER_FILE, DENOISER_FILE = "encoder.onnx", "denoiser.onnx"
@@ -74,7 +76,7 @@ _PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "cl
                                "obs_horizon", "pred_horizon", "exec_horizon"}}
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(CadenceError, ValueError):
     """A policy.json (or the graphs beside it) that this version cannot run."""
 
 

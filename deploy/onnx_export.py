@@ -56,6 +56,8 @@ from .exported_policy import (
 )
 from .onnx_providers import create_session
 
+from cadence.errors import CadenceError
+
 TRACE_BATCH, CHECK_BATCH = 2, 3     # trace at one batch size, check at another: proves the batch is dynamic
 MIN_TORCH = "2.6"                   # torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...)
 BLOCK_CACHE_NOTE = ("the checkpoint's block cache (cadence cache) is not in the ONNX graphs: they run the uncached "
@@ -63,7 +65,7 @@ BLOCK_CACHE_NOTE = ("the checkpoint's block cache (cadence cache) is not in the 
 WARN_ABS_ERR = 1e-3                 # warn when ONNX Runtime and PyTorch disagree by more than this
 
 
-class ExportError(RuntimeError):
+class ExportError(CadenceError, RuntimeError):
     """The policy could not be exported, or the exported graph does not reproduce it."""
 
 

@@ -19,8 +19,10 @@ from typing import Any, Mapping, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
+from cadence.errors import CadenceError
 
-class RobotError(RuntimeError):
+
+class RobotError(CadenceError, RuntimeError):
     """The robot refused a request or is not in a state to serve it."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from cadence.hardware.robot import Feature, Observation
+from cadence.errors import CadenceError
 
 VERSION = 1
 REQUEST_KINDS = frozenset({"hello", "reset", "observe", "act", "hold", "bye"})
@@ -39,7 +40,7 @@ OBS_PREFIX = "obs."
 _INT64 = 2 ** 63
 
 
-class WireError(ValueError):
+class WireError(CadenceError, ValueError):
     """A message that is not a valid message of this protocol. ``reason`` is short and
     specific; ``msg_id`` is the message's id when it could be read (to address the reply)."""
 

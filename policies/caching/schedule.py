@@ -12,11 +12,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from cadence.errors import CadenceError
+
 METHODS = ("bac", "shared", "uniform", "none")
 LEVEL_TOLERANCE = 1e-4
 
 
-class ScheduleError(ValueError):
+class ScheduleError(CadenceError, ValueError):
     """A cache schedule is malformed or does not fit the network or sampler it is used with."""
 
 

@@ -36,10 +36,12 @@ from .focal_loss import sigmoid_focal_loss
 from .kmeans import kmeans
 from .known_actions import KnownActions
 
+from cadence.errors import CadenceError
+
 SELECT = ("argmax", "sample")
 
 
-class AnchorError(RuntimeError):
+class AnchorError(CadenceError, RuntimeError):
     """The anchors are missing (not fitted) or do not match the data."""
 
 
