@@ -22,22 +22,18 @@ from typing import Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cadence.cache_file import attach_block_cache
-from cadence.config import TrainApp
+from cadence.checkpoint_checks import CheckpointError, check_network, read_config, read_meta  # noqa: F401 (re-exported)
 from cadence.datasets.normalizer import Normalizer
 from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.factory import build_policy
 from cadence.policies.policy import Policy
-from cadence.errors import CadenceError
+from cadence.untrusted import limit, load_safetensors
 
 FORMAT_VERSION = 1
 DIR_NAME = "checkpoint"
-
-
-class CheckpointError(CadenceError, ValueError):
-    """A checkpoint is missing, incomplete or does not match its config."""
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -73,30 +69,46 @@ def save_checkpoint(target: str | os.PathLike, policy: Policy, cfg: DictConfig, 
     return target
 
 
-def load_config(ckpt: Path) -> DictConfig:
+def load_config(ckpt: Path, env_id: str | None = None) -> DictConfig:
+    """The checkpoint's config, checked (``checkpoint_checks.read_config``); ``env_id``: the
+    user's own env id from the command line, used instead of the file's."""
     path = ckpt / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: missing config.yaml")
-    try:
-        return OmegaConf.merge(OmegaConf.structured(TrainApp), OmegaConf.load(path))
-    except Exception as exc:
-        raise CheckpointError(f"{path}: does not match the config schema: {exc}") from exc
+    return read_config(path, env_id)
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", block_cache: bool = True
-                ) -> tuple[Policy, DictConfig, dict]:
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", block_cache: bool = True,
+                env_id: str | None = None) -> tuple[Policy, DictConfig, dict]:
     """Rebuild the policy from config + meta, load its weights strictly; never unpickles.
+    Every file is checked first (``cadence.checkpoint_checks``): bounded sizes, finite weights
+    and normalizer, a registered env id (or ``env_id`` from the user's command line).
     ``block_cache``: install the cache schedules stored beside the weights (``cadence cache``)."""
     ckpt = resolve_checkpoint_dir(path)
-    cfg = load_config(ckpt)
+    cfg = load_config(ckpt, env_id)
+    meta = read_meta(ckpt / "meta.json")
+    obs_shapes = {k: tuple(v) for k, v in meta["obs_shapes"].items()}
+    norm_path = ckpt / "normalizer.safetensors"
     try:
-        meta = json.loads((ckpt / "meta.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{ckpt}: unreadable meta.json ({exc})") from exc
-    normalizer = Normalizer.from_tensors(load_file(str(ckpt / "normalizer.safetensors")), meta["normalizer_modes"])
-    policy = build_policy(cfg.policy, {k: tuple(v) for k, v in meta["obs_shapes"].items()}, meta["action_dim"],
-                          normalizer, action_key=cfg.task.action_key)
-    load_weights(policy, load_file(str(ckpt / "model.safetensors")), source=ckpt / "model.safetensors")
+        normalizer = Normalizer.from_tensors(load_safetensors(norm_path, max_bytes=limit("json_bytes")),
+                                             meta["normalizer_modes"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{norm_path}: {exc.args[0] if exc.args else exc}") from None
+    for key in normalizer.modes:
+        if not bool((normalizer.params(key)[0] != 0).all()):
+            raise CheckpointError(f"{norm_path}: the scale of {key!r} has a zero entry")
+
+    def build():
+        return build_policy(cfg.policy, obs_shapes, meta["action_dim"], normalizer, action_key=cfg.task.action_key)
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt / 'config.yaml'}: the policy config does not build a network "
+                              f"({' '.join(str(exc).split())[:300]})") from None
+    check_network(skeleton, ckpt / "model.safetensors", ckpt / "config.yaml")
+    policy = build()
+    load_weights(policy, load_safetensors(ckpt / "model.safetensors"), source=ckpt / "model.safetensors")
     if block_cache:
         try:
             attach_block_cache(policy, ckpt)

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from safetensors.torch import load_file
+
 from tqdm import tqdm
 
 from cadence import distributed
@@ -37,6 +37,7 @@ from cadence.lr_schedule import warmup_cosine
 from cadence.policies.factory import build_policy
 from cadence.task_suite import is_suite, member_tasks
 from cadence.tracking import MetricsLogger
+from cadence.untrusted import load_safetensors
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
@@ -282,10 +283,10 @@ def _resume(ckpt: Path, policy, ema: EMA, optimizer, device) -> int:
     state_path = ckpt / "train_state.safetensors"
     if not state_path.is_file():
         raise CheckpointError(f"{ckpt}: no train_state.safetensors, cannot resume training from it")
-    tensors = load_file(str(state_path), device=str(device))
+    tensors = load_safetensors(state_path, device)
     load_weights(policy, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, state_path)
-    load_weights(ema.model, load_file(str(ckpt / "model.safetensors"), device=str(device)), ckpt / "model.safetensors")
-    normalizer = load_file(str(ckpt / "normalizer.safetensors"), device=str(device))
+    load_weights(ema.model, load_safetensors(ckpt / "model.safetensors", device), ckpt / "model.safetensors")
+    normalizer = load_safetensors(ckpt / "normalizer.safetensors", device)
     policy.normalizer.load_state_dict(normalizer)
     ema.model.normalizer.load_state_dict(normalizer)
     steps = json.loads((ckpt / "train_state.json").read_text()).get("optimizer_steps", {})

@@ -5,6 +5,21 @@ import gymnasium as gym
 
 import cadence.envs  # noqa: F401  (registers the tasks, also in a vector env's worker process)
 from cadence.envs.task_id import TaskIdObservation
+from cadence.errors import CadenceError
+
+
+class EnvIdError(CadenceError, ValueError):
+    """An env id that a file may not name."""
+
+
+def check_env_id(env_id, where: str) -> str:
+    """An env id read from a file (a checkpoint's config): a registered id, never ``module:id``,
+    which gymnasium would import. The user's own command line may name any id."""
+    if not isinstance(env_id, str) or ":" in env_id or env_id not in gym.registry:
+        raise EnvIdError(f"{where} is {env_id!r}; a file may only name an env registered by cadence or an "
+                         "installed package (never module:id, which would import code). To run your own env, "
+                         "give env_id=... on the command line")
+    return env_id
 
 
 def make_env(task_cfg, render: bool = False) -> gym.Env:
