@@ -163,8 +163,8 @@ class TrackingConfig:
 @dataclass
 class CollectConfig:
     episodes: int = 150
-    seed: int = 0
-    overwrite: bool = False
+    seed: int = 0             # the expert's seed is seed + the episodes already in the store (appends continue)
+    overwrite: bool = False   # replace the store (built beside it, swapped in when complete) instead of appending
 
 
 @dataclass
@@ -191,6 +191,7 @@ class EvalApp:
     out_dir: Optional[str] = None      # default: <run>/eval-<timestamp>
     device: str = "auto"
     block_cache: bool = True           # use the checkpoint's cache schedules (cadence cache), if any
+    env_id: Optional[str] = None       # your own env (any id, module:id too) instead of the checkpoint's
 
 
 @dataclass
@@ -254,6 +255,8 @@ class BudgetConfig:
     calibration: int = 8                    # observations from the training data (or env resets)
     calls: int = 20
     warmup: int = 3
+    max_action_error: float = 0.1           # refuse candidates whose mean action error against the reference
+                                            # exceeds this fraction of the action range (NaN/inf: always refused)
 
 
 @dataclass
@@ -265,6 +268,7 @@ class RunApp:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     out_dir: Optional[str] = None           # default: <run>/deploy-<timestamp>
     device: str = "cpu"
+    env_id: Optional[str] = None            # your own env (any id, module:id too) instead of the checkpoint's
 
 
 @dataclass
@@ -378,5 +382,6 @@ def register() -> None:
                        "cache_schema": CacheApp, "bench_cache_schema": bench.BenchCacheApp,
                        "bench_anchor_schema": bench.BenchAnchorApp, "bench_streaming_schema": bench.BenchStreamingApp,
                        "finetune_schema": FinetuneApp, "bench_finetune_schema": bench.BenchFinetuneApp,
-                       "bench_scale_schema": bench.BenchScaleApp, "bench_eval_schema": bench.BenchEvalApp}.items():
+                       "bench_scale_schema": bench.BenchScaleApp, "bench_eval_schema": bench.BenchEvalApp,
+                       "bench_server_schema": bench.BenchServerApp}.items():
         cs.store(name=name, node=node)

@@ -197,7 +197,7 @@ def run(cfg: DictConfig) -> dict | None:
     ranks = distributed.setup(cfg.device)
     try:
         ckpt = resolve_checkpoint_dir(cfg.checkpoint)
-        policy, train_cfg, meta = load_policy(ckpt, ranks.device, block_cache=cfg.block_cache)
+        policy, train_cfg, meta = load_policy(ckpt, ranks.device, block_cache=cfg.block_cache, env_id=cfg.env_id)
         set_sample_steps(policy, cfg.eval.sample_steps)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
         summary, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy, cfg.eval, out_dir, ranks.device,

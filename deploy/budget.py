@@ -6,11 +6,13 @@ task units, against the full-quality reference configuration on the same observa
 the same start noise (a stateful policy is reset first, so each comparison starts an episode).
 Block-cached (BAC) candidates are the PyTorch runtimes at each step
 count the checkpoint has a cache schedule for. The chosen candidate is the most accurate one
-whose p99 latency is within the budget; if none is, :class:`BudgetError` says what each one
-measured.
+whose p99 latency is within the budget and whose action error is finite and within the limit
+(``budget.max_action_error`` of the action range); a candidate that fails to run is refused. If
+none qualifies, :class:`BudgetError` says what each one measured.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -56,13 +58,19 @@ class Measurement:
     p50_ms: float
     p99_ms: float
     action_error: float   # mean |a - a_reference|, task units
-    fits: bool
+    fits: bool           # p99 within the budget and the action error finite and within the limit
     times_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    failure: str | None = None   # why a candidate was refused other than for time (error, exception)
 
     def to_json(self) -> dict:
         return {"kind": self.candidate.kind, "sample_steps": self.candidate.sample_steps,
-                "cache": self.candidate.cache, "p50_ms": self.p50_ms,
-                "p99_ms": self.p99_ms, "action_error": self.action_error, "fits": self.fits}
+                "cache": self.candidate.cache, "p50_ms": _json_number(self.p50_ms),
+                "p99_ms": _json_number(self.p99_ms), "action_error": _json_number(self.action_error),
+                "fits": self.fits, "failure": self.failure}
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None     # strict JSON has no NaN / Infinity
 
 
 def time_calls(fn: Callable[[int], object], calls: int, warmup: int) -> np.ndarray:
@@ -92,8 +100,11 @@ def interleaved_ms(policies: list, obs: dict, rounds: int, warmup: int = 2) -> l
 
 def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object], reference,
             observations: Sequence[Mapping[str, np.ndarray]], noises: Sequence[np.ndarray],
-            budget_ms: float, calls: int = 20, warmup: int = 3, progress: bool = True) -> list[Measurement]:
-    """``observations[i]`` each key (1, To, ...); ``noises[i]`` (1, Tp, Da)."""
+            budget_ms: float, calls: int = 20, warmup: int = 3, progress: bool = True,
+            max_error: float = math.inf) -> list[Measurement]:
+    """``observations[i]`` each key (1, To, ...); ``noises[i]`` (1, Tp, Da). A candidate fits when
+    its p99 is within ``budget_ms`` and its action error is finite and at most ``max_error``;
+    one that fails to build or to run is measured as never fitting (``failure`` says why)."""
     n = len(observations)
 
     def fresh(runtime, i):              # a stateful policy (streaming) compared from the same start
@@ -103,23 +114,44 @@ def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object
         return runtime.predict(observations[i], noise=noises[i])
 
     targets = [fresh(reference, i) for i in range(n)]
+    if not all(np.isfinite(t).all() for t in targets):
+        raise BudgetError("the reference configuration's actions are not finite: the policy is broken "
+                          "(NaN or infinite weights or normalizer?)")
     out = []
     for cand in tqdm(candidates, desc="timing inference configurations", disable=not progress):
-        runtime = build(cand)
-        ms = time_calls(lambda i, rt=runtime: rt.predict(observations[i % n], noise=noises[i % n]), calls, warmup)
-        error = float(np.mean([np.abs(fresh(runtime, i) - targets[i]).mean() for i in range(n)]))
+        try:
+            runtime = build(cand)
+            ms = time_calls(lambda i, rt=runtime: rt.predict(observations[i % n], noise=noises[i % n]), calls, warmup)
+            with np.errstate(all="ignore"):
+                error = float(np.mean([np.abs(fresh(runtime, i) - targets[i]).mean() for i in range(n)]))
+        except Exception as exc:          # noqa: BLE001 (a candidate that cannot run is refused, not fatal)
+            out.append(Measurement(cand, math.inf, math.inf, math.inf, False,
+                                   failure=" ".join(f"{type(exc).__name__}: {exc}".split())[:200]))
+            continue
         p99 = float(np.percentile(ms, 99))
-        out.append(Measurement(cand, float(np.percentile(ms, 50)), p99, error, p99 <= budget_ms, ms))
+        accurate = math.isfinite(error) and error <= max_error
+        failure = None if accurate else f"action error {error:.4g} above the limit {max_error:.4g}"
+        out.append(Measurement(cand, float(np.percentile(ms, 50)), p99, error, p99 <= budget_ms and accurate, ms,
+                               failure))
     return out
 
 
+def action_range(policy) -> float:
+    """The mean span of the policy's actions in task units: what its normaliser maps to [-1, 1]
+    (limits mode: the data's min..max; gaussian: two standard deviations)."""
+    scale, _ = policy.normalizer.params(policy.action_key)
+    return float((2.0 / scale.abs().double()).mean())
+
+
 def choose(measurements: Sequence[Measurement], budget_ms: float) -> Measurement:
-    fitting = [m for m in measurements if m.p99_ms <= budget_ms]
+    fitting = [m for m in measurements if m.p99_ms <= budget_ms and m.failure is None]
     if not fitting:
-        lines = "\n".join(f"  {m.candidate.label:<28} p99 {m.p99_ms:8.1f} ms" for m in measurements)
+        lines = "\n".join(f"  {m.candidate.label:<28} p99 {m.p99_ms:8.1f} ms"
+                          + (f"  refused: {m.failure}" if m.failure else "") for m in measurements)
         raise BudgetError(f"no inference configuration fits the budget of {budget_ms:g} ms per inference "
-                          f"(p99 measured after warm-up):\n{lines}\nRaise budget.inference_ms, lower the "
-                          f"control rate, or add cheaper candidates (budget.steps, budget.runtimes).")
+                          f"(p99 measured after warm-up) with an accurate action:\n{lines}\nRaise "
+                          f"budget.inference_ms, lower the control rate, or add cheaper candidates (budget.steps, "
+                          f"budget.runtimes).")
     return min(fitting, key=lambda m: (m.action_error, m.p99_ms))
 
 
@@ -128,5 +160,5 @@ def format_table(measurements: Sequence[Measurement], chosen: Measurement | None
     for m in measurements:
         mark = "  <- chosen" if chosen is not None and m is chosen else ""
         rows.append(f"{m.candidate.label:<30} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {m.action_error:9.4f}  "
-                    f"{'yes' if m.fits else 'no'}{mark}")
+                    f"{'yes' if m.fits else 'no'}{mark}" + (f"  ({m.failure})" if m.failure else ""))
     return "\n".join(rows)

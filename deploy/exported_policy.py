@@ -23,14 +23,15 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                       "denoiser": {"file", "inputs": ["x", "level", "cond"], "outputs": ["out"]}}
                      (anchor: x is (B, K, Tp, Da), outputs ["out", "logits"]: every mode's chunk and
                      confidence; the host noises the anchors, steps and picks the mode)
-    source           {"checkpoint": path or "", "step": int or null}
+    source           {"checkpoint": path or "", "step": int or null, "weights_sha256" (optional): hash of
+                      the model.safetensors exported, which ``cadence run`` checks before reusing it}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
     export_check     (optional) {"batch", "encoder_max_abs_err", "denoiser_max_abs_err"}
 """
 from __future__ import annotations
 
 import copy
-import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,7 +52,9 @@ from cadence.policies.processes.streaming import StreamingProcess
 from cadence.policies.processes.truncated_anchor import SELECT, TruncatedAnchorProcess
 from torch import nn
 
-from .onnx_providers import create_session
+from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_shape, read_json
+
+from .graph_files import open_graph
 
 from cadence.errors import CadenceError
 
@@ -164,6 +167,32 @@ def _typed(where: str, value: Any, name: str, kind: type | tuple[type, ...], min
     return value
 
 
+def _bounded(where: str, value: Any, name: str, low: int, bound: str) -> int:
+    try:
+        return check_int(where, name, value, low, LIMITS[bound])
+    except UntrustedFileError as exc:
+        raise ExportFormatError(str(exc)) from None
+
+
+def _finite(where: str, value: Any, name: str) -> float:
+    _typed(where, value, name, (int, float))
+    if not math.isfinite(value):
+        raise ExportFormatError(f"{where}: '{name}' must be finite, got {value!r}")
+    return value
+
+
+def _anchor_sizes(where: str, anchors: Any) -> None:
+    """(tasks, K, Tp, Da) nested lists within the limits, before a tensor is made of them."""
+    bounds = (("tasks", LIMITS["tasks"]), ("K", LIMITS["anchors"]), ("Tp", LIMITS["horizon"]),
+              ("Da", LIMITS["action_dim"]))
+    level = anchors
+    for axis, bound in bounds:
+        if not isinstance(level, list) or not 1 <= len(level) <= bound:
+            raise ExportFormatError(f"{where}: 'process.anchors' must be nested lists (tasks, K, Tp, Da) with "
+                                    f"1 to {bound:,} entries along {axis}")
+        level = level[0]
+
+
 def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, Any]:
     """Check a parsed policy.json; errors name the file and the key."""
     where = str(where)
@@ -172,8 +201,9 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     if version != FORMAT_VERSION:
         raise ExportFormatError(f"{where}: 'format_version' is {version!r}; this cadence reads {FORMAT_VERSION} "
                                 "(re-export the checkpoint with this version)")
-    for key in ("obs_horizon", "pred_horizon", "action_dim", "cond_dim"):
-        _typed(where, spec[key], key, int, minimum=1)
+    for key, bound in (("obs_horizon", "horizon"), ("pred_horizon", "horizon"), ("action_dim", "action_dim"),
+                       ("cond_dim", "width")):
+        _bounded(where, spec[key], key, 1, bound)
     _typed(where, spec["action_key"], "action_key", str)
 
     process = spec["process"]
@@ -185,23 +215,25 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     if process["type"] == "ddpm":
         if process["schedule"] != "cosine":
             raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
-        _typed(where, process["train_steps"], "process.train_steps", int, minimum=1)
-        _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
+        _bounded(where, process["train_steps"], "process.train_steps", 1, "diffusion_steps")
+        _bounded(where, process["sample_steps"], "process.sample_steps", 1, "sample_steps")
         _typed(where, process["clip_sample"], "process.clip_sample", bool)
     elif process["type"] == "flow":
-        _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
-        _typed(where, process["level_scale"], "process.level_scale", (int, float))
+        _bounded(where, process["sample_steps"], "process.sample_steps", 1, "sample_steps")
+        _finite(where, process["level_scale"], "process.level_scale")
     elif process["type"] == "edm":
-        _typed(where, process["sample_steps"], "process.sample_steps", int, minimum=1)
+        _bounded(where, process["sample_steps"], "process.sample_steps", 1, "sample_steps")
         for key in ("sigma_min", "sigma_max", "sigma_data"):
-            _typed(where, process[key], f"process.{key}", (int, float))
+            _finite(where, process[key], f"process.{key}")
         _typed(where, process["sampler"], "process.sampler", str)
         _typed(where, process["clip_sample"], "process.clip_sample", bool)
     elif process["type"] == "streaming":
         if process["schedule"] != "cosine":
             raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
-        for key in ("train_steps", "sample_steps", "start_steps", "obs_horizon", "pred_horizon", "exec_horizon"):
-            _typed(where, process[key], f"process.{key}", int, minimum=1)
+        for key, bound in (("train_steps", "diffusion_steps"), ("sample_steps", "sample_steps"),
+                           ("start_steps", "sample_steps"), ("obs_horizon", "horizon"), ("pred_horizon", "horizon"),
+                           ("exec_horizon", "horizon")):
+            _bounded(where, process[key], f"process.{key}", 1, bound)
         _typed(where, process["clip_sample"], "process.clip_sample", bool)
         for key in ("obs_horizon", "pred_horizon"):
             if process[key] != spec[key]:
@@ -209,27 +241,28 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     elif process["type"] == "anchor":
         if process["schedule"] != "cosine":
             raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
-        for key in ("train_steps", "trunc_steps", "sample_steps"):
-            _typed(where, process[key], f"process.{key}", int, minimum=1)
-        _typed(where, process["start_step"], "process.start_step", int, minimum=0)
+        for key, bound in (("train_steps", "diffusion_steps"), ("trunc_steps", "diffusion_steps"),
+                           ("sample_steps", "sample_steps")):
+            _bounded(where, process[key], f"process.{key}", 1, bound)
+        _bounded(where, process["start_step"], "process.start_step", 0, "diffusion_steps")
         if process["select"] not in SELECT:
             raise ExportFormatError(f"{where}: 'process.select' must be one of {SELECT}, got {process['select']!r}")
-        _typed(where, process["temperature"], "process.temperature", (int, float))
-        if not isinstance(process["anchors"], list):
-            raise ExportFormatError(f"{where}: 'process.anchors' must be nested lists (tasks, K, Tp, Da)")
+        _finite(where, process["temperature"], "process.temperature")
+        _anchor_sizes(where, process["anchors"])
     try:
         built = build_process(process)
-    except ValueError as exc:
+    except (ValueError, TypeError, AssertionError) as exc:
         raise ExportFormatError(f"{where}: 'process': {exc}") from None
 
     obs = spec["obs"]
-    if not isinstance(obs, dict) or not obs:
-        raise ExportFormatError(f"{where}: 'obs' must be a non-empty object of observation keys")
+    if not isinstance(obs, dict) or not 1 <= len(obs) <= LIMITS["obs_keys"]:
+        raise ExportFormatError(f"{where}: 'obs' must be an object of 1 to {LIMITS['obs_keys']} observation keys")
     for key, entry in obs.items():
         _keys(where, entry, f"obs.{key}", {"shape", "dtype"})
-        shape = entry["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 1 for d in shape):
-            raise ExportFormatError(f"{where}: 'obs.{key}.shape' must be a list of positive ints, got {shape!r}")
+        try:
+            check_shape(where, f"obs.{key}.shape", entry["shape"])
+        except UntrustedFileError as exc:
+            raise ExportFormatError(str(exc)) from None
         if entry["dtype"] not in OBS_DTYPES:
             raise ExportFormatError(f"{where}: 'obs.{key}.dtype' must be one of {OBS_DTYPES}, got {entry['dtype']!r}")
 
@@ -263,7 +296,7 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
         if graphs[name]["outputs"] != outputs:
             raise ExportFormatError(f"{where}: 'graphs.{name}.outputs' must be {outputs}, "
                                     f"got {graphs[name]['outputs']!r}")
-    _keys(where, spec["source"], "source", {"checkpoint", "step"})
+    _keys(where, spec["source"], "source", {"checkpoint", "step"}, {"weights_sha256"})
     if not isinstance(spec["versions"], dict):
         raise ExportFormatError(f"{where}: 'versions' must be an object")
     return spec
@@ -274,24 +307,13 @@ def read_spec(export_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ExportFormatError(f"{path}: not found ({export_dir} is not an ONNX export; run `cadence export`)")
     try:
-        spec = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ExportFormatError(f"{path}: not valid JSON ({exc})") from None
+        spec = read_json(path)
+    except UntrustedFileError as exc:
+        raise ExportFormatError(str(exc)) from None
     return validate_spec(spec, path)
 
 
 # --- ONNX Runtime sessions as modules ---------------------------------------------------------
-
-def _session_io(session) -> tuple[list[str], list[str]]:
-    return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-
-
-def _check_io(session, path: Path, inputs: list[str], outputs: list[str]) -> None:
-    got_in, got_out = _session_io(session)
-    if sorted(got_in) != sorted(inputs) or got_out != outputs:
-        raise ExportFormatError(f"{path}: graph takes {got_in} -> {got_out}, but {SPEC_FILE} says "
-                                f"{inputs} -> {outputs}")
-
 
 def _numpy(t: torch.Tensor | np.ndarray, dtype: np.dtype) -> np.ndarray:
     if isinstance(t, torch.Tensor):
@@ -381,15 +403,13 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
     """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op threads."""
     export_dir = Path(out_dir)
     spec = read_spec(export_dir)
-    sessions = {}
-    for name in ("encoder", "denoiser"):
-        graph = spec["graphs"][name]
-        path = export_dir / graph["file"]
-        if not path.is_file():
-            raise ExportFormatError(f"{export_dir / SPEC_FILE}: 'graphs.{name}.file' names {graph['file']!r}, "
-                                    f"which is not in {export_dir}")
-        sessions[name] = create_session(path, provider, threads)
-        _check_io(sessions[name], path, graph["inputs"], graph["outputs"])
+    To, Tp, Da = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"]
+    chunk = [Tp, Da] if spec["process"]["type"] != "anchor" else [len(spec["process"]["anchors"][0]), Tp, Da]
+    level = [Tp] if spec["process"]["type"] == "streaming" else []
+    shapes = {"encoder": {**{k: [0, To, *o["shape"]] for k, o in spec["obs"].items()}, "cond": [0, spec["cond_dim"]]},
+              "denoiser": {"x": [0, *chunk], "level": [0, *level], "cond": [0, spec["cond_dim"]], "out": [0, *chunk]}}
+    sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
+                                 ExportFormatError, provider, threads) for name in ("encoder", "denoiser")}
     used = sessions["denoiser"].get_providers()[0]
     return ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
                           OnnxDenoiser(sessions["denoiser"], spec["graphs"]["denoiser"]["outputs"]), provider=used)

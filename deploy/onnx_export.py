@@ -16,7 +16,8 @@ and policy.json says so under ``block_cache``; block caching runs in the torch-*
 
 The batch dimension is dynamic everywhere. Each graph is checked with ``onnx.checker`` and
 run once in ONNX Runtime (CPU) against PyTorch at a batch size other than the traced one;
-the largest difference is printed and stored under ``export_check`` in policy.json.
+the largest difference is printed and stored under ``export_check`` in policy.json, and a
+difference that is not finite or above ``PARITY_TOLERANCE`` fails the export.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch
 from cadence.policies.policy import Policy
 from torch import nn
 
+from cadence.cache_file import weights_sha256
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.datasets.window_dataset import is_image_shape
 from cadence.policies.processes.edm import LEVEL_RANGE
@@ -62,7 +64,7 @@ TRACE_BATCH, CHECK_BATCH = 2, 3     # trace at one batch size, check at another:
 MIN_TORCH = "2.6"                   # torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...)
 BLOCK_CACHE_NOTE = ("the checkpoint's block cache (cadence cache) is not in the ONNX graphs: they run the uncached "
                     "denoiser, exactly; use a torch-* runtime for block caching")
-WARN_ABS_ERR = 1e-3                 # warn when ONNX Runtime and PyTorch disagree by more than this
+PARITY_TOLERANCE = 1e-3             # ONNX Runtime may differ from PyTorch by this much (x the output's scale)
 
 
 class ExportError(CadenceError, RuntimeError):
@@ -154,12 +156,16 @@ def _infer_obs_shapes(policy: Policy) -> dict[str, tuple[int, ...]]:
 
 def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str = "", *,
                        obs_shapes: Mapping[str, Sequence[int]] | None = None, step: int | None = None,
-                       opset: int = 18, echo: Callable[[str], None] | None = print) -> Path:
+                       weights_sha256: str | None = None, opset: int = 18,
+                       echo: Callable[[str], None] | None = print) -> Path:
     """Write encoder.onnx, denoiser.onnx and policy.json for ``policy`` into ``out_dir``; returns ``out_dir``.
 
     ``obs_shapes``: per-step shape of each observation key; defaults to ``policy.obs_shapes``
     if the policy has one, else vector shapes are read from the normalizer (image keys then
-    need ``obs_shapes``: a checkpoint's meta.json has them). ``echo`` gets one line per graph.
+    need ``obs_shapes``: a checkpoint's meta.json has them). ``weights_sha256``: the hash of the
+    weights file exported, recorded so a later run can tell the export still belongs to them.
+    ``echo`` gets one line per graph. Raises :class:`ExportError` (and writes no policy.json) when
+    ONNX Runtime does not reproduce PyTorch within ``PARITY_TOLERANCE``.
     """
     if torch.__version__ < MIN_TORCH:
         raise ExportError(f"ONNX export needs torch >= {MIN_TORCH} (the dynamo exporter), found {torch.__version__}")
@@ -206,9 +212,10 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         seconds = time.perf_counter() - start
         errors[name] = _max_err(create_session(out / file, "cpu"), feeds, reference, outputs)
         scale = max([1.0, *(float(r.abs().max()) for r in reference if r.numel())])
-        if not np.isfinite(errors[name]) or errors[name] > WARN_ABS_ERR * scale:
-            warnings.warn(f"{out / file}: ONNX Runtime differs from PyTorch by {errors[name]:.3g} at batch "
-                          f"{CHECK_BATCH}", stacklevel=2)
+        if not np.isfinite(errors[name]) or errors[name] > PARITY_TOLERANCE * scale:
+            (out / file).unlink(missing_ok=True)
+            raise ExportError(f"{out / file}: ONNX Runtime differs from PyTorch by {errors[name]:.3g} at batch "
+                              f"{CHECK_BATCH} (tolerance {PARITY_TOLERANCE * scale:.3g}); nothing was exported")
         if echo is not None:
             echo(f"wrote {out / file} ({(out / file).stat().st_size / 1024:.0f} KiB, {seconds:.1f} s, "
                  f"max |onnxruntime - torch| {errors[name]:.1e})")
@@ -224,7 +231,8 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
                               "scale": action_scale.tolist(), "offset": action_offset.tolist()},
         "graphs": {"encoder": {"file": ENCODER_FILE, "inputs": keys, "outputs": ENCODER_OUTPUTS},
                    "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": den_outputs}},
-        "source": {"checkpoint": str(source), "step": step},
+        "source": {"checkpoint": str(source), "step": step,
+                   **({"weights_sha256": weights_sha256} if weights_sha256 else {})},
         "versions": {"cadence": _version("cadence"), "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": _version("onnxscript"), "opset": opset},
         "export_check": {"batch": CHECK_BATCH, "encoder_max_abs_err": errors["encoder"],
@@ -250,4 +258,4 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
     ckpt = resolve_checkpoint_dir(checkpoint)
     policy, _cfg, meta = load_policy(ckpt, device="cpu")
     return export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"],
-                              step=meta.get("step"), opset=opset, echo=echo)
+                              step=meta.get("step"), weights_sha256=weights_sha256(ckpt), opset=opset, echo=echo)

@@ -6,6 +6,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
+from cadence.cache_file import weights_sha256
 from cadence.deploy.exported_policy import ExportFormatError, load_exported, read_spec
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 
@@ -51,7 +53,8 @@ def test_files_and_policy_json(case):
     assert set(spec["versions"]) == {"cadence", "torch", "onnx", "onnxscript", "opset"}
     assert spec["versions"]["torch"] == torch.__version__ and spec["versions"]["opset"] == 18
     if case.checkpoint is not None:
-        assert spec["source"] == {"checkpoint": str(case.checkpoint), "step": CHECKPOINT_STEP}
+        assert spec["source"] == {"checkpoint": str(case.checkpoint), "step": CHECKPOINT_STEP,
+                                  "weights_sha256": weights_sha256(case.checkpoint)}
     else:
         assert spec["source"] == {"checkpoint": "", "step": None}
     assert spec["export_check"]["encoder_max_abs_err"] < 1e-4 and spec["export_check"]["denoiser_max_abs_err"] < 1e-4
@@ -137,7 +140,11 @@ _DELETE = object()
     ("action_normalizer.scale", [1.0], "'action_normalizer.scale' must be 2"),
     ("obs.state.dtype", "float64", "'obs.state.dtype'"),
     ("graphs.encoder.inputs", ["image"], "'graphs.encoder.inputs' must be"),
-    ("pred_horizon", "16", "'pred_horizon' must be int"),
+    ("pred_horizon", "16", "'pred_horizon' must be an integer"),
+    ("pred_horizon", 10 ** 9, "'pred_horizon' is 1000000000, outside"),
+    ("process.train_steps", 10 ** 10, "'process.train_steps' is 10000000000, outside"),
+    ("obs.state.shape", [10 ** 9], "'obs.state.shape\\[0\\]' is 1000000000, outside"),
+    ("graphs.encoder.file", "../../evil.onnx", "'graphs.encoder.file' must be a file name inside"),
 ])
 def test_bad_policy_json_names_the_key(ddpm, tmp_path, key, value, message):
     spec = json.loads((ddpm.export_dir / "policy.json").read_text())
@@ -166,3 +173,42 @@ def test_swapped_graph_is_caught(ddpm, tmp_path):
     shutil.copy(ddpm.export_dir / "encoder.onnx", tmp_path / "denoiser.onnx")
     with pytest.raises(ExportFormatError, match="denoiser.onnx: graph takes"):
         load_exported(tmp_path, provider="cpu")
+
+
+def test_graph_files_from_elsewhere_are_checked(ddpm, tmp_path):
+    for name in ("policy.json", "encoder.onnx", "denoiser.onnx"):
+        shutil.copy(ddpm.export_dir / name, tmp_path)
+    (tmp_path / "denoiser.onnx").write_bytes(b"\x08\x07" + bytes(range(256)) * 4)       # not a protobuf model
+    with pytest.raises(ExportFormatError, match="denoiser.onnx: not a valid ONNX model"):
+        load_exported(tmp_path, provider="cpu")
+    model = onnx.load(str(ddpm.export_dir / "denoiser.onnx"))
+    onnx.external_data_helper.convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    onnx.save(model, str(tmp_path / "denoiser.onnx"))                              # weights outside the graph
+    with pytest.raises(ExportFormatError, match="denoiser.onnx: the graph keeps weights in external files"):
+        load_exported(tmp_path, provider="cpu")
+    shutil.copy(ddpm.export_dir / "denoiser.onnx", tmp_path)
+    spec = json.loads((tmp_path / "policy.json").read_text())
+    spec["cond_dim"] += 1                                                           # disagrees with the graphs
+    (tmp_path / "policy.json").write_text(json.dumps(spec))
+    with pytest.raises(ExportFormatError, match="encoder.onnx: 'cond' has shape"):
+        load_exported(tmp_path, provider="cpu")
+
+
+def test_graph_path_may_not_lead_out_of_the_export(ddpm, tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("policy.json", "encoder.onnx"):
+        shutil.copy(ddpm.export_dir / name, export)
+    shutil.copy(ddpm.export_dir / "denoiser.onnx", tmp_path / "outside.onnx")
+    (export / "denoiser.onnx").symlink_to(tmp_path / "outside.onnx")
+    with pytest.raises(ExportFormatError, match="'graphs.denoiser.file' 'denoiser.onnx' leads out of"):
+        load_exported(export, provider="cpu")
+
+
+def test_export_with_non_finite_parity_writes_no_policy_json(tmp_path):
+    policy = make_policy("ddpm")
+    with torch.no_grad():
+        next(policy.denoiser.parameters()).fill_(float("nan"))        # both runtimes give NaN: no parity
+    with pytest.raises(ExportError, match="differs from PyTorch by nan"):
+        export_policy_onnx(policy, tmp_path, echo=None)
+    assert not (tmp_path / "policy.json").exists()
