@@ -130,6 +130,19 @@ class BenchLoopApp:
 
 
 @dataclass
+class BenchServerApp:
+    task: str = "bimodal_reach"              # served by `cadence robot serve task=...`
+    requests: int = 300                      # valid round trips per scenario at least (observe / act in turn)
+    period_ms: float = 10.0                  # between the valid client's requests
+    timeout_ms: float = 30.0                 # the valid client's timeout per request
+    big_messages: int = 25                   # large-message scenario: one unauthenticated act per socket
+    big_mb: float = 60.0                     # the size of each
+    flood: int = 5000                        # flood scenario: wrong-token requests
+    flood_sockets: int = 5                   # sending them
+    out_dir: str = "runs/bench-server-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class FinetuneMethod:
     """One row of `cadence bench finetune`."""
     name: str = "reinflow-flow"

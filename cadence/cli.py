@@ -31,6 +31,7 @@ COMMANDS = {
     "bench scale": ("cadence.bench_scale", "bench_scale", "training samples/s with 1, 2, ... torchrun processes"),
     "bench eval": ("cadence.bench_eval", "bench_eval", "evaluation wall time: one process vs waves vs async envs vs ranks"),
     "bench finetune": ("cadence.bench_finetune", "bench_finetune", "ReinFlow (flow, shortcut) vs DPPO-style vs no fine-tuning"),
+    "bench server": ("cadence.bench_server", "bench_server", "robot server under attack: valid round trips, peak RSS"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 

@@ -2,11 +2,16 @@
 
 The robot sits behind its own safety filter and watchdog (the server holds it when the
 controlling loop goes quiet), binds to loopback unless ``robot.allow_remote=true``, and
-answers only requests carrying the shared token (``robot.token`` or ``CADENCE_ROBOT_TOKEN``).
+answers only requests carrying the shared token (``robot.token`` or ``CADENCE_ROBOT_TOKEN``, at
+least 16 bytes; see :mod:`cadence.hardware.robot_server` for the checks every request passes).
+
+SIGTERM, SIGINT (Ctrl-C) and SIGHUP stop it cleanly: it holds the robot, closes the socket,
+prints ``cadence robot serve: stopped by SIGTERM; robot held`` and exits 0; so does
+``max_seconds`` running out.
 """
 from __future__ import annotations
 
-import logging
+import signal
 import threading
 
 from omegaconf import DictConfig
@@ -15,8 +20,7 @@ from cadence.hardware.robot_server import RobotServer
 from cadence.hardware.safety import SafetyFilter
 from cadence.hardware.robot import RobotError
 from cadence.run import make_robot, robot_token, safety_limits
-
-log = logging.getLogger(__name__)
+from cadence.stop_signals import stop_signals
 
 
 def run(cfg: DictConfig) -> dict:
@@ -31,19 +35,24 @@ def run(cfg: DictConfig) -> dict:
         server = RobotServer(robot, token, robot_cfg.endpoint, allow_remote=robot_cfg.allow_remote)
     except (OSError, ValueError) as exc:
         raise RobotError(str(exc)) from None
-    stop = threading.Event()
+    stop, stopped_by = threading.Event(), [f"max_seconds={cfg.max_seconds}"]
+
+    def on_stop(signum: int) -> None:
+        stopped_by[0] = signal.Signals(signum).name
+        stop.set()
+
     timer = threading.Timer(cfg.max_seconds or 0, stop.set)
     timer.daemon = True                      # never keeps the process alive after serving
     if cfg.max_seconds:
         timer.start()
     print(f"serving {cfg.task.env_id} at {rate:g} Hz on {server.endpoint} (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve(stop)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        timer.cancel()
-        server.close()
+    with stop_signals(on_stop):              # a second signal while closing changes nothing
+        try:
+            server.serve(stop)
+        finally:
+            timer.cancel()
+            server.close()                   # holds the robot; raises if it cannot
+    print(f"cadence robot serve: stopped by {stopped_by[0]}; robot held", flush=True)
     stats = {"requests": server.requests, "rejections": dict(server.rejections), "robot_errors": server.robot_errors}
     print(f"served {stats['requests']} requests, rejected {sum(stats['rejections'].values())}", flush=True)
     return stats

@@ -27,16 +27,22 @@ from cadence.deploy.control_loop import ControlLoop, LoopConfig
 from cadence.deploy.inference_worker import InferenceWorker
 from cadence.deploy.runtimes import available_runtime_kinds, build_runtime
 from cadence.deploy.tick_log import TickLog
+from cadence.errors import CadenceError
 from cadence.hardware.robot import RobotError
 from cadence.hardware.safety import SafetyFilter, SafetyLimits
+from cadence.stop_signals import StopRequested, stop_signals
 
 log = logging.getLogger(__name__)
 
 
 def robot_token(robot_cfg) -> str:
+    """``robot.token`` or ``$CADENCE_ROBOT_TOKEN``; :class:`RobotError` if missing or shorter than 16 bytes."""
+    from cadence.hardware.wire import check_token
+
     token = robot_cfg.token or os.environ.get("CADENCE_ROBOT_TOKEN", "")
     if not token:
         raise RobotError("the remote robot needs a shared token: set robot.token=... or CADENCE_ROBOT_TOKEN")
+    check_token(token)
     return token
 
 

@@ -3,6 +3,9 @@
 Each request carries an increasing id and waits at most ``timeout_s`` for its reply (hello and
 reset wait longer); otherwise :class:`RobotTimeout` is raised and the caller goes on. A reply
 that arrives after its request timed out has an older id and is discarded (``late_replies``).
+An ``act`` also carries ``expires``, the server-clock time this client stops waiting for it; the
+server refuses it after that, and refuses an act whose id (its sequence number) is not above
+the last one it accepted from this connection, so a command never runs late or twice.
 An ``error`` reply raises :class:`RobotError` with the server's reason. The socket only queues
 requests on a live connection (``ZMQ_IMMEDIATE``), so commands are not stored up while the
 server is unreachable and replayed when it comes back.
@@ -29,8 +32,7 @@ import numpy as np
 import zmq
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Observation, RobotError, RobotSpec, RobotTimeout
-from cadence.hardware.robot_server import MAX_MESSAGE_BYTES
-from cadence.hardware.wire import Message, WireError, decode, encode, observation_from
+from cadence.hardware.wire import MAX_ARRAY_BYTES, Message, WireError, check_token, decode, encode, observation_from
 
 _HWM = 64          # messages queued per direction at most
 
@@ -41,14 +43,14 @@ class RemoteRobot:
     Counters: ``round_trips`` (requests answered), ``timeouts``, ``late_replies`` (discarded
     answers to timed-out requests), ``bad_replies`` (undecodable, discarded). ``spec`` is
     ``None`` until :meth:`connect`. Not for concurrent use by several threads beyond a lock
-    that serialises requests.
+    that serialises requests. ``token`` must have at least ``MIN_TOKEN_BYTES`` bytes
+    (:class:`RobotError` otherwise).
     """
 
     def __init__(self, endpoint: str, token: str, timeout_s: float = 0.05, *,
                  connect_timeout_s: float = 2.0, reset_timeout_s: float = 10.0,
                  obs_max_age_s: float | None = None, clock_samples: int = 5, clock=None):
-        if not isinstance(token, str) or not token:
-            raise ValueError("RemoteRobot needs a non-empty token")
+        check_token(token)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.endpoint, self._token = endpoint, token
@@ -75,7 +77,7 @@ class RemoteRobot:
             return
         socket = zmq.Context.instance().socket(zmq.DEALER)
         for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, _HWM),
-                              (zmq.RCVHWM, _HWM), (zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)):
+                              (zmq.RCVHWM, _HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES)):   # per frame
             socket.setsockopt(option, value)
         if "[" in self.endpoint:
             socket.setsockopt(zmq.IPV6, 1)

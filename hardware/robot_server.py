@@ -1,18 +1,32 @@
 """Serve one :class:`~cadence.hardware.robot.Robot` to :class:`RemoteRobot` clients over ZeroMQ.
 
 A ROUTER socket answers each request (see :mod:`cadence.hardware.wire`) in order, on the thread
-that runs :meth:`RobotServer.serve`. Every request is decoded, its token checked
-(``hmac.compare_digest``) and its arrays checked against the robot's spec *before* the robot is
-touched; a rejected request gets an ``error`` reply with the reason, is counted in
-``rejections[reason]`` and logged (the first ``log_first``, then every ``log_every``-th).
+that runs :meth:`RobotServer.serve`. A request passes these checks, cheapest first, before the
+robot is touched:
+
+1. Transport. ZeroMQ drops the connection of a peer that sends a frame larger than any request
+   has (``ZMQ_MAXMSGSIZE``: a request header or the robot's action, whichever is larger; libzmq
+   applies it per frame) and queues at most ``PEER_HWM`` messages per peer.
+2. Header. Only frame 0 is parsed (at most ``MAX_REQUEST_HEADER_BYTES``) and its token compared
+   (``hmac.compare_digest``). A request without the token is answered ``bad token``; its array
+   frames are never read.
+3. Size per kind. An ``act`` carries exactly the bytes of the robot's action; the other requests
+   carry no arrays.
+4. Payload. The arrays are built and checked against the robot's spec (shape, dtype, finite).
+5. Commands. An ``act``'s id is its sequence number: it must be greater than the id of the last
+   act accepted on this connection (a replayed or reordered command is refused). Its ``expires``
+   (server clock) is required, must not have passed and may be at most ``MAX_EXPIRY_S`` ahead.
+
+A refused request gets an ``error`` reply with the reason, is counted in ``rejections[reason]``
+and logged at most once per ``log_interval_s`` (the line counts the refusals not logged since).
 
 The token is an access check against mistakes and stray peers on a trusted network, not
-encryption: it travels in the clear. Binding to anything but loopback / ipc needs
-``allow_remote=True``.
+encryption: it travels in the clear. It is never logged. Binding to anything but loopback / ipc
+needs ``allow_remote=True``.
 
 Typical use::
 
-    server = RobotServer(SimRobot("cadence/BimodalReach-v0"), token="...")
+    server = RobotServer(SimRobot("cadence/BimodalReach-v0"), token=secrets.token_hex(16))
     threading.Thread(target=server.serve_forever).start()   # or call it on this thread
     ...
     server.close()            # from any thread: stops serve, holds and disconnects the robot
@@ -23,7 +37,9 @@ import collections
 import hmac
 import ipaddress
 import logging
+import math
 import threading
+import time
 from typing import Protocol, Self
 
 import numpy as np
@@ -31,21 +47,23 @@ import zmq
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Robot, RobotError
 from cadence.hardware.wire import (
-    MAX_ARRAY_BYTES,
-    MAX_ARRAYS,
-    MAX_HEADER_BYTES,
+    MAX_REQUEST_HEADER_BYTES,
     REQUEST_KINDS,
     Message,
     WireError,
     check_against,
-    decode,
+    check_token,
+    decode_header,
+    decode_payload,
     encode,
     observation_payload,
 )
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + MAX_ARRAY_BYTES + MAX_ARRAYS * 64
+PEER_HWM = 16            # requests (and replies) queued per peer at most
+MAX_EXPIRY_S = 10.0      # an act may be valid for at most this long
+MAX_REASONS = 100        # distinct rejection reasons counted; further ones count as "other"
 
 
 class _Stoppable(Protocol):
@@ -80,15 +98,15 @@ class RobotServer:
     The socket is bound at construction (``endpoint`` may end in ``:*`` for a free port; the
     bound address is ``self.endpoint``). With ``manage_robot`` the server connects the robot
     when serving starts and holds + disconnects it on :meth:`close`.
+    ``token`` must have at least ``MIN_TOKEN_BYTES`` bytes (:class:`RobotError` otherwise).
     Counters: ``requests`` (answered ok), ``rejections`` (per reason, robot untouched),
     ``robot_errors`` (the robot raised).
     """
 
     def __init__(self, robot: Robot, token: str, endpoint: str = "tcp://127.0.0.1:5555", *,
                  allow_remote: bool = False, manage_robot: bool = True, clock=None,
-                 poll_interval_s: float = 0.05, log_first: int = 10, log_every: int = 100):
-        if not isinstance(token, str) or not token:
-            raise ValueError("RobotServer needs a non-empty token")
+                 poll_interval_s: float = 0.05, log_interval_s: float = 1.0):
+        self._token = check_token(token)
         if not allow_remote and not is_loopback_endpoint(endpoint):
             raise ValueError(f"refusing to bind {endpoint!r}: not loopback (127.0.0.1, localhost, ::1 "
                              "or ipc://); pass allow_remote=True to serve the network")
@@ -96,8 +114,12 @@ class RobotServer:
         self.clock = clock if clock is not None else MonotonicClock()
         self.manage_robot = manage_robot
         self.poll_interval_s = float(poll_interval_s)
-        self.log_first, self.log_every = int(log_first), max(1, int(log_every))
-        self._token = token.encode("utf-8")
+        self.log_interval_s = float(log_interval_s)
+        self._logged_at, self._unlogged = -math.inf, 0
+        action = robot.spec.action
+        self._payload_limits = {**dict.fromkeys(REQUEST_KINDS, 0),       # array bytes per request kind
+                                "act": math.prod(action.shape) * np.dtype(action.dtype).itemsize}
+        self._last_act: dict[bytes, int] = {}          # peer -> id of its last accepted act
         self.rejections: collections.Counter[str] = collections.Counter()
         self.requests = 0
         self.robot_errors = 0
@@ -106,8 +128,10 @@ class RobotServer:
         self._closed = False
         self._robot_connected = False
         socket = zmq.Context.instance().socket(zmq.ROUTER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)   # a bigger message drops its peer
+        max_frame = max(MAX_REQUEST_HEADER_BYTES, self._payload_limits["act"])   # a bigger frame drops its peer
+        for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, PEER_HWM), (zmq.SNDHWM, PEER_HWM),
+                              (zmq.MAXMSGSIZE, max_frame)):
+            socket.setsockopt(option, value)
         if "[" in endpoint or endpoint.startswith("tcp://::"):
             socket.setsockopt(zmq.IPV6, 1)
         try:
@@ -154,7 +178,8 @@ class RobotServer:
 
     def close(self) -> None:
         """Stop serving (waits for :meth:`serve` to return), close the socket and, with
-        ``manage_robot``, hold and disconnect the robot. Idempotent."""
+        ``manage_robot``, hold and disconnect the robot (a failing hold raises after the
+        disconnect). Idempotent."""
         self._stop.set()
         with self._serving:
             if self._closed:
@@ -165,9 +190,8 @@ class RobotServer:
                 self._robot_connected = False
                 try:
                     self.robot.hold()
-                except Exception:
-                    logger.exception("robot.hold() failed while closing the server")
-                self.robot.disconnect()
+                finally:
+                    self.robot.disconnect()
 
     def __enter__(self) -> Self:
         return self
@@ -179,21 +203,26 @@ class RobotServer:
     def _handle(self, frames: list[bytes]) -> None:
         identity, body = frames[0], frames[1:]
         try:
-            request = decode(body)
+            head = decode_header(body, MAX_REQUEST_HEADER_BYTES)
         except WireError as e:
             self._reject(identity, e.msg_id, None, e.reason)
             return
-        if request.kind not in REQUEST_KINDS:
-            self._reject(identity, request.id, request.kind, f"not a request kind: {request.kind}")
+        if head.kind not in REQUEST_KINDS:
+            self._reject(identity, head.id, head.kind, f"not a request kind: {head.kind}")
             return
-        token = (request.token or "").encode("utf-8", "surrogatepass")
-        if not hmac.compare_digest(token, self._token):
-            self._reject(identity, request.id, request.kind, "bad token")
+        if not hmac.compare_digest((head.token or "").encode("utf-8", "surrogatepass"), self._token):
+            self._reject(identity, head.id, head.kind, "bad token")     # its arrays are never read
+            return
+        limit = self._payload_limits[head.kind]
+        if head.payload_bytes > limit:
+            self._reject(identity, head.id, head.kind, f"{head.kind} carries {head.payload_bytes} "
+                                                       f"array bytes, at most {limit}")
             return
         try:
-            self._validate(request)
+            request = decode_payload(head)
+            self._validate(identity, request)
         except WireError as e:
-            self._reject(identity, request.id, request.kind, e.reason)
+            self._reject(identity, head.id, head.kind, e.reason)
             return
         try:
             fields, arrays = self._dispatch(request)
@@ -217,16 +246,23 @@ class RobotServer:
         self.requests += 1
         self._send(identity, reply)
 
-    def _validate(self, request: Message) -> None:
+    def _validate(self, identity: bytes, request: Message) -> None:
         spec = self.robot.spec
         expected = {"action": spec.action} if request.kind == "act" else {}
         check_against(request.arrays, expected, request.kind)
         if request.kind == "act":
+            last = self._last_act.get(identity)
+            if last is not None and request.id <= last:
+                raise WireError(f"act #{request.id} is not after act #{last}: replayed or out of order")
             expires = request.fields.get("expires")
-            if expires is not None and not isinstance(expires, (int, float)):
-                raise WireError("bad expires: must be null or a number")
-            if expires is not None and self.clock.now() > expires:
+            if type(expires) not in (int, float):
+                raise WireError("act without expires: a command must carry the server time it expires")
+            now = self.clock.now()
+            if now > expires:
                 raise WireError("command expired: it arrived after the client stopped waiting for it")
+            if expires > now + MAX_EXPIRY_S:
+                raise WireError(f"expires more than {MAX_EXPIRY_S:g} s ahead")
+            self._last_act[identity] = request.id
         if request.kind == "reset":
             seed = request.fields.get("seed")
             if seed is not None and not (type(seed) is int and 0 <= seed < 2 ** 63):
@@ -252,12 +288,16 @@ class RobotServer:
         return {}, {}
 
     def _reject(self, identity: bytes, msg_id: int | None, kind: str | None, reason: str) -> None:
-        self.rejections[reason] += 1
-        n = sum(self.rejections.values())
-        if n <= self.log_first or n % self.log_every == 0:
-            logger.warning("rejected %s request from peer %s: %s (%d rejected so far%s)",
-                           kind or "a", identity.hex(), reason, n,
-                           "" if n < self.log_first else f"; logging every {self.log_every}th")
+        counted = reason if reason in self.rejections or len(self.rejections) < MAX_REASONS else "other"
+        self.rejections[counted] += 1
+        now = time.monotonic()
+        if now - self._logged_at < self.log_interval_s:
+            self._unlogged += 1
+        else:
+            logger.warning("rejected %s request from peer %s: %s (%d rejected in all, %d not logged since the "
+                           "last line)", kind or "a", identity.hex(), reason, sum(self.rejections.values()),
+                           self._unlogged)
+            self._logged_at, self._unlogged = now, 0
         self._reply_error(identity, msg_id if msg_id is not None else 0, reason)
 
     def _reply_error(self, identity: bytes, msg_id: int, reason: str) -> None:

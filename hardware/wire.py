@@ -7,16 +7,21 @@ A message is a list of ZeroMQ frames::
                                  "arrays": {"action": {"dtype": "float32", "shape": [2]}}}
     frame 1.. one raw little-endian C-order buffer per array, in the order of "arrays"
 
-Requests: ``hello``, ``reset`` (``seed``), ``observe``, ``act`` (array ``action``), ``hold``,
-``bye``. A reply has the request's kind and id with ``"ok": true`` and its payload, or kind
-``error`` with a ``reason``. An observation travels as arrays ``obs.<key>`` plus a header field
-``obs`` = ``{"t_capture", "seq", "info"}`` (``"obs": null`` when there is none).
+Requests: ``hello``, ``reset`` (``seed``), ``observe``, ``act`` (array ``action``, ``seq``,
+``expires``), ``hold``, ``bye``. A reply has the request's kind and id with ``"ok": true`` and its
+payload, or kind ``error`` with a ``reason``. An observation travels as arrays ``obs.<key>`` plus
+a header field ``obs`` = ``{"t_capture", "seq", "info"}`` (``"obs": null`` when there is none).
 
-:func:`decode` accepts any input and either returns a :class:`Message` or raises
-:class:`WireError` with a short reason; it checks sizes before it allocates anything.
+Decoding is two steps, so that a receiver can authenticate before it touches a payload:
+:func:`decode_header` parses only frame 0 (the array frames stay raw buffers), and
+:func:`decode_payload` checks the array specs and builds the arrays. :func:`decode` does both.
+Each accepts any input and either returns its result or raises :class:`WireError` with a short
+reason; sizes are checked before anything is allocated. :func:`check_token` is the token rule
+both ends apply (a string of ``MIN_TOKEN_BYTES`` to ``MAX_TOKEN_BYTES`` bytes).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cadence.hardware.robot import Feature, Observation
+from cadence.hardware.robot import Feature, Observation, RobotError
 from cadence.errors import CadenceError
 
 VERSION = 1
@@ -32,6 +37,9 @@ REQUEST_KINDS = frozenset({"hello", "reset", "observe", "act", "hold", "bye"})
 KINDS = REQUEST_KINDS | {"error"}
 DTYPES = frozenset({"float32", "float64", "uint8", "int32", "int64", "bool"})
 MAX_HEADER_BYTES = 64 * 1024
+MAX_REQUEST_HEADER_BYTES = 4 * 1024      # a request's header: kind, id, token, seq, expires, seed
+MIN_TOKEN_BYTES = 16
+MAX_TOKEN_BYTES = 1024
 MAX_ARRAY_BYTES = 64 * 1024 * 1024       # all arrays of one message together
 MAX_NDIM = 8
 MAX_ARRAYS = 64
@@ -48,6 +56,32 @@ class WireError(CadenceError, ValueError):
         super().__init__(reason)
         self.reason = reason
         self.msg_id = msg_id
+
+
+def check_token(token: object) -> bytes:
+    """The shared token as UTF-8 bytes; raises :class:`RobotError` (never showing the token)
+    unless it is a string of ``MIN_TOKEN_BYTES`` to ``MAX_TOKEN_BYTES`` bytes."""
+    if not isinstance(token, str):
+        raise RobotError(f"the robot token must be a string, got {type(token).__name__}")
+    raw = token.encode("utf-8", "surrogatepass")
+    if not MIN_TOKEN_BYTES <= len(raw) <= MAX_TOKEN_BYTES:
+        raise RobotError(f"the robot token has {len(raw)} bytes; it needs {MIN_TOKEN_BYTES} to {MAX_TOKEN_BYTES} "
+                         "(make one with: python -c 'import secrets; print(secrets.token_hex(16))')")
+    return raw
+
+
+@dataclass(frozen=True)
+class Header:
+    """A message whose header frame is parsed and whose array frames are not yet looked at."""
+    kind: str
+    id: int
+    token: str | None
+    header: Mapping[str, Any]
+    frames: Sequence[memoryview]           # the array frames, raw
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(f.nbytes for f in self.frames)
 
 
 @dataclass(frozen=True)
@@ -123,17 +157,22 @@ def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
-def decode(frames: Sequence[Any]) -> Message:
-    """Parse and validate one message; raises :class:`WireError` (and nothing else) if invalid."""
-    try:
-        return _decode(frames)
-    except WireError:
-        raise
-    except Exception as e:  # noqa: BLE001  (a guard: nothing else may escape, whatever the input)
-        raise WireError(f"malformed message ({type(e).__name__})") from None
+def _guarded(parse):
+    """``parse`` raising :class:`WireError` and nothing else, whatever the input."""
+    @functools.wraps(parse)
+    def guarded(*args, **kwargs):
+        try:
+            return parse(*args, **kwargs)
+        except WireError:
+            raise
+        except Exception as e:  # noqa: BLE001  (a guard: nothing else may escape)
+            raise WireError(f"malformed message ({type(e).__name__})") from None
+    return guarded
 
 
-def _decode(frames: Sequence[Any]) -> Message:
+@_guarded
+def decode_header(frames: Sequence[Any], max_header_bytes: int = MAX_HEADER_BYTES) -> Header:
+    """Parse frame 0 (version, kind, id, token); the other frames are kept as raw buffers."""
     if not isinstance(frames, (list, tuple)):
         raise WireError("frames must be a list")
     if not frames:
@@ -149,7 +188,7 @@ def _decode(frames: Sequence[Any]) -> Message:
         else:
             raise WireError("frames must be bytes")
     head = bufs[0]
-    if head.nbytes > MAX_HEADER_BYTES:
+    if head.nbytes > max_header_bytes:
         raise WireError("header too large")
     try:
         text = head.tobytes().decode("utf-8")
@@ -173,6 +212,13 @@ def _decode(frames: Sequence[Any]) -> Message:
     token = header.get("token")
     if token is not None and not isinstance(token, str):
         raise WireError("bad token field", msg_id)
+    return Header(kind, msg_id, token, header, bufs[1:])
+
+
+@_guarded
+def decode_payload(head: Header) -> Message:
+    """Check the array specs against the array frames and build the arrays."""
+    header, msg_id = head.header, head.id
     specs = header.get("arrays", {})
     if not isinstance(specs, dict):
         raise WireError("bad arrays field", msg_id)
@@ -196,11 +242,11 @@ def _decode(frames: Sequence[Any]) -> Message:
         if total > MAX_ARRAY_BYTES:
             raise WireError("arrays too large", msg_id)
         checked.append((name, dtype, tuple(shape), nbytes))
-    if len(bufs) - 1 != len(checked):
-        raise WireError(f"frame count mismatch: {len(bufs) - 1} array frames for "
+    if len(head.frames) != len(checked):
+        raise WireError(f"frame count mismatch: {len(head.frames)} array frames for "
                         f"{len(checked)} arrays", msg_id)
     arrays: dict[str, np.ndarray] = {}
-    for (name, dtype, shape, nbytes), buf in zip(checked, bufs[1:]):
+    for (name, dtype, shape, nbytes), buf in zip(checked, head.frames):
         if buf.nbytes != nbytes:
             raise WireError(f"array {name!r}: wrong byte length {buf.nbytes} != {nbytes}"[:100],
                             msg_id)
@@ -211,7 +257,12 @@ def _decode(frames: Sequence[Any]) -> Message:
             raise WireError(f"array {name!r}: bool bytes not 0/1"[:80], msg_id)
         arrays[name] = a
     fields = {k: v for k, v in header.items() if k not in RESERVED}
-    return Message(kind, msg_id, fields, arrays, token)
+    return Message(head.kind, msg_id, fields, arrays, head.token)
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Parse and validate one message; raises :class:`WireError` (and nothing else) if invalid."""
+    return decode_payload(decode_header(frames))
 
 
 def check_against(arrays: Mapping[str, np.ndarray], features: Mapping[str, Feature],

@@ -64,7 +64,7 @@ def test_run_drives_a_remote_robot_and_refuses_an_impossible_budget(trained):
                                  cwd=trained, env=env, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 1 and "no inference configuration fits the budget" in refused.stderr
         wrong = subprocess.run([sys.executable, "-m", "cadence.cli", "run", *common],
-                               cwd=trained, env={**env, "CADENCE_ROBOT_TOKEN": "wrong"}, capture_output=True,
+                               cwd=trained, env={**env, "CADENCE_ROBOT_TOKEN": "wrong-token-0123456789"}, capture_output=True,
                                text=True, timeout=300)
         assert wrong.returncode == 1 and "token" in wrong.stderr
     finally:

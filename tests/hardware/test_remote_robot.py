@@ -22,7 +22,7 @@ from cadence.hardware.robot_server import RobotServer, is_loopback_endpoint
 from cadence.hardware.wire import decode, encode
 
 TASK = "cadence/BimodalReach-v0"
-TOKEN = "test-token-7f3a"
+TOKEN = "test-token-7f3a-5c1e"
 RATE_HZ = 50.0
 
 
@@ -192,9 +192,10 @@ def test_rejected_requests_get_a_reason_and_never_reach_the_robot(server, remote
         (_raw_act(bogus, token="wrong-token"), "bad token"),
         (_raw_act(bogus, token=""), "bad token"),
         (_raw_act(bogus, token=None), "bad token"),
-        (_raw_act(np.array([1.4, 1.4, 1.4], np.float32)), "action: shape [3] != [2]"),
+        (_raw_act(np.array([1.4, 1.4, 1.4], np.float32)), "act carries 12 array bytes, at most 8"),
         (_raw_act(np.array([[1.4, 1.4]], np.float32)), "action: shape [1, 2] != [2]"),
-        (_raw_act(bogus.astype(np.float64)), "action: dtype float64 != float32"),
+        (_raw_act(bogus.astype(np.float64)), "act carries 16 array bytes, at most 8"),
+        (_raw_act(np.array([1, 2], np.int32)), "action: dtype int32 != float32"),
         (_raw_act(np.array([1.4, np.nan], np.float32)), "array 'action': non-finite values"),
         (_raw_act(np.array([np.inf, 1.4], np.float32)), "array 'action': non-finite values"),
         ([_raw_act(bogus)[0]], "frame count mismatch"),
@@ -204,7 +205,8 @@ def test_rejected_requests_get_a_reason_and_never_reach_the_robot(server, remote
         (encode("error", {"reason": "x"}, None, 6, TOKEN), "not a request kind"),
         ([b'{"v":1,"kind":"launch","id":6,"token":"%s"}' % TOKEN.encode()], "unknown kind"),
         (encode("reset", {"seed": -1}, None, 7, TOKEN), "bad seed"),
-        (encode("hold", {}, {"x": np.zeros(1, np.uint8)}, 8, TOKEN), "hold: keys ['x'] != []"),
+        (encode("hold", {}, {"x": np.zeros(1, np.uint8)}, 8, TOKEN), "hold carries 1 array bytes, at most 0"),
+        (encode("hold", {}, {"x": np.zeros(0, np.uint8)}, 8, TOKEN), "hold: keys ['x'] != []"),
     ]
     peer = RawPeer(server.endpoint)
     try:
@@ -227,7 +229,7 @@ def test_rejected_requests_get_a_reason_and_never_reach_the_robot(server, remote
     assert np.linalg.norm(position - target) < 0.05 and np.linalg.norm(position - bogus) > 1.0
 
     with pytest.raises(RobotError, match="bad token"):       # a RemoteRobot with the wrong token
-        RemoteRobot(server.endpoint, "wrong", connect_timeout_s=2.0).connect()
+        RemoteRobot(server.endpoint, "wrong-token-0123456789", connect_timeout_s=2.0).connect()
     trips = remote.round_trips                               # refused locally, nothing sent
     with pytest.raises(RobotError, match="non-finite"):
         remote.send_action([np.nan, 0.0])
@@ -236,7 +238,7 @@ def test_rejected_requests_get_a_reason_and_never_reach_the_robot(server, remote
     assert remote.round_trips == trips and server.ask("calls") == calls_before
 
 
-def test_server_refuses_non_loopback_binds_and_empty_tokens():
+def test_server_refuses_non_loopback_binds_and_short_tokens():
     for endpoint in ["tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://192.168.1.10:5555", "tcp://eth0:5555",
                      "tcp://[::]:5555", "udp://127.0.0.1:5555", "127.0.0.1:5555"]:
         assert not is_loopback_endpoint(endpoint)
@@ -245,30 +247,38 @@ def test_server_refuses_non_loopback_binds_and_empty_tokens():
     for endpoint in ["tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555",
                      "tcp://127.0.0.2:1", "ipc:///tmp/robot.ipc", "inproc://robot"]:
         assert is_loopback_endpoint(endpoint)
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(RobotError, match="token has 0 bytes"):
         RobotServer(None, "", "tcp://127.0.0.1:*")
 
 
-def test_rejections_are_logged_rate_limited_and_counted(caplog):
+def test_rejections_are_logged_at_most_once_per_interval_and_counted(caplog):
     from cadence.hardware.sim_robot import SimRobot
 
     robot = _Recording(SimRobot(TASK, rate_hz=RATE_HZ))
-    server = RobotServer(robot, TOKEN, "tcp://127.0.0.1:*", log_first=5, log_every=50)
+    server = RobotServer(robot, TOKEN, "tcp://127.0.0.1:*", log_interval_s=1.0)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     peer = RawPeer(server.endpoint)
     try:
         with caplog.at_level(logging.WARNING, logger="cadence.hardware.robot_server"):
+            t0 = time.monotonic()
             for i in range(120):
                 peer.ask([b"junk %d" % i])
+            elapsed = time.monotonic() - t0
+            time.sleep(1.05)
+            peer.ask([b"junk again"])                            # a line: the interval has passed
         assert peer.ask(encode("hello", {}, None, 1, TOKEN)).kind == "hello"
     finally:
         peer.close()
         server.close()
         thread.join(5)
-    warnings = [r for r in caplog.records if r.name == "cadence.hardware.robot_server"]
-    assert len(warnings) == 5 + 2                             # 1..5, then 50th and 100th
-    assert server.rejections == {"header not JSON": 120} and server.requests == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "cadence.hardware.robot_server"]
+    assert 2 <= len(lines) <= 2 + elapsed // 1.0, lines
+    assert lines[0].endswith("header not JSON (1 rejected in all, 0 not logged since the last line)")
+    assert "121 rejected in all" in lines[-1]
+    not_logged = [int(line.split(", ")[-1].split()[0]) for line in lines]
+    assert sum(not_logged) + len(lines) == 121                 # every refusal is either logged or counted
+    assert server.rejections == {"header not JSON": 121} and server.requests == 1
     assert robot.calls == [("connect",), ("hold",)] and not thread.is_alive()   # close() holds
 
 

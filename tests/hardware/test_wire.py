@@ -1,19 +1,24 @@
-"""The robot wire format: round trips, every rejection reason, and a seeded fuzz run."""
+"""The robot wire format: round trips, every rejection reason, header-first decoding, the token
+rule, and a seeded fuzz run."""
 import json
 import random
 
 import numpy as np
 import pytest
-from cadence.hardware.robot import Feature, Observation
+from cadence.hardware.robot import Feature, Observation, RobotError
 from cadence.hardware.wire import (
     DTYPES,
     KINDS,
     MAX_ARRAY_BYTES,
     MAX_HEADER_BYTES,
+    MIN_TOKEN_BYTES,
     Message,
     WireError,
     check_against,
+    check_token,
     decode,
+    decode_header,
+    decode_payload,
     encode,
     observation_from,
     observation_payload,
@@ -168,6 +173,35 @@ def test_encode_refuses_what_decode_would_refuse():
                            ({"kind": "act", "msg_id": True}, "id")]:
         with pytest.raises(WireError, match=reason):
             encode(**{"fields": None, "arrays": None, "msg_id": 1, "token": "t", **kwargs})
+
+
+def test_decode_header_reads_frame_zero_only_and_decode_payload_the_rest():
+    good = encode("act", {"expires": 1.5}, {"action": np.array([1.0, 2.0], np.float32)}, 7, "tok")
+    junk = [good[0], b"\xff" * 8]                         # NaN bytes: only decode_payload looks
+    head = decode_header(junk)
+    assert (head.kind, head.id, head.token, head.payload_bytes) == ("act", 7, "tok", 8)
+    assert head.header["expires"] == 1.5 and bytes(head.frames[0]) == b"\xff" * 8
+    with pytest.raises(WireError, match="non-finite"):
+        decode_payload(head)
+    assert decode_payload(decode_header(good)).arrays["action"].tolist() == [1.0, 2.0]
+    with pytest.raises(WireError, match="header too large"):
+        decode_header(good, max_header_bytes=len(good[0]) - 1)
+    for frames in ([b"{oops"], "not a list", [b'{"v":1,"kind":"hello","id":1,"token":5}']):
+        with pytest.raises(WireError):
+            decode_header(frames)
+
+
+@pytest.mark.parametrize("token", ["Q", "Q" * (MIN_TOKEN_BYTES - 1), "é" * 7, "", None, 1234567890123456789])
+def test_check_token_refuses_short_or_non_string_tokens_in_one_line_without_showing_them(token):
+    with pytest.raises(RobotError) as info:
+        check_token(token)
+    message = str(info.value)
+    assert "\n" not in message and (not isinstance(token, str) or not token or token not in message)
+
+
+def test_check_token_accepts_sixteen_bytes_and_more():
+    assert check_token("a" * MIN_TOKEN_BYTES) == b"a" * MIN_TOKEN_BYTES
+    assert check_token("é" * 8) == "é".encode() * 8          # bytes, not characters
 
 
 def test_check_against_spec_shapes_dtypes_and_keys():
