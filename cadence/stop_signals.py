@@ -2,7 +2,8 @@
 (Ctrl-C) and SIGHUP (a closed terminal).
 
 ``stop_signals(on_stop)`` installs handlers for the duration of a ``with`` block (main thread
-only) and restores the previous ones after. ``on_stop(signum)`` decides what a stop means: set
+only) and restores the previous ones after; only the first signal calls ``on_stop``, so that a
+second one cannot interrupt the clean-up the first started. ``on_stop(signum)`` decides what a stop means: set
 an event a serving loop polls, or raise :class:`StopRequested` to unwind the main thread through
 its ``finally`` blocks (which hold the robot and write the logs).
 """
@@ -41,8 +42,14 @@ def stop_signals(on_stop: Callable[[int], None] = raise_stop) -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:               # the first signal stops; later ones must not cut the clean-up short
+            fired.append(signum)
+            on_stop(signum)
     for s in SIGNALS:
-        signal.signal(s, lambda signum, frame: on_stop(signum))
+        signal.signal(s, handler)
     try:
         yield
     finally:

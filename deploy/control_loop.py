@@ -43,10 +43,13 @@ class LoopConfig:
     action_lead_s: float = 0.0        # an action must reach the robot this long before it is due
     latency_estimate_s: float = 0.0   # expected inference latency (p99), sets the replan lead
     tick_phase: float = 0.25          # ticks run this fraction of a period after the robot's steps
+    max_robot_errors: int = 3         # ticks in a row whose robot calls fail before the robot counts as lost
 
     def __post_init__(self):
         if self.blend not in BLENDS:
             raise ValueError(f"control.blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.max_robot_errors < 1:
+            raise ValueError(f"control.max_robot_errors must be >= 1, got {self.max_robot_errors}")
         if self.rate_hz <= 0 or self.exec_horizon < 1:
             raise ValueError(f"need rate_hz > 0 and exec_horizon >= 1, got {self.rate_hz} and {self.exec_horizon}")
 
@@ -115,7 +118,7 @@ class ControlLoop:
         # action for the next step is sent almost a whole period before that step.
         t0 = obs.t_capture + self.cfg.tick_phase * self.period
         t0 += max(0, math.ceil((self.clock.now() - t0) / self.period)) * self.period
-        k, info = 0, dict(obs.info)
+        k, info, failing = 0, dict(obs.info), 0
         for k in range(max_ticks):
             t_sched = t0 + k * self.period
             self.clock.sleep_until(t_sched)
@@ -127,11 +130,12 @@ class ControlLoop:
                 continue
             tick = Tick(self._episode, k, t_sched, t_start, t_start, "hold")
             self._heartbeat()
+            errors = []
             try:
                 obs = self.robot.latest_observation()
             except RobotError as exc:
                 obs = None
-                self.log.count(f"robot_error:{type(exc).__name__}")
+                errors.append(exc)
             if obs is not None:
                 self.history.push(obs)
                 info = dict(obs.info)
@@ -144,7 +148,7 @@ class ControlLoop:
             if result is not None:
                 tick.inference_ms = result.latency * 1e3
                 if result.actions is None:
-                    self.log.count("inference_errors")
+                    self.log.count("inference_errors", detail=result.error)
                 else:
                     self.schedule.merge(result.actions, result.request.t_obs, result.request.chunk, t_start)
                     started = True
@@ -158,7 +162,14 @@ class ControlLoop:
                     tick.action = action.value.tolist()
                     self.robot.send_action(action.value)
             except RobotError as exc:
-                self.log.count(f"robot_error:{type(exc).__name__}")
+                errors.append(exc)
+            for exc in errors:
+                self.log.count(f"robot_error:{type(exc).__name__}", detail=str(exc))
+            failing = failing + 1 if errors else 0
+            if failing >= self.cfg.max_robot_errors:
+                tick.t_end = self.clock.now()
+                self.log.add(tick)
+                raise RobotError(f"lost the robot: {failing} ticks in a row failed ({errors[-1]})")
             if not self.worker.busy and (not started or self._replan_due(t_start)) and self.history.latest:
                 self.worker.submit(self._request(t_start))
             tick.t_end = self.clock.now()

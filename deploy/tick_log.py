@@ -26,12 +26,15 @@ class TickLog:
     def __init__(self):
         self.ticks: list[Tick] = []
         self.events: dict[str, int] = {}
+        self.first_errors: dict[str, str] = {}    # event -> the first occurrence's message
 
     def add(self, tick: Tick) -> None:
         self.ticks.append(tick)
 
-    def count(self, event: str, n: int = 1) -> None:
+    def count(self, event: str, n: int = 1, detail: str | None = None) -> None:
         self.events[event] = self.events.get(event, 0) + n
+        if detail is not None:
+            self.first_errors.setdefault(event, detail)
 
     def summary(self, budget_ms: float | None = None, period: float | None = None) -> dict:
         ticks = [t for t in self.ticks if t.source != "done"]
@@ -56,7 +59,11 @@ class TickLog:
             out["tick_overruns"] = int(sum(t.t_end - t.t_sched > period for t in ticks))
         if budget_ms is not None:
             out["inference_over_budget"] = int((inf > budget_ms).sum())
-        out["deadline_misses"] = out["hold_ticks"] + out.get("tick_overruns", 0) + out.get("skipped_ticks", 0)
+        # a failed inference is a chunk that never came: a missed deadline even while the robot waits
+        out["deadline_misses"] = (out["hold_ticks"] + out.get("tick_overruns", 0) + out.get("skipped_ticks", 0)
+                                  + out.get("inference_errors", 0))
+        if self.first_errors:
+            out["first_errors"] = dict(self.first_errors)
         out.update(self._seams(ticks))
         return out
 
