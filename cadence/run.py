@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -96,16 +97,20 @@ def usable_kinds(requested) -> list[str]:
 
 
 def current_export(policy, ckpt: Path, meta: dict) -> Path:
-    """``RUN/export-onnx`` for this checkpoint: exported now unless it holds this very step."""
-    from cadence.deploy.exported_policy import ExportFormatError, read_spec
+    """``RUN/export-onnx`` for this checkpoint: exported now unless it records these very weights
+    (the SHA-256 of model.safetensors; an export of other weights, or one without the hash, is
+    replaced)."""
+    from cadence.cache_file import weights_sha256
+    from cadence.deploy.exported_policy import read_spec
     from cadence.deploy.onnx_export import export_policy_onnx
-    export_dir = ckpt.parent / "export-onnx"
+    export_dir, digest = ckpt.parent / "export-onnx", weights_sha256(ckpt)
     try:
-        if read_spec(export_dir)["source"].get("step") == meta["step"]:
+        if read_spec(export_dir)["source"].get("weights_sha256") == digest:
             return export_dir
-    except (OSError, ExportFormatError, KeyError):
+    except (OSError, CadenceError):
         pass
-    export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"])
+    export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"],
+                       weights_sha256=digest)
     return export_dir
 
 
@@ -127,15 +132,33 @@ def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, ckpt: 
                               device, block_cache=False)
     candidates = budget_mod.candidates(kinds, candidate_steps(cfg.policy, budget_cfg.steps),
                                        budget_mod.cached_steps(policy))
+    max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
-                                  calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress)
+                                  calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,
+                                  max_error=max_error)
     chosen = budget_mod.choose(measured, budget_ms)
     return build(chosen.candidate), chosen, measured
 
 
+class RunFailed(CadenceError):
+    """Episodes ran, but inference failed during them (the robot held instead): not a success."""
+
+
 def run(cfg: DictConfig) -> dict:
+    """Stop signals (SIGTERM, SIGINT, SIGHUP) unwind the run: the robot is held, the logs are
+    written, one line says so and the exit status is 128 + the signal's number."""
+    try:
+        with stop_signals():
+            return _run(cfg)
+    except StopRequested as stop:
+        print(f"cadence run: stopped by {stop.name}; the robot was held and the logs written", file=sys.stderr,
+              flush=True)
+        raise SystemExit(128 + stop.signum) from None
+
+
+def _run(cfg: DictConfig) -> dict:
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
-    policy, train_cfg, meta = load_policy(ckpt, cfg.device)
+    policy, train_cfg, meta = load_policy(ckpt, cfg.device, env_id=cfg.env_id)
     out = Path(cfg.out_dir or ckpt.parent / f"deploy-{datetime.now():%Y%m%d-%H%M%S}")
     obs_keys = list(train_cfg.task.obs_keys)
     delay = tuple(float(v) / 1e3 for v in cfg.control.inject_delay_ms)
@@ -143,12 +166,12 @@ def run(cfg: DictConfig) -> dict:
     sim_rate = float(cfg.robot.rate_hz or cfg.control.rate_hz or train_cfg.task.fps)
     robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, sim_rate), safety_limits(cfg.safety),
                          watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
-    tick_log, results, worker, chosen = TickLog(), [], None, None
+    tick_log, results, worker, chosen, summary = TickLog(), [], None, None, None
     try:
         robot.connect()                        # a missing server or a wrong token shows up now
         rate = float(cfg.control.rate_hz or robot.spec.rate_hz)
         check_compatible(robot.spec, meta, obs_keys, rate)
-        LoopConfig(rate, exec_horizon, cfg.control.blend)              # bad settings fail before timing
+        LoopConfig(rate, exec_horizon, cfg.control.blend, max_robot_errors=cfg.control.max_robot_errors)  # fail early
         budget_ms = float(cfg.budget.inference_ms or 1e3 / rate)
         runtime, chosen, measured = select_runtime(policy, train_cfg, cfg.budget, budget_ms, ckpt, cfg.device,
                                                    meta, threads=cfg.control.threads)
@@ -160,7 +183,8 @@ def run(cfg: DictConfig) -> dict:
                                  seed=cfg.control.seed, threads=cfg.control.threads)
         worker.warm_up(calibration_observations(train_cfg, 1)[0])     # compile / capture on its own thread
         loop_cfg = LoopConfig(rate, exec_horizon, cfg.control.blend, cfg.control.ensemble_decay,
-                              cfg.control.action_lead_ms / 1e3, latency_estimate_s=chosen.p99_ms / 1e3 + delay[1])
+                              cfg.control.action_lead_ms / 1e3, latency_estimate_s=chosen.p99_ms / 1e3 + delay[1],
+                              max_robot_errors=cfg.control.max_robot_errors)
         loop = ControlLoop(robot, worker, obs_keys, policy.obs_horizon, policy.pred_horizon - policy.obs_horizon + 1,
                            loop_cfg, log=tick_log)
         for i in tqdm(range(cfg.control.episodes), desc="episodes"):
@@ -172,27 +196,39 @@ def run(cfg: DictConfig) -> dict:
             log.warning("disconnecting the robot: %s", exc)
         if worker is not None:
             worker.stop()
-        if chosen is not None:                 # whatever ran is logged, also after an error or Ctrl-C
+        if chosen is not None:                 # whatever ran is logged, also after an error or a stop signal
             summary = _write_results(cfg, out, ckpt, rate, budget_ms, delay, chosen, results, tick_log, robot)
+    failed = summary["timing"].get("inference_errors", 0)
+    if failed:
+        first = summary["timing"]["first_errors"].get("inference_errors", "")
+        raise RunFailed(f"{out / 'summary.json'}: {failed} inference errors during the run (the robot held "
+                        f"instead); the first: {first}")
     return summary
 
 
 def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, delay, chosen, results, tick_log,
                    robot) -> dict:
+    timing = tick_log.summary(budget_ms + delay[1] * 1e3, 1 / rate)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if config["robot"].get("token"):
+        config["robot"]["token"] = "<redacted>"          # a secret never reaches a file
     summary = {"checkpoint": str(ckpt), "robot": cfg.robot.kind, "rate_hz": rate, "blend": cfg.control.blend,
                "inject_delay_ms": list(cfg.control.inject_delay_ms), "chosen": chosen.candidate.label,
+               "ok": not timing.get("inference_errors", 0),
                "episodes": len(results), "success_rate": float(np.mean([r.success for r in results])) if results else 0.0,
                "per_episode": [{"seed": r.seed, "success": r.success, "ticks": r.ticks,
                                 "mode": r.info.get("mode", "none")} for r in results],
-               "timing": tick_log.summary(budget_ms + delay[1] * 1e3, 1 / rate),
+               "timing": timing,
                "safety": {"clamps": dict(robot.clamp_counts), "refused_commands": robot.refused,
                           "estop": robot.estop_reason},
-               "config": OmegaConf.to_container(cfg, resolve=True)}
+               "config": config}
+    out.mkdir(parents=True, exist_ok=True)
     tick_log.write(out / "ticks.jsonl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     t = summary["timing"]
     print(f"success {summary['success_rate']:.2f} over {len(results)} episodes | {t['ticks']} ticks, "
           f"jitter p50 {t['jitter_ms']['p50']:.2f} / p99 {t['jitter_ms']['p99']:.2f} ms, inference p50 "
           f"{t['inference_ms']['p50']:.1f} / p99 {t['inference_ms']['p99']:.1f} ms, deadline misses "
-          f"{t['deadline_misses']}, late sends {t['late_sends']} -> {out}")
+          f"{t['deadline_misses']}, inference errors {t.get('inference_errors', 0)}, late sends "
+          f"{t['late_sends']} -> {out}", flush=True)
     return summary
