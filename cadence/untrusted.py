@@ -44,6 +44,7 @@ LIMITS = {
     "step": 10 ** 12,                  # a training step counter
     "episodes": 10 ** 8,               # episodes in a store or dataset
     "frames": 10 ** 11,                # steps in a store or dataset
+    "chunk_bytes": 2 ** 28,            # one decoded chunk of a zarr array (PushT's image chunks: 18 MB)
 }
 
 
@@ -191,7 +192,7 @@ def safetensors_header(path: str | os.PathLike, max_bytes: int | None = None) ->
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise _fail(path, f"corrupt safetensors header at tensor {name!r}")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
             raise _fail(path, f"tensor {name!r} has dtype {dtype!r} (allowed: {sorted(SAFETENSORS_DTYPES)})")
         if (not isinstance(shape, list) or len(shape) > 16
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= size for d in shape)):

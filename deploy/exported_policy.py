@@ -209,7 +209,7 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     process = spec["process"]
     if not isinstance(process, dict) or "type" not in process:
         raise ExportFormatError(f"{where}: missing key 'process.type'")
-    if process["type"] not in _PROCESS_KEYS:
+    if not isinstance(process["type"], str) or process["type"] not in _PROCESS_KEYS:
         raise ExportFormatError(f"{where}: 'process.type' must be one of {sorted(_PROCESS_KEYS)}, got {process['type']!r}")
     _keys(where, process, "process", _PROCESS_KEYS[process["type"]])
     if process["type"] == "ddpm":
