@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from cadence.hardware.robot_server import RobotServer
 from cadence.hardware.safety import SafetyFilter
 from cadence.hardware.robot import RobotError
-from cadence.run import make_robot, robot_token, safety_limits
+from cadence.hardware.robot_config import make_robot, robot_token, safety_limits
 from cadence.stop_signals import stop_signals
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -30,44 +29,11 @@ from cadence.deploy.runtimes import available_runtime_kinds, build_runtime
 from cadence.deploy.tick_log import TickLog
 from cadence.errors import CadenceError
 from cadence.hardware.robot import RobotError
-from cadence.hardware.safety import SafetyFilter, SafetyLimits
+from cadence.hardware.robot_config import make_robot, safety_limits
+from cadence.hardware.safety import SafetyFilter
 from cadence.stop_signals import StopRequested, stop_signals
 
 log = logging.getLogger(__name__)
-
-
-def robot_token(robot_cfg) -> str:
-    """``robot.token`` or ``$CADENCE_ROBOT_TOKEN``; :class:`RobotError` if missing or shorter than 16 bytes."""
-    from cadence.hardware.wire import check_token
-
-    token = robot_cfg.token or os.environ.get("CADENCE_ROBOT_TOKEN", "")
-    if not token:
-        raise RobotError("the remote robot needs a shared token: set robot.token=... or CADENCE_ROBOT_TOKEN")
-    check_token(token)
-    return token
-
-
-def make_robot(robot_cfg, task_cfg, rate_hz: float):
-    if robot_cfg.kind == "sim":
-        from cadence.hardware.sim_robot import SimRobot
-        return SimRobot(task_cfg.env_id, dict(task_cfg.env_kwargs), rate_hz=rate_hz,
-                        sensor_latency_s=robot_cfg.sensor_latency_ms / 1e3,
-                        actuation_latency_s=robot_cfg.actuation_latency_ms / 1e3, obs_keys=list(task_cfg.obs_keys))
-    if robot_cfg.kind == "remote":
-        from cadence.hardware.remote_robot import RemoteRobot
-        # obs_max_age_s=0: ask for the newest observation every tick (one extra loopback round trip,
-        # ~0.3 ms) rather than act on the one that came back with the previous tick's command.
-        return RemoteRobot(robot_cfg.endpoint, robot_token(robot_cfg), timeout_s=robot_cfg.timeout_ms / 1e3,
-                           obs_max_age_s=0.0)
-    raise RobotError(f"robot.kind must be sim or remote, got {robot_cfg.kind!r}")
-
-
-def safety_limits(safety_cfg) -> SafetyLimits:
-    pos = safety_cfg.position_obs
-    return SafetyLimits(max_delta=safety_cfg.max_delta,
-                        workspace_low=None if safety_cfg.workspace_low is None else list(safety_cfg.workspace_low),
-                        workspace_high=None if safety_cfg.workspace_high is None else list(safety_cfg.workspace_high),
-                        position_obs=None if pos is None else (str(pos[0]), int(pos[1]), int(pos[2])))
 
 
 def check_compatible(spec, meta: dict, obs_keys, rate_hz: float) -> None:

@@ -196,7 +196,7 @@ def test_the_remote_robot_sends_acts_the_server_accepts(served):
 
 
 def test_short_tokens_are_refused_at_construction_in_one_line():
-    from cadence.run import robot_token
+    from cadence.hardware.robot_config import robot_token
 
     for make in (lambda t: RobotServer(None, t, "tcp://127.0.0.1:*"), lambda t: RemoteRobot("tcp://127.0.0.1:1", t),
                  lambda t: robot_token(OmegaConf.create({"token": t}))):
