@@ -1,35 +1,56 @@
-"""``cadence collect``: write scripted-expert episodes into the task's episode store."""
+"""``cadence collect``: write scripted-expert episodes into the task's episode store.
+
+An existing store is appended to (its fps, keys and per-step shapes must match; an episode
+that does not is refused before anything is written). The episodes continue the seeds rather
+than repeat them: the expert draws them from seed ``collect.seed + n``, where ``n`` is the
+number of episodes already in the store. ``collect.overwrite=true`` builds a new store beside
+the old one and swaps it in when complete (``datasets/staged_store.py``), so a killed collect
+leaves the old store or the new one, never neither.
+"""
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from cadence.datasets.episode_store import EpisodeStore, StoreError
+from cadence.datasets.staged_store import recover, staged_store
 from cadence.envs.demonstrations import expert_episodes, renders_afterwards
 from cadence.envs.robosuite_render import StateRenderer, split_render_kwargs
 from cadence.task_suite import is_suite, member_tasks
 
 
-
 def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
-    """Collect ``collect_cfg.episodes`` successful expert episodes; returns a summary.
-
-    Robosuite tasks with cameras are collected without them (fast), then their camera images
-    are rendered from each kept episode's ``sim_state`` before it is written."""
+    """Run ``collect_cfg.episodes`` expert episodes and write the successful ones into the
+    task's store (appended, or into a new one with ``overwrite``); returns a summary."""
     path = Path(task_cfg.dataset)
-    if path.exists() and not collect_cfg.overwrite:
-        raise StoreError(f"{path} already exists; pass collect.overwrite=true to replace it "
-                         f"or task.dataset=OTHER_PATH to write elsewhere")
-    store = EpisodeStore.create(path, fps=task_cfg.fps, overwrite=collect_cfg.overwrite)
+    recover(path)
+    if collect_cfg.overwrite:
+        target = staged_store(path, task_cfg.fps)
+    else:
+        target = nullcontext(EpisodeStore.open(path, mode="a") if path.exists()
+                             else EpisodeStore.create(path, fps=task_cfg.fps))
+    with target as store:
+        if store.fps is not None and store.fps != task_cfg.fps:
+            raise StoreError(f"{path}: holds episodes recorded at {store.fps} fps, task {task_cfg.name} "
+                             f"records at {task_cfg.fps} (collect.overwrite=true replaces the store)")
+        seed = collect_cfg.seed + store.n_episodes
+        summary = _collect_into(store, task_cfg, collect_cfg.episodes, seed, progress)
+    return {"path": str(path), "seed": seed, **summary, "total_episodes": store.n_episodes, "steps": store.n_steps}
+
+
+def _collect_into(store: EpisodeStore, task_cfg, episodes: int, seed: int, progress: bool) -> dict:
+    """Robosuite tasks with cameras are collected without them (fast), then their camera images
+    are rendered from each kept episode's ``sim_state`` before it is written."""
     kept, outcomes, modes = 0, Counter(), Counter()
     env_kwargs = dict(task_cfg.env_kwargs)
     render_later = renders_afterwards(task_cfg.expert, env_kwargs)
     pending = []     # episodes waiting for their camera images
-    bar = tqdm(total=collect_cfg.episodes, desc=f"collect {task_cfg.name}", disable=not progress, dynamic_ncols=True)
-    for episode, info in expert_episodes(task_cfg.expert, task_cfg.env_id, collect_cfg.episodes, collect_cfg.seed,
+    bar = tqdm(total=episodes, desc=f"collect {task_cfg.name}", disable=not progress, dynamic_ncols=True)
+    for episode, info in expert_episodes(task_cfg.expert, task_cfg.env_id, episodes, seed,
                                          split_render_kwargs(env_kwargs)[0] if render_later else env_kwargs):
         outcomes[bool(info.get("is_success"))] += 1
         if info.get("is_success"):
@@ -47,14 +68,13 @@ def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
                                 dynamic_ncols=True):
                 episode.update(renderer.render(episode["sim_state"]))
                 store.append_episode(episode)
-    total = sum(outcomes.values())
-    summary = {"path": str(path), "episodes": kept, "steps": store.n_steps,
-               "expert_success_rate": outcomes[True] / max(1, total), "modes": dict(modes)}
-    return summary
+    return {"episodes": kept, "expert_success_rate": outcomes[True] / max(1, sum(outcomes.values())),
+            "modes": dict(modes)}
 
 
 def report(summary: dict) -> str:
-    return (f"wrote {summary['episodes']} episodes ({summary['steps']} steps) to {summary['path']}; "
+    return (f"wrote {summary['episodes']} episodes (expert seed {summary['seed']}) to {summary['path']}, "
+            f"which holds {summary['total_episodes']} episodes ({summary['steps']} steps); "
             f"expert success {summary['expert_success_rate']:.3f}, modes {summary['modes']}")
 
 
@@ -71,9 +91,6 @@ def collect_missing(task_cfg, collect_cfg, progress: bool = True) -> dict[str, d
 def run(cfg: DictConfig) -> dict:
     summaries = {}
     for member in member_tasks(cfg.task):      # a multitask suite: each member's store
-        if is_suite(cfg.task) and Path(member.dataset).exists() and not cfg.collect.overwrite:
-            print(f"kept {member.dataset} (task {member.name}; collect.overwrite=true replaces it)")
-            continue
         summaries[member.name] = collect(member, cfg.collect)
         print(report(summaries[member.name]))
     return summaries if is_suite(cfg.task) else summaries[cfg.task.name]

@@ -13,10 +13,18 @@ and only after it the array's shape (each one atomic file replace). A process ki
 point leaves a store that opens with exactly the episodes committed before; steps past the
 last episode end are an interrupted append's leftovers, ignored on read and overwritten by
 the next append.
+
+A store written elsewhere is data, never code: before zarr opens it, its group and array
+metadata and the chunk files holding committed steps are checked (:mod:`.zarr_checks`), and so
+are the attributes read from ``.zattrs`` (``fps`` a number, ``features``, ``stats`` and
+``source`` objects; a cached statistic that is not finite numbers of the key's per-step shape
+is recomputed from the data). Floating-point data read must be finite. Anything else is
+refused with a :class:`~cadence.errors.CadenceError` naming the file and the key.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +34,26 @@ import numpy as np
 import zarr
 
 from cadence.errors import CadenceError
+from cadence.untrusted import LIMITS, check_number, read_json
+
+from .zarr_checks import bounded, check_array, check_chunks, check_group, reading
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _ENDS = "meta/episode_ends"
+STATS = ("min", "max", "mean", "std")
 
 
 class StoreError(CadenceError, ValueError):
     """A store (or an episode offered to it) is malformed; the message names what and where."""
+
+
+def valid_key(key: str) -> bool:
+    """Whether ``key`` can name an array ``data/<key>``: one printable file name of at most 255
+    bytes, not hidden, without path separators."""
+    return (isinstance(key, str) and key.isprintable() and key.strip() != "" and not key.startswith(".")
+            and "/" not in key and "\\" not in key and len(key.encode()) <= 255)
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,7 @@ class EpisodeStore:
         self._root = root
         self.path = path
         self.writable = writable
+        self._arrays: dict[str, zarr.Array] = {}
         self._validate()
 
     # --- construction ------------------------------------------------------------------
@@ -64,10 +84,11 @@ class EpisodeStore:
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if not path.exists():
             raise StoreError(f"{path}: no episode store here")
-        try:
+        if not (path / ".zgroup").is_file():
+            raise StoreError(f"{path}: not a zarr group (no .zgroup)")
+        check_group(path)
+        with reading(path):
             root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
-        except Exception as exc:  # zarr raises several types for "not a group"
-            raise StoreError(f"{path}: not a zarr group ({exc})") from exc
         return cls(root, path, writable=(mode == "a"))
 
     @classmethod
@@ -85,31 +106,77 @@ class EpisodeStore:
     # --- validation --------------------------------------------------------------------
     def _validate(self) -> None:
         where = self.path
-        if "data" not in self._root:
-            raise StoreError(f"{where}: missing group 'data'")
-        if _ENDS not in self._root:
-            raise StoreError(f"{where}: missing array '{_ENDS}'")
-        ends = self._root[_ENDS][:]
-        if ends.ndim != 1 or not np.issubdtype(ends.dtype, np.integer):
-            raise StoreError(f"{where}: '{_ENDS}' must be a 1-D integer array, got {ends.dtype} {ends.shape}")
+        for name, kind, marker in (("data", "group", ".zgroup"), ("meta", "group", ".zgroup"),
+                                   (_ENDS, "array", ".zarray")):
+            if not (where / name / marker).is_file():
+                raise StoreError(f"{where}: missing {kind} '{name}'")
+            if kind == "group":
+                check_group(where / name)
+        self._check_attrs()
+        meta = check_array(where / _ENDS, LIMITS["episodes"])
+        if len(meta.shape) != 1 or meta.dtype[-2] not in "iu":
+            raise StoreError(f"{where / _ENDS}: must be a 1-D integer array, got {meta.dtype} {list(meta.shape)}")
+        check_chunks(where / _ENDS, meta, meta.shape[0])
+        with reading(where / _ENDS):
+            ends = self._array(_ENDS)[:]
+        if len(ends) and ends.max() > LIMITS["frames"]:
+            raise StoreError(f"{where / _ENDS}: the episodes end at step {ends.max()}, more than "
+                             f"{LIMITS['frames']:,}")
+        ends = ends.astype(np.int64)
         if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
             bad = int(np.argmax(np.diff(np.concatenate([[0], ends])) <= 0))
             raise StoreError(f"{where}: '{_ENDS}' must be strictly increasing and positive "
                              f"(episode {bad} ends at {ends[bad]})")
-        self._ends = ends.astype(np.int64)
+        self._ends = ends
         n = self.n_steps
         for key in self.keys:
-            length = self._root["data"][key].shape[0]
-            if length < n:
-                raise StoreError(f"{where}: data/{key} has {length} steps but '{_ENDS}' says "
+            meta = check_array(where / "data" / key, LIMITS["frames"])
+            if meta.shape[0] < n:
+                raise StoreError(f"{where}: data/{key} has {meta.shape[0]} steps but '{_ENDS}' says "
                                  f"the episodes end at step {n}")
-            if length > n:
+            if meta.shape[0] > n:
                 log.warning("%s: data/%s has %d steps past the last episode end (an interrupted "
-                            "append); they are ignored", where, key, length - n)
+                            "append); they are ignored", where, key, meta.shape[0] - n)
+            check_chunks(where / "data" / key, meta, n)
         declared = self._root.attrs.get("features", {})
         missing = sorted(set(declared) - set(self.keys))
         if missing and n > 0:
             raise StoreError(f"{where}: features {missing} are declared in .zattrs but missing under data/")
+
+    def _check_attrs(self) -> None:
+        """The root ``.zattrs`` (bounded JSON): ``fps`` a number, ``features``, ``stats`` and
+        ``source`` objects, where present."""
+        where = self.path / ".zattrs"
+        attrs = read_json(where) if where.exists() else {}
+        if not isinstance(attrs, dict):
+            raise StoreError(f"{where}: expected a JSON object")
+        if attrs.get("fps") is not None:
+            check_number(where, "fps", attrs["fps"], low=0)
+        for key in ("features", "stats", "source"):
+            if not isinstance(attrs.get(key, {}), dict):
+                raise StoreError(f"{where}: '{key}' must be an object, got {attrs[key]!r}"[:300])
+
+    def _array(self, name: str) -> zarr.Array:
+        """The (checked) array ``name``, opened once, decoding into chunk-sized buffers."""
+        if name not in self._arrays:
+            with reading(self.path / name):
+                self._arrays[name] = bounded(self._root[name])
+        return self._arrays[name]
+
+    def _read(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Steps ``start:stop`` of ``data/key``; floating-point values must be finite."""
+        where = self.path / "data" / key
+        with reading(where):
+            values = self._array(f"data/{key}")[start:stop]
+        if values.dtype.kind == "f":
+            rows = _block_rows(values.shape)
+            for begin in range(0, len(values), rows):
+                part = values[begin: begin + rows]
+                bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+                if bad.any():
+                    raise StoreError(f"{where}: holds NaN or infinite values (first at step "
+                                     f"{start + begin + int(np.argmax(bad))})")
+        return values
 
     # --- reading -----------------------------------------------------------------------
     @property
@@ -146,7 +213,7 @@ class EpisodeStore:
     @property
     def features(self) -> dict[str, FeatureSpec]:
         return {k: FeatureSpec(tuple(a.shape[1:]), str(a.dtype))
-                for k, a in ((k, self._root["data"][k]) for k in self.keys)}
+                for k, a in ((k, self._array(f"data/{k}")) for k in self.keys)}
 
     def episode_lengths(self) -> np.ndarray:
         return np.diff(np.concatenate([[0], self._ends]))
@@ -157,28 +224,57 @@ class EpisodeStore:
         for key in keys:
             if key not in self.keys:
                 raise StoreError(f"{self.path}: no key data/{key} (have {self.keys})")
-        return {k: self._root["data"][k][: self.n_steps] for k in keys}
+        return {k: self._read(k, 0, self.n_steps) for k in keys}
 
     def episode(self, index: int) -> dict[str, np.ndarray]:
         if not -self.n_episodes <= index < self.n_episodes:
             raise IndexError(f"episode {index} out of range ({self.n_episodes} episodes)")
         index %= self.n_episodes
         start = 0 if index == 0 else int(self._ends[index - 1])
-        return {k: self._root["data"][k][start: int(self._ends[index])] for k in self.keys}
+        return {k: self._read(k, start, int(self._ends[index])) for k in self.keys}
 
     def stats(self, key: str) -> dict[str, np.ndarray]:
         """Per-element min, max, mean and std over all committed steps of ``key``."""
         if key not in self.keys:
             raise StoreError(f"{self.path}: no key data/{key} (have {self.keys})")
-        cached = self._root.attrs.get("stats", {}).get(key)
-        if cached and cached.get("n_steps") == self.n_steps:
-            return {s: np.asarray(cached[s], dtype=np.float64) for s in ("min", "max", "mean", "std")}
-        stats = _compute_stats(self._root["data"][key], self.n_steps)
+        cached = self._cached_stats(key)
+        if cached is not None:
+            return cached
+        stats = self._compute_stats(key)
         if self.writable:
             all_stats = dict(self._root.attrs.get("stats", {}))
             all_stats[key] = {"n_steps": self.n_steps, **{s: v.tolist() for s, v in stats.items()}}
             self._root.attrs["stats"] = all_stats
         return stats
+
+    def _cached_stats(self, key: str) -> dict[str, np.ndarray] | None:
+        """The statistics ``.zattrs`` holds for ``key`` at the committed length, if they are
+        finite numbers of the key's per-step shape (None otherwise: they are recomputed)."""
+        entry = self._root.attrs.get("stats", {}).get(key)
+        if not isinstance(entry, dict) or entry.get("n_steps") != self.n_steps:
+            return None
+        try:
+            stats = {s: np.asarray(entry[s], dtype=np.float64) for s in STATS}
+        except (KeyError, TypeError, ValueError):
+            return None
+        shape = self.features[key].shape
+        return stats if all(v.shape == shape and np.isfinite(v).all() for v in stats.values()) else None
+
+    def _compute_stats(self, key: str) -> dict[str, np.ndarray]:
+        n_steps = self.n_steps
+        if n_steps == 0:
+            raise StoreError(f"{self.path}: cannot compute statistics of data/{key}: the store is empty")
+        lo = hi = total = total_sq = None
+        rows = _block_rows(self._array(f"data/{key}").shape)
+        for start in range(0, n_steps, rows):
+            x = self._read(key, start, min(n_steps, start + rows)).astype(np.float64)
+            lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
+            hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
+            total = x.sum(0) if total is None else total + x.sum(0)
+            total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
+        mean = total / n_steps
+        std = np.sqrt(np.maximum(total_sq / n_steps - mean * mean, 0.0))
+        return {"min": lo, "max": hi, "mean": mean, "std": std}
 
     # --- writing -----------------------------------------------------------------------
     def append_episode(self, episode: Mapping[str, np.ndarray]) -> None:
@@ -191,12 +287,13 @@ class EpisodeStore:
         if self.n_steps == 0:   # nothing committed: arrays here are an interrupted first append's leftovers
             for key in list(data.array_keys()):
                 del data[key]
+                self._arrays.pop(f"data/{key}", None)
         for key, values in episode.items():
             if key not in data:
                 chunk_steps = max(1, min(1024, (1 << 20) // max(1, values[0].nbytes)))
                 data.zeros(key, shape=(0, *values.shape[1:]), chunks=(chunk_steps, *values.shape[1:]),
                            dtype=values.dtype)
-            array = data[key]
+            array = self._array(f"data/{key}")
             if array.shape[0] != self.n_steps:       # drop an interrupted append's leftovers
                 array.resize(self.n_steps, *array.shape[1:])
             array.append(values.astype(array.dtype, copy=False))
@@ -211,6 +308,9 @@ class EpisodeStore:
         where = self.path
         if not episode:
             raise StoreError(f"{where}: empty episode (no keys)")
+        bad = [k for k in episode if not valid_key(k)]
+        if bad:
+            raise StoreError(f"{where}: {bad[0]!r} cannot be a store key (a key is one file name, data/<key>)"[:300])
         existing = set(self.keys) if self.n_steps else set()   # no episode yet: no schema to match
         if existing and set(episode) != existing:
             missing, extra = sorted(existing - set(episode)), sorted(set(episode) - existing)
@@ -235,7 +335,7 @@ class EpisodeStore:
 
     def _commit_ends(self, new_ends: np.ndarray) -> None:
         """Write the new ``episode_ends`` chunk(s), then the shape that makes them visible."""
-        array = self._root[_ENDS]
+        array = self._array(_ENDS)
         old_n, new_n, chunk = array.shape[0], len(new_ends), array.chunks[0]
         for c in range(old_n // chunk, (new_n - 1) // chunk + 1):
             block = np.zeros(chunk, dtype=array.dtype)
@@ -249,16 +349,7 @@ class EpisodeStore:
         self._ends = new_ends.astype(np.int64)
 
 
-def _compute_stats(array: zarr.Array, n_steps: int, block: int = 4096) -> dict[str, np.ndarray]:
-    if n_steps == 0:
-        raise StoreError(f"cannot compute statistics of {array.name}: the store is empty")
-    lo = hi = total = total_sq = None
-    for start in range(0, n_steps, block):
-        x = array[start: min(n_steps, start + block)].astype(np.float64)
-        lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
-        hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
-        total = x.sum(0) if total is None else total + x.sum(0)
-        total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
-    mean = total / n_steps
-    std = np.sqrt(np.maximum(total_sq / n_steps - mean * mean, 0.0))
-    return {"min": lo, "max": hi, "mean": mean, "std": std}
+
+def _block_rows(shape: tuple[int, ...]) -> int:
+    """Rows per block when reading through a key: about 4M elements."""
+    return max(1, 2 ** 22 // max(1, math.prod(shape[1:])))

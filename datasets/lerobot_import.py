@@ -32,11 +32,23 @@ Episodes are imported in ``episode_index`` order, each with exactly its parquet 
 store's ``source`` attribute keeps ``info.json``, the tasks (``{task_index: task}``) and every
 episode's original index and tasks. The store is written beside its target and moved into
 place at the end, so a failed import leaves nothing behind.
+
+The metadata is data from elsewhere, checked before anything is read for it: ``info.json``
+(bounded JSON; ``fps`` a positive number; ``total_episodes``, ``total_frames`` and
+``chunks_size`` integers within ``LIMITS``; every feature an object with a ``dtype`` and, for
+the imported ones, a bounded ``shape``; path templates that use only their own fields, as
+``{name}`` or ``{name:0Nd}``, and stay inside the dataset), the episode and task records
+(integer indices and lengths within ``LIMITS``, finite timestamps, lists of task strings) and
+each episode's ``timestamp`` column (finite, spanning no more than its frames at ``fps``).
+A value that does not check out ends the import with a
+:class:`~cadence.errors.CadenceError` naming the file, the line or row, and the key.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -45,7 +57,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .episode_store import EpisodeStore, StoreError
+from cadence.untrusted import LIMITS, check_int, check_number, check_shape, read_bytes, read_json
+
+from .episode_store import EpisodeStore, StoreError, valid_key
 from .staged_store import staged_store
 from .video_frames import decode_image, read_video_frames
 
@@ -82,7 +96,7 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
     skipped = {k: f.get("dtype") for k, f in features.items()
                if k not in IMPLIED and k not in numeric + images + video_keys}
     for key in numeric + images + video_keys:
-        if key.startswith(".") or "/" in key or not key.strip():
+        if not valid_key(key):
             raise StoreError(f"{root / 'meta/info.json'}: feature name {key!r} cannot be a store key")
     if "timestamp" not in numeric and video_keys and videos:
         raise StoreError(f"{root / 'meta/info.json'}: video features need the 'timestamp' feature")
@@ -93,7 +107,7 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
     else:
         episodes = _episodes_v2(root, info, wanted_videos)
         tasks = _tasks_v2(root)
-    tolerance = 0.5 / float(info["fps"])
+    tolerance = 0.5 / info["fps"]
 
     with staged_store(out, float(fps or info["fps"])) as store:
         tmp = store.path
@@ -104,11 +118,10 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
             for key in images:
                 episode[key] = _images(rows[key], ep, key)
             if wanted_videos:
-                times = _numeric(rows["timestamp"], features["timestamp"], ep, "timestamp").reshape(-1)
+                times = _timestamps(episode["timestamp"], ep, info["fps"])
             for key in wanted_videos:
                 path, start = ep.videos[key]
-                episode[key] = read_video_frames(path, start + times.astype(np.float64), tolerance,
-                                                 where=f"episode {ep.index}, key {key}")
+                episode[key] = read_video_frames(path, start + times, tolerance, where=f"episode {ep.index}, key {key}")
             try:
                 store.append_episode(episode)
             except StoreError as exc:     # e.g. NaN values: name the source file, not the temporary store
@@ -127,10 +140,7 @@ def _read_info(root: Path) -> dict:
         raise StoreError(f"{root}: no such directory (a LeRobot dataset is a directory with meta/info.json)")
     if not path.is_file():
         raise StoreError(f"{path}: missing: {root} is not a LeRobot dataset")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{path}: not readable JSON ({exc})") from None
+    info = read_json(path)
     if not isinstance(info, dict):
         raise StoreError(f"{path}: expected a JSON object")
     version = info.get("codebase_version")
@@ -139,48 +149,84 @@ def _read_info(root: Path) -> dict:
     for key in ("fps", "features", "data_path"):
         if key not in info:
             raise StoreError(f"{path}: no '{key}'")
+    check_number(path, "fps", info["fps"], low=1e-3)
+    for key, low, high in (("total_episodes", 0, LIMITS["episodes"]), ("total_frames", 0, LIMITS["frames"]),
+                           ("chunks_size", 1, LIMITS["episodes"])):
+        if info.get(key) is not None:
+            check_int(path, key, info[key], low, high)
     if not isinstance(info["features"], dict) or not info["features"]:
         raise StoreError(f"{path}: 'features' must be a non-empty object")
-    if not isinstance(info["fps"], (int, float)) or info["fps"] <= 0:
-        raise StoreError(f"{path}: 'fps' must be a positive number, got {info['fps']!r}")
+    for key, feature in info["features"].items():
+        if not isinstance(feature, dict) or not isinstance(feature.get("dtype"), str):
+            raise StoreError(f"{path}: 'features.{key}' must be an object with a 'dtype' string")
+        if feature["dtype"] in NUMERIC | {"image", "video"}:
+            check_shape(path, f"features.{key}.shape", feature.get("shape"))
     return info
 
 
+def _timestamps(values: np.ndarray, ep: _Episode, fps: float) -> np.ndarray:
+    """An episode's ``timestamp`` column (seconds), finite and spanning at most its frames."""
+    times = values.reshape(-1).astype(np.float64)
+    if not np.isfinite(times).all() or np.ptp(times) > len(times) / fps:
+        raise StoreError(f"{ep.data}: key 'timestamp' of episode {ep.index} must be finite seconds spanning at most "
+                         f"its {len(times)} frames at {fps} fps, got {times.min()}..{times.max()}")
+    return times
+
+
 def _format(root: Path, template_key: str, info: dict, **fields) -> Path:
-    template = info.get(template_key)
-    if not template:
-        raise StoreError(f"{root / 'meta/info.json'}: no '{template_key}' template")
+    """``root / info[template_key]`` formatted with ``fields``: the template may name only them,
+    each as ``{name}`` or ``{name:0Nd}``, and the path must stay inside ``root``."""
+    where, template = root / "meta/info.json", info.get(template_key)
+    if not isinstance(template, str) or not template:
+        raise StoreError(f"{where}: no '{template_key}' template")
     try:
-        return root / template.format(**fields)
+        if not all(name is None or (name in fields and not conversion and re.fullmatch(r"(0[1-9])?d?", spec))
+                   for _, name, spec, conversion in string.Formatter().parse(template)):
+            raise ValueError("fields may appear only as {name} or {name:0Nd}")
+        path = root / template.format(**fields)
     except (KeyError, IndexError, ValueError) as exc:
-        raise StoreError(f"{root / 'meta/info.json'}: '{template_key}' {template!r} does not format "
-                         f"with {sorted(fields)} ({exc!r})") from None
+        raise StoreError(f"{where}: '{template_key}' {template!r} does not format with {sorted(fields)} "
+                         f"({exc})"[:400]) from None
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise StoreError(f"{where}: '{template_key}' {template!r} leads out of {root}")
+    return path
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path) -> list[tuple[str, dict]]:
+    """``(where, record)`` for each line of a bounded JSON-lines file; ``where`` names the line."""
     if not path.is_file():
         raise StoreError(f"{path}: missing")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_bytes(path, LIMITS["json_bytes"]).splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
+                record = json.loads(line)
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
                 raise StoreError(f"{path}: line {n} is not JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise StoreError(f"{path}: line {n} is not a JSON object")
+            records.append((f"{path}: line {n}", record))
     return records
+
+
+def _task_list(value, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise StoreError(f"{where}: 'tasks' must be a list of strings, got {value!r}"[:300])
+    return value
 
 
 def _episodes_v2(root: Path, info: dict, video_keys: list[str]) -> list[_Episode]:
     path = root / "meta" / "episodes.jsonl"
-    chunks = int(info.get("chunks_size") or 1000)
+    chunks = info.get("chunks_size") or 1000
     episodes = []
-    for n, record in enumerate(_jsonl(path), 1):
+    for where, record in _jsonl(path):
         if "episode_index" not in record or "length" not in record:
-            raise StoreError(f"{path}: line {n} lacks 'episode_index' or 'length'")
-        index = int(record["episode_index"])
+            raise StoreError(f"{where} lacks 'episode_index' or 'length'")
+        index = check_int(where, "episode_index", record["episode_index"], 0, LIMITS["episodes"])
         names = {"episode_chunk": index // chunks, "episode_index": index}
         episodes.append(_Episode(
-            index=index, length=int(record["length"]), tasks=list(record.get("tasks", [])),
+            index=index, length=check_int(where, "length", record["length"], 0, LIMITS["frames"]),
+            tasks=_task_list(record.get("tasks", []), where),
             data=_format(root, "data_path", info, **names),
             videos={k: (_format(root, "video_path", info, video_key=k, **names), 0.0) for k in video_keys}))
     return _checked(sorted(episodes, key=lambda e: e.index), info, path)
@@ -199,21 +245,27 @@ def _episodes_v3(root: Path, info: dict, video_keys: list[str]) -> list[_Episode
         table = _read_parquet(path, need, "tasks")
         cols = {k: table.column(k).to_pylist() for k in table.column_names}
         for i in range(table.num_rows):
-            index, length = int(cols["episode_index"][i]), int(cols["length"][i])
-            span = int(cols["dataset_to_index"][i]) - int(cols["dataset_from_index"][i])
+            where = f"{path}: row {i}"
+
+            def number(column: str, high: int = LIMITS["frames"]) -> int:
+                return check_int(where, column, cols[column][i], 0, high)
+
+            index, length = number("episode_index", LIMITS["episodes"]), number("length")
+            span = number("dataset_to_index") - number("dataset_from_index")
             if span != length:
                 raise StoreError(f"{path}: episode {index} has length {length} but dataset_from_index.."
                                  f"dataset_to_index spans {span} rows")
             videos = {}
             for key in video_keys:
-                names = {"video_key": key, "chunk_index": int(cols[f"videos/{key}/chunk_index"][i]),
-                         "file_index": int(cols[f"videos/{key}/file_index"][i])}
+                names = {"video_key": key, "chunk_index": number(f"videos/{key}/chunk_index"),
+                         "file_index": number(f"videos/{key}/file_index")}
                 videos[key] = (_format(root, "video_path", info, **names),
-                               float(cols[f"videos/{key}/from_timestamp"][i]))
+                               check_number(where, f"videos/{key}/from_timestamp",
+                                            cols[f"videos/{key}/from_timestamp"][i], low=0))
             episodes.append(_Episode(
-                index=index, length=length, tasks=list(cols.get("tasks", [[]] * table.num_rows)[i] or []),
-                data=_format(root, "data_path", info, chunk_index=int(cols["data/chunk_index"][i]),
-                             file_index=int(cols["data/file_index"][i])),
+                index=index, length=length, tasks=_task_list(cols.get("tasks", [[]] * table.num_rows)[i] or [], where),
+                data=_format(root, "data_path", info, chunk_index=number("data/chunk_index"),
+                             file_index=number("data/file_index")),
                 videos=videos))
     return _checked(sorted(episodes, key=lambda e: e.index), info, root / "meta" / "episodes")
 
@@ -227,8 +279,11 @@ def _checked(episodes: list[_Episode], info: dict, where: Path) -> list[_Episode
     bad = [e.index for e in episodes if e.length <= 0]
     if bad:
         raise StoreError(f"{where}: episodes {bad[:5]} have no frames")
+    frames = sum(e.length for e in episodes)
+    if frames > LIMITS["frames"]:
+        raise StoreError(f"{where}: the episodes hold {frames:,} frames, more than {LIMITS['frames']:,}")
     total = info.get("total_episodes")
-    if total is not None and int(total) != len(episodes):
+    if total is not None and total != len(episodes):
         raise StoreError(f"{where}: lists {len(episodes)} episodes but meta/info.json says "
                          f"total_episodes={total} (an incomplete download?)")
     return episodes
@@ -237,10 +292,10 @@ def _checked(episodes: list[_Episode], info: dict, where: Path) -> list[_Episode
 def _tasks_v2(root: Path) -> dict[str, str]:
     path = root / "meta" / "tasks.jsonl"
     tasks = {}
-    for n, record in enumerate(_jsonl(path), 1):
+    for where, record in _jsonl(path):
         if "task_index" not in record or "task" not in record:
-            raise StoreError(f"{path}: line {n} lacks 'task_index' or 'task'")
-        tasks[str(int(record["task_index"]))] = str(record["task"])
+            raise StoreError(f"{where} lacks 'task_index' or 'task'")
+        tasks[str(check_int(where, "task_index", record["task_index"], 0, LIMITS["episodes"]))] = str(record["task"])
     return dict(sorted(tasks.items(), key=lambda kv: int(kv[0])))
 
 
@@ -250,8 +305,9 @@ def _tasks_v3(root: Path) -> dict[str, str]:
     name = "task" if "task" in table.column_names else "__index_level_0__"
     if name not in table.column_names:
         raise StoreError(f"{path}: no column 'task' (has {table.column_names})")
-    pairs = zip(table.column("task_index").to_pylist(), table.column(name).to_pylist(), strict=True)
-    return {str(int(i)): str(t) for i, t in sorted(pairs, key=lambda p: int(p[0]))}
+    indices = [check_int(path, "task_index", i, 0, LIMITS["episodes"]) for i in table.column("task_index").to_pylist()]
+    pairs = zip(indices, table.column(name).to_pylist(), strict=True)
+    return {str(i): str(t) for i, t in sorted(pairs, key=lambda p: p[0])}
 
 
 # --- parquet ----------------------------------------------------------------------------
@@ -343,7 +399,7 @@ def _numeric(column, feature: dict, ep: _Episode, key: str) -> np.ndarray:
     values = values.reshape(len(column), *dims)
     if values.ndim == 1:
         values = values[:, None]
-    shape = tuple(int(s) for s in feature.get("shape", values.shape[1:]))
+    shape = tuple(feature["shape"])
     if values.shape[1:] != shape and int(np.prod(values.shape[1:])) == int(np.prod(shape)):
         values = values.reshape(len(values), *shape)      # e.g. a flat list for a declared (H, W)
     if values.shape[1:] != shape:

@@ -6,13 +6,16 @@ timestamp with no frame within the tolerance. It seeks to the keyframe before th
 timestamp and decodes only up to the last one, so a slice of a long video (LeRobot v3.0 puts
 many episodes in one file) costs about what the slice does. :func:`decode_image` decodes one
 PNG / JPEG (LeRobot's image features). Both return uint8 RGB ``(H, W, 3)`` frames and raise
-:class:`StoreError` naming the file and what was being read.
+:class:`StoreError` naming the file and what was being read; a video whose frames hold more
+than ``LIMITS["obs_elements"]`` values is refused before a frame is decoded.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from cadence.untrusted import LIMITS
 
 from .episode_store import StoreError
 
@@ -38,6 +41,10 @@ def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: s
             if not container.streams.video:
                 raise StoreError(f"{path}: holds no video stream{context}")
             stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height * 3 > LIMITS["obs_elements"]:
+                raise StoreError(f"{path}: frames of {width}x{height} pixels, more than "
+                                 f"{LIMITS['obs_elements']:,} values each{context}")
             times, frames = _decode_between(container, stream, lo, hi, seek=lo > 0)
             if lo > 0 and (not times or times[0] > lo + 2 * tolerance_s):
                 # the seek overshot (an odd index); decode from the start instead

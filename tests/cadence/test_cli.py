@@ -27,8 +27,8 @@ def test_collect_train_eval_end_to_end(tmp_path):
     out = cadence("collect", "collect.episodes=6", cwd=tmp_path).stdout
     assert "wrote 6 episodes" in out and "expert success 1.000" in out
     assert (tmp_path / "data" / "bimodal_reach.zarr" / "meta" / "episode_ends").is_dir()
-    again = cadence("collect", "collect.episodes=2", cwd=tmp_path, check=False)
-    assert again.returncode == 1 and "collect.overwrite=true" in again.stderr
+    again = cadence("collect", "collect.episodes=2", cwd=tmp_path).stdout     # appended, with new seeds
+    assert "wrote 2 episodes (expert seed 6)" in again and "holds 8 episodes" in again
 
     cadence("train", "run_dir=runs/tiny", *TINY_POLICY, *TINY_TRAIN, *TINY_EVAL, cwd=tmp_path)
     run = tmp_path / "runs" / "tiny"

@@ -252,7 +252,7 @@ def test_malformed_v21_datasets_name_the_file_and_leave_nothing_behind(tmp_path,
     with pytest.raises(StoreError, match=message) as err:
         import_lerobot(root, out, progress=False)
     assert file in str(err.value)
-    assert not out.exists() and not list(tmp_path.glob("*.importing"))
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_malformed_v30_datasets_name_the_file_and_leave_nothing_behind(tmp_path):
@@ -284,7 +284,7 @@ def test_malformed_v30_datasets_name_the_file_and_leave_nothing_behind(tmp_path)
     import_lerobot(root, out, videos=False, progress=False)      # the video columns are not needed then
     assert EpisodeStore.open(out).n_episodes == 2
     shutil.rmtree(out)
-    assert not out.exists() and not list(tmp_path.glob("*.importing"))
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_video_frame_missing_at_a_timestamp_is_named(tmp_path):

@@ -68,7 +68,7 @@ def test_refuses_to_overwrite_and_leaves_nothing_behind_on_a_bad_file(tmp_path):
     bad = write_robomimic(tmp_path / "bad.hdf5", mutate=lambda f: f["data/demo_5"].pop("actions"))
     with pytest.raises(StoreError, match="demo_5 lacks 'actions'"):
         import_robomimic(bad, tmp_path / "bad.zarr", progress=False)
-    assert not (tmp_path / "bad.zarr").exists() and not list(tmp_path.glob("*.importing"))
+    assert not (tmp_path / "bad.zarr").exists() and not list(tmp_path.glob("*.tmp"))
 
     nan = write_robomimic(tmp_path / "nan.hdf5")
     with h5py.File(nan, "a") as f:

@@ -1,0 +1,164 @@
+"""Checks on a zarr v2 directory written elsewhere, made before zarr reads any of it.
+
+zarr does what a ``.zarray`` says: an object dtype with a pickle codec unpickles its chunks
+(runs code), a shape of 1e12 rows or chunks of 1e9 elements are allocated as claimed, and a
+chunk whose compressed header claims 2 GiB is decompressed into a buffer that large. So an
+array is opened only after :func:`check_array` has read its ``.zarray`` with the bounded JSON
+reader and found a plain numeric array (dtype ``b1``, ``i1``..``i8``, ``u1``..``u8``,
+``f2``..``f8``; no filters; no compressor or one of ``blosc``, ``zstd``, ``lz4``, which record
+the decoded size) with shape and chunks within ``LIMITS``, and :func:`check_chunks` has found
+every chunk holding committed rows on disk, as a regular file no larger than a chunk can
+compress to. Once open (:func:`bounded`), a chunk is always decoded into a buffer of one
+chunk's size, so a header claiming more is refused instead of allocated, and
+:func:`reading` turns whatever zarr or a codec raises on a corrupt chunk into one
+:class:`~cadence.untrusted.UntrustedFileError` naming the array.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import zarr
+from numcodecs.abc import Codec
+
+from cadence.untrusted import LIMITS, UntrustedFileError, check_int, read_json
+
+DTYPE = re.compile(r"[<>|]?(b1|[iu][1248]|f[248])")
+COMPRESSORS = ("blosc", "zstd", "lz4")
+REQUIRED = ("zarr_format", "shape", "chunks", "dtype", "compressor", "fill_value", "order", "filters")
+
+
+@dataclass(frozen=True)
+class ArrayMeta:
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    separator: str
+
+    @property
+    def chunk_bytes(self) -> int:
+        return math.prod(self.chunks) * int(self.dtype[-1])
+
+
+def check_group(folder: Path) -> None:
+    """``folder/.zgroup`` is a bounded JSON object with ``zarr_format`` 2."""
+    where = folder / ".zgroup"
+    meta = read_json(where)
+    if not isinstance(meta, dict) or meta.get("zarr_format") != 2:
+        raise UntrustedFileError(f"{where}: 'zarr_format' must be 2 (a zarr v2 group), got {str(meta)[:100]}")
+
+
+def check_array(folder: Path, max_rows: int) -> ArrayMeta:
+    """The checked ``.zarray`` of the array in ``folder``: at most ``max_rows`` rows of a
+    per-step shape within ``LIMITS``, in chunks of at most ``LIMITS["chunk_bytes"]``."""
+    where = folder / ".zarray"
+    meta = read_json(where)
+    if not isinstance(meta, dict):
+        raise UntrustedFileError(f"{where}: expected a JSON object")
+
+    def fail(key: str, what: str) -> UntrustedFileError:
+        return UntrustedFileError(f"{where}: '{key}' {what}, got {meta.get(key)!r}"[:300])
+
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise UntrustedFileError(f"{where}: '{missing[0]}' is missing")
+    if meta.get("zarr_format") != 2:
+        raise fail("zarr_format", "must be 2")
+    dtype = meta.get("dtype")
+    if not isinstance(dtype, str) or not DTYPE.fullmatch(dtype):
+        raise fail("dtype", "must be a plain numeric type (b1, i1-i8, u1-u8, f2-f8)")
+    shape, chunks = meta.get("shape"), meta.get("chunks")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= LIMITS["dims"] + 1:
+        raise fail("shape", f"must be a list of 1 to {LIMITS['dims'] + 1} sizes")
+    if not isinstance(chunks, list) or len(chunks) != len(shape):
+        raise fail("chunks", "must be a list of one size per dimension of 'shape'")
+    shape = [check_int(where, "shape[0]", shape[0], 0, max_rows),
+             *(check_int(where, f"shape[{i}]", d, 1, LIMITS["obs_elements"]) for i, d in enumerate(shape) if i)]
+    if math.prod(shape[1:]) > LIMITS["obs_elements"]:
+        raise fail("shape", f"has more than {LIMITS['obs_elements']:,} elements per step")
+    chunks = [check_int(where, f"chunks[{i}]", c, 1, LIMITS["chunk_bytes"]) for i, c in enumerate(chunks)]
+    checked = ArrayMeta(tuple(shape), tuple(chunks), dtype, meta.get("dimension_separator", "."))
+    if checked.chunk_bytes > LIMITS["chunk_bytes"]:
+        raise fail("chunks", f"make chunks of {checked.chunk_bytes:,} bytes, more than {LIMITS['chunk_bytes']:,}")
+    compressor = meta.get("compressor")
+    if compressor is not None and (not isinstance(compressor, dict) or compressor.get("id") not in COMPRESSORS):
+        raise fail("compressor", f"must be null or one of {list(COMPRESSORS)}")
+    if meta.get("filters") not in (None, []):
+        raise fail("filters", "must be null (cadence reads no filters)")
+    fill = meta["fill_value"]
+    if not (fill is None or isinstance(fill, (int, float)) or fill in ("NaN", "Infinity", "-Infinity")):
+        raise fail("fill_value", "must be null, a number, 'NaN' or '(-)Infinity'")
+    if meta.get("order") not in ("C", "F"):
+        raise fail("order", "must be 'C' or 'F'")
+    if checked.separator not in (".", "/"):
+        raise fail("dimension_separator", "must be '.' or '/'")
+    return checked
+
+
+def check_chunks(folder: Path, meta: ArrayMeta, rows: int) -> None:
+    """Every chunk holding one of the first ``rows`` rows is a regular file in ``folder`` no
+    larger than a chunk compresses to (a missing one would be read as fill values: memory
+    that no data on disk backs)."""
+    grid = (math.ceil(rows / meta.chunks[0]), *(math.ceil(s / c) for s, c in zip(meta.shape[1:], meta.chunks[1:])))
+    needed, found = math.prod(grid), 0
+    largest = meta.chunk_bytes + meta.chunk_bytes // 64 + 1024      # any of the codecs' worst case
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = Path(parent, name)
+            parts = path.relative_to(folder).parts
+            index = parts if meta.separator == "/" else parts[0].split(".") if len(parts) == 1 else ()
+            if len(index) != len(grid) or not all(
+                    i.isascii() and i.isdigit() and int(i) < g for i, g in zip(index, grid)):
+                continue
+            try:
+                info = path.stat()
+            except OSError:
+                info = None
+            if info is None or not stat.S_ISREG(info.st_mode) or info.st_size > largest:
+                raise UntrustedFileError(f"{path}: not a chunk file (a chunk is a regular file of at most "
+                                         f"{largest:,} bytes here)")
+            found += 1
+    if found < needed:
+        raise UntrustedFileError(f"{folder}: {needed - found} of the {needed} chunks holding its first {rows} "
+                                 f"rows are missing")
+
+
+class _IntoChunk(Codec):
+    """A compressor that decodes every chunk into a buffer of one chunk's size."""
+
+    def __init__(self, codec: Codec, nbytes: int):
+        self.codec, self.nbytes, self.codec_id = codec, nbytes, codec.codec_id
+
+    def encode(self, buf):
+        return self.codec.encode(buf)
+
+    def decode(self, buf, out=None):
+        return self.codec.decode(buf, np.zeros(self.nbytes, np.uint8) if out is None else out)
+
+    def get_config(self):
+        return self.codec.get_config()
+
+
+def bounded(array: zarr.Array) -> zarr.Array:
+    """``array`` with its compressor decoding only into chunk-sized buffers."""
+    if array.compressor is not None:
+        array._compressor = _IntoChunk(array.compressor, math.prod(array.chunks) * array.dtype.itemsize)
+    return array
+
+
+@contextmanager
+def reading(where) -> Iterator[None]:
+    """Errors zarr or a codec raise on corrupt data, as one line naming ``where``."""
+    try:
+        yield
+    except (UntrustedFileError, MemoryError):
+        raise
+    except Exception as exc:      # zarr and the codecs raise many types for a corrupt chunk
+        raise UntrustedFileError(f"{where}: cannot read ({type(exc).__name__}: {exc})"[:400]) from None
