@@ -20,6 +20,7 @@ from typing import Sequence
 from cadence.policies.caching import BlockCache, CacheSchedule
 from cadence.policies.caching.block_cache import install
 from cadence.policies.caching.schedule import ScheduleError
+from cadence.untrusted import UntrustedFileError, read_json
 
 SCHEDULE_FILE = "cache_schedule.json"
 FORMAT_VERSION = 1
@@ -39,9 +40,9 @@ def read_schedules(ckpt: Path) -> list[CacheSchedule] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ScheduleError(f"{path}: not valid JSON ({exc})") from None
+        data = read_json(path)
+    except UntrustedFileError as exc:
+        raise ScheduleError(str(exc)) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         raise ScheduleError(f"{path}: 'format' must be {FORMAT_VERSION}, got {data.get('format') if isinstance(data, dict) else data!r}")
     if data.get("weights_sha256") != weights_sha256(ckpt):

@@ -204,7 +204,8 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     for key, bound in (("obs_horizon", "horizon"), ("pred_horizon", "horizon"), ("action_dim", "action_dim"),
                        ("cond_dim", "width")):
         _bounded(where, spec[key], key, 1, bound)
-    _typed(where, spec["action_key"], "action_key", str)
+    if not _typed(where, spec["action_key"], "action_key", str):
+        raise ExportFormatError(f"{where}: 'action_key' must be a non-empty string")
 
     process = spec["process"]
     if not isinstance(process, dict) or "type" not in process:
