@@ -5,8 +5,9 @@ zarr does what a ``.zarray`` says: an object dtype with a pickle codec unpickles
 chunk whose compressed header claims 2 GiB is decompressed into a buffer that large. So an
 array is opened only after :func:`check_array` has read its ``.zarray`` with the bounded JSON
 reader and found a plain numeric array (dtype ``b1``, ``i1``..``i8``, ``u1``..``u8``,
-``f2``..``f8``; no filters; no compressor or one of ``blosc``, ``zstd``, ``lz4``, which record
-the decoded size) with shape and chunks within ``LIMITS``, and :func:`check_chunks` has found
+``f2``..``f8``; no filters; no compressor, one of ``blosc``, ``zstd``, ``lz4``, which record
+the decoded size, or a stream codec (``zlib``, ``gzip``, ``bz2``, ``lzma``) inflated here with a
+cap of one chunk) with shape and chunks within ``LIMITS``, and :func:`check_chunks` has found
 every chunk holding committed rows on disk, as a regular file no larger than a chunk can
 compress to. Once open (:func:`bounded`), a chunk is always decoded into a buffer of one
 chunk's size, so a header claiming more is refused instead of allocated, and
@@ -15,10 +16,13 @@ chunk's size, so a header claiming more is refused instead of allocated, and
 """
 from __future__ import annotations
 
+import bz2
+import lzma
 import math
 import os
 import re
 import stat
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,15 @@ from typing import Iterator
 import numpy as np
 import zarr
 from numcodecs.abc import Codec
+from numcodecs.compat import ensure_bytes, ndarray_copy
 
 from cadence.untrusted import LIMITS, UntrustedFileError, check_int, read_json
 
 DTYPE = re.compile(r"[<>|]?(b1|[iu][1248]|f[248])")
-COMPRESSORS = ("blosc", "zstd", "lz4")
+# Stream codecs are decoded here, never past one chunk's size (numcodecs would inflate them whole).
+_STREAMS = {"zlib": zlib.decompressobj, "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+            "bz2": bz2.BZ2Decompressor, "lzma": lzma.LZMADecompressor}
+COMPRESSORS = ("blosc", "zstd", "lz4", *_STREAMS)
 REQUIRED = ("zarr_format", "shape", "chunks", "dtype", "compressor", "fill_value", "order", "filters")
 
 
@@ -140,7 +148,12 @@ class _IntoChunk(Codec):
         return self.codec.encode(buf)
 
     def decode(self, buf, out=None):
-        return self.codec.decode(buf, np.zeros(self.nbytes, np.uint8) if out is None else out)
+        if self.codec_id not in _STREAMS:
+            return self.codec.decode(buf, np.zeros(self.nbytes, np.uint8) if out is None else out)
+        data = _STREAMS[self.codec_id]().decompress(ensure_bytes(buf), self.nbytes + 1)
+        if len(data) > self.nbytes:
+            raise ValueError(f"a {self.codec_id} chunk inflates to more than a chunk's {self.nbytes:,} bytes")
+        return ndarray_copy(np.frombuffer(data, np.uint8), out)
 
     def get_config(self):
         return self.codec.get_config()

@@ -321,3 +321,35 @@ def test_cadence_import_and_train_refuse_bad_files_in_one_line(tmp_path):
     edit_json(tmp_path / "bad.zarr/data/action/.zarray", shape=[10 ** 12, 2])
     proc = run_cadence("train", "task.dataset=bad.zarr", "run_dir=run", "tracking=none", cwd=tmp_path)
     assert_one_line_error(proc, "train", "bad.zarr/data/action/.zarray: 'shape[0]' is 1000000000000")
+
+
+def _stream_store(path: Path, codec, action: np.ndarray) -> Path:
+    """A Diffusion Policy layout store written by zarr itself with a stream codec."""
+    root = zarr.open_group(str(path), mode="w")
+    root.create_dataset("data/action", data=action, chunks=(8, 2), compressor=codec)
+    root.create_dataset("meta/episode_ends", data=np.array([10, len(action)], np.int64), compressor=None)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["Zlib", "GZip", "BZ2", "LZMA"])
+def test_stream_compressed_stores_read_within_a_chunk(tmp_path, codec):
+    import numcodecs
+
+    action = np.random.default_rng(0).standard_normal((24, 2)).astype(np.float32)
+    store = EpisodeStore.open(_stream_store(tmp_path / "s.zarr", getattr(numcodecs, codec)(), action))
+    assert store.n_episodes == 2
+    np.testing.assert_array_equal(store.episode(1)["action"], action[10:])
+
+
+def test_a_stream_codec_bomb_is_refused(tmp_path):
+    import zlib
+
+    import numcodecs
+
+    action = np.zeros((24, 2), np.float32)
+    path = _stream_store(tmp_path / "s.zarr", numcodecs.Zlib(), action)
+    bomb = zlib.compress(bytes(2 ** 19), 9)                  # about 500 bytes inflating to 512 KiB
+    assert len(bomb) < 1089                                  # small enough to pass as a chunk file
+    (path / "data/action/0.0").write_bytes(bomb)
+    with pytest.raises(CadenceError, match="data/action: .*zlib chunk inflates to more than a chunk's 64 bytes"):
+        EpisodeStore.open(path).episode(0)
