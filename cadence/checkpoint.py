@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from cadence.cache_file import attach_block_cache
-from cadence.checkpoint_checks import CheckpointError, check_network, read_config, read_meta  # noqa: F401 (re-exported)
+from cadence.checkpoint_checks import (CheckpointError, check_network, match_tensors,  # noqa: F401 (re-exported)
+                                       read_config, read_meta)
 from cadence.datasets.normalizer import Normalizer
 from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.factory import build_policy
@@ -118,14 +119,6 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", blo
 
 
 def load_weights(policy: Policy, weights: Mapping[str, torch.Tensor], source: os.PathLike | str) -> None:
-    expected = policy.weights()
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: tensors do not match the config's network "
-                              f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
-    for name, tensor in weights.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, but the config "
-                                  f"builds {tuple(expected[name].shape)}")
+    match_tensors({k: tuple(v.shape) for k, v in policy.weights().items()},
+                  {k: tuple(v.shape) for k, v in weights.items()}, source)
     policy.load_state_dict(dict(weights), strict=False)

@@ -103,15 +103,20 @@ def check_network(policy_skeleton, weights_path: Path, where: Path) -> None:
     total = sum(math.prod(v.shape) for v in policy_skeleton.state_dict().values())
     if total > LIMITS["parameters"]:
         raise CheckpointError(f"{where}: the policy config builds {total:,} parameters, more than "
-                                 f"{LIMITS['parameters']:,}")
+                              f"{LIMITS['parameters']:,}")
     header = safetensors_header(weights_path)
-    weights = {k: tuple(v.shape) for k, v in policy_skeleton.weights().items()}
-    missing, unexpected = sorted(set(weights) - set(header)), sorted(set(header) - set(weights))
+    match_tensors({k: tuple(v.shape) for k, v in policy_skeleton.weights().items()},
+                  {k: shape for k, (_, shape) in header.items()}, weights_path)
+
+
+def match_tensors(expected: dict[str, tuple], got: dict[str, tuple], source: Any) -> None:
+    """The same tensor names with the same shapes, or :class:`CheckpointError` naming the first difference."""
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{weights_path}: tensors do not match the config's network "
-                                 f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
-    for name, shape in weights.items():
-        if header[name][1] != shape:
-            raise CheckpointError(f"{weights_path}: tensor '{name}' has shape {header[name][1]}, but the config "
-                                     f"builds {shape}")
+        raise CheckpointError(f"{source}: tensors do not match the config's network "
+                              f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
+    for name, shape in expected.items():
+        if tuple(got[name]) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor '{name}' has shape {tuple(got[name])}, but the config "
+                                  f"builds {tuple(shape)}")
