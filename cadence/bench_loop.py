@@ -46,6 +46,16 @@ def start_server(task_name: str, token: str, seconds: float, log_path: Path) -> 
     raise RobotError(f"the robot server did not start: {log_path.read_text()[-2000:]}")
 
 
+def stop_server(proc: subprocess.Popen, sig: int, log_path: Path) -> None:
+    """Send ``sig`` and wait for the server to exit (killed, and an error, after 30 s)."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RobotError(f"the robot server did not stop on {signal.Signals(sig).name}; see {log_path}") from None
+
+
 def run(cfg: DictConfig) -> dict:
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     out = Path(cfg.out_dir)
@@ -61,12 +71,7 @@ def run(cfg: DictConfig) -> dict:
                         "inject_delay_ms": list(cfg.inject_delay_ms)}})
         loop = run_loop(run_cfg)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise RobotError(f"the robot server did not stop on SIGINT; see {out / 'server.log'}") from None
+        stop_server(server, signal.SIGINT, out / "server.log")
     steps = json.loads((out / "loop" / "budget.json").read_text())["chosen"]["sample_steps"]
     set_sample_steps(policy, steps)
     offline, _ = evaluate_policy(policy, train_cfg.task, train_cfg.policy,

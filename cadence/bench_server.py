@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import numpy as np
 import zmq
 from omegaconf import DictConfig, OmegaConf
 
-from cadence.bench_loop import start_server
+from cadence.bench_loop import start_server, stop_server
 from cadence.hardware.remote_robot import RemoteRobot
 from cadence.hardware.robot import RobotError, RobotTimeout
 from cadence.hardware.wire import encode
@@ -133,12 +132,7 @@ def run(cfg: DictConfig) -> dict:
                            lambda: flood(endpoint, cfg.flood, cfg.flood_sockets, wrong)}
             rows = [scenario(name, attack, robot, server.pid, cfg) for name, attack in attacks.items()]
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise RobotError(f"the robot server did not stop on SIGTERM; see {out / 'server.log'}") from None
+        stop_server(server, signal.SIGTERM, out / "server.log")
     log = (out / "server.log").read_text().splitlines()
     stopped = [line for line in log if line.startswith("cadence robot serve: stopped by")]
     served = [line for line in log if line.startswith("served ")]
