@@ -7,7 +7,9 @@ The episodes run in waves of ``eval.batch_size`` (0: all at once) in one vector 
 stepped in worker processes with ``eval.async_envs``. Wave ``k`` seeds the sampling noise with
 its own number, and under ``torchrun`` the ranks take the waves in turn (rank ``k % world``) and
 rank 0 gathers them, so the outcomes depend on the seeds and the batch size only: the same with
-one process or many, in this process or in workers.
+one process or many, in this process or in workers. Bit for bit only with the same torch thread
+count: the network's sums round differently with the number of threads (as with the batch size),
+and the episodes then differ in their last bits, or more where the closed loop amplifies that.
 """
 from __future__ import annotations
 
