@@ -94,3 +94,24 @@ def test_freeze_keeps_what_the_robot_was_committed_to_across_seams():
                 np.testing.assert_allclose(executed[due], value, atol=1e-5)
                 checked += 1
     assert checked >= 3
+
+
+def test_failed_inferences_hold_the_robot_and_count_as_misses():
+    """A policy whose actions overflow (a tampered normaliser) never moves the robot: every chunk is
+    refused as non-finite, the robot holds, and the summary counts them as errors and misses."""
+    policy = hovering_policy()
+    policy.normalizer.params("action")[0].fill_(1e-40)      # unnormalise divides by it: actions overflow
+    robot = SimRobot("cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
+    robot.connect()
+    worker = InferenceWorker(TorchRuntime(policy), start=1)
+    loop = ControlLoop(robot, worker, ["state"], obs_horizon=2, chunk_length=15,
+                       cfg=LoopConfig(RATE, 8, latency_estimate_s=0.07))
+    try:
+        loop.run_episode(seed=0, max_ticks=20)
+    finally:
+        worker.stop()
+        robot.disconnect()
+    summary = loop.log.summary(period=1 / RATE)
+    assert summary["inference_errors"] >= 3 and summary["first_errors"]["inference_errors"] == "non-finite actions"
+    assert summary["deadline_misses"] >= summary["inference_errors"]
+    assert not any(t.source == "chunk" for t in loop.log.ticks) and robot.held_steps > 0
