@@ -38,7 +38,9 @@ def open_graph(export_dir: Path, spec_path: Path, name: str, graph: Mapping, sha
         raise error(f"{path}: the graph keeps weights in external files; an export's graphs must hold their own")
     try:
         session = create_session(path, provider, threads)
-    except Exception as exc:        # ONNX Runtime refuses the model (bad graph, unknown operator, ...)
+    except (RuntimeError, ValueError):
+        raise                       # the machine or the caller's settings (no GPU for "cuda"), not the file
+    except Exception as exc:        # ONNX Runtime's own errors: it refuses the model (bad graph, operator, ...)
         raise error(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
     got_in = {i.name: i.shape for i in session.get_inputs()}
     got_out = {o.name: o.shape for o in session.get_outputs()}
