@@ -128,7 +128,7 @@ class RawPeer:
 
     def ask(self, frames):
         self.socket.send_multipart(frames)
-        assert self.socket.poll(2000), "no reply"
+        assert self.socket.poll(10_000), "no reply within 10 s"
         return decode(self.socket.recv_multipart())
 
     def close(self):
