@@ -21,6 +21,7 @@ from cadence.envs.task_env import check_env_id
 from cadence.untrusted import (LIMITS, UntrustedFileError, check_int, check_shape, interpolations, read_json,
                                read_yaml, safetensors_header)
 
+
 class CheckpointError(UntrustedFileError):
     """A checkpoint is missing, incomplete, does not match its config, or fails a check."""
 
@@ -43,7 +44,7 @@ def read_config(path: Path, env_id: str | None = None) -> DictConfig:
     found = interpolations(raw)
     if found:
         raise CheckpointError(f"{path}: '{found[0]}' holds an interpolation (${{...}}); a saved config is "
-                                 "resolved data and none is resolved from a file")
+                              "resolved data and none is resolved from a file")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainApp), raw)
     except Exception as exc:        # omegaconf's validation errors: one line naming the key
