@@ -6,13 +6,7 @@ subclass naming the file (or peer) and what is wrong with it; ``cadence <cmd>`` 
 """
 from __future__ import annotations
 
-import os
-
 
 class CadenceError(Exception):
     """Bad input from a file, a peer or a setting: the message names where and what."""
 
-
-def located(path: str | os.PathLike | None, what: str) -> str:
-    """``<path>: <what>`` (or ``what`` alone when there is no path)."""
-    return f"{path}: {what}" if path is not None else what
