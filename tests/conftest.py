@@ -35,6 +35,16 @@ def tiny_train_config(dataset, run_dir, process="ddpm", steps=6, **train):
     })
 
 
+def train_tiny_run(dataset, run_dir, steps=2):
+    """A tiny run trained in-process without evaluations; returns its folder."""
+    from cadence.train import train
+
+    cfg = tiny_train_config(dataset, run_dir, steps=steps)
+    cfg.eval.episodes = 0
+    train(cfg, run_dir, progress=False)
+    return run_dir
+
+
 def tiny_anchor_config(dataset, run_dir, steps=4, **train):
     """tiny_train_config for truncated anchor diffusion (a small cascade decoder, 4 anchors)."""
     cfg = tiny_train_config(dataset, run_dir, process="anchor", steps=steps, **train)

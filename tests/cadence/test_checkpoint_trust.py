@@ -14,19 +14,14 @@ from safetensors.torch import load_file, save_file
 
 from cadence.checkpoint import CheckpointError, load_policy
 from cadence.errors import CadenceError
-from cadence.train import train
-from tests.conftest import tiny_train_config
+from tests.conftest import train_tiny_run
 
 SENTINEL = "cadence_sentinel_module"
 
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("trusted")
-    cfg = tiny_train_config(tiny_store, run, steps=2)
-    cfg.eval.episodes = 0
-    train(cfg, run, progress=False)
-    return run
+    return train_tiny_run(tiny_store, tmp_path_factory.mktemp("trusted"))
 
 
 @pytest.fixture

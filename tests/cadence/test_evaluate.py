@@ -7,17 +7,12 @@ import torch
 from cadence.checkpoint import load_policy
 from cadence.envs.env_pools import EnvPools
 from cadence.evaluate import evaluate_policy, evaluation_waves, set_sample_steps, wave_seed
-from cadence.train import train
-from tests.conftest import tiny_train_config
+from tests.conftest import train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained_policy(tiny_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    cfg = tiny_train_config(tiny_store, run, steps=4)
-    cfg.eval.episodes = 0
-    train(cfg, run, progress=False)
-    return load_policy(run)
+    return load_policy(train_tiny_run(tiny_store, tmp_path_factory.mktemp("run"), steps=4))
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from cadence.cache_file import weights_sha256
 from cadence.checkpoint import load_policy
 from cadence.deploy.exported_policy import read_spec
 from cadence.run import current_export
-from cadence.train import train
-from tests.conftest import tiny_train_config
+from tests.conftest import train_tiny_run
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -25,11 +24,7 @@ BUDGET = ["budget.runtimes=[torch-eager]", "budget.steps=[2]", "budget.calibrati
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("stops") / "run"
-    cfg = tiny_train_config(tiny_store, run, steps=2)
-    cfg.eval.episodes = 0
-    train(cfg, run, progress=False)
-    return run
+    return train_tiny_run(tiny_store, tmp_path_factory.mktemp("stops") / "run")
 
 
 def _cadence(*args, cwd, env=None):
