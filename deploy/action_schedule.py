@@ -7,7 +7,9 @@ and chunks from different observations line up exactly.
 
 ``take(now)`` returns the action for the robot's next step — the slot due in
 ``[now + lead, now + lead + period)`` — after discarding every slot due earlier: an action
-whose time has passed is never executed. Blending where chunks overlap:
+whose time has passed is never executed, and a slot is handed out at most once. A late tick
+already sends the next step's action; the on-time tick after it finds that slot taken
+(``already_sent``) and must leave the robot's command alone. Blending where chunks overlap:
 
 * ``replace``: the newest chunk wins (with ``freeze``-style inpainting upstream, see
   :mod:`cadence.deploy.control_loop`, the newest chunk already agrees with the committed prefix).
@@ -44,6 +46,7 @@ class ActionSchedule:
         self._anchor: float | None = None
         self._slots: dict[int, list[tuple[int, np.ndarray]]] = {}
         self._executed: dict[int, np.ndarray] = {}   # recent slots handed out by take()
+        self._last_taken: int | None = None           # newest slot handed out: none at or before it runs again
         self.stale_dropped = 0      # actions whose time passed before they could run
 
     def _slot(self, due: float) -> int:
@@ -64,6 +67,8 @@ class ActionSchedule:
             if self._due(slot) < now + self.lead:
                 stale += 1
                 continue
+            if self._last_taken is not None and slot <= self._last_taken:
+                continue                  # already handed out (a late tick ran ahead of the grid)
             if self.blend == "replace" or slot not in self._slots:
                 self._slots[slot] = [(chunk, value)]
             else:
@@ -81,15 +86,23 @@ class ActionSchedule:
         if self._anchor is None:
             return None
         self._expire(now)
-        slot = math.ceil((now + self.lead - self._anchor) / self.period - 1e-9)
+        slot = self._next_slot(now)
         preds = self._slots.pop(slot, None)
         if preds is None:
             return None
         value = self._blended(preds)
         self._executed[slot] = value
+        self._last_taken = slot
         for old in [s for s in self._executed if s < slot - 64]:
             del self._executed[old]
         return DueAction(self._due(slot), value, preds[-1][0])
+
+    def _next_slot(self, now: float) -> int:
+        return math.ceil((now + self.lead - self._anchor) / self.period - 1e-9)
+
+    def already_sent(self, now: float) -> bool:
+        """Whether the action for the robot's next step was handed out by an earlier (late) call."""
+        return self._anchor is not None and self._next_slot(now) in self._executed
 
     def _blended(self, preds: list[tuple[int, np.ndarray]]) -> np.ndarray:
         if len(preds) == 1:

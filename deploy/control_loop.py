@@ -7,7 +7,7 @@ Every tick (period ``1 / rate_hz``, on a fixed grid that never drifts):
    ``t_obs + j * period`` and those already past are dropped (never executed);
 3. execute the action due at the robot's next step, or ``hold()`` if there is none (first
    chunk not there yet: a "wait" tick; chunk used up before the next one came: a "hold", a
-   deadline miss);
+   deadline miss); if a late tick before this one already sent it, do nothing (a "sent" tick);
 4. if the worker is idle and the current chunk has served about ``exec_horizon`` actions
    (counting those it will serve while the next is computed), submit the current history.
 
@@ -154,7 +154,9 @@ class ControlLoop:
                     started = True
             action = self.schedule.take(t_start)
             try:
-                if action is None:
+                if action is None and self.schedule.already_sent(t_start):
+                    tick.source = "sent"         # a late tick before this one sent it: leave it be
+                elif action is None:
                     tick.source = "hold" if started else "wait"
                     self.robot.hold()
                 else:

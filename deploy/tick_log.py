@@ -16,6 +16,7 @@ class Tick:
     t_start: float            # when it ran
     t_end: float
     source: str               # "chunk" | "hold" (no valid action) | "wait" (first chunk pending) | "done"
+                              # | "sent" (a late tick before it already sent this step's action)
     chunk: int = -1           # chunk the executed action came from
     due: float = float("nan")  # due time of the executed action
     inference_ms: float = float("nan")   # latency of a chunk that arrived at this tick

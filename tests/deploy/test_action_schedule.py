@@ -54,6 +54,39 @@ def test_no_executed_action_is_ever_past_its_time(seed):
     assert len(set(np.round(dues, 6))) == len(dues)             # each slot at most once
 
 
+def test_a_late_tick_sends_the_next_step_once_and_the_tick_after_it_leaves_it_alone():
+    """A tick 90 ms late already serves the next step; the on-time tick after it maps to the same
+    step: it must neither run that slot again (even when a new chunk re-covers it) nor hold."""
+    s = ActionSchedule(P)
+    s.merge(chunk(15, 0.0), first_due=1.0, chunk=1, now=1.0)
+    assert s.take(1.025).due == pytest.approx(1.1)
+    late = s.take(1.115 + 0.09)                  # the tick due at 1.125 runs at 1.215
+    assert late.due == pytest.approx(1.3) and late.value[0] == 3.0
+    s.merge(chunk(15, 50.0), first_due=1.2, chunk=2, now=1.225)      # re-covers 1.3 onwards
+    assert s.take(1.225) is None and s.already_sent(1.225)            # 1.3 went out already
+    nxt = s.take(1.325)
+    assert nxt.due == pytest.approx(1.4) and nxt.value[0] == 52.0 and not s.already_sent(1.425)
+    assert s.committed(1.3, 2)[:, 0].tolist() == [3.0, 52.0]          # what ran, then what is due
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_late_ticks_never_run_a_slot_twice(seed):
+    rng = np.random.default_rng(seed)
+    s = ActionSchedule(P)
+    dues, sent, chunk_id = [], 0, 0
+    for k in range(300):
+        now = 0.025 + k * P + (rng.uniform(0.5, 0.95) * P if rng.random() < 0.2 else 0.0)
+        if k % 4 == 0:
+            chunk_id += 1
+            s.merge(chunk(15, 100 * chunk_id), np.floor(now / P) * P, chunk_id, now)
+        a = s.take(now)
+        if a is not None:
+            dues.append(a.due)
+        elif s.already_sent(now):
+            sent += 1
+    assert sent > 0 and len(set(np.round(dues, 6))) == len(dues)
+
+
 def test_replace_takes_the_newest_chunk_at_the_seam():
     s = ActionSchedule(P)
     s.merge(chunk(15, 0.0), 1.0, 1, now=1.0)

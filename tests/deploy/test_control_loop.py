@@ -6,6 +6,7 @@ from cadence.datasets.normalizer import Normalizer
 from cadence.deploy.control_loop import ControlLoop, LoopConfig
 from cadence.deploy.inference_worker import InferenceWorker
 from cadence.deploy.runtimes import TorchRuntime
+from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.sim_robot import SimRobot
 
 from ..policies.test_policy import STATS, make_policy
@@ -22,12 +23,24 @@ def hovering_policy():
     return policy
 
 
-def run_loop(blend="freeze", delay=(0.03, 0.06), ticks=40, exec_horizon=8, expected_latency=0.07):
+class LateClock(MonotonicClock):
+    """Wakes the loop 78% of a period late on the given calls (a preempted control thread): past the
+    robot's next step (75% after a tick), short of a skipped tick (100%)."""
+
+    def __init__(self, late_calls):
+        self.late_calls, self.calls = set(late_calls), 0
+
+    def sleep_until(self, t):
+        self.calls += 1
+        super().sleep_until(t + (0.78 / RATE if self.calls in self.late_calls else 0.0))
+
+
+def run_loop(blend="freeze", delay=(0.03, 0.06), ticks=40, exec_horizon=8, expected_latency=0.07, clock=None):
     robot = SimRobot("cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
     robot.connect()
     worker = InferenceWorker(TorchRuntime(hovering_policy()), start=1, inject_delay_s=delay)
     cfg = LoopConfig(RATE, exec_horizon, blend, latency_estimate_s=expected_latency)
-    loop = ControlLoop(robot, worker, ["state"], obs_horizon=2, chunk_length=15, cfg=cfg)
+    loop = ControlLoop(robot, worker, ["state"], obs_horizon=2, chunk_length=15, cfg=cfg, clock=clock)
     try:
         result = loop.run_episode(seed=0, max_ticks=ticks)
     finally:
@@ -49,6 +62,18 @@ def test_loop_executes_fresh_actions_on_time_and_replans(blend):
     assert len({t.chunk for t in ran}) >= 4           # replanned throughout
     assert summary["seams"] >= 3
     assert robot.steps >= 35
+
+
+def test_a_late_tick_serves_the_next_step_and_the_tick_after_it_neither_holds_nor_repeats():
+    """A tick woken 78% of a period late already sends the next step's action; the on-time tick
+    after it must leave that command alone (a hold there would cancel it)."""
+    late = {12, 19, 26, 33}
+    loop, _, _ = run_loop(ticks=40, clock=LateClock(late))
+    by_k = {t.k: t for t in loop.log.ticks}
+    for call in late:                               # sleep call n wakes tick n - 1
+        assert by_k[call - 1].source == "chunk" and by_k[call].source == "sent", (call, by_k[call].source)
+    dues = [round(t.due, 6) for t in loop.log.ticks if t.source == "chunk"]
+    assert len(dues) == len(set(dues)) and loop.log.summary(period=1 / RATE)["hold_ticks"] == 0
 
 
 def test_starved_loop_holds_and_never_runs_stale_actions():
