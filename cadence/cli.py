@@ -15,7 +15,7 @@ COMMANDS = {
     "train": ("cadence.train", "train", "train a policy on an episode store"),
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
-    "import": ("cadence.import_data", "import", "import a dataset (robomimic HDF5, LeRobot v2.x / v3.0) into an episode store"),
+    "import": ("cadence.import_data", "import", "import a dataset (robomimic / Isaac Lab / robosuite HDF5, LeRobot, ROS 2 bags) into an episode store"),
     "finetune": ("cadence.finetune", "finetune", "RL fine-tuning in simulation: ReinFlow (flow / shortcut), DPPO-style (DDPM)"),
     "cache": ("cadence.cache", "cache", "calibrate block-wise caching (BAC) of a transformer policy, saved beside it"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),

@@ -363,12 +363,23 @@ class FinetuneApp:
 
 @dataclass
 class ImportApp:
-    format: str = "robomimic"               # robomimic | lerobot
-    source: str = "???"                     # robomimic: an HDF5 file; lerobot: the dataset directory
+    format: str = "robomimic"               # robomimic | robosuite | lerobot | rosbag (import_data.FORMATS)
+    source: str = "???"                     # an HDF5 file, a LeRobot dataset directory, or a bag / folder of bags
     out: str = "???"                        # the episode store to write
-    fps: Optional[float] = None             # default: the format's (robomimic: 20; lerobot: info.json's)
-    videos: bool = True                     # lerobot: decode the video features (false: skip them)
+    fps: Optional[float] = None             # default: the format's (robomimic / robosuite: 20; lerobot: info.json's)
     overwrite: bool = False
+    episodes: Optional[list] = None         # import only these episodes (LeRobot episode_index, demo_<N>, bag order)
+    image_size: Optional[list] = None       # [H, W]: resize images while importing (default: as recorded)
+    # lerobot
+    videos: bool = True                     # decode the video features (false: skip them)
+    missing_videos: str = "error"           # error | skip (drop the episodes whose video is missing, listed)
+    # robosuite (raw demo.hdf5)
+    replay: bool = False                    # regenerate observations by replaying the states in robosuite
+    cameras: list = field(default_factory=list)   # with replay: camera images to render (e.g. [agentview])
+    # rosbag
+    topics: Dict[str, str] = field(default_factory=dict)   # store key -> topic, e.g. {action: /cmd, state: /joint_states}
+    split: str = "bag"                      # bag: one bag per episode; or a topic whose messages mark episode starts
+    align: str = "last"                     # last | nearest: how each topic is sampled on the task-rate clock
 
 
 def register() -> None:
