@@ -2,7 +2,7 @@
 
 ``config.yaml`` is plain data: no interpolation is resolved (``${oc.env:...}`` would leak the
 environment into logs), every size in the policy config is bounded, and ``task.env_id`` must be
-an id registered by cadence or an installed package — never ``module:id``, which gymnasium
+null (a policy trained without a simulator) or an id registered by cadence or an installed package — never ``module:id``, which gymnasium
 imports. ``meta.json`` is checked key by key. The network the config builds is first built on
 PyTorch's meta device (nothing allocated) and compared, parameter count and tensor by tensor,
 with the weights file's header; only then is anything real allocated.
@@ -52,7 +52,7 @@ def read_config(path: Path, env_id: str | None = None) -> DictConfig:
     check_policy_sizes(cfg.policy, path)
     if env_id is not None:
         cfg.task.env_id = env_id
-    else:
+    elif cfg.task.env_id is not None:          # null: a policy trained without a simulator
         check_env_id(cfg.task.env_id, f"{path}: 'task.env_id'")
     members = cfg.task.members
     check_int(path, "task.members (count)", len(members), 0, LIMITS["tasks"])
@@ -92,6 +92,10 @@ def read_meta(path: Path) -> dict:
     if not isinstance(shapes, dict) or not 1 <= len(shapes) <= LIMITS["obs_keys"]:
         raise CheckpointError(f"{path}: 'obs_shapes' must map 1 to {LIMITS['obs_keys']} keys to shapes")
     meta["obs_shapes"] = {k: list(check_shape(path, f"obs_shapes.{k}", s)) for k, s in shapes.items()}
+    held_out = meta.get("val_episodes", [])
+    if not isinstance(held_out, list) or len(held_out) > LIMITS["episodes"]:
+        raise CheckpointError(f"{path}: 'val_episodes' must be a list of episode indices")
+    meta["val_episodes"] = [check_int(path, "val_episodes[]", e, 0, LIMITS["episodes"]) for e in held_out]
     modes = meta["normalizer_modes"]
     if not isinstance(modes, dict) or not all(isinstance(m, str) and m in MODES for m in modes.values()):
         raise CheckpointError(f"{path}: 'normalizer_modes' must map keys to one of {MODES}")

@@ -20,6 +20,7 @@ COMMANDS = {
     "cache": ("cadence.cache", "cache", "calibrate block-wise caching (BAC) of a transformer policy, saved beside it"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
+    "task init": ("cadence.task_init", "task_init", "write a task YAML for your own episode store (no simulator)"),
     "robot serve": ("cadence.robot_serve", "robot_serve", "serve a simulated robot over the network"),
     "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),

@@ -14,12 +14,12 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class TaskConfig:
     name: str = "bimodal_reach"
-    env_id: str = "cadence/BimodalReach-v0"
+    env_id: Optional[str] = "cadence/BimodalReach-v0"  # null: no simulator (task=store): offline validation only
     env_kwargs: dict = field(default_factory=dict)   # passed to gymnasium.make
-    obs_keys: list = field(default_factory=lambda: ["state"])
+    obs_keys: list = field(default_factory=lambda: ["state"])   # [] without a simulator: derived from the store
     action_key: str = "action"
     dataset: str = "data/bimodal_reach.zarr"          # episode store, relative to the working dir
-    fps: float = 10.0
+    fps: Optional[float] = 10.0                       # control rate; null: the store's
     expert: str = "bimodal_reach"                     # scripted expert used by `cadence collect`
     obs_slices: dict = field(default_factory=dict)    # {name: [stored_key, start, stop]} derived keys
     info_metrics: list = field(default_factory=list)  # info keys reported at each episode's end
@@ -134,6 +134,7 @@ class TrainConfig:
     ema_decay: float = 0.999         # upper bound; warms up as 1 - (1 + step / 10) ** -0.75
     log_every: int = 50
     eval_every: int = 500            # evaluation rollouts every N steps (0: only at the end)
+    val_episodes: Optional[int] = None   # held out (seeded split) for offline validation; null: 10% without a simulator
     checkpoint_every: int = 500
     seed: int = 0
     threads: int = 0                 # torch CPU threads; 0 leaves torch's default
@@ -152,6 +153,8 @@ class EvalConfig:
     latency_calls: int = 20          # batch-1 predict_chunk calls timed for ms per chunk
     batch_size: int = 0              # episodes run together (one policy batch); 0: all (under torchrun: split over ranks)
     async_envs: bool = False         # step each episode's simulator in its own worker process (AsyncVectorEnv)
+    offline_samples: int = 4         # offline validation: K chunks per window for the min-of-K error
+    offline_plot_episodes: int = 3   # offline validation: held-out episodes plotted, predicted vs demonstrated
 
 
 @dataclass
@@ -192,6 +195,7 @@ class EvalApp:
     device: str = "auto"
     block_cache: bool = True           # use the checkpoint's cache schedules (cadence cache), if any
     env_id: Optional[str] = None       # your own env (any id, module:id too) instead of the checkpoint's
+    dataset: Optional[str] = None      # offline validation on this store instead of the checkpoint's task.dataset
 
 
 @dataclass
@@ -382,6 +386,13 @@ class ImportApp:
     align: str = "last"                     # last | nearest: how each topic is sampled on the task-rate clock
 
 
+@dataclass
+class TaskInitApp:
+    store: str = "???"                      # an episode store (e.g. written by `cadence import`)
+    out: str = "???"                        # the task YAML to write, e.g. my_tasks/task/my_arm.yaml
+    overwrite: bool = False
+
+
 def register() -> None:
     from cadence import bench_config as bench
 
@@ -390,6 +401,7 @@ def register() -> None:
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
                        "export_schema": ExportApp, "bench_latency_schema": bench.BenchLatencyApp,
                        "bench_loop_schema": bench.BenchLoopApp, "import_schema": ImportApp,
+                       "task_init_schema": TaskInitApp,
                        "bench_success_schema": bench.BenchSuccessApp, "bench_mode_schema": bench.BenchModeApp,
                        "cache_schema": CacheApp, "bench_cache_schema": bench.BenchCacheApp,
                        "bench_anchor_schema": bench.BenchAnchorApp, "bench_streaming_schema": bench.BenchStreamingApp,

@@ -67,6 +67,16 @@ class MetricsLogger:
             self._latency_rows.append([step, *(summary.get(k) for k in LATENCY_COLUMNS[1:])])
             self.log_table("eval/latency", LATENCY_COLUMNS, self._latency_rows, step)
 
+    def log_offline(self, summary: Mapping[str, Any], step: int) -> None:
+        """An offline validation (:mod:`cadence.offline_eval`): its numbers as ``offline/<key>``
+        (per dimension as ``offline/<key>/<d>``) and its plot."""
+        record = {f"offline/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
+        for key in ("l1_per_dim", "mse_per_dim"):
+            record.update({f"offline/{key.removesuffix('_per_dim')}/{d}": v for d, v in enumerate(summary[key])})
+        self.log(record, step)
+        if summary.get("plot"):
+            self._to_wandb(lambda wandb: {"offline/actions": wandb.Image(str(summary["plot"]))}, step)
+
     def close(self) -> None:
         self._file.close()
         if self._wandb is not None:

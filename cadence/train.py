@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -27,14 +28,17 @@ from tqdm import tqdm
 from cadence import distributed
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from cadence.datasets.concat_windows import ConcatWindows
-from cadence.datasets.episode_store import StoreError
+from cadence.datasets.episode_split import default_val_episodes, split_episodes
+from cadence.datasets.episode_store import EpisodeStore, StoreError
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import WindowDataset, is_image_shape
 from cadence.ema import EMA
 from cadence.envs.env_pools import EnvPools
 from cadence.evaluate import evaluate_policy, format_summary
 from cadence.lr_schedule import warmup_cosine
+from cadence.offline_eval import format_offline, offline_validate, write_offline
 from cadence.policies.factory import build_policy
+from cadence.store_task import check_simulator, resolve_task
 from cadence.task_suite import is_suite, member_tasks
 from cadence.tracking import MetricsLogger
 from cadence.untrusted import load_safetensors
@@ -43,15 +47,34 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
 
 
-def load_windows(task_cfg, obs_horizon: int, pred_horizon: int) -> WindowDataset | ConcatWindows:
-    """The task's training windows; a multitask suite's members' windows, concatenated."""
+def load_windows(task_cfg, obs_horizon: int, pred_horizon: int,
+                 episodes=None) -> WindowDataset | ConcatWindows:
+    """The task's training windows (of ``episodes`` only, if given); a multitask suite's members'
+    windows, concatenated."""
     members = member_tasks(task_cfg)
     for member in members:
         if not Path(member.dataset).exists():
             raise StoreError(f"{member.dataset}: no episode store here; create it with "
                              f"`cadence collect task={task_cfg.name}` or set task.dataset=PATH")
-    parts = [WindowDataset.for_task(m, obs_horizon, pred_horizon) for m in members]
+    parts = [WindowDataset.for_task(m, obs_horizon, pred_horizon, episodes=episodes) for m in members]
     return ConcatWindows(parts, [m.name for m in members]) if is_suite(task_cfg) else parts[0]
+
+
+def held_out_episodes(cfg: DictConfig) -> tuple[np.ndarray | None, list[int]]:
+    """``(train episodes or None for all, validation episodes)``: ``train.val_episodes`` of the
+    store's episodes drawn by ``train.seed`` (default: 10% without a simulator, none with one)."""
+    n_val = cfg.train.val_episodes
+    if is_suite(cfg.task):
+        if n_val:
+            raise ValueError("train.val_episodes: offline validation of a multitask suite is not supported")
+        return None, []
+    n_episodes = EpisodeStore.open(cfg.task.dataset).n_episodes
+    if n_val is None:
+        n_val = default_val_episodes(n_episodes) if cfg.task.env_id is None else 0
+    if n_val == 0:
+        return None, []
+    train, val = split_episodes(n_episodes, n_val, cfg.train.seed)
+    return train, val.tolist()
 
 
 def fit_normalizer(dataset: WindowDataset | ConcatWindows, mode: str) -> Normalizer:
@@ -146,7 +169,13 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
     if cfg.resume and existing:
         cfg = _with_checkpoint_model(cfg, existing)
         tcfg, pcfg = cfg.train, cfg.policy
-    data = load_windows(cfg.task, pcfg.obs_horizon, pcfg.pred_horizon)
+    cfg.task = resolve_task(cfg.task)
+    train_episodes, val_episodes = held_out_episodes(cfg)
+    cfg.train.val_episodes = len(val_episodes)
+    data = load_windows(cfg.task, pcfg.obs_horizon, pcfg.pred_horizon, episodes=train_episodes)
+    rollouts = cfg.task.env_id is not None and cfg.eval.episodes > 0
+    if rollouts and ranks.main:
+        check_simulator(cfg.task, data.obs_shapes, data.action_dim)
     normalizer = fit_normalizer(data, pcfg.normalizer)
     torch.manual_seed(tcfg.seed)   # weight initialisation
     policy = build_policy(pcfg, data.obs_shapes, data.action_dim, normalizer, cfg.task.action_key).to(device)
@@ -185,16 +214,25 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         tensors.update({f"model.{k}": v for k, v in policy.weights().items()})
         seconds = clock["before"] + time.perf_counter() - clock["start"] - clock["eval"]
         save_checkpoint(ckpt_dir, ema.model, cfg, step, data.obs_shapes, tensors, {"optimizer_steps": steps},
-                        extra_meta={"train_seconds": round(seconds, 1), "world_size": ranks.world, **(extra or {})})
+                        extra_meta={"train_seconds": round(seconds, 1), "world_size": ranks.world,
+                                    "val_episodes": val_episodes, **(extra or {})})
 
     def evaluate(step: int) -> None:             # every rank rolls out its share; rank 0 gathers and logs
         started = time.perf_counter()
         out = run_dir / f"eval-step{step}"
-        summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
-                                     title=f"{pcfg.name} @ step {step}", ranks=ranks, pools=pools)
-        if ranks.main:
-            metrics.log_evaluation(summary, step)
-            log.info("step %d: %s", step, format_summary(summary))
+        if rollouts:
+            summary, _ = evaluate_policy(ema.model, cfg.task, pcfg, cfg.eval, out, device, progress=False,
+                                         title=f"{pcfg.name} @ step {step}", ranks=ranks, pools=pools)
+            if ranks.main:
+                metrics.log_evaluation(summary, step)
+                log.info("step %d: %s", step, format_summary(summary))
+        if val_episodes and ranks.main:
+            offline = offline_validate(ema.model, data, val_episodes, pcfg.exec_horizon, cfg.eval.offline_samples,
+                                       cfg.eval.seed, device, out, cfg.eval.offline_plot_episodes,
+                                       title=f"{pcfg.name} @ step {step}")
+            write_offline(offline, out)
+            metrics.log_offline(offline, step)
+            log.info("step %d: %s", step, format_offline(offline))
         clock["eval"] += time.perf_counter() - started
 
     bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {pcfg.name}", disable=not (progress and ranks.main),
@@ -235,7 +273,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
             window_loss, window_start = 0.0, time.perf_counter()
         if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.steps:
             checkpoint(done)
-        if tcfg.eval_every and cfg.eval.episodes > 0 and done % tcfg.eval_every == 0 and done < tcfg.steps:
+        if tcfg.eval_every and (rollouts or val_episodes) and done % tcfg.eval_every == 0 and done < tcfg.steps:
             evaluate(done)
     bar.close()
     spread = distributed.max_weight_difference(policy, ranks)
@@ -243,7 +281,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         log.warning("weights differ across the %d processes by up to %.2e", ranks.world, spread)
     if start < tcfg.steps:          # a resumed run that was already complete has nothing new to save
         checkpoint(tcfg.steps, {"ranks_max_weight_difference": spread} if ranks.distributed else None)
-        if cfg.eval.episodes > 0:
+        if rollouts or val_episodes:
             evaluate(tcfg.steps)
     if metrics is not None:
         metrics.close()

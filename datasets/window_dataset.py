@@ -8,7 +8,8 @@ last axis (PushT's ``agent_pos`` is ``state[..., 0:2]`` of the Diffusion Policy 
 store written elsewhere is read in place. Images (``(H, W, 3)`` per step) stored as floats in
 [0, 255] (that store's ``img``) are held as uint8, a quarter of the memory. ``constants`` add
 observation keys that are the same at every step and are not stored (a multitask suite's
-one-hot ``task_id``).
+one-hot ``task_id``). ``episodes`` restricts the windows to some of the store's episodes (the
+rest held out for validation); statistics are then those of these episodes alone.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ TASK_ID_KEY = "task_id"
 class WindowDataset:
     def __init__(self, store: EpisodeStore, obs_keys: Sequence[str], action_key: str,
                  obs_horizon: int, pred_horizon: int, slices: Mapping[str, Sequence] | None = None,
-                 constants: Mapping[str, Sequence[float]] | None = None):
+                 constants: Mapping[str, Sequence[float]] | None = None, episodes: Sequence[int] | None = None):
         self.slices = _check_slices(slices or {}, store)
         self.constants = {k: np.asarray(v, dtype=np.float32) for k, v in (constants or {}).items()}
         stored = [self.slices[k][0] if k in self.slices else k for k in obs_keys if k not in self.constants]
@@ -37,7 +38,12 @@ class WindowDataset:
             raise StoreError(f"{store.path}: the store holds no episodes")
         self.store = store
         self.obs_keys, self.action_key = list(obs_keys), action_key
-        self.sampler = WindowSampler(store.episode_ends, obs_horizon, pred_horizon)
+        self.episodes = None if episodes is None else np.asarray(episodes, dtype=np.int64)
+        if self.episodes is not None and (len(self.episodes) == 0 or self.episodes.min() < 0
+                                          or self.episodes.max() >= store.n_episodes):
+            raise StoreError(f"{store.path}: episodes {list(self.episodes)[:5]}... are not a non-empty subset of "
+                             f"its {store.n_episodes} episodes")
+        self.sampler = WindowSampler(store.episode_ends, obs_horizon, pred_horizon, episodes=self.episodes)
         loaded = store.load(sorted({*stored, action_key}))
         self.arrays = {}
         for key in [*self.obs_keys, action_key]:
@@ -54,15 +60,26 @@ class WindowDataset:
             self.arrays[key] = torch.from_numpy(np.ascontiguousarray(values))
 
     @classmethod
-    def for_task(cls, task, obs_horizon: int, pred_horizon: int) -> "WindowDataset":
+    def for_task(cls, task, obs_horizon: int, pred_horizon: int,
+                 episodes: Sequence[int] | None = None) -> "WindowDataset":
         """The windows a task config names: its store, observation keys, slices and action key."""
         task_id = task.get("task_id")
         return cls(EpisodeStore.open(task.dataset), list(task.obs_keys), task.action_key, obs_horizon,
                    pred_horizon, slices=dict(task.get("obs_slices") or {}),
-                   constants={TASK_ID_KEY: list(task_id)} if task_id else None)
+                   constants={TASK_ID_KEY: list(task_id)} if task_id else None, episodes=episodes)
+
+    def episode_rows(self, episode: int) -> np.ndarray:
+        """The store rows (time steps) of one episode."""
+        ends = self.store.episode_ends
+        return np.arange(0 if episode == 0 else ends[episode - 1], ends[episode])
 
     def stats(self, key: str) -> dict[str, np.ndarray]:
-        """Per-element statistics of a key (a sliced key: its slice of the stored key's)."""
+        """Per-element statistics of a key (a sliced key: its slice of the stored key's); over the
+        chosen ``episodes`` when the windows are restricted to some."""
+        if self.episodes is not None and key not in self.constants:
+            rows = np.concatenate([self.episode_rows(e) for e in self.episodes])
+            values = self.arrays[key][torch.from_numpy(rows)].double().numpy()
+            return {"min": values.min(0), "max": values.max(0), "mean": values.mean(0), "std": values.std(0)}
         if key in self.constants:
             value = self.constants[key].astype(np.float64)
             return {"min": value, "max": value, "mean": value, "std": np.zeros_like(value)}
@@ -76,7 +93,7 @@ class WindowDataset:
 
     @property
     def n_episodes(self) -> int:
-        return self.store.n_episodes
+        return self.store.n_episodes if self.episodes is None else len(self.episodes)
 
     @property
     def obs_shapes(self) -> dict[str, tuple[int, ...]]:
