@@ -6,7 +6,9 @@ robot is touched:
 
 1. Transport. ZeroMQ drops the connection of a peer that sends a frame larger than any request
    has (``ZMQ_MAXMSGSIZE``: a request header or the robot's action, whichever is larger; libzmq
-   applies it per frame) and queues at most ``PEER_HWM`` messages per peer.
+   applies it per frame) and queues at most ``PEER_HWM`` requests per peer (``REPLY_HWM``
+   replies: libzmq counts queued messages with credit that lags behind, and a ROUTER socket
+   silently drops a reply when that count reaches its limit, so the reply side keeps room).
 2. Header. Only frame 0 is parsed (at most ``MAX_REQUEST_HEADER_BYTES``) and its token compared
    (``hmac.compare_digest``). A request without the token is answered ``bad token``; its array
    frames are never read.
@@ -61,7 +63,8 @@ from cadence.hardware.wire import (
 
 logger = logging.getLogger(__name__)
 
-PEER_HWM = 16            # requests (and replies) queued per peer at most
+PEER_HWM = 16            # requests queued per peer at most
+REPLY_HWM = 1000         # replies queued per peer at most (a peer that never reads them; ZeroMQ's default)
 MAX_EXPIRY_S = 10.0      # an act may be valid for at most this long
 MAX_REASONS = 100        # distinct rejection reasons counted; further ones count as "other"
 
@@ -129,7 +132,7 @@ class RobotServer:
         self._robot_connected = False
         socket = zmq.Context.instance().socket(zmq.ROUTER)
         max_frame = max(MAX_REQUEST_HEADER_BYTES, self._payload_limits["act"])   # a bigger frame drops its peer
-        for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, PEER_HWM), (zmq.SNDHWM, PEER_HWM),
+        for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, PEER_HWM), (zmq.SNDHWM, REPLY_HWM),
                               (zmq.MAXMSGSIZE, max_frame)):
             socket.setsockopt(option, value)
         if "[" in endpoint or endpoint.startswith("tcp://::"):
