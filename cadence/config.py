@@ -6,7 +6,7 @@ at start-up with its name, and no config value is ever executed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -217,7 +217,7 @@ class DemoApp:
 
 @dataclass
 class RobotConfig:
-    kind: str = "sim"                       # sim: in this process | remote: a `cadence robot serve` process
+    kind: str = "sim"                       # sim: in this process | remote: a `cadence robot serve` process | replay
     endpoint: str = "tcp://127.0.0.1:5555"
     token: Optional[str] = None             # shared secret; default $CADENCE_ROBOT_TOKEN
     allow_remote: bool = False              # serve: bind beyond loopback
@@ -225,6 +225,8 @@ class RobotConfig:
     sensor_latency_ms: float = 0.0          # simulated robot: observation delay
     actuation_latency_ms: float = 0.0       # simulated robot: command delay
     timeout_ms: float = 30.0                # remote: per request
+    dataset: Optional[str] = None           # replay: the episode store (default task.dataset)
+    episodes: Optional[list] = None         # replay: its episodes (default: the checkpoint's held-out ones, else all)
 
 
 @dataclass
@@ -381,7 +383,7 @@ class ImportApp:
     replay: bool = False                    # regenerate observations by replaying the states in robosuite
     cameras: list = field(default_factory=list)   # with replay: camera images to render (e.g. [agentview])
     # rosbag
-    topics: Dict[str, str] = field(default_factory=dict)   # store key -> topic, e.g. {action: /cmd, state: /joint_states}
+    topics: Any = None   # {store key: topic}, e.g. {action: /cmd, state: /joint_states} (Any: a typed dict refuses new keys)
     split: str = "bag"                      # bag: one bag per episode; or a topic whose messages mark episode starts
     align: str = "last"                     # last | nearest: how each topic is sampled on the task-rate clock
 

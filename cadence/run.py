@@ -130,7 +130,7 @@ def _run(cfg: DictConfig) -> dict:
     delay = tuple(float(v) / 1e3 for v in cfg.control.inject_delay_ms)
     exec_horizon = int(cfg.control.exec_horizon or train_cfg.policy.exec_horizon)
     sim_rate = float(cfg.robot.rate_hz or cfg.control.rate_hz or train_cfg.task.fps)
-    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, sim_rate), safety_limits(cfg.safety),
+    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, sim_rate, meta["val_episodes"]), safety_limits(cfg.safety),
                          watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
     tick_log, results, worker, chosen, summary = TickLog(), [], None, None, None
     try:
@@ -188,6 +188,9 @@ def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, de
                "safety": {"clamps": dict(robot.clamp_counts), "refused_commands": robot.refused,
                           "estop": robot.estop_reason},
                "config": config}
+    report = getattr(robot.robot, "report", None)          # a replay robot: actions against the recording
+    if callable(report):
+        summary["replay"] = report()
     out.mkdir(parents=True, exist_ok=True)
     tick_log.write(out / "ticks.jsonl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -197,4 +200,8 @@ def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, de
           f"{t['inference_ms']['p50']:.1f} / p99 {t['inference_ms']['p99']:.1f} ms, deadline misses "
           f"{t['deadline_misses']}, inference errors {t.get('inference_errors', 0)}, late sends "
           f"{t['late_sends']} -> {out}", flush=True)
+    if "replay" in summary:
+        r = summary["replay"]
+        print(f"replay: action L1 {r['action_l1']:.4f} against the recording over {r['steps_compared']} steps "
+              f"({r['steps_without_action']} steps without an action)", flush=True)
     return summary

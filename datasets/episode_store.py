@@ -226,12 +226,13 @@ class EpisodeStore:
                 raise StoreError(f"{self.path}: no key data/{key} (have {self.keys})")
         return {k: self._read(k, 0, self.n_steps) for k in keys}
 
-    def episode(self, index: int) -> dict[str, np.ndarray]:
+    def episode(self, index: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """One episode's values of ``keys`` (default: every key)."""
         if not -self.n_episodes <= index < self.n_episodes:
             raise IndexError(f"episode {index} out of range ({self.n_episodes} episodes)")
         index %= self.n_episodes
         start = 0 if index == 0 else int(self._ends[index - 1])
-        return {k: self._read(k, start, int(self._ends[index])) for k in self.keys}
+        return {k: self._read(k, start, int(self._ends[index])) for k in (self.keys if keys is None else keys)}
 
     def stats(self, key: str) -> dict[str, np.ndarray]:
         """Per-element min, max, mean and std over all committed steps of ``key``."""

@@ -27,6 +27,8 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                       the model.safetensors exported, which ``cadence run`` checks before reusing it}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
     export_check     (optional) {"batch", "encoder_max_abs_err", "denoiser_max_abs_err"}
+    control          (optional) {"fps": the rate it was trained at (the store's), "exec_horizon"}: what a
+                      control loop runs it at (``cadence run`` takes both from the checkpoint it came from)
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
              "cond_dim", "action_normalizer", "graphs", "source", "versions"}
-_OPTIONAL_TOP_KEYS = {"export_check", "block_cache"}
+_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control"}   # control: {fps, exec_horizon} the policy runs at
 _PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "clip_sample"},
                  "flow": {"type", "sample_steps", "level_scale"},
                  "edm": {"type", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler", "clip_sample"},
@@ -206,6 +208,12 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
         _bounded(where, spec[key], key, 1, bound)
     if not _typed(where, spec["action_key"], "action_key", str):
         raise ExportFormatError(f"{where}: 'action_key' must be a non-empty string")
+    if "control" in spec:
+        _keys(where, spec["control"], "control", {"fps", "exec_horizon"})
+        _finite(where, spec["control"]["fps"], "control.fps")
+        if not spec["control"]["fps"] > 0:
+            raise ExportFormatError(f"{where}: 'control.fps' must be > 0, got {spec['control']['fps']!r}")
+        _bounded(where, spec["control"]["exec_horizon"], "control.exec_horizon", 1, "horizon")
 
     process = spec["process"]
     if not isinstance(process, dict) or "type" not in process:

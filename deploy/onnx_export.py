@@ -156,7 +156,7 @@ def _infer_obs_shapes(policy: Policy) -> dict[str, tuple[int, ...]]:
 
 def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str = "", *,
                        obs_shapes: Mapping[str, Sequence[int]] | None = None, step: int | None = None,
-                       weights_sha256: str | None = None, opset: int = 18,
+                       weights_sha256: str | None = None, opset: int = 18, control: Mapping | None = None,
                        echo: Callable[[str], None] | None = print) -> Path:
     """Write encoder.onnx, denoiser.onnx and policy.json for ``policy`` into ``out_dir``; returns ``out_dir``.
 
@@ -238,6 +238,8 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         "export_check": {"batch": CHECK_BATCH, "encoder_max_abs_err": errors["encoder"],
                          "denoiser_max_abs_err": errors["denoiser"]},
     }
+    if control is not None:
+        spec["control"] = {"fps": float(control["fps"]), "exec_horizon": int(control["exec_horizon"])}
     cache = getattr(policy.denoiser, "branch_cache", None)
     if cache is not None:
         spec["block_cache"] = {"applied": False, "schedules": [f"{s.method} M={s.budget}, {s.sample_steps} steps"
@@ -256,6 +258,8 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
                 echo: Callable[[str], None] | None = print) -> Path:
     """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``."""
     ckpt = resolve_checkpoint_dir(checkpoint)
-    policy, _cfg, meta = load_policy(ckpt, device="cpu")
+    policy, cfg, meta = load_policy(ckpt, device="cpu")
+    control = {"fps": cfg.task.fps, "exec_horizon": cfg.policy.exec_horizon} if cfg.task.fps else None
     return export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"],
-                              step=meta.get("step"), weights_sha256=weights_sha256(ckpt), opset=opset, echo=echo)
+                              step=meta.get("step"), weights_sha256=weights_sha256(ckpt), opset=opset,
+                              control=control, echo=echo)

@@ -18,7 +18,17 @@ def robot_token(robot_cfg) -> str:
     return token
 
 
-def make_robot(robot_cfg, task_cfg, rate_hz: float):
+def make_robot(robot_cfg, task_cfg, rate_hz: float, held_out: list[int] | None = None):
+    """The robot ``robot_cfg.kind`` names; ``held_out``: the episodes a replay robot plays by
+    default (a checkpoint's validation episodes)."""
+    if robot_cfg.kind == "replay":
+        from cadence.hardware.replay_robot import ReplayRobot
+        episodes = robot_cfg.episodes if robot_cfg.episodes is not None else (held_out or None)
+        return ReplayRobot(robot_cfg.dataset or task_cfg.dataset, list(task_cfg.obs_keys), task_cfg.action_key,
+                           episodes=None if episodes is None else list(episodes), rate_hz=rate_hz)
+    if task_cfg.env_id is None and robot_cfg.kind == "sim":
+        raise RobotError("robot=sim: this policy was trained without a simulator (task.env_id is null); "
+                         "rehearse it on recordings with robot=replay, or drive a real robot")
     if robot_cfg.kind == "sim":
         from cadence.hardware.sim_robot import SimRobot
         return SimRobot(task_cfg.env_id, dict(task_cfg.env_kwargs), rate_hz=rate_hz,
@@ -30,7 +40,7 @@ def make_robot(robot_cfg, task_cfg, rate_hz: float):
         # ~0.3 ms) rather than act on the one that came back with the previous tick's command.
         return RemoteRobot(robot_cfg.endpoint, robot_token(robot_cfg), timeout_s=robot_cfg.timeout_ms / 1e3,
                            obs_max_age_s=0.0)
-    raise RobotError(f"robot.kind must be sim or remote, got {robot_cfg.kind!r}")
+    raise RobotError(f"robot.kind must be sim, remote or replay, got {robot_cfg.kind!r}")
 
 
 def safety_limits(safety_cfg) -> SafetyLimits:
