@@ -60,6 +60,10 @@ def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.nd
         picks = np.random.default_rng(seed).choice(len(data), size=n, replace=len(data) < n)
         batch = data.batch(torch.from_numpy(picks))
         return [{k: batch[k][i: i + 1].numpy() for k in task.obs_keys} for i in range(n)]
+    if task.env_id is None:
+        from cadence.datasets.episode_store import StoreError
+        raise StoreError(f"{task.dataset}: not found; a policy trained without a simulator calibrates on its "
+                         "recordings (run from the folder it was trained in, or give the store's path)")
     log.warning("%s not found: calibrating on the first observations of %d seeded episodes instead",
                 task.dataset, n)
     from cadence.envs.task_env import make_env
