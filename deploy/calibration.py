@@ -63,7 +63,7 @@ def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.nd
     if task.env_id is None:
         from cadence.datasets.episode_store import StoreError
         raise StoreError(f"{task.dataset}: not found; a policy trained without a simulator calibrates on its "
-                         "recordings (run from the folder it was trained in, or give the store's path)")
+                         "recordings: run from the folder it was trained in, where task.dataset leads")
     log.warning("%s not found: calibrating on the first observations of %d seeded episodes instead",
                 task.dataset, n)
     from cadence.envs.task_env import make_env
