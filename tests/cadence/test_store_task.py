@@ -1,8 +1,6 @@
 """task=store: training on your own recordings without a simulator, keys and fps read from the store."""
 import json
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -95,20 +93,19 @@ def test_training_a_simulator_task_on_a_store_that_does_not_fit_stops_before_the
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
-def test_train_without_a_simulator_validates_offline_then_eval_and_task_init_work(tmp_path):
-    """The whole path a user with their own recordings takes, through the real command line."""
+def test_train_without_a_simulator_validates_offline_then_eval_and_task_init_work(tmp_path, monkeypatch):
+    """The whole path a user with their own recordings takes, through the command line."""
+    from cadence.cli import main
+
     dataset = own_store(tmp_path / "own.zarr")
-    cli = [sys.executable, "-m", "cadence.cli"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["cadence"])
     small = ["train.steps=4", "train.batch_size=8", "train.eval_every=2", "train.warmup_steps=1",
              "train.log_every=2", "policy.pred_horizon=8", "policy.exec_horizon=4", "policy.down_dims=[16,32]",
              "policy.obs_feature_dim=16", "policy.level_embed_dim=16", "policy.sample_steps=2", "tracking=none"]
-    out = subprocess.run([*cli, "task", "init", f"store={dataset}", f"out={tmp_path}/cfg/task/my_arm.yaml"],
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    assert main(["task", "init", f"store={dataset}", f"out={tmp_path}/cfg/task/my_arm.yaml"]) == 0
     run_dir = tmp_path / "run"
-    out = subprocess.run([*cli, "train", "--config-dir", str(tmp_path / "cfg"), "task=my_arm", *small,
-                          f"run_dir={run_dir}"], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert main(["train", "--config-dir", str(tmp_path / "cfg"), "task=my_arm", *small, f"run_dir={run_dir}"]) == 0
     cfg = OmegaConf.load(run_dir / "checkpoint" / "config.yaml")
     meta = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
     assert cfg.task.env_id is None and cfg.task.fps == 30.0 and cfg.task.name == "my_arm"
@@ -119,7 +116,7 @@ def test_train_without_a_simulator_validates_offline_then_eval_and_task_init_wor
         assert (run_dir / f"eval-step{step}" / "offline_actions.png").exists()
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "offline/l1" in r] == [2, 4]
-    out = subprocess.run([*cli, "eval", f"checkpoint={run_dir}", f"out_dir={tmp_path}/ev"],
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert main(["eval", f"checkpoint={run_dir}", f"out_dir={tmp_path}/ev"]) == 0
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["offline"]["l1"] == pytest.approx(offline["l1"])
+    with pytest.raises(SystemExit):            # a task file is not overwritten
+        main(["task", "init", f"store={dataset}", f"out={tmp_path}/cfg/task/my_arm.yaml"])
