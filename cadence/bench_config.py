@@ -215,3 +215,24 @@ class BenchEvalApp:
     threads: int = 0                         # torch threads per process; 0: this machine's cores / processes
     device: str = "cpu"
     out_dir: str = "runs/bench-eval-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
+class BenchOfflineApp:
+    """``cadence bench offline``: offline validation against rollouts, and import throughput."""
+    task_name: str = "pusht"                # a config in configs/task/ with a simulator
+    policy_name: str = "diffusion"          # a config in configs/policy/
+    steps: int = 2500                       # training steps of the one run
+    checkpoints: int = 5                    # evaluations, evenly spaced (the last at `steps`)
+    val_episodes: int = 20                  # held out for offline validation (never trained on)
+    overrides: list = field(default_factory=list)   # more `cadence train` overrides
+    run: Optional[str] = None               # read a finished run's evaluations instead of training
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=20, video_episodes=0, latency_calls=0,
+                                                                plot=False, offline_plot_episodes=0))
+    throughput: bool = True                 # also time the importers
+    import_episodes: int = 8                # synthetic datasets written for the throughput rows
+    import_frames: int = 100                # frames per episode
+    video_size: list = field(default_factory=lambda: [480, 640])   # recorded camera frames (H, W)
+    image_size: list = field(default_factory=lambda: [96, 96])     # resized to at import
+    threads: int = 0
+    out_dir: str = "runs/bench-offline-${now:%Y%m%d-%H%M%S}"

@@ -26,6 +26,7 @@ COMMANDS = {
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),
     "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
     "bench cache": ("cadence.bench_cache", "bench_cache", "BAC vs uniform caching vs no cache: ms, FLOPs, action error, success"),
+    "bench offline": ("cadence.bench_offline", "bench_offline", "offline validation vs rollout score per checkpoint; import frames/s"),
     "bench mode": ("cadence.bench_mode", "bench_mode", "dense transformer vs MoDE, uncached and expert-cached"),
     "bench anchor": ("cadence.bench_anchor", "bench_anchor", "truncated anchor diffusion at 1-4 steps vs DDIM-10/20"),
     "bench streaming": ("cadence.bench_streaming", "bench_streaming", "streaming diffusion replans vs DDPM-100 / DDIM-10"),

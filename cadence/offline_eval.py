@@ -8,8 +8,9 @@ in a rollout). Against the recorded actions of the steps each chunk would execut
 
 * ``l1`` / ``mse`` (mean over dimensions) and ``l1_per_dim`` / ``mse_per_dim``, task units, of
   the first of the K samples;
-* ``min_of_k_l1``: per replan the smallest mean L1 among the K samples, averaged: a multimodal
-  policy is not punished for picking the other mode the demonstrator did not take;
+* ``min_of_k_l1``: per replan the smallest mean L1 among the K samples, averaged over steps like
+  ``l1`` (with K = 1 the two are equal): a multimodal policy is not punished for picking the
+  other mode the demonstrator did not take;
 * ``chunk_jump``: the largest per-dimension change from one chunk's last executed action to the
   next chunk's first, averaged over seams, beside ``demo_step_change``, the same for the
   demonstration's consecutive steps (a smooth policy has a jump close to it).
@@ -83,7 +84,9 @@ def offline_validate(policy, data, episodes, exec_horizon: int, samples: int, se
             predicted[ep[r]].append(chunk[r, :steps[r]])
             l1.append(err[r, :steps[r]])
             sq.append(err[r, :steps[r]] ** 2)
-        best += [row_l1[running // samples == e].min() for e in np.unique(running // samples)]
+        for e in np.unique(running // samples):          # each replan: its best sample, weighted by its steps
+            mine = running // samples == e
+            best.append((row_l1[mine].min(), steps[mine][0]))
     for e, (s, n) in enumerate(zip(starts, lengths)):
         demo = actions[s:s + n].double().numpy()
         cuts = np.arange(ta, n, ta)
@@ -93,7 +96,7 @@ def offline_validate(policy, data, episodes, exec_horizon: int, samples: int, se
         "episodes": episodes, "samples": samples, "exec_horizon": ta, "steps": int(lengths.sum()),
         "l1": float(l1.mean()), "mse": float(sq.mean()),
         "l1_per_dim": l1.mean(0).tolist(), "mse_per_dim": sq.mean(0).tolist(),
-        "min_of_k_l1": float(np.mean(best)),
+        "min_of_k_l1": float(np.average([b for b, _ in best], weights=[n for _, n in best])),
         "chunk_jump": float(np.mean(jumps)) if jumps else float("nan"),
         "demo_step_change": float(np.mean(demo_jumps)) if demo_jumps else float("nan"),
     }

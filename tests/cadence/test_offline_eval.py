@@ -81,6 +81,18 @@ def test_min_of_k_does_not_punish_the_other_mode(data):
     assert summary["min_of_k_l1"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_min_of_one_is_the_l1_itself(data):
+    """Episode ends cut the last replan short: both numbers weight every step alike."""
+    class Uneven(ReplayingPolicy):
+        def predict_chunk(self, obs, generator=None):
+            chunk = super().predict_chunk(obs, generator)
+            now = obs["observation.row"][:, -1, 0]
+            return type(chunk)(chunk.actions + (now % 5)[:, None, None] / 10, chunk.start)
+
+    summary = offline_validate(Uneven(), data, [0, 1, 2, 3], TA, samples=1, seed=0, device="cpu")
+    assert summary["l1"] > 0.05 and summary["min_of_k_l1"] == pytest.approx(summary["l1"], rel=1e-9)
+
+
 def test_every_step_of_every_episode_is_replanned_once_every_exec_horizon(data):
     policy = ReplayingPolicy()
     offline_validate(policy, data, [0, 1], TA, samples=3, seed=0, device="cpu")
