@@ -26,7 +26,8 @@ does: one environment is built from ``env`` and ``env_info`` (no on-screen rende
 only when cameras are asked for, ``use_camera_obs=bool(cameras)``, ``camera_names=cameras``,
 ``camera_heights/widths`` from ``image_size`` (used only with cameras), default 84x84,
 ``ignore_done``, no hard reset); for each demo ``env.reset()``,
-``env.reset_from_xml_string(env.edit_model_xml(model_file))``, ``env.sim.reset()``, then for each state ``sim.set_state_from_flattened(state)``,
+``env.reset_from_xml_string(env.edit_model_xml(model_file))``, ``env.sim.reset()``, then for
+each state ``sim.set_state_from_flattened(state)``,
 ``sim.forward()`` and ``env._get_observations(force_update=True)``. Every observation key
 becomes a store key under robosuite's name (``robot0_eef_pos``, ``object-state``,
 ``robot0_proprio-state``, ``agentview_image``, ...); 1-D observations are stored ``(T, 1)``.
