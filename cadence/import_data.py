@@ -13,27 +13,41 @@ Formats and their options (``cadence import --help`` prints this):
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cadence.datasets.episode_store import StoreError
 
 
+def _plain(value):
+    """A command-line list or dict as plain Python (the importers check plain values)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def _robomimic(cfg: DictConfig):
     from cadence.datasets.robomimic_import import DEFAULT_FPS, import_robomimic
-    return import_robomimic(cfg.source, cfg.out, fps=cfg.fps or DEFAULT_FPS, overwrite=cfg.overwrite)
+    return import_robomimic(cfg.source, cfg.out, fps=cfg.fps or DEFAULT_FPS, overwrite=cfg.overwrite,
+                            episodes=_plain(cfg.episodes))
 
 
 def _robosuite(cfg: DictConfig):
-    raise StoreError("format=robosuite: not available yet")
+    from cadence.datasets.robosuite_import import import_robosuite
+    return import_robosuite(cfg.source, cfg.out, fps=cfg.fps, overwrite=cfg.overwrite, replay=cfg.replay,
+                            cameras=_plain(cfg.cameras), image_size=_plain(cfg.image_size),
+                            episodes=_plain(cfg.episodes))
 
 
 def _lerobot(cfg: DictConfig):
     from cadence.datasets.lerobot_import import import_lerobot
-    return import_lerobot(cfg.source, cfg.out, fps=cfg.fps, videos=cfg.videos, overwrite=cfg.overwrite)
+    return import_lerobot(cfg.source, cfg.out, fps=cfg.fps, videos=cfg.videos, overwrite=cfg.overwrite,
+                          episodes=_plain(cfg.episodes), missing_videos=cfg.missing_videos,
+                          image_size=_plain(cfg.image_size))
 
 
 def _rosbag(cfg: DictConfig):
-    raise StoreError("format=rosbag: not available yet")
+    from cadence.datasets.rosbag_import import import_rosbag
+    return import_rosbag(cfg.source, cfg.out, topics=_plain(cfg.topics), fps=cfg.fps, split=cfg.split,
+                         align=cfg.align, episodes=_plain(cfg.episodes), image_size=_plain(cfg.image_size),
+                         overwrite=cfg.overwrite)
 
 
 FORMATS = {"robomimic": _robomimic, "robosuite": _robosuite, "lerobot": _lerobot, "rosbag": _rosbag}

@@ -2,9 +2,7 @@
 
 ``cadence import format=rosbag source=BAG_OR_FOLDER out=X.zarr fps=10
 topics={action: /cmd, state: /joint_states, image: /camera/image_raw/compressed}
-[split=bag|TOPIC] [align=last|nearest] [episodes=[...]] [image_size=[H,W]]``
-(while ``ImportApp.topics`` is a typed dict, Hydra merges into it rather than setting it: write
-``++topics={...}`` on the command line).
+[split=bag|TOPIC] [align=last|nearest] [episodes=[...]] [image_size=[H,W]]``.
 
 Bags are read with the pure-Python ``rosbags`` package (:mod:`.rosbag_files`): ``source`` is
 one bag directory (with ``metadata.yaml``) or a folder of them, taken in name order.

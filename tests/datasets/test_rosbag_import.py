@@ -464,15 +464,14 @@ def test_cadence_import_command(tmp_path):
     write_bag(tmp_path / "bags" / "demo_1", scene(np.random.default_rng(9), t1=2 * S))
     proc = subprocess.run([sys.executable, "-m", "cadence.cli", "import", "format=rosbag", "source=bags",
                            "out=data/bags.zarr", "fps=10", "align=nearest", "image_size=[4,4]",
-                           # ++: ImportApp.topics is a typed dict, which Hydra merges into (struct) rather than sets
-                           "++topics={action: /cmd, state: /joint_states, image: /cam/png}"],
+                           "topics={action: /cmd, state: /joint_states, image: /cam/png}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "imported 2 episodes" in proc.stdout
     store = EpisodeStore.open(tmp_path / "data" / "bags.zarr")
     assert store.features["image"].shape == (4, 4, 3) and store.source["topics"]["state"] == "/joint_states"
     again = subprocess.run([sys.executable, "-m", "cadence.cli", "import", "format=rosbag", "source=bags",
-                            "out=data/other.zarr", "fps=10", "++topics={action: /nope}"],
+                            "out=data/other.zarr", "fps=10", "topics={action: /nope}"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines()[-1].startswith("cadence import: error: ")
