@@ -26,6 +26,10 @@ from cadence.task_suite import is_suite, member_tasks
 def collect(task_cfg, collect_cfg, progress: bool = True) -> dict:
     """Run ``collect_cfg.episodes`` expert episodes and write the successful ones into the
     task's store (appended, or into a new one with ``overwrite``); returns a summary."""
+    if task_cfg.env_id is None or task_cfg.expert in (None, "none"):
+        missing = "no simulator" if task_cfg.env_id is None else "no scripted expert"
+        raise StoreError(f"task {task_cfg.name} has {missing} to collect with; bring your recordings with "
+                         "`cadence import` instead")
     path = Path(task_cfg.dataset)
     recover(path)
     if collect_cfg.overwrite:

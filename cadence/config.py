@@ -18,7 +18,7 @@ class TaskConfig:
     env_kwargs: dict = field(default_factory=dict)   # passed to gymnasium.make
     obs_keys: list = field(default_factory=lambda: ["state"])   # [] without a simulator: derived from the store
     action_key: str = "action"
-    dataset: str = "data/bimodal_reach.zarr"          # episode store, relative to the working dir
+    dataset: Optional[str] = "data/bimodal_reach.zarr"   # episode store, relative to the working dir
     fps: Optional[float] = 10.0                       # control rate; null: the store's
     expert: str = "bimodal_reach"                     # scripted expert used by `cadence collect`
     obs_slices: dict = field(default_factory=dict)    # {name: [stored_key, start, stop]} derived keys

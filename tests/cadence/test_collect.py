@@ -115,3 +115,10 @@ def test_a_killed_overwrite_leaves_the_old_store_and_a_finished_one_replaces_it(
     assert (summary["seed"], summary["total_episodes"]) == (5, 2)
     assert_episodes(path, expert(2, 5))
     assert sorted(os.listdir(tmp_path)) == ["collect.log", "reach.zarr"]
+
+
+@pytest.mark.parametrize("change, message", [({"env_id": None}, "no simulator"), ({"expert": "none"}, "no scripted expert")])
+def test_a_task_without_simulator_or_expert_points_to_import(tmp_path, change, message):
+    with pytest.raises(StoreError, match=f"{message} to collect with.*cadence import"):
+        collect(OmegaConf.merge(task(tmp_path / "x.zarr"), change), settings(episodes=1), progress=False)
+    assert not (tmp_path / "x.zarr").exists()

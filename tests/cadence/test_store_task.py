@@ -31,6 +31,7 @@ def own_store(path, episodes=12, fps=30, state_dim=4, extra=None):
 
 def store_task(store, **overrides):
     task = load_task_config("store")
+    assert task.dataset is None                 # the user must name the store
     task.dataset = str(store)
     return OmegaConf.merge(task, overrides)
 
@@ -65,6 +66,7 @@ def test_what_the_user_sets_wins_and_a_differing_fps_is_said(tmp_path, caplog):
     ({"obs_keys": ["observation.wrist"]}, r"lacks.*observation.wrist"),
     ({"action_key": "joint_cmd"}, "no action key 'joint_cmd'"),
     ({"dataset": "nowhere.zarr"}, "cadence import"),
+    ({"dataset": None}, r"task.dataset=PATH"),
 ])
 def test_keys_the_store_lacks_are_refused_before_training(tmp_path, overrides, match):
     with pytest.raises(StoreError, match=match):
