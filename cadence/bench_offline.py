@@ -53,11 +53,13 @@ def agreement(run_dir: Path) -> dict:
     """Rows (step, success, score, offline L1, min-of-K L1) from a run's ``eval-step*/eval.json``
     and the rank correlations."""
     rows = []
-    for path in sorted(run_dir.glob("eval-step*/eval.json"), key=lambda p: int(p.parent.name[len("eval-step"):])):
+    found = [(int(p.parent.name[len("eval-step"):]), p) for p in run_dir.glob("eval-step*/eval.json")
+             if p.parent.name[len("eval-step"):].isdigit()]
+    for step, path in sorted(found):
         summary = json.loads(path.read_text())
         if "offline" not in summary or "success_rate" not in summary:
             continue
-        rows.append({"step": int(path.parent.name[len("eval-step"):]), "success": summary["success_rate"],
+        rows.append({"step": step, "success": summary["success_rate"],
                      "score": summary.get("mean_max_reward"), "offline_l1": summary["offline"]["l1"],
                      "min_of_k_l1": summary["offline"]["min_of_k_l1"]})
     score = [r["score"] for r in rows]
@@ -69,7 +71,9 @@ def agreement(run_dir: Path) -> dict:
 def train_run(cfg: DictConfig, run_dir: Path) -> Path:
     from cadence.train import train
 
-    every = max(1, cfg.steps // cfg.checkpoints)
+    if cfg.checkpoints < 1 or cfg.steps < cfg.checkpoints:
+        raise ValueError(f"need 1 <= checkpoints <= steps, got checkpoints={cfg.checkpoints}, steps={cfg.steps}")
+    every = cfg.steps // cfg.checkpoints
     overrides = [f"task={cfg.task_name}", f"policy={cfg.policy_name}", f"train.steps={every * cfg.checkpoints}",
                  f"train.eval_every={every}", f"train.val_episodes={cfg.val_episodes}",
                  f"eval.episodes={cfg.eval.episodes}", f"eval.seed={cfg.eval.seed}", "eval.video_episodes=0",

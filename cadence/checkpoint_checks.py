@@ -96,6 +96,8 @@ def read_meta(path: Path) -> dict:
     if not isinstance(held_out, list) or len(held_out) > LIMITS["episodes"]:
         raise CheckpointError(f"{path}: 'val_episodes' must be a list of episode indices")
     meta["val_episodes"] = [check_int(path, "val_episodes[]", e, 0, LIMITS["episodes"]) for e in held_out]
+    if any(b <= a for a, b in zip(meta["val_episodes"], meta["val_episodes"][1:])):
+        raise CheckpointError(f"{path}: 'val_episodes' must be increasing episode indices")
     modes = meta["normalizer_modes"]
     if not isinstance(modes, dict) or not all(isinstance(m, str) and m in MODES for m in modes.values()):
         raise CheckpointError(f"{path}: 'normalizer_modes' must map keys to one of {MODES}")

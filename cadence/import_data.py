@@ -51,11 +51,27 @@ def _rosbag(cfg: DictConfig):
 
 
 FORMATS = {"robomimic": _robomimic, "robosuite": _robosuite, "lerobot": _lerobot, "rosbag": _rosbag}
+# the options each format takes besides source, out, fps, overwrite and episodes
+OPTIONS = {"robomimic": set(), "robosuite": {"replay", "cameras", "image_size"},
+           "lerobot": {"videos", "missing_videos", "image_size"}, "rosbag": {"topics", "split", "align", "image_size"}}
+
+
+def _given_elsewhere(cfg: DictConfig) -> list[str]:
+    """Options set on the command line that the chosen format does not take."""
+    from cadence.config import ImportApp
+
+    defaults = OmegaConf.structured(ImportApp)
+    others = set().union(*OPTIONS.values()) - OPTIONS[cfg.format]
+    return sorted(k for k in others if _plain(cfg[k]) != _plain(defaults[k]))
 
 
 def run(cfg: DictConfig):
     if cfg.format not in FORMATS:
         raise StoreError(f"format must be one of {sorted(FORMATS)}, got {cfg.format!r}")
+    ignored = _given_elsewhere(cfg)
+    if ignored:
+        raise StoreError(f"format={cfg.format} does not take {ignored} (cadence import --help lists each "
+                         "format's options)")
     store = FORMATS[cfg.format](cfg)
     print(f"imported {store.n_episodes} episodes ({store.n_steps} steps, keys {store.keys}) -> {store.path}")
     return store

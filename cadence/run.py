@@ -130,7 +130,8 @@ def _run(cfg: DictConfig) -> dict:
     delay = tuple(float(v) / 1e3 for v in cfg.control.inject_delay_ms)
     exec_horizon = int(cfg.control.exec_horizon or train_cfg.policy.exec_horizon)
     sim_rate = float(cfg.robot.rate_hz or cfg.control.rate_hz or train_cfg.task.fps)
-    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, sim_rate, meta["val_episodes"]), safety_limits(cfg.safety),
+    robot = SafetyFilter(make_robot(cfg.robot, train_cfg.task, sim_rate, meta["val_episodes"],
+                                    cfg.control.action_lead_ms / 1e3), safety_limits(cfg.safety),
                          watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
     tick_log, results, worker, chosen, summary = TickLog(), [], None, None, None
     try:
@@ -204,4 +205,7 @@ def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, de
         r = summary["replay"]
         print(f"replay: action L1 {r['action_l1']:.4f} against the recording over {r['steps_compared']} steps "
               f"({r['steps_without_action']} steps without an action)", flush=True)
+        if r["episodes_cut_short"]:
+            print(f"replay: {r['episodes_cut_short']} episodes ended before their recording did "
+                  f"(control.max_ticks={cfg.control.max_ticks})", flush=True)
     return summary

@@ -6,7 +6,9 @@
 
 * ``obs_keys: []``: every ``observation.*`` key when the store has any (LeRobot's naming),
   otherwise every key but the action and the bookkeeping a recorder adds (rewards, dones,
-  timestamps, indices, simulator states, ``next.*``);
+  timestamps, indices, simulator states, ``next.*``) and every key derived from an action
+  (``action.velocity`` of a ROS ``JointState`` command, robomimic's ``action_dict.*``,
+  MimicGen's ``datagen_info.*``): a policy must not observe its own command;
 * ``action_key``: ``action``, or ``actions`` when only that exists;
 * ``fps: null``: the store's recorded rate (``cadence run`` uses it as the control rate).
 
@@ -31,12 +33,14 @@ log = logging.getLogger(__name__)
 
 NOT_OBSERVATIONS = {"reward", "rewards", "done", "dones", "timestamp", "frame_index", "task_index", "index",
                     "episode_index", "sim_state", "states", "success", "processed_actions", "model_file"}
-NOT_OBSERVATION_PREFIXES = ("next.", "next_", "states.", "initial_state")
+NOT_OBSERVATION_PREFIXES = ("next.", "next_", "states.", "initial_state",
+                            # what an action topic or an action group imports as (a policy must not see its own command)
+                            "action.", "actions.", "action_dict.", "datagen_info.")
 
 
 def observation_keys(store: EpisodeStore, action_key: str) -> list[str]:
     """The store's keys a policy observes (see the module docstring)."""
-    keys = [k for k in store.keys if k != action_key]
+    keys = [k for k in store.keys if k != action_key and not k.startswith(action_key + ".")]
     lerobot = [k for k in keys if k.startswith("observation.")]
     if lerobot:
         return lerobot

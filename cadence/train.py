@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from cadence import distributed
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
+from cadence.checkpoint_checks import read_meta
 from cadence.datasets.concat_windows import ConcatWindows
 from cadence.datasets.episode_split import default_val_episodes, split_episodes
 from cadence.datasets.episode_store import EpisodeStore, StoreError
@@ -60,15 +61,25 @@ def load_windows(task_cfg, obs_horizon: int, pred_horizon: int,
     return ConcatWindows(parts, [m.name for m in members]) if is_suite(task_cfg) else parts[0]
 
 
-def held_out_episodes(cfg: DictConfig) -> tuple[np.ndarray | None, list[int]]:
+def held_out_episodes(cfg: DictConfig, resumed: list[int] | None = None) -> tuple[np.ndarray | None, list[int]]:
     """``(train episodes or None for all, validation episodes)``: ``train.val_episodes`` of the
-    store's episodes drawn by ``train.seed`` (default: 10% without a simulator, none with one)."""
-    n_val = cfg.train.val_episodes
+    store's episodes drawn by ``train.seed`` (default: 10% without a simulator, none with one).
+    ``resumed``: the episodes a resumed run held out, kept whatever the store or the command
+    line says now (episodes recorded since join the training ones)."""
     if is_suite(cfg.task):
-        if n_val:
+        if cfg.train.val_episodes:
             raise ValueError("train.val_episodes: offline validation of a multitask suite is not supported")
         return None, []
     n_episodes = EpisodeStore.open(cfg.task.dataset).n_episodes
+    if resumed is not None:
+        if resumed and max(resumed) >= n_episodes:
+            raise StoreError(f"{cfg.task.dataset}: has {n_episodes} episodes, but the run being resumed held out "
+                             f"episode {max(resumed)}: not the store it was trained on")
+        if cfg.train.val_episodes not in (None, len(resumed)):
+            log.warning("resume: keeping the %d episodes the run held out; ignoring train.val_episodes=%s",
+                        len(resumed), cfg.train.val_episodes)
+        return (np.setdiff1d(np.arange(n_episodes), resumed) if resumed else None), list(resumed)
+    n_val = cfg.train.val_episodes
     if n_val is None:
         n_val = default_val_episodes(n_episodes) if cfg.task.env_id is None else 0
     if n_val == 0:
@@ -170,7 +181,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         cfg = _with_checkpoint_model(cfg, existing)
         tcfg, pcfg = cfg.train, cfg.policy
     cfg.task = resolve_task(cfg.task)
-    train_episodes, val_episodes = held_out_episodes(cfg)
+    resumed = read_meta(existing / "meta.json")["val_episodes"] if cfg.resume and existing else None
+    train_episodes, val_episodes = held_out_episodes(cfg, resumed)
     cfg.train.val_episodes = len(val_episodes)
     data = load_windows(cfg.task, pcfg.obs_horizon, pcfg.pred_horizon, episodes=train_episodes)
     rollouts = cfg.task.env_id is not None and cfg.eval.episodes > 0

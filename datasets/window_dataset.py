@@ -43,7 +43,8 @@ class WindowDataset:
                                           or self.episodes.max() >= store.n_episodes):
             raise StoreError(f"{store.path}: episodes {list(self.episodes)[:5]}... are not a non-empty subset of "
                              f"its {store.n_episodes} episodes")
-        self.sampler = WindowSampler(store.episode_ends, obs_horizon, pred_horizon, episodes=self.episodes)
+        self.sampler_ends = store.episode_ends
+        self.sampler = WindowSampler(self.sampler_ends, obs_horizon, pred_horizon, episodes=self.episodes)
         loaded = store.load(sorted({*stored, action_key}))
         self.arrays = {}
         for key in [*self.obs_keys, action_key]:
@@ -70,7 +71,7 @@ class WindowDataset:
 
     def episode_rows(self, episode: int) -> np.ndarray:
         """The store rows (time steps) of one episode."""
-        ends = self.store.episode_ends
+        ends = self.sampler_ends
         return np.arange(0 if episode == 0 else ends[episode - 1], ends[episode])
 
     def stats(self, key: str) -> dict[str, np.ndarray]:

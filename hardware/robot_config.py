@@ -18,14 +18,19 @@ def robot_token(robot_cfg) -> str:
     return token
 
 
-def make_robot(robot_cfg, task_cfg, rate_hz: float, held_out: list[int] | None = None):
-    """The robot ``robot_cfg.kind`` names; ``held_out``: the episodes a replay robot plays by
-    default (a checkpoint's validation episodes)."""
+def make_robot(robot_cfg, task_cfg, rate_hz: float, held_out: list[int] | None = None, lead_s: float = 0.0):
+    """The robot ``robot_cfg.kind`` names. A replay robot plays ``held_out`` (a checkpoint's
+    validation episodes) by default when it replays the task's own store, every episode of
+    another store, and scores each action for the step ``lead_s`` ahead (``control.action_lead_ms``)."""
     if robot_cfg.kind == "replay":
         from cadence.hardware.replay_robot import ReplayRobot
-        episodes = robot_cfg.episodes if robot_cfg.episodes is not None else (held_out or None)
+        if task_cfg.get("task_id"):
+            raise RobotError("robot=replay does not replay a multitask suite's members yet")
+        own_store = robot_cfg.dataset is None or robot_cfg.dataset == task_cfg.dataset
+        episodes = robot_cfg.episodes if robot_cfg.episodes is not None else (held_out if own_store else None)
         return ReplayRobot(robot_cfg.dataset or task_cfg.dataset, list(task_cfg.obs_keys), task_cfg.action_key,
-                           episodes=None if episodes is None else list(episodes), rate_hz=rate_hz)
+                           episodes=list(episodes) if episodes else None, rate_hz=rate_hz,
+                           slices=dict(task_cfg.get("obs_slices") or {}), lead_s=lead_s)
     if task_cfg.env_id is None and robot_cfg.kind == "sim":
         raise RobotError("robot=sim: this policy was trained without a simulator (task.env_id is null); "
                          "rehearse it on recordings with robot=replay, or drive a real robot")

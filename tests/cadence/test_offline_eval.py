@@ -99,6 +99,17 @@ def test_every_step_of_every_episode_is_replanned_once_every_exec_horizon(data):
     assert policy.calls == int(np.ceil(max(LENGTHS[0], LENGTHS[1]) / TA))
 
 
+def test_groups_of_episodes_give_the_same_numbers_as_one_batch(data):
+    policy = ReplayingPolicy(offset=(0.3, 0.1), exact_every=3)
+    whole = offline_validate(policy, data, [0, 1, 2, 3], TA, samples=3, seed=0, device="cpu")
+    calls = policy.calls
+    grouped = offline_validate(policy, data, [0, 1, 2, 3], TA, samples=3, seed=0, device="cpu", batch_rows=4)
+    assert policy.calls - calls > calls                      # one episode (3 rows) per group: more calls
+    assert grouped.keys() == whole.keys()
+    for key, value in whole.items():
+        assert grouped[key] == (value if key == "episodes" else pytest.approx(value)), key
+
+
 def test_summary_goes_into_eval_json_beside_rollouts(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({"success_rate": 0.5}))
     write_offline({"l1": 0.1}, tmp_path)

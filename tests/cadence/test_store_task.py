@@ -47,7 +47,8 @@ def test_observation_keys_skip_actions_and_bookkeeping(tmp_path):
     n = 4
     store.append_episode({k: np.zeros((n, 2), np.float32) for k in
                           ("actions", "robot0_eef_pos", "object", "reward", "done", "sim_state", "next.reward",
-                           "states.articulation.robot.joint_position", "agentview_image")})
+                           "states.articulation.robot.joint_position", "agentview_image", "actions.velocity",
+                           "action_dict.abs_pos", "datagen_info.target_pose")})
     keys = observation_keys(store, "actions")
     assert keys == ["agentview_image", "object", "robot0_eef_pos"]
     task = resolve_task(store_task(store.path))
@@ -122,3 +123,24 @@ def test_train_without_a_simulator_validates_offline_then_eval_and_task_init_wor
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["offline"]["l1"] == pytest.approx(offline["l1"])
     with pytest.raises(SystemExit):            # a task file is not overwritten
         main(["task", "init", f"store={dataset}", f"out={tmp_path}/cfg/task/my_arm.yaml"])
+
+
+def test_a_resumed_run_keeps_its_held_out_episodes_when_the_store_grows(tmp_path):
+    from cadence.train import train
+
+    dataset = own_store(tmp_path / "own.zarr", episodes=20)
+    cfg = tiny_train_config(dataset, tmp_path / "run", steps=2)
+    cfg.task = store_task(dataset)
+    cfg.eval.offline_plot_episodes = 0
+    train(cfg, tmp_path / "run", progress=False)
+    first = json.loads((tmp_path / "run/checkpoint/meta.json").read_text())["val_episodes"]
+    assert len(first) == 2
+    store = EpisodeStore.open(dataset, mode="a")            # ten more recordings
+    for e in range(10):
+        store.append_episode(EpisodeStore.open(dataset).episode(e))
+    resumed = OmegaConf.merge(cfg, {"train": {"steps": 4, "val_episodes": 5}, "resume": True})
+    train(resumed, tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run/checkpoint/meta.json").read_text())
+    assert meta["step"] == 4 and meta["val_episodes"] == first
+    offline = json.loads((tmp_path / "run/eval-step4/eval.json").read_text())["offline"]
+    assert offline["episodes"] == first

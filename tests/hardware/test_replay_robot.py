@@ -1,4 +1,6 @@
 """The replay robot: recorded observations on the recorded clock, actions scored against the recording."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,37 @@ def test_bad_requests_are_refused(store):
         robot.send_action(np.array([np.nan, 0.0]))
     with pytest.raises(RobotError, match="shape"):
         robot.send_action(np.zeros(3))
+
+
+def test_derived_keys_are_served_sliced_and_the_action_lead_picks_the_step(store):
+    clock = SimClock(0.0)
+    robot = ReplayRobot(store, ["pos"], episodes=[1], clock=clock, slices={"pos": ["state", 1, 2]}, lead_s=0.06)
+    assert robot.spec.observation["pos"].shape == (1,)
+    robot.connect()
+    assert robot.reset().values["pos"].tolist() == [1.0]
+    clock.sleep_until(0.125)                   # with a 60 ms lead, the next step it can reach is step 2
+    robot.send_action(np.array([0.2, -0.2]))
+    clock.sleep_until(0.25)
+    report = robot.report()
+    assert report["steps_compared"] == 1 and report["action_l1"] == pytest.approx(0.0, abs=1e-6)
+    robot.reset()                              # the episode (4 steps) was left before its end
+    assert robot.report()["episodes_cut_short"] == 1
+    with pytest.raises(StoreError, match="outside"):
+        ReplayRobot(store, ["pos"], slices={"pos": ["state", 1, 5]})
+
+
+def test_the_held_out_episodes_are_the_default_only_on_the_store_they_index(store, tmp_path):
+    from omegaconf import OmegaConf
+
+    from cadence.config import RobotConfig, TaskConfig
+    from cadence.hardware.robot_config import make_robot
+
+    task = OmegaConf.merge(OmegaConf.structured(TaskConfig), {"dataset": str(store), "obs_keys": ["state"]})
+    robot_cfg = OmegaConf.merge(OmegaConf.structured(RobotConfig), {"kind": "replay"})
+    assert make_robot(robot_cfg, task, FPS, held_out=[2]).episodes == [2]
+    other = tmp_path / "other.zarr"
+    shutil.copytree(store, other)
+    robot_cfg.dataset = str(other)
+    assert make_robot(robot_cfg, task, FPS, held_out=[2]).episodes == [0, 1, 2]
+    robot_cfg.episodes = [1]
+    assert make_robot(robot_cfg, task, FPS, held_out=[2]).episodes == [1]
