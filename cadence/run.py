@@ -62,13 +62,13 @@ def usable_kinds(requested) -> list[str]:
     return [k for k in requested if k in available]
 
 
-def current_export(policy, ckpt: Path, meta: dict) -> Path:
+def current_export(policy, ckpt: Path, meta: dict, train_cfg) -> Path:
     """``RUN/export-onnx`` for this checkpoint: exported now unless it records these very weights
     (the SHA-256 of model.safetensors; an export of other weights, or one without the hash, is
     replaced)."""
     from cadence.cache_file import weights_sha256
     from cadence.deploy.exported_policy import read_spec
-    from cadence.deploy.onnx_export import export_policy_onnx
+    from cadence.deploy.onnx_export import export_control, export_policy_onnx
     export_dir, digest = ckpt.parent / "export-onnx", weights_sha256(ckpt)
     try:
         if read_spec(export_dir)["source"].get("weights_sha256") == digest:
@@ -76,7 +76,7 @@ def current_export(policy, ckpt: Path, meta: dict) -> Path:
     except (OSError, CadenceError):
         pass
     export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"],
-                       weights_sha256=digest)
+                       weights_sha256=digest, control=export_control(train_cfg))
     return export_dir
 
 
@@ -91,7 +91,7 @@ def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, ckpt: 
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32)
               for _ in observations]
     kinds = usable_kinds(budget_cfg.runtimes)
-    export_dir = current_export(policy, ckpt, meta) if any(k.startswith("onnx") for k in kinds) else None
+    export_dir = current_export(policy, ckpt, meta, cfg) if any(k.startswith("onnx") for k in kinds) else None
     build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
                                     block_cache=c.cache != "none")
     reference = build_runtime("torch-eager", policy, export_dir, reference_steps(cfg.policy, budget_cfg.reference_steps),

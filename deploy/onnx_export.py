@@ -254,12 +254,17 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
     return out
 
 
+def export_control(train_cfg) -> dict | None:
+    """``policy.json``'s ``control``: the rate a policy was trained at and its execution horizon."""
+    fps = train_cfg.task.get("fps")
+    return {"fps": float(fps), "exec_horizon": int(train_cfg.policy.exec_horizon)} if fps else None
+
+
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
                 echo: Callable[[str], None] | None = print) -> Path:
     """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``."""
     ckpt = resolve_checkpoint_dir(checkpoint)
     policy, cfg, meta = load_policy(ckpt, device="cpu")
-    control = {"fps": cfg.task.fps, "exec_horizon": cfg.policy.exec_horizon} if cfg.task.fps else None
     return export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"],
                               step=meta.get("step"), weights_sha256=weights_sha256(ckpt), opset=opset,
-                              control=control, echo=echo)
+                              control=export_control(cfg), echo=echo)

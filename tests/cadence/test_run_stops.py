@@ -104,23 +104,24 @@ def test_the_token_given_on_the_command_line_never_reaches_the_summary(run_dir, 
 
 def test_an_export_of_other_weights_is_replaced(run_dir):
     ckpt = run_dir / "checkpoint"
-    policy, _, meta = load_policy(ckpt)
-    export = current_export(policy, ckpt, meta)
+    policy, cfg, meta = load_policy(ckpt)
+    export = current_export(policy, ckpt, meta, cfg)
     assert read_spec(export)["source"]["weights_sha256"] == weights_sha256(ckpt)
+    assert read_spec(export)["control"] == {"fps": cfg.task.fps, "exec_horizon": cfg.policy.exec_horizon}
     stamp = (export / "denoiser.onnx").stat().st_mtime_ns
-    assert current_export(policy, ckpt, meta) == export and (export / "denoiser.onnx").stat().st_mtime_ns == stamp
+    assert current_export(policy, ckpt, meta, cfg) == export and (export / "denoiser.onnx").stat().st_mtime_ns == stamp
     spec = json.loads((export / "policy.json").read_text())
     spec["source"]["weights_sha256"] = "0" * 64         # the same step, but not these weights
     (export / "policy.json").write_text(json.dumps(spec))
-    current_export(policy, ckpt, meta)
+    current_export(policy, ckpt, meta, cfg)
     assert read_spec(export)["source"]["weights_sha256"] == weights_sha256(ckpt)
     assert (export / "denoiser.onnx").stat().st_mtime_ns != stamp
 
 
 def test_a_tampered_export_is_refused_by_the_budget_and_never_chosen(run_dir, tmp_path):
     ckpt = run_dir / "checkpoint"
-    policy, _, meta = load_policy(ckpt)
-    export = current_export(policy, ckpt, meta)
+    policy, cfg, meta = load_policy(ckpt)
+    export = current_export(policy, ckpt, meta, cfg)
     spec = json.loads((export / "policy.json").read_text())
     spec["action_normalizer"]["scale"] = [1e-300] * len(spec["action_normalizer"]["scale"])
     (export / "policy.json").write_text(json.dumps(spec))          # the hash still matches: reused as is
@@ -133,4 +134,4 @@ def test_a_tampered_export_is_refused_by_the_budget_and_never_chosen(run_dir, tm
     onnx = [c for c in budget["candidates"] if c["kind"] == "onnx-cpu"]
     assert onnx and not any(c["fits"] for c in onnx) and all("action error" in c["failure"] for c in onnx)
     assert budget["chosen"]["kind"] == "torch-eager"
-    current_export(policy, ckpt, meta)                 # leave a sound export for the other tests
+    current_export(policy, ckpt, meta, cfg)            # leave a sound export for the other tests
