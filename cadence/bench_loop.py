@@ -3,7 +3,7 @@
 One run, same checkpoint, same episode seeds:
 
 1. a ``cadence robot serve`` process (the task in real time, loopback, a fresh token);
-2. ``cadence run`` driving it with ``robot.kind=remote`` at the task's rate, with the
+2. ``cadence run`` driving it with ``robot=remote`` at the task's rate, with the
    injected inference delay, after budget selection;
 3. offline evaluation (lockstep simulation, no delays) with the sampling steps the budget chose.
 
@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         run_cfg = OmegaConf.merge(OmegaConf.structured(RunApp), {
             "checkpoint": str(ckpt), "out_dir": str(out / "loop"), "budget": cfg.budget,
-            "robot": {"kind": "remote", "endpoint": endpoint, "token": token},
+            "robot": {"driver": "remote", "endpoint": endpoint, "token": token},
             "control": {"episodes": cfg.episodes, "seed": cfg.seed, "blend": cfg.blend,
                         "inject_delay_ms": list(cfg.inject_delay_ms)}})
         loop = run_loop(run_cfg)

@@ -217,7 +217,11 @@ class DemoApp:
 
 @dataclass
 class RobotConfig:
-    kind: str = "sim"                       # sim: in this process | remote: a `cadence robot serve` process | replay
+    # sim: the task simulated in this process | remote: a `cadence robot serve` process | replay: recorded
+    # episodes | so101 (so100): a Feetech arm | package.module:ClassName: your own driver, called with options
+    driver: str = "sim"
+    options: Dict[str, Any] = field(default_factory=dict)   # keyword arguments of the driver class
+    cameras: Dict[str, Any] = field(default_factory=dict)   # name -> {source, shape: [H, W], fps, max_age_ms}
     endpoint: str = "tcp://127.0.0.1:5555"
     token: Optional[str] = None             # shared secret; default $CADENCE_ROBOT_TOKEN
     allow_remote: bool = False              # serve: bind beyond loopback
@@ -284,6 +288,26 @@ class RobotServeApp:
     robot: RobotConfig = field(default_factory=RobotConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)   # the server's own filter and watchdog
     max_seconds: Optional[float] = None     # stop after this long (default: until interrupted)
+
+
+@dataclass
+class CheckConfig:
+    move: bool = False                      # allow small motions (--move): steps, a NaN command, a limit
+    latency_fraction: float = 0.2           # latest_observation p99 bound, fraction of the control period
+    seconds: float = 2.0                    # observation stream sampled this long
+    settle_s: float = 0.5                   # after hold(), before stillness is measured
+    hold_s: float = 1.0                     # stillness window
+    hold_tolerance: float = 0.01            # motion allowed while held, fraction of the action range
+    step: float = 0.02                      # --move step, fraction of the action range
+
+
+@dataclass
+class RobotCheckApp:
+    task: TaskConfig = field(default_factory=TaskConfig)          # robot=sim simulates it
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)    # position_obs: where the measured position is
+    check: CheckConfig = field(default_factory=CheckConfig)
+    out: str = "robot-check.json"
 
 
 @dataclass
@@ -401,6 +425,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
+                       "robot_check_schema": RobotCheckApp,
                        "export_schema": ExportApp, "bench_latency_schema": bench.BenchLatencyApp,
                        "bench_loop_schema": bench.BenchLoopApp, "import_schema": ImportApp,
                        "task_init_schema": TaskInitApp,

@@ -1,4 +1,6 @@
-"""``cadence robot serve``: a simulated robot running a task in real time, served over ZeroMQ.
+"""``cadence robot serve``: any robot driver (``robot=sim`` by default: the task simulated in real
+time; ``robot.driver=...`` a real arm), served over ZeroMQ, so the robot computer runs the driver
+and the policy runs elsewhere (``cadence run robot=remote``).
 
 The robot sits behind its own safety filter and watchdog (the server holds it when the
 controlling loop goes quiet), binds to loopback unless ``robot.allow_remote=true``, and
@@ -19,7 +21,8 @@ from omegaconf import DictConfig
 from cadence.hardware.robot_server import RobotServer
 from cadence.hardware.safety import SafetyFilter
 from cadence.hardware.robot import RobotError
-from cadence.hardware.robot_config import make_robot, robot_token, safety_limits
+from cadence.hardware.robot_config import robot_token, safety_limits
+from cadence.hardware.robot_factory import make_robot
 from cadence.stop_signals import stop_signals
 
 
@@ -27,8 +30,9 @@ def run(cfg: DictConfig) -> dict:
     robot_cfg = cfg.robot
     rate = float(robot_cfg.rate_hz or cfg.task.fps)
     token = robot_token(robot_cfg)
-    if robot_cfg.kind != "sim":
-        raise RobotError(f"cadence robot serve serves a simulated robot (robot.kind=sim), got {robot_cfg.kind!r}")
+    if robot_cfg.driver == "remote":
+        raise RobotError("cadence robot serve serves a driver on this computer; robot.driver=remote would relay "
+                         "another server")
     robot = SafetyFilter(make_robot(robot_cfg, cfg.task, rate), safety_limits(cfg.safety),
                          watchdog_timeout_s=None if cfg.safety.watchdog_ms is None else cfg.safety.watchdog_ms / 1e3)
     try:
@@ -45,7 +49,8 @@ def run(cfg: DictConfig) -> dict:
     timer.daemon = True                      # never keeps the process alive after serving
     if cfg.max_seconds:
         timer.start()
-    print(f"serving {cfg.task.env_id} at {rate:g} Hz on {server.endpoint} (Ctrl-C to stop)", flush=True)
+    what = cfg.task.env_id if robot_cfg.driver == "sim" else robot_cfg.driver
+    print(f"serving {what} at {rate:g} Hz on {server.endpoint} (Ctrl-C to stop)", flush=True)
     with stop_signals(on_stop):              # a second signal while closing changes nothing
         try:
             server.serve(stop)

@@ -29,7 +29,8 @@ from cadence.deploy.runtimes import available_runtime_kinds, build_runtime
 from cadence.deploy.tick_log import TickLog
 from cadence.errors import CadenceError
 from cadence.hardware.robot import RobotError
-from cadence.hardware.robot_config import make_robot, safety_limits
+from cadence.hardware.robot_config import safety_limits
+from cadence.hardware.robot_factory import make_robot
 from cadence.hardware.safety import SafetyFilter
 from cadence.stop_signals import StopRequested, stop_signals
 
@@ -179,7 +180,7 @@ def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, de
     config = OmegaConf.to_container(cfg, resolve=True)
     if config["robot"].get("token"):
         config["robot"]["token"] = "<redacted>"          # a secret never reaches a file
-    summary = {"checkpoint": str(ckpt), "robot": cfg.robot.kind, "rate_hz": rate, "blend": cfg.control.blend,
+    summary = {"checkpoint": str(ckpt), "robot": cfg.robot.driver, "rate_hz": rate, "blend": cfg.control.blend,
                "inject_delay_ms": list(cfg.control.inject_delay_ms), "chosen": chosen.candidate.label,
                "ok": not timing.get("inference_errors", 0),
                "episodes": len(results), "success_rate": float(np.mean([r.success for r in results])) if results else 0.0,

@@ -223,7 +223,9 @@ class SafetyFilter:
     # --- emergency stop ----------------------------------------------------------------
     def estop(self, reason: str = "") -> None:
         """Latching emergency stop: hold now; refuse every command until :meth:`clear_estop`.
-        When it returns, no command forwarded by a concurrent ``send_action`` can still land."""
+        When it returns, no command forwarded by a concurrent ``send_action`` can still land.
+        A driver with its own ``estop()`` (e.g. an arm that turns its torque off) gets it called
+        after the hold."""
         first = not self.estopped
         self._estop_reason = reason or "estop"
         try:
@@ -231,6 +233,9 @@ class SafetyFilter:
         finally:
             with self._lock:             # after any in-flight send_action: hold again, last
                 self._hold_locked()
+                driver_estop = getattr(self.robot, "estop", None)
+                if callable(driver_estop):
+                    driver_estop()
         if first:
             log.error("EMERGENCY STOP: %s", self._estop_reason)
 

@@ -99,10 +99,10 @@ def test_the_held_out_episodes_are_the_default_only_on_the_store_they_index(stor
     from omegaconf import OmegaConf
 
     from cadence.config import RobotConfig, TaskConfig
-    from cadence.hardware.robot_config import make_robot
+    from cadence.hardware.robot_factory import make_robot
 
     task = OmegaConf.merge(OmegaConf.structured(TaskConfig), {"dataset": str(store), "obs_keys": ["state"]})
-    robot_cfg = OmegaConf.merge(OmegaConf.structured(RobotConfig), {"kind": "replay"})
+    robot_cfg = OmegaConf.merge(OmegaConf.structured(RobotConfig), {"driver": "replay"})
     assert make_robot(robot_cfg, task, FPS, held_out=[2]).episodes == [2]
     other = tmp_path / "other.zarr"
     shutil.copytree(store, other)
