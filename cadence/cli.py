@@ -21,7 +21,8 @@ COMMANDS = {
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
     "task init": ("cadence.task_init", "task_init", "write a task YAML for your own episode store (no simulator)"),
-    "robot serve": ("cadence.robot_serve", "robot_serve", "serve a simulated robot over the network"),
+    "robot serve": ("cadence.robot_serve", "robot_serve", "serve a robot driver (default: simulated) over the network"),
+    "robot check": ("cadence.robot_check", "robot_check", "conformance run on a robot driver (read-only unless --move)"),
     "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),
     "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
@@ -36,6 +37,9 @@ COMMANDS = {
     "bench server": ("cadence.bench_server", "bench_server", "robot server under attack: valid round trips, peak RSS"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
+# Free-form maps: a key given on the command line is added or overridden without Hydra's '+'.
+FREE_FORM = ("robot.options.", "robot.cameras.")
+FLAGS = {"--move": "check.move=true"}   # `cadence robot check --move`
 
 USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".join(
     f"  {name:<14} {doc}\n" for name, (_, _, doc) in COMMANDS.items())
@@ -56,6 +60,12 @@ def _reporting_errors(command: str, run):
             print(f"cadence {command}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
     return wrapped
+
+
+def _hydra_override(arg: str) -> str:
+    if arg in FLAGS:
+        return FLAGS[arg]
+    return "++" + arg if arg.startswith(FREE_FORM) and "=" in arg else arg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     app = hydra.main(version_base="1.3", config_path="pkg://cadence.configs",
                      config_name=config_name)(_reporting_errors(command, module.run))
-    sys.argv = [f"cadence {command}", *rest]
+    sys.argv = [f"cadence {command}", *(_hydra_override(arg) for arg in rest)]
     app()
     return 0
 
