@@ -42,6 +42,20 @@ class BenchSuccessApp:
 
 
 @dataclass
+class BenchRecordApp:
+    task: str = "bimodal_reach"              # a config in configs/task/ with a scripted expert
+    episodes: int = 50                       # recorded, and collected for the side-by-side
+    policy: str = "diffusion"
+    steps: int = 1500                        # training steps of each policy
+    overrides: list = field(default_factory=list)   # more `cadence train` overrides for both
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(video_episodes=0, latency_calls=0))
+    collect: CollectConfig = field(default_factory=CollectConfig)   # the lockstep side (its episodes: `episodes`)
+    threads: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/bench-record-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
 class BenchModeApp:
     task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
     steps: int = 1000                        # training steps of each policy

@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("cadence.train", "train", "train a policy on an episode store"),
     "eval": ("cadence.evaluate", "eval", "evaluate a checkpoint in simulation"),
     "demo": ("cadence.demo", "demo", "collect, train diffusion / flow / regression, evaluate, report"),
+    "record": ("cadence.record", "record", "record teleoperated demonstrations (leader arm, keyboard, gamepad) into an episode store"),
     "import": ("cadence.import_data", "import", "import a dataset (robomimic / Isaac Lab / robosuite HDF5, LeRobot, ROS 2 bags) into an episode store"),
     "finetune": ("cadence.finetune", "finetune", "RL fine-tuning in simulation: ReinFlow (flow / shortcut), DPPO-style (DDPM)"),
     "cache": ("cadence.cache", "cache", "calibrate block-wise caching (BAC) of a transformer policy, saved beside it"),
@@ -28,6 +29,7 @@ COMMANDS = {
     "bench success": ("cadence.bench_success", "bench_success", "train or load policies on several tasks, one success table"),
     "bench cache": ("cadence.bench_cache", "bench_cache", "BAC vs uniform caching vs no cache: ms, FLOPs, action error, success"),
     "bench offline": ("cadence.bench_offline", "bench_offline", "offline validation vs rollout score per checkpoint; import frames/s"),
+    "bench record": ("cadence.bench_record", "bench_record", "recorded (teleop, real time) vs collected demonstrations: the same policy trained on each"),
     "bench mode": ("cadence.bench_mode", "bench_mode", "dense transformer vs MoDE, uncached and expert-cached"),
     "bench anchor": ("cadence.bench_anchor", "bench_anchor", "truncated anchor diffusion at 1-4 steps vs DDIM-10/20"),
     "bench streaming": ("cadence.bench_streaming", "bench_streaming", "streaming diffusion replans vs DDPM-100 / DDIM-10"),
@@ -38,7 +40,7 @@ COMMANDS = {
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 # Free-form maps: a key given on the command line is added or overridden without Hydra's '+'.
-FREE_FORM = ("robot.options.", "robot.cameras.")
+FREE_FORM = ("robot.options.", "robot.cameras.", "teleop.options.")
 FLAGS = {"--move": "check.move=true"}   # `cadence robot check --move`
 
 USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".join(

@@ -291,6 +291,29 @@ class RobotServeApp:
 
 
 @dataclass
+class TeleopConfig:
+    source: str = "scripted"                # scripted (simulation) | leader | keyboard | gamepad | package.module:Class
+    options: Dict[str, Any] = field(default_factory=dict)   # keyword arguments of the teleop class
+
+
+@dataclass
+class RecordConfig:
+    episodes: int = 10                      # episodes to keep
+    episode_s: Optional[float] = None       # longest episode (default: until the robot reports done)
+    keep_failures: bool = False             # keep episodes the robot reports as failed (is_success false)
+    seed: int = 0                           # reset seeds seed + n (n: episodes already in the store)
+
+
+@dataclass
+class RecordApp:
+    task: TaskConfig = field(default_factory=TaskConfig)          # its dataset is written; robot=sim simulates it
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+
+@dataclass
 class CheckConfig:
     move: bool = False                      # allow small motions (--move): steps, a NaN command, a limit
     latency_fraction: float = 0.2           # latest_observation p99 bound, fraction of the control period
@@ -425,7 +448,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
-                       "robot_check_schema": RobotCheckApp,
+                       "robot_check_schema": RobotCheckApp, "record_schema": RecordApp,
                        "export_schema": ExportApp, "bench_latency_schema": bench.BenchLatencyApp,
                        "bench_loop_schema": bench.BenchLoopApp, "import_schema": ImportApp,
                        "task_init_schema": TaskInitApp,
@@ -435,5 +458,6 @@ def register() -> None:
                        "bench_anchor_schema": bench.BenchAnchorApp, "bench_streaming_schema": bench.BenchStreamingApp,
                        "finetune_schema": FinetuneApp, "bench_finetune_schema": bench.BenchFinetuneApp,
                        "bench_scale_schema": bench.BenchScaleApp, "bench_eval_schema": bench.BenchEvalApp,
-                       "bench_server_schema": bench.BenchServerApp}.items():
+                       "bench_server_schema": bench.BenchServerApp,
+                       "bench_record_schema": bench.BenchRecordApp}.items():
         cs.store(name=name, node=node)
