@@ -26,7 +26,7 @@ def test_streaming_and_diffusion_rows_from_one_run(tmp_path):
     ref = rows[-1]
     for r in rows:
         assert r["episodes"] == 2 and 0 <= r["success"] <= 1 and r["ms_per_chunk"] > 0
-        assert r["speedup"] == pytest.approx(ref["ms_per_chunk"] / r["ms_per_chunk"], rel=0.02)
+        assert r["speedup"] == pytest.approx(ref["ms_per_chunk"] / r["ms_per_chunk"], rel=0.02, abs=0.006)   # stored to 2 decimals
         assert r["success_vs_ref"] == pytest.approx(r["success"] - ref["success"])
     assert result["target_met"] == any(r["success_vs_ref"] >= -0.03 for r in rows[:2])
     assert "| streaming" in proc.stdout and "Target" in proc.stdout

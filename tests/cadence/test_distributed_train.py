@@ -106,7 +106,7 @@ def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
     assert [(r["processes"], r["precision"], r["batch_per_process"], r["threads_per_process"]) for r in rows] == \
         [(1, "fp32", 16, 1), (1, "bf16", 16, 1), (2, "fp32", 8, 1), (2, "bf16", 8, 1)]
     assert all(r["samples_per_s"] > 0 and r["windows"] == 2 for r in rows) and rows[0]["speedup"] == 1.0
-    assert rows[2]["speedup"] == pytest.approx(rows[2]["samples_per_s"] / rows[0]["samples_per_s"], rel=0.01)
+    assert rows[2]["speedup"] == pytest.approx(rows[2]["samples_per_s"] / rows[0]["samples_per_s"], rel=0.01, abs=0.006)
     losses = [r["final_loss"] for r in rows]
     assert losses[0] == pytest.approx(losses[2], rel=1e-3) and losses[1] == pytest.approx(losses[3], rel=1e-2)
     assert losses[0] != losses[1] and losses[0] == pytest.approx(losses[1], rel=0.1)   # bf16 rounds, trains alike
