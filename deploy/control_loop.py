@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Robot, RobotError
@@ -162,7 +163,8 @@ class ControlLoop:
                 else:
                     tick.source, tick.chunk, tick.due = "chunk", action.chunk, action.due
                     tick.action = action.value.tolist()
-                    self.robot.send_action(action.value)
+                    applied = self.robot.send_action(action.value)
+                    tick.applied = None if applied is None else np.asarray(applied, dtype=float).tolist()
             except RobotError as exc:
                 errors.append(exc)
             for exc in errors:

@@ -21,6 +21,7 @@ class Tick:
     due: float = float("nan")  # due time of the executed action
     inference_ms: float = float("nan")   # latency of a chunk that arrived at this tick
     action: list | None = None           # the action sent
+    applied: list | None = None          # what the robot applied (after the safety filter and its own clipping)
 
 
 class TickLog:

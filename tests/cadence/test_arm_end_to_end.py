@@ -50,6 +50,9 @@ def test_record_train_and_run_an_arm_over_the_bus(tmp_path, buses):
     summary = json.loads((tmp_path / "deploy" / "summary.json").read_text())
     assert summary["robot"] == "so101" and summary["rate_hz"] == 30 and summary["episodes"] == 1
     assert summary["timing"]["ticks"] >= 140 and summary["safety"]["refused_commands"] == 0
+    ticks = [json.loads(line) for line in (tmp_path / "deploy" / "ticks.jsonl").read_text().splitlines()]
+    applied = np.array([t["applied"] for t in ticks if t["applied"] is not None])
+    assert len(applied) > 100 and np.all(applied >= LOW) and np.all(applied <= HIGH)   # the workspace held
 
     robot = SO101Follower(follower, timeout_ms=1000)               # the arm where the run left it
     robot.connect()
