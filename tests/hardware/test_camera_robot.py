@@ -20,6 +20,8 @@ from cadence.hardware.robot import Feature, Robot, RobotError
 from cadence.hardware.robot_factory import make_robot
 from cadence.hardware.sim_robot import SimRobot
 
+from .waiting import wait_for
+
 RATE = 50.0
 FPS = 30.0
 KEY = "observation.images.front"
@@ -34,16 +36,6 @@ def write_video(path: Path, frames: int, fps: float = FPS, size: tuple[int, int]
         writer.write(np.full((h, w, 3), (100, 100, 5 * k), np.uint8))
     writer.release()
     return str(path)
-
-
-def wait_for(predicate, timeout_s: float = 5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise AssertionError("condition not reached in time")
 
 
 def camera_threads() -> list[threading.Thread]:

@@ -12,21 +12,14 @@ from cadence.hardware.feetech_bus import FeetechBus, describe_error
 from cadence.hardware.feetech_bus_sim import FeetechBusSim, packet
 from cadence.hardware.robot import RobotError
 
+from .waiting import wait_until
+
 IDS = [1, 2, 3, 4, 5, 6]
 # The simulator is a thread of this process: on a loaded machine it can be descheduled for
 # hundreds of ms, so answers get a generous timeout; only where a motor is really absent
 # (the test waits out the timeout) a short one.
 TIMEOUT_MS = 2000
 ABSENT_TIMEOUT_MS = 500
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture

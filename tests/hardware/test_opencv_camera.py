@@ -14,6 +14,8 @@ import pytest
 from cadence.hardware.opencv_camera import OpenCVCamera, parse_source
 from cadence.hardware.robot import Camera, RobotError
 
+from .waiting import wait_for
+
 FPS = 30.0
 HEIGHT, WIDTH = 64, 80
 BLUE = 200          # constant blue: shows that frames come out RGB
@@ -34,16 +36,6 @@ def write_video(path: Path, frames: int = 45, fps: float = FPS, size: tuple[int,
 
 def frame_number(frame: np.ndarray) -> int:
     return round(float(frame[..., 0].mean()) / 5)
-
-
-def wait_for(predicate, timeout_s: float = 5.0, poll_s: float = 0.002):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError("condition not reached in time")
 
 
 def camera_threads() -> list[threading.Thread]:

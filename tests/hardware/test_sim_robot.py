@@ -15,6 +15,8 @@ from cadence.envs.bimodal_reach import BimodalReachEnv
 from cadence.hardware.robot import Feature, Robot, RobotError, RobotSpec
 from cadence.hardware.sim_robot import SimRobot
 
+from .waiting import wait_for as _wait_for
+
 RATE = 50.0
 PERIOD = 1.0 / RATE
 
@@ -57,16 +59,6 @@ def make_robot():
 
 def _position(obs) -> np.ndarray:
     return obs.values["state"][:2].astype(np.float64)
-
-
-def _wait_for(predicate, timeout_s=2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise AssertionError("condition not reached in time")
 
 
 def _wait_obs(robot, predicate, timeout_s=2.0):

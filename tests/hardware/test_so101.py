@@ -21,6 +21,8 @@ from cadence.hardware.robot import Feature, Robot, RobotError, RobotSpec
 from cadence.hardware.so101 import STATE_KEY, SO101Follower, SO101Leader
 from cadence.hardware.teleop import Teleop
 
+from .waiting import wait_until
+
 IDS = [1, 2, 3, 4, 5, 6]
 # The simulator is a thread of this process: on a loaded machine it can be descheduled for
 # hundreds of ms, so answers get a generous timeout; only where a motor is really absent
@@ -36,15 +38,6 @@ LEROBOT_FILE = {
     "wrist_roll": {"id": 5, "drive_mode": 0, "homing_offset": -1999, "range_min": 0, "range_max": 4095},
     "gripper": {"id": 6, "drive_mode": 0, "homing_offset": 1383, "range_min": 2031, "range_max": 3460},
 }
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture
