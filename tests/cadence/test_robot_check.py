@@ -14,19 +14,24 @@ from .test_cli import cadence
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["check.seconds=1", "check.settle_s=0.3", "check.hold_s=0.6"]
+FAST = ["check.seconds=1", "check.settle_s=0.3", "check.hold_s=0.6", "check.latency_fraction=1.0"]
 
 
-def test_check_passes_a_robot_served_by_another_process(tmp_path):
+@pytest.mark.parametrize("served, position", [
+    ([], "safety.position_obs=[state,0,2]"),                                  # the simulated task
+    (["robot.driver=point_robot:PointRobot", "robot.options.rate_hz=10"], "check.step=0.02"),   # a user's driver
+])
+def test_check_passes_a_robot_served_by_another_process(tmp_path, served, position):
     env = {**os.environ, "CADENCE_ROBOT_TOKEN": secrets.token_hex(16)}
     server = subprocess.Popen([sys.executable, "-m", "cadence.cli", "robot", "serve", "robot.endpoint=tcp://127.0.0.1:*",
-                               "max_seconds=120"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                               "max_seconds=120", *served], cwd=ROOT / "docs" / "examples", env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = server.stdout.readline()
+        assert "serving" in line, line + server.stdout.read()
         endpoint = line.split(" on ")[1].split()[0]
         proc = subprocess.run([sys.executable, "-m", "cadence.cli", "robot", "check", "robot=remote",
-                               f"robot.endpoint={endpoint}", "safety.position_obs=[state,0,2]", "--move", *FAST],
+                               f"robot.endpoint={endpoint}", position, "--move", *FAST],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     finally:
         server.send_signal(signal.SIGINT)
