@@ -23,6 +23,7 @@ COMMANDS = {
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
     "task init": ("cadence.task_init", "task_init", "write a task YAML for your own episode store (no simulator)"),
     "robot serve": ("cadence.robot_serve", "robot_serve", "serve a robot driver (default: simulated) over the network"),
+    "robot calibrate": ("cadence.robot_calibrate", "robot_calibrate", "calibrate an SO-100/SO-101 arm (LeRobot's JSON)"),
     "robot check": ("cadence.robot_check", "robot_check", "conformance run on a robot driver (read-only unless --move)"),
     "bench latency": ("cadence.bench_latency", "bench_latency", "latency of every policy / runtime / step count"),
     "bench loop": ("cadence.bench_loop", "bench_loop", "closed loop over the network vs offline evaluation"),

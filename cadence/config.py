@@ -314,6 +314,15 @@ class RecordApp:
 
 
 @dataclass
+class RobotCalibrateApp:
+    port: str = "???"                       # the arm's serial port, e.g. /dev/ttyACM0
+    out: str = "???"                        # the calibration JSON to write (LeRobot's format)
+    seconds: Optional[float] = None         # record ranges this long (default: until Enter)
+    full_turn: list = field(default_factory=lambda: ["wrist_roll"])   # joints given the whole turn
+    timeout_ms: float = 50.0                # per bus request
+
+
+@dataclass
 class CheckConfig:
     move: bool = False                      # allow small motions (--move): steps, a NaN command, a limit
     latency_fraction: float = 0.2           # latest_observation p99 bound, fraction of the control period
@@ -448,7 +457,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
                        "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
-                       "robot_check_schema": RobotCheckApp, "record_schema": RecordApp,
+                       "robot_check_schema": RobotCheckApp,
+                       "robot_calibrate_schema": RobotCalibrateApp, "record_schema": RecordApp,
                        "export_schema": ExportApp, "bench_latency_schema": bench.BenchLatencyApp,
                        "bench_loop_schema": bench.BenchLoopApp, "import_schema": ImportApp,
                        "task_init_schema": TaskInitApp,

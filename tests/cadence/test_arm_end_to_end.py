@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cadence.datasets.episode_store import EpisodeStore
+from cadence.hardware.arm_calibration import load_calibration
 from cadence.hardware.so101 import SO101Follower
 
 from .test_cli import TINY_POLICY, TINY_TRAIN, cadence
@@ -61,3 +62,21 @@ def test_record_train_and_run_an_arm_over_the_bus(tmp_path, buses):
     finally:
         robot.disconnect()
     assert np.all(position >= np.array(LOW) - 1.0) and np.all(position <= np.array(HIGH) + 1.0), position
+
+
+def test_calibrate_writes_a_file_the_driver_loads(tmp_path, buses):
+    _, leader = buses                                             # moved by hand along a 3 s sine
+    out = cadence("robot", "calibrate", f"port={leader}", "out=cal.json", "seconds=3.5", "timeout_ms=1000",
+                  cwd=tmp_path).stdout
+    assert "wrote cal.json" in out
+    cal = load_calibration(tmp_path / "cal.json")
+    assert cal["wrist_roll"].range_min == 0 and cal["wrist_roll"].range_max == 4095      # the full turn
+    for name in ("shoulder_pan", "elbow_flex", "gripper"):        # the sine's travel: 2048 +- 600 after homing
+        assert abs(cal[name].range_min - 1448) < 60 and abs(cal[name].range_max - 2648) < 60, cal[name]
+    robot = SO101Follower(leader, calibration=str(tmp_path / "cal.json"), timeout_ms=1000)
+    robot.connect()
+    try:
+        state = robot.reset().values["observation.state"]
+    finally:
+        robot.disconnect()
+    assert np.all(np.abs(state[:4]) <= 100.5)                    # inside the calibrated range
