@@ -30,6 +30,20 @@ class RobotTimeout(RobotError):
     """The robot did not answer within the allowed time."""
 
 
+def checked_action(name: str, action, shape: tuple[int, ...]) -> np.ndarray:
+    """``action`` as float64 of ``shape`` with finite values, or a one-line :class:`RobotError`
+    naming the robot: what every driver checks before anything moves."""
+    try:
+        a = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise RobotError(f"{name}: action is not numeric: {action!r}") from e
+    if a.shape != tuple(shape):
+        raise RobotError(f"{name}: action shape {a.shape} != {tuple(shape)}")
+    if not np.all(np.isfinite(a)):
+        raise RobotError(f"{name}: action must be finite, got {a.tolist()}")
+    return a
+
+
 @dataclass(frozen=True)
 class Feature:
     """One observation or action array: shape, dtype and (optional) elementwise bounds."""

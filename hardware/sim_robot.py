@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from cadence.hardware.clock import MonotonicClock
-from cadence.hardware.robot import Feature, Observation, RobotError, RobotSpec
+from cadence.hardware.robot import Feature, Observation, RobotError, RobotSpec, checked_action
 
 _SLEEP_CHUNK_S = 0.05   # longest uninterrupted sleep, so that disconnect() is prompt
 
@@ -159,14 +159,7 @@ class SimRobot:
         self._raise_thread_error()
         if self._env is None:
             raise RobotError(f"{self.spec.name}: not connected")
-        try:
-            a = np.asarray(action, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise RobotError(f"{self.spec.name}: action is not numeric: {action!r}") from e
-        if a.shape != self.spec.action.shape:
-            raise RobotError(f"{self.spec.name}: action shape {a.shape} != {self.spec.action.shape}")
-        if not np.all(np.isfinite(a)):
-            raise RobotError(f"{self.spec.name}: action must be finite, got {a.tolist()}")
+        a = checked_action(self.spec.name, action, self.spec.action.shape)
         clipped = np.clip(a, self._low, self._high).astype(self._act_dtype)
         with self._lock:
             self._commands.append((self.clock.now(), clipped))

@@ -30,7 +30,7 @@ from cadence.hardware.arm_calibration import (GRIPPER, MOTOR_NAMES, NORM_HIGH, N
                                               calibration_to_json, default_calibration, load_calibration,
                                               normalize, unnormalize)
 from cadence.hardware.feetech_bus import STS3215_MODEL, FeetechBus, describe_error
-from cadence.hardware.robot import Feature, Observation, RobotError, RobotSpec, RobotTimeout
+from cadence.hardware.robot import Feature, Observation, RobotError, RobotSpec, RobotTimeout, checked_action
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +212,7 @@ class SO101Follower:
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
         self._require_connected()
-        try:
-            a = np.asarray(action, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise RobotError(f"{self.name}: action is not numeric: {action!r}") from e
-        if a.shape != self.spec.action.shape:
-            raise RobotError(f"{self.name}: action shape {a.shape} != {self.spec.action.shape}")
-        if not np.all(np.isfinite(a)):
-            raise RobotError(f"{self.name}: action must be finite, got {a.tolist()}")
+        a = checked_action(self.name, action, self.spec.action.shape)
         a = np.clip(a, self._low, self._high)
         with self._cmd_lock:
             self._require_connected()
