@@ -25,14 +25,21 @@ def hovering_policy():
 
 class LateClock(MonotonicClock):
     """Wakes the loop 78% of a period late on the given calls (a preempted control thread): past the
-    robot's next step (75% after a tick), short of a skipped tick (100%)."""
+    robot's next step (75% after a tick), short of a skipped tick (100%). The reading right after
+    each wake is the intended wake time, so a loaded machine's own scheduling delay cannot turn the
+    staged lateness into a skipped tick (or an on-time tick into a late one)."""
 
     def __init__(self, late_calls):
-        self.late_calls, self.calls = set(late_calls), 0
+        self.late_calls, self.calls, self._woke = set(late_calls), 0, None
 
     def sleep_until(self, t):
         self.calls += 1
-        super().sleep_until(t + (0.78 / RATE if self.calls in self.late_calls else 0.0))
+        self._woke = t + (0.78 / RATE if self.calls in self.late_calls else 0.0)
+        super().sleep_until(self._woke)
+
+    def now(self):
+        woke, self._woke = self._woke, None
+        return super().now() if woke is None else woke
 
 
 def run_loop(blend="freeze", delay=(0.03, 0.06), ticks=40, exec_horizon=8, expected_latency=0.07, clock=None):
