@@ -49,7 +49,6 @@ from cadence.policies.caching.block_cache import branch_keys, install
 from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.caching.calibration import bac_schedule, branch_statistics, shared_schedule
 from cadence.policies.flops import count_flops, denoiser_flops
-from cadence.policies.processes.sample_steps import with_sample_steps
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def row_schedules(policy, steps: int, budgets: list[int], observations: dict, cf
 
 def cached_policy(policy, steps: int, schedule: CacheSchedule | None):
     private = copy.deepcopy(policy)
-    private.process = with_sample_steps(policy.process, steps)
+    private.process = policy.process.with_steps(steps)
     install(private.denoiser, None if schedule is None else BlockCache(schedule))
     return private.eval()
 

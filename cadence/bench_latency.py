@@ -39,9 +39,9 @@ def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]
     rng = np.random.default_rng(0)
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32) for _ in observations]
     threads = cfg.threads or None
-    ref_steps = reference_steps(train_cfg.policy, None)
+    ref_steps = reference_steps(policy.process, None)
     reference = build_runtime("torch-eager", policy, export_dir, ref_steps, device, block_cache=False)
-    steps = candidate_steps(train_cfg.policy, cfg.steps)
+    steps = candidate_steps(policy.process, cfg.steps)
     if train_cfg.policy.process == "ddpm" and ref_steps not in steps:
         steps = [ref_steps, *steps]
     cands = candidates(kinds, steps, cached_steps(policy))

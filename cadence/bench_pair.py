@@ -20,7 +20,6 @@ from cadence.bench_mode import trained
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import interleaved_ms
 from cadence.evaluate import evaluate_policy, first_observation
-from cadence.policies.processes.sample_steps import with_sample_steps
 
 
 @dataclass
@@ -52,7 +51,7 @@ def load_trained(cfg: DictConfig, out_dir: Path, overrides: dict[str, list], dev
 def variant(policy, steps: int, **process_attrs):
     """A copy of ``policy`` sampling with ``steps`` calls, other process attributes set as given."""
     out = copy.deepcopy(policy)
-    process = with_sample_steps(policy.process, steps)
+    process = policy.process.with_steps(steps)
     for key, value in process_attrs.items():
         setattr(process, key, value)
     out.process = process

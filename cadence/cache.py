@@ -26,7 +26,6 @@ from cadence.policies.caching import CacheSchedule, uniform_schedule
 from cadence.policies.caching.block_cache import branch_keys
 from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.caching.calibration import bac_schedule, branch_statistics, shared_schedule
-from cadence.policies.processes.sample_steps import with_sample_steps
 
 METHODS = ("bac", "shared", "uniform")
 
@@ -62,7 +61,7 @@ def make_schedules(policy, method: str, pairs: Sequence[tuple[int, int]], observ
     original, out = policy.process, []
     try:
         for steps, m in pairs:
-            policy.process = with_sample_steps(original, steps)
+            policy.process = original.with_steps(steps)
             if method == "uniform":
                 out.append(uniform_schedule(keys, policy.process.levels(), m))
                 continue

@@ -1,5 +1,8 @@
 """The ``cadence`` command: ``cadence <command> [key=value ...]``, each command a Hydra app.
 
+``--plugin MODULE`` (repeatable) imports a module of the user's first, e.g. one that registers a
+process of their own (``docs/extending.md``).
+
 ``cadence <command> --help`` lists the command's config groups and its full config.
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ GROUPS = {name.split()[0] for name in COMMANDS if " " in name}
 FREE_FORM = ("robot.options.", "robot.cameras.", "teleop.options.")
 FLAGS = {"--move": "check.move=true"}   # `cadence robot check --move`
 
-USAGE = "usage: cadence <command> [key=value ...] [--help]\n\ncommands:\n" + "".join(
+USAGE = "usage: cadence <command> [key=value ...] [--plugin MODULE] [--help]\n\ncommands:\n" + "".join(
     f"  {name:<14} {doc}\n" for name, (_, _, doc) in COMMANDS.items())
 
 
@@ -71,8 +74,42 @@ def _hydra_override(arg: str) -> str:
     return "++" + arg if arg.startswith(FREE_FORM) and "=" in arg else arg
 
 
+def _plugins(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--plugin MODULE`` / ``--plugin=MODULE`` (repeatable) off the arguments."""
+    plugins, rest, it = [], [], iter(args)
+    for arg in it:
+        if arg == "--plugin":
+            plugins.append(next(it, ""))
+        elif arg.startswith("--plugin="):
+            plugins.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return plugins, rest
+
+
+def load_plugins(names: list[str]) -> None:
+    """Import the user's own modules (a process, a network...) named on the command line; the
+    current directory is importable. Recorded in ``CADENCE_PLUGINS`` so that worker processes
+    and processes restored from a checkpoint find them too."""
+    import os
+
+    from cadence.errors import CadenceError
+    if not names:
+        return
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:   # noqa: BLE001 - any failure of the user's module, in one line
+            raise CadenceError(f"--plugin {name!r}: cannot import it ({type(exc).__name__}: {exc})") from None
+    known = [n for n in os.environ.get("CADENCE_PLUGINS", "").split(",") if n]
+    os.environ["CADENCE_PLUGINS"] = ",".join(dict.fromkeys([*known, *names]))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    plugins, argv = _plugins(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -80,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = " ".join(argv[:words]), argv[words:]
     if command not in COMMANDS:
         print(f"cadence: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        load_plugins(plugins)
+    except Exception as exc:   # noqa: BLE001
+        print(f"cadence {command}: error: {exc}", file=sys.stderr)
         return 2
     choose_gl_backend()
     logging.getLogger("OpenGL").setLevel(logging.WARNING)   # PyOpenGL's import chatter

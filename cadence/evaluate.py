@@ -37,14 +37,13 @@ from cadence.envs.trajectory_plot import plot_trajectories
 from cadence.deploy.budget import time_calls
 from cadence.envs.video import check_video_format, save_video
 from cadence.offline_eval import format_offline, offline_validate, write_offline
-from cadence.policies.processes.sample_steps import with_sample_steps
 
 log = logging.getLogger(__name__)
 
 
 def set_sample_steps(policy, steps: int | None) -> None:
     """Override the number of sampling steps of a trained policy (DDIM / Euler)."""
-    policy.process = with_sample_steps(policy.process, steps)
+    policy.process = policy.process.with_steps(steps)
 
 
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:

@@ -95,9 +95,9 @@ def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, ckpt: 
     export_dir = current_export(policy, ckpt, meta, cfg) if any(k.startswith("onnx") for k in kinds) else None
     build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
                                     block_cache=c.cache != "none")
-    reference = build_runtime("torch-eager", policy, export_dir, reference_steps(cfg.policy, budget_cfg.reference_steps),
-                              device, block_cache=False)
-    candidates = budget_mod.candidates(kinds, candidate_steps(cfg.policy, budget_cfg.steps),
+    reference = build_runtime("torch-eager", policy, export_dir,
+                              reference_steps(policy.process, budget_cfg.reference_steps), device, block_cache=False)
+    candidates = budget_mod.candidates(kinds, candidate_steps(policy.process, budget_cfg.steps),
                                        budget_mod.cached_steps(policy))
     max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,

@@ -93,16 +93,15 @@ def fit_normalizer(dataset: WindowDataset | ConcatWindows, mode: str) -> Normali
     return Normalizer.from_stats({k: dataset.stats(k) for k in keys}, {k: mode for k in keys})
 
 
-def fit_anchors(policy, data, pcfg, seed: int) -> None:
-    """Truncated anchor diffusion: K-means anchors on the normalised training chunks, per task."""
-    fit = getattr(policy.process, "fit_anchors", None)
-    if fit is None:
+def fit_process(policy, data, seed: int) -> None:
+    """A process with parameters fitted to the data (truncated anchor diffusion's K-means anchors)
+    fits them on the normalised training chunks of each task."""
+    if not policy.process.fits_data:
         return
     started = time.perf_counter()
     chunks = [policy.normalizer.normalize(data.action_key, c.float()) for c in data.action_chunks_by_task()]
-    fit(chunks, seed=seed, iters=pcfg.anchor.kmeans_iters)
-    log.info("fitted %d anchors per task on %s training chunks (%.1f s)", policy.process.num_anchors,
-             " + ".join(str(len(c)) for c in chunks), time.perf_counter() - started)
+    done = policy.process.fit_data(chunks, seed=seed)
+    log.info("%s training chunks (%.1f s)", done, time.perf_counter() - started)
 
 
 def step_generator(seed: int, step: int, device: torch.device, stream: int = 0) -> torch.Generator:
@@ -192,7 +191,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
     torch.manual_seed(tcfg.seed)   # weight initialisation
     policy = build_policy(pcfg, data.obs_shapes, data.action_dim, normalizer, cfg.task.action_key).to(device)
     if not (cfg.resume and existing):            # a resumed run has its anchors in the checkpoint
-        fit_anchors(policy, data, pcfg, tcfg.seed)
+        fit_process(policy, data, tcfg.seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = EMA(policy, max_decay=tcfg.ema_decay)
     start = 0

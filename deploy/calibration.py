@@ -13,41 +13,17 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STEPS = {"ddpm": [100, 50, 20, 10, 5, 2], "flow": [50, 20, 10, 5, 2, 1], "edm": [50, 20, 10, 5, 3],
-                 "regression": [1], "anchor": [4, 2, 1], "streaming": [10, 5, 2, 1]}
+
+def candidate_steps(process, steps: list | None) -> list[int]:
+    """Sampling steps to try, most first: the given ones, or the process's ``budget_steps`` plus
+    its own setting; only counts it can sample with (``process.check_steps``)."""
+    chosen = {int(s) for s in steps} if steps else {*process.budget_steps, int(process.sample_steps)}
+    return sorted((s for s in chosen if process.allows_steps(s)), reverse=True)
 
 
-def candidate_steps(policy_cfg, steps: list | None) -> list[int]:
-    """Sampling steps to try, most first: the given ones, or the defaults plus the trained setting."""
-    if policy_cfg.process == "regression":
-        return [1]
-    chosen = {int(s) for s in steps} if steps else {*DEFAULT_STEPS[policy_cfg.process], int(policy_cfg.sample_steps)}
-    if policy_cfg.process == "ddpm":
-        chosen = {s for s in chosen if s <= policy_cfg.diffusion_steps}
-    if policy_cfg.process == "streaming":       # calls per replan: at most one chunk's band of timesteps
-        chosen = {s for s in chosen if s <= _streaming_band(policy_cfg)}
-    if policy_cfg.process == "anchor":          # the truncated schedule has start_step + 1 timesteps
-        start = policy_cfg.anchor.start_step
-        top = (policy_cfg.anchor.trunc_steps - 1 if start is None else start) + 1
-        chosen = {s for s in chosen if s <= top}
-    return sorted(chosen, reverse=True)
-
-
-def reference_steps(policy_cfg, steps: int | None) -> int:
-    if steps:
-        return int(steps)
-    if policy_cfg.process == "streaming":       # one call per timestep of the band (the paper's sampler)
-        return _streaming_band(policy_cfg)
-    # anchor: one step is the most accurate measured (PushT: later steps refine inputs the decoder never
-    # trained on), so it is the reference the budget's action error is taken against
-    return {"ddpm": int(policy_cfg.diffusion_steps), "flow": 100, "edm": 100, "regression": 1,
-            "anchor": 1}[policy_cfg.process]
-
-
-def _streaming_band(policy_cfg) -> int:
-    from cadence.policies.processes.streaming import num_chunks
-    h = num_chunks(policy_cfg.pred_horizon, policy_cfg.obs_horizon, policy_cfg.exec_horizon)
-    return int(policy_cfg.diffusion_steps) // h
+def reference_steps(process, steps: int | None) -> int:
+    """The setting the budget's action error is measured against: ``steps``, or the process's own."""
+    return int(steps) if steps else int(process.reference_steps())
 
 
 def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -16,6 +16,10 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                         "sample_steps", "select", "temperature", "anchors": (T, K, Tp, Da) nested lists}
                      | {"type": "streaming", "schedule": "cosine", "train_steps", "sample_steps", "start_steps",
                         "clip_sample", "obs_horizon", "pred_horizon", "exec_horizon"}   (denoiser level (B, Tp))
+                     | {"type": "shortcut", "sample_steps", "max_steps", "level_scale"}   (the denoiser's cond is
+                        the encoder's ``cond`` and the step-size code, log2(max_steps) + 1 wide)
+                     Each type's fields are declared by its process class (``spec_fields``; see
+                     cadence.policies.processes.base), which checks them on load.
     obs              {key: {"shape": per-step shape, "dtype": "float32" | "uint8"}}   (task units)
     obs_horizon, pred_horizon, action_dim, action_key, cond_dim
     action_normalizer {"mode", "scale": [Da], "offset": [Da]}   normalised = action * scale + offset
@@ -44,14 +48,7 @@ import torch
 from cadence.datasets.normalizer import MODES as NORMALIZER_MODES
 from cadence.datasets.normalizer import Normalizer
 from cadence.policies.policy import Policy
-from cadence.policies.processes import (
-    DDPMProcess,
-    RectifiedFlowProcess,
-    RegressionProcess,
-)
-from cadence.policies.processes.edm import EDMProcess
-from cadence.policies.processes.streaming import StreamingProcess
-from cadence.policies.processes.truncated_anchor import SELECT, TruncatedAnchorProcess
+from cadence.policies.processes.base import ProcessBase, ProcessSpecError, process_class, process_names
 from torch import nn
 
 from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_shape, read_json
@@ -65,22 +62,11 @@ SPEC_FILE = "policy.json"
 ENCODER_FILE, DENOISER_FILE = "encoder.onnx", "denoiser.onnx"
 ENCODER_OUTPUTS = ["cond"]
 DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
-ANCHOR_DENOISER_OUTPUTS = ["out", "logits"]     # process "anchor": every mode's chunk and its confidence
 OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
              "cond_dim", "action_normalizer", "graphs", "source", "versions"}
 _OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control"}   # control: {fps, exec_horizon} the policy runs at
-_PROCESS_KEYS = {"ddpm": {"type", "schedule", "train_steps", "sample_steps", "clip_sample"},
-                 "flow": {"type", "sample_steps", "level_scale"},
-                 "edm": {"type", "sample_steps", "sigma_min", "sigma_max", "sigma_data", "sampler", "clip_sample"},
-                 "regression": {"type"},
-                 "anchor": {"type", "schedule", "train_steps", "trunc_steps", "start_step", "sample_steps", "select",
-                            "temperature", "anchors"},
-                 "streaming": {"type", "schedule", "train_steps", "sample_steps", "start_steps", "clip_sample",
-                               "obs_horizon", "pred_horizon", "exec_horizon"}}
-
-
 class ExportFormatError(CadenceError, ValueError):
     """A policy.json (or the graphs beside it) that this version cannot run."""
 
@@ -88,60 +74,29 @@ class ExportFormatError(CadenceError, ValueError):
 # --- process <-> policy.json ----------------------------------------------------------------
 
 def process_spec(process) -> dict[str, Any]:
-    """The parameters that rebuild ``process``."""
-    if isinstance(process, DDPMProcess):
-        return {"type": "ddpm", "schedule": "cosine", "train_steps": int(process.train_steps),
-                "sample_steps": int(process.sample_steps), "clip_sample": bool(process.clip_sample)}
-    if isinstance(process, RectifiedFlowProcess):
-        return {"type": "flow", "sample_steps": int(process.sample_steps), "level_scale": float(process.level_scale)}
-    if isinstance(process, EDMProcess):
-        return {"type": "edm", "sample_steps": int(process.sample_steps), "sigma_min": float(process.sigma_min),
-                "sigma_max": float(process.sigma_max), "sigma_data": float(process.sigma_data),
-                "sampler": process.sampler, "clip_sample": bool(process.clip_sample)}
-    if isinstance(process, RegressionProcess):
-        return {"type": "regression"}
-    if isinstance(process, StreamingProcess):
-        return {"type": "streaming", "schedule": "cosine", "train_steps": int(process.train_steps),
-                "sample_steps": int(process.sample_steps), "start_steps": int(process.start_steps),
-                "clip_sample": bool(process.clip_sample), "obs_horizon": int(process.obs_horizon),
-                "pred_horizon": int(process.pred_horizon), "exec_horizon": int(process.exec_horizon)}
-    if isinstance(process, TruncatedAnchorProcess):
-        return {"type": "anchor", "schedule": "cosine", "train_steps": int(process.train_steps),
-                "trunc_steps": int(process.trunc_steps), "start_step": int(process.start_step),
-                "sample_steps": int(process.sample_steps), "select": process.select,
-                "temperature": float(process.temperature), "anchors": process.anchors.detach().cpu().tolist()}
-    raise TypeError(f"cannot export a policy whose process is {type(process).__name__} "
-                    f"(exportable: {sorted(_PROCESS_KEYS)})")
+    """The parameters that rebuild ``process`` (its registry entry writes them)."""
+    if not isinstance(process, ProcessBase):
+        raise TypeError(f"cannot export a policy whose process is {type(process).__name__} "
+                        f"(exportable: the registered processes {process_names()})")
+    return process.spec()
 
 
-def build_process(spec: Mapping[str, Any]):
-    kind = spec["type"]
-    if kind == "ddpm":
-        return DDPMProcess(spec["train_steps"], spec["sample_steps"], spec["clip_sample"])
-    if kind == "flow":
-        return RectifiedFlowProcess(spec["sample_steps"], spec["level_scale"])
-    if kind == "edm":
-        return EDMProcess(spec["sample_steps"], spec["sigma_min"], spec["sigma_max"], spec["sigma_data"],
-                          spec["sampler"], spec["clip_sample"])
-    if kind == "streaming":
-        return StreamingProcess(spec["pred_horizon"], spec["obs_horizon"], spec["exec_horizon"], spec["train_steps"],
-                                spec["sample_steps"], spec["start_steps"], clip_sample=spec["clip_sample"])
-    if kind == "anchor":
-        anchors = torch.tensor(spec["anchors"], dtype=torch.float32)
-        if anchors.ndim != 4 or 0 in anchors.shape or not torch.isfinite(anchors).all():
-            raise ValueError(f"'anchors' must be a finite (tasks, K, Tp, Da) array, got shape {tuple(anchors.shape)}")
-        process = TruncatedAnchorProcess(anchors.shape[2], anchors.shape[3], anchors.shape[1], anchors.shape[0],
-                                         spec["train_steps"], spec["trunc_steps"], spec["start_step"],
-                                         spec["sample_steps"], spec["select"], spec["temperature"])
-        process.anchors.copy_(anchors)
-        process.fitted.fill_(True)
-        return process
-    return RegressionProcess()
+def build_process(spec: Mapping[str, Any], where: str = SPEC_FILE):
+    """The process a policy.json ``process`` entry describes; errors name the file and the key."""
+    kind = spec.get("type") if isinstance(spec, Mapping) else None
+    if not isinstance(kind, str) or kind not in process_names():
+        if not isinstance(spec, Mapping) or "type" not in spec:
+            raise ExportFormatError(f"{where}: missing key 'process.type'")
+        raise ExportFormatError(f"{where}: 'process.type' must be one of {process_names()}, got {kind!r}")
+    try:
+        return process_class(kind).from_spec(spec, where)
+    except ProcessSpecError as exc:
+        raise ExportFormatError(str(exc)) from None
 
 
 def denoiser_outputs(process_type: str) -> list[str]:
     """The denoiser graph's outputs for a process type."""
-    return ANCHOR_DENOISER_OUTPUTS if process_type == "anchor" else DENOISER_OUTPUTS
+    return list(process_class(process_type).graph_outputs)
 
 
 # --- policy.json validation -------------------------------------------------------------------
@@ -183,18 +138,6 @@ def _finite(where: str, value: Any, name: str) -> float:
     return value
 
 
-def _anchor_sizes(where: str, anchors: Any) -> None:
-    """(tasks, K, Tp, Da) nested lists within the limits, before a tensor is made of them."""
-    bounds = (("tasks", LIMITS["tasks"]), ("K", LIMITS["anchors"]), ("Tp", LIMITS["horizon"]),
-              ("Da", LIMITS["action_dim"]))
-    level = anchors
-    for axis, bound in bounds:
-        if not isinstance(level, list) or not 1 <= len(level) <= bound:
-            raise ExportFormatError(f"{where}: 'process.anchors' must be nested lists (tasks, K, Tp, Da) with "
-                                    f"1 to {bound:,} entries along {axis}")
-        level = level[0]
-
-
 def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, Any]:
     """Check a parsed policy.json; errors name the file and the key."""
     where = str(where)
@@ -216,51 +159,10 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
         _bounded(where, spec["control"]["exec_horizon"], "control.exec_horizon", 1, "horizon")
 
     process = spec["process"]
-    if not isinstance(process, dict) or "type" not in process:
-        raise ExportFormatError(f"{where}: missing key 'process.type'")
-    if not isinstance(process["type"], str) or process["type"] not in _PROCESS_KEYS:
-        raise ExportFormatError(f"{where}: 'process.type' must be one of {sorted(_PROCESS_KEYS)}, got {process['type']!r}")
-    _keys(where, process, "process", _PROCESS_KEYS[process["type"]])
-    if process["type"] == "ddpm":
-        if process["schedule"] != "cosine":
-            raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
-        _bounded(where, process["train_steps"], "process.train_steps", 1, "diffusion_steps")
-        _bounded(where, process["sample_steps"], "process.sample_steps", 1, "sample_steps")
-        _typed(where, process["clip_sample"], "process.clip_sample", bool)
-    elif process["type"] == "flow":
-        _bounded(where, process["sample_steps"], "process.sample_steps", 1, "sample_steps")
-        _finite(where, process["level_scale"], "process.level_scale")
-    elif process["type"] == "edm":
-        _bounded(where, process["sample_steps"], "process.sample_steps", 1, "sample_steps")
-        for key in ("sigma_min", "sigma_max", "sigma_data"):
-            _finite(where, process[key], f"process.{key}")
-        _typed(where, process["sampler"], "process.sampler", str)
-        _typed(where, process["clip_sample"], "process.clip_sample", bool)
-    elif process["type"] == "streaming":
-        if process["schedule"] != "cosine":
-            raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
-        for key, bound in (("train_steps", "diffusion_steps"), ("sample_steps", "sample_steps"),
-                           ("start_steps", "sample_steps"), ("obs_horizon", "horizon"), ("pred_horizon", "horizon"),
-                           ("exec_horizon", "horizon")):
-            _bounded(where, process[key], f"process.{key}", 1, bound)
-        _typed(where, process["clip_sample"], "process.clip_sample", bool)
-        for key in ("obs_horizon", "pred_horizon"):
-            if process[key] != spec[key]:
-                raise ExportFormatError(f"{where}: 'process.{key}' is {process[key]}, the policy's {key} {spec[key]}")
-    elif process["type"] == "anchor":
-        if process["schedule"] != "cosine":
-            raise ExportFormatError(f"{where}: 'process.schedule' must be 'cosine', got {process['schedule']!r}")
-        for key, bound in (("train_steps", "diffusion_steps"), ("trunc_steps", "diffusion_steps"),
-                           ("sample_steps", "sample_steps")):
-            _bounded(where, process[key], f"process.{key}", 1, bound)
-        _bounded(where, process["start_step"], "process.start_step", 0, "diffusion_steps")
-        if process["select"] not in SELECT:
-            raise ExportFormatError(f"{where}: 'process.select' must be one of {SELECT}, got {process['select']!r}")
-        _finite(where, process["temperature"], "process.temperature")
-        _anchor_sizes(where, process["anchors"])
+    built = build_process(process, where)
     try:
-        built = build_process(process)
-    except (ValueError, TypeError, AssertionError) as exc:
+        built.check_policy(spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"])
+    except ValueError as exc:
         raise ExportFormatError(f"{where}: 'process': {exc}") from None
 
     obs = spec["obs"]
@@ -291,12 +193,8 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
 
     graphs = spec["graphs"]
     _keys(where, graphs, "graphs", {"encoder", "denoiser"})
-    if process["type"] == "anchor" and tuple(built.anchors.shape[2:]) != (spec["pred_horizon"], spec["action_dim"]):
-        raise ExportFormatError(f"{where}: 'process.anchors' are {tuple(built.anchors.shape)} chunks; pred_horizon "
-                                f"{spec['pred_horizon']} and action_dim {spec['action_dim']} need (T, K, "
-                                f"{spec['pred_horizon']}, {spec['action_dim']})")
     expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS),
-                "denoiser": (DENOISER_INPUTS, denoiser_outputs(process["type"]))}
+                "denoiser": (DENOISER_INPUTS, list(built.graph_outputs))}
     for name, (inputs, outputs) in expected.items():
         _keys(where, graphs[name], f"graphs.{name}", {"file", "inputs", "outputs"})
         _typed(where, graphs[name]["file"], f"graphs.{name}.file", str)
@@ -412,11 +310,13 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
     """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op threads."""
     export_dir = Path(out_dir)
     spec = read_spec(export_dir)
-    To, Tp, Da = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"]
-    chunk = [Tp, Da] if spec["process"]["type"] != "anchor" else [len(spec["process"]["anchors"][0]), Tp, Da]
-    level = [Tp] if spec["process"]["type"] == "streaming" else []
-    shapes = {"encoder": {**{k: [0, To, *o["shape"]] for k, o in spec["obs"].items()}, "cond": [0, spec["cond_dim"]]},
-              "denoiser": {"x": [0, *chunk], "level": [0, *level], "cond": [0, spec["cond_dim"]], "out": [0, *chunk]}}
+    To, Tp, Da, cond = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"], spec["cond_dim"]
+    process = build_process(spec["process"])
+    chunk = list(process.graph_chunk(Tp, Da))
+    level = [Tp] if process.level_per_action else []
+    shapes = {"encoder": {**{k: [0, To, *o["shape"]] for k, o in spec["obs"].items()}, "cond": [0, cond]},
+              "denoiser": {"x": [0, *chunk], "level": [0, *level], "cond": [0, cond + process.extra_cond_dim],
+                           "out": [0, *chunk]}}
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
                                  ExportFormatError, provider, threads) for name in ("encoder", "denoiser")}
     used = sessions["denoiser"].get_providers()[0]

@@ -43,7 +43,6 @@ from torch import nn
 from cadence.cache_file import weights_sha256
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.datasets.window_dataset import is_image_shape
-from cadence.policies.processes.edm import LEVEL_RANGE
 
 from .exported_policy import (
     DENOISER_FILE,
@@ -52,7 +51,6 @@ from .exported_policy import (
     ENCODER_OUTPUTS,
     FORMAT_VERSION,
     SPEC_FILE,
-    denoiser_outputs,
     process_spec,
     validate_spec,
 )
@@ -182,8 +180,8 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
     policy = copy.deepcopy(policy).cpu().float().eval()
     gen = torch.Generator().manual_seed(0)
     To, Tp, Da = policy.obs_horizon, policy.pred_horizon, policy.action_dim
-    chunk = (Tp, Da) if spec_process["type"] != "anchor" else (policy.process.num_anchors, Tp, Da)
-    den_outputs = denoiser_outputs(spec_process["type"])
+    process = policy.process
+    chunk, den_outputs = process.graph_chunk(Tp, Da), list(process.graph_outputs)
 
     encoder = _EncoderGraph(policy, keys).eval()
     with torch.no_grad():
@@ -191,13 +189,15 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         cond_dim = int(encoder(*trace_obs.values()).shape[-1])
         check_obs = _example_obs(obs_shapes, CHECK_BATCH, To, gen)
         check_cond = encoder(*check_obs.values())
-        level_max = float(spec_process.get("train_steps", spec_process.get("level_scale", LEVEL_RANGE)))
-        level_shape = (Tp,) if spec_process["type"] == "streaming" else ()      # streaming: a level per action
+        level_max = process.level_range()
+        level_shape = (Tp,) if process.level_per_action else ()      # streaming: a level per action
+        extra = process.extra_cond_dim        # what the process appends to the encoding (a shortcut's step code)
         trace_den = (torch.randn(TRACE_BATCH, *chunk, generator=gen),
                      torch.rand(TRACE_BATCH, *level_shape, generator=gen) * level_max,
-                     torch.randn(TRACE_BATCH, cond_dim, generator=gen))
+                     torch.randn(TRACE_BATCH, cond_dim + extra, generator=gen))
         check_den = {"x": torch.randn(CHECK_BATCH, *chunk, generator=gen),
-                     "level": torch.rand(CHECK_BATCH, *level_shape, generator=gen) * level_max, "cond": check_cond}
+                     "level": torch.rand(CHECK_BATCH, *level_shape, generator=gen) * level_max,
+                     "cond": torch.cat([check_cond, torch.rand(CHECK_BATCH, extra, generator=gen).round()], dim=-1)}
         check_out = policy.denoiser(*check_den.values())
         check_out = check_out if isinstance(check_out, tuple) else (check_out,)
 

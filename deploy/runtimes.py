@@ -22,7 +22,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from cadence.policies.policy import Policy
-from cadence.policies.processes.sample_steps import with_sample_steps
 from torch import nn
 
 from .exported_policy import ExportedPolicy, load_exported
@@ -230,7 +229,7 @@ class TorchRuntime:
         self.mode = mode
 
         private = copy.deepcopy(policy)
-        private.process = with_sample_steps(policy.process, sample_steps)
+        private.process = policy.process.with_steps(sample_steps)
         private.reset()                                 # a runtime starts with no episode under way
         if not block_cache and getattr(private.denoiser, "branch_cache", None) is not None:
             private.denoiser.branch_cache = None        # the policy's block cache (BAC) left out
@@ -279,7 +278,7 @@ class OnnxRuntime:
     def __init__(self, export_dir: str | os.PathLike, provider: str = "auto", sample_steps: int | None = None,
                  threads: int | None = None, seed: int | None = None):
         self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads)
-        self.policy.process = with_sample_steps(self.policy.process, sample_steps)
+        self.policy.process = self.policy.process.with_steps(sample_steps)
         self.provider = self.policy.provider
         self.sample_steps = int(self.policy.process.sample_steps)
         self.start = self.policy.obs_horizon - 1

@@ -11,38 +11,14 @@ from .networks.transformer import TransformerDenoiser
 from .networks.unet1d import ConditionalUnet1D
 from .obs_encoder import ObsEncoder
 from .policy import Policy
-from .processes import DDPMProcess, RectifiedFlowProcess, RegressionProcess
-from .processes.edm import EDMProcess
-from .processes.shortcut import ShortcutProcess
-from .processes.streaming import StreamingProcess
-from .processes.truncated_anchor import TruncatedAnchorProcess
+from .processes.base import process_class, process_names
 
-PROCESSES = ("ddpm", "flow", "shortcut", "edm", "regression", "anchor", "streaming")
 NETWORKS = ("unet", "transformer", "mlp", "anchor_decoder")
 
 
 def build_process(cfg, action_dim: int = 0, num_tasks: int = 1):
-    if cfg.process == "ddpm":
-        return DDPMProcess(cfg.diffusion_steps, cfg.sample_steps, cfg.clip_sample)
-    if cfg.process == "flow":
-        return RectifiedFlowProcess(cfg.sample_steps)
-    if cfg.process == "shortcut":
-        return ShortcutProcess(cfg.sample_steps, cfg.shortcut.max_steps, cfg.shortcut.bootstrap_fraction)
-    if cfg.process == "edm":
-        e = cfg.edm
-        return EDMProcess(cfg.sample_steps, e.sigma_min, e.sigma_max, e.sigma_data, e.sampler, cfg.clip_sample)
-    if cfg.process == "regression":
-        return RegressionProcess()
-    if cfg.process == "anchor":
-        a = cfg.anchor
-        return TruncatedAnchorProcess(cfg.pred_horizon, action_dim, a.num_anchors, num_tasks, a.train_steps,
-                                      a.trunc_steps, a.start_step, cfg.sample_steps, a.select, a.temperature,
-                                      a.cls_weight, a.reg_weight, a.focal_alpha, a.focal_gamma)
-    if cfg.process == "streaming":
-        s = cfg.streaming
-        return StreamingProcess(cfg.pred_horizon, cfg.obs_horizon, cfg.exec_horizon, cfg.diffusion_steps,
-                                cfg.sample_steps, s.start_steps, s.constant_prob, cfg.clip_sample)
-    raise ValueError(f"policy.process must be one of {PROCESSES}, got {cfg.process!r}")
+    """The process ``policy.process`` names, from the registry (:mod:`.processes.base`)."""
+    return process_class(cfg.process).from_config(cfg, action_dim, num_tasks)
 
 
 def build_policy(cfg, obs_shapes: Mapping[str, Sequence[int]], action_dim: int, normalizer,
@@ -51,14 +27,17 @@ def build_policy(cfg, obs_shapes: Mapping[str, Sequence[int]], action_dim: int, 
     if cfg.pred_horizon < cfg.obs_horizon - 1 + cfg.exec_horizon:
         raise ValueError(f"policy.pred_horizon ({cfg.pred_horizon}) must cover obs_horizon - 1 + exec_horizon "
                          f"({cfg.obs_horizon - 1 + cfg.exec_horizon})")
-    if (cfg.process == "anchor") != (cfg.network == "anchor_decoder"):
-        raise ValueError(f"policy.process=anchor goes with policy.network=anchor_decoder (and only it), got "
-                         f"process={cfg.process!r}, network={cfg.network!r}")
+    required = process_class(cfg.process).network
+    dedicated = {process_class(n).network: n for n in process_names() if process_class(n).network}
+    if (cfg.network != required) if required else cfg.network in dedicated:
+        owner = required and cfg.process or dedicated[cfg.network]
+        raise ValueError(f"policy.process={owner} goes with policy.network={required or cfg.network} (and only it), "
+                         f"got process={cfg.process!r}, network={cfg.network!r}")
     encoder = ObsEncoder(obs_shapes, cfg.obs_horizon, cfg.obs_feature_dim, image_feature_dim=cfg.image_feature_dim,
                          image_encoder=cfg.image_encoder, crop=cfg.crop)
     num_tasks = int(obs_shapes[TASK_ID_KEY][0]) if TASK_ID_KEY in obs_shapes else 1
     process = build_process(cfg, action_dim, num_tasks)
-    cond_dim = encoder.out_dim + getattr(process, "extra_cond_dim", 0)     # e.g. a shortcut's step-size code
+    cond_dim = encoder.out_dim + process.extra_cond_dim      # e.g. a shortcut's step-size code
     return Policy(normalizer, encoder, build_denoiser(cfg, action_dim, cond_dim), process,
                   cfg.obs_horizon, cfg.pred_horizon, action_dim, action_key=action_key)
 

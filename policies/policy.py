@@ -57,12 +57,12 @@ class Policy(nn.Module):
         """Let a denoiser with step-indexed caches (MoDE's fused experts) build them for the
         process's current schedule; cheap when nothing changed."""
         prepare = getattr(self.denoiser, "prepare_sampling", None)
-        if prepare is not None and hasattr(self.process, "levels"):
+        if prepare is not None:
             prepare(self.process.levels())
 
     def task_kwargs(self, obs: Mapping[str, torch.Tensor]) -> dict:
         """``task=`` (B,) for processes with per-task state (anchors), from the one-hot task_id."""
-        if not getattr(self.process, "uses_task", False):
+        if not self.process.uses_task:
             return {}
         ids = obs.get(TASK_ID_KEY)
         return {"task": None if ids is None else ids[:, -1].argmax(dim=-1)}
@@ -81,15 +81,11 @@ class Policy(nn.Module):
 
     def reset(self) -> None:
         """Clear per-episode state (a streaming process's buffer)."""
-        reset = getattr(self.process, "reset", None)
-        if reset is not None:
-            reset()
+        self.process.reset()
 
     def keep_rows(self, rows) -> None:
         """Keep the per-episode state of these rows of the last batch only (rollouts drop finished episodes)."""
-        keep = getattr(self.process, "keep_rows", None)
-        if keep is not None:
-            keep(rows)
+        self.process.keep_rows(rows)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Trainable weights, without the normalizer (saved in its own file)."""

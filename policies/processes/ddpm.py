@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .base import Const, Flag, Int, ProcessBase, register
+from .ddim import ddim_step
 from .known_actions import KnownActions
 
 
@@ -26,7 +28,13 @@ def cosine_alphas_cumprod(num_steps: int, s: float = 0.008, max_beta: float = 0.
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-class DDPMProcess:
+@register
+class DDPMProcess(ProcessBase):
+    name = "ddpm"
+    budget_steps = (100, 50, 20, 10, 5, 2)
+    spec_fields = {"schedule": Const("cosine"), "train_steps": Int("diffusion_steps"),
+                   "sample_steps": Int("sample_steps"), "clip_sample": Flag()}
+
     def __init__(self, train_steps: int = 100, sample_steps: int = 10, clip_sample: bool = True):
         if not 1 <= sample_steps <= train_steps:
             raise ValueError(f"need 1 <= sample_steps <= train_steps, got {sample_steps} and {train_steps}")
@@ -34,6 +42,21 @@ class DDPMProcess:
         self.sample_steps = sample_steps
         self.clip_sample = clip_sample
         self.alphas_cumprod = cosine_alphas_cumprod(train_steps)
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        return cls(cfg.diffusion_steps, cfg.sample_steps, cfg.clip_sample)
+
+    def check_steps(self, steps: int) -> None:
+        super().check_steps(steps)
+        if steps > self.train_steps:
+            raise ValueError(f"need 1 <= sample_steps <= train_steps ({self.train_steps}), got {steps}")
+
+    def reference_steps(self) -> int:
+        return self.train_steps         # the full chain
+
+    def level_range(self) -> float:
+        return float(self.train_steps)
 
     def timesteps(self) -> list[int]:
         stride = self.train_steps // self.sample_steps
@@ -64,11 +87,7 @@ class DDPMProcess:
             a = alphas[t]
             a_prev = alphas[steps[i + 1]] if i + 1 < len(steps) else 1.0
             eps = net(x, torch.full((shape[0],), float(t), device=x.device), cond, step=i)
-            x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
-            if self.clip_sample:
-                x0 = x0.clamp(-1.0, 1.0)
-                eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
-            x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+            x = ddim_step(x, a, a_prev, eps=eps, clip_sample=self.clip_sample)
             if known is not None:
                 x = known.impose(x, start_noise, math.sqrt(a_prev), math.sqrt(1 - a_prev))
         return x

@@ -32,13 +32,20 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .base import Choice, Flag, Int, Number, ProcessBase, register
 from .known_actions import KnownActions
 
 SAMPLERS = ("ddim", "euler")
 LEVEL_RANGE = 100.0
 
 
-class EDMProcess:
+@register
+class EDMProcess(ProcessBase):
+    name = "edm"
+    budget_steps = (50, 20, 10, 5, 3)
+    spec_fields = {"sample_steps": Int("sample_steps"), "sigma_min": Number(), "sigma_max": Number(),
+                   "sigma_data": Number(), "sampler": Choice(*SAMPLERS), "clip_sample": Flag()}
+
     def __init__(self, sample_steps: int = 10, sigma_min: float = 1e-3, sigma_max: float = 80.0,
                  sigma_data: float = 0.5, sampler: str = "ddim", clip_sample: bool = True,
                  train_loc: float = math.log(0.5), train_scale: float = 0.5):
@@ -53,6 +60,14 @@ class EDMProcess:
         self.sampler = sampler
         self.clip_sample = clip_sample
         self.train_loc, self.train_scale = train_loc, train_scale
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        e = cfg.edm
+        return cls(cfg.sample_steps, e.sigma_min, e.sigma_max, e.sigma_data, e.sampler, cfg.clip_sample)
+
+    def reference_steps(self) -> int:
+        return 100
 
     # --- preconditioning -------------------------------------------------------------------
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

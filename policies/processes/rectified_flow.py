@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .base import Int, Number, ProcessBase, register
 from .known_actions import KnownActions
 
 
@@ -39,12 +40,27 @@ def sample_straight_path(velocity: Callable[[torch.Tensor, float, int], torch.Te
     return euler_integrate(velocity, x, steps, after)
 
 
-class RectifiedFlowProcess:
+@register
+class RectifiedFlowProcess(ProcessBase):
+    name = "flow"
+    budget_steps = (50, 20, 10, 5, 2, 1)
+    spec_fields = {"sample_steps": Int("sample_steps"), "level_scale": Number()}
+
     def __init__(self, sample_steps: int = 10, level_scale: float = 100.0):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
         self.sample_steps = sample_steps
         self.level_scale = level_scale
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        return cls(cfg.sample_steps)
+
+    def reference_steps(self) -> int:
+        return 100
+
+    def level_range(self) -> float:
+        return float(self.level_scale)
 
     def loss(self, net, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         b = x0.shape[0]

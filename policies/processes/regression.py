@@ -9,11 +9,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .base import ProcessBase, register
 from .known_actions import KnownActions
 
 
-class RegressionProcess:
+@register
+class RegressionProcess(ProcessBase):
+    name = "regression"
+    budget_steps = (1,)
     sample_steps = 1
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        return cls()
+
+    def check_steps(self, steps: int) -> None:
+        if steps != 1 or isinstance(steps, bool):
+            raise ValueError(f"a regression policy makes exactly one network call; sample_steps must be 1 or None, "
+                             f"got {steps}")
+
+    def reference_steps(self) -> int:
+        return 1
+
+    def levels(self) -> list[float]:
+        return [0.0]
 
     def loss(self, net, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return F.mse_loss(self._predict(net, cond, x0.shape), x0)

@@ -18,11 +18,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .base import Int, Number, ProcessBase, register
 from .known_actions import KnownActions
 from .rectified_flow import sample_straight_path
 
 
-class ShortcutProcess:
+@register
+class ShortcutProcess(ProcessBase):
+    name = "shortcut"
+    budget_steps = (8, 4, 2, 1)
+    spec_fields = {"sample_steps": Int("sample_steps"), "max_steps": Int("sample_steps", low=2),
+                   "level_scale": Number()}
+
     def __init__(self, sample_steps: int = 4, max_steps: int = 128, bootstrap_fraction: float = 0.25,
                  level_scale: float = 100.0):
         if max_steps < 2 or max_steps & (max_steps - 1):
@@ -33,13 +40,23 @@ class ShortcutProcess:
         self.check_steps(sample_steps)
         self.sample_steps = sample_steps
 
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        return cls(cfg.sample_steps, cfg.shortcut.max_steps, cfg.shortcut.bootstrap_fraction)
+
+    def reference_steps(self) -> int:
+        return self.max_steps           # the finest step: the flow velocity it was trained on
+
+    def level_range(self) -> float:
+        return float(self.level_scale)
+
     @property
     def extra_cond_dim(self) -> int:
         """Width of the step-size code appended to the network's conditioning."""
         return int(math.log2(self.max_steps)) + 1
 
     def check_steps(self, steps: int) -> None:
-        if not isinstance(steps, int) or steps < 1 or steps & (steps - 1) or steps > self.max_steps:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or steps & (steps - 1) or steps > self.max_steps:
             raise ValueError(f"a shortcut policy samples with a power of 2 steps up to max_steps "
                              f"({self.max_steps}), got {steps}")
 

@@ -33,6 +33,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .base import Const, Flag, Int, ProcessBase, register
+from .ddim import ddim_step
 from .ddpm import cosine_alphas_cumprod
 from .known_actions import KnownActions
 
@@ -57,7 +59,15 @@ def chunk_tops(train_steps: int, chunks: list[int]) -> list[int]:
     return [train_steps * (c + 1) // h - 1 for c in chunks]
 
 
-class StreamingProcess:
+@register
+class StreamingProcess(ProcessBase):
+    name = "streaming"
+    budget_steps = (10, 5, 2, 1)
+    level_per_action = True
+    spec_fields = {"schedule": Const("cosine"), "train_steps": Int("diffusion_steps"),
+                   "sample_steps": Int("sample_steps"), "start_steps": Int("sample_steps"), "clip_sample": Flag(),
+                   "obs_horizon": Int("horizon"), "pred_horizon": Int("horizon"), "exec_horizon": Int("horizon")}
+
     def __init__(self, pred_horizon: int, obs_horizon: int, exec_horizon: int, train_steps: int = 100,
                  sample_steps: int = 2, start_steps: int = 10, constant_prob: float = 0.2, clip_sample: bool = True):
         self.chunks = chunk_indices(pred_horizon, obs_horizon, exec_horizon)
@@ -82,6 +92,30 @@ class StreamingProcess:
         self.widths = self.tops - below     # timesteps of each element's band (N // h or one more)
         self.buffer: torch.Tensor | None = None
         self.calls = 0                      # denoiser calls of the last sample()
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        s = cfg.streaming
+        return cls(cfg.pred_horizon, cfg.obs_horizon, cfg.exec_horizon, cfg.diffusion_steps, cfg.sample_steps,
+                   s.start_steps, s.constant_prob, cfg.clip_sample)
+
+    def check_steps(self, steps: int) -> None:
+        super().check_steps(steps)
+        if steps > self.band:
+            raise ValueError(f"a streaming policy takes 1 to {self.band} calls per replan (one chunk's band of "
+                             f"timesteps), got {steps}")
+
+    def reference_steps(self) -> int:
+        return self.band                    # one call per timestep of the band (the paper's sampler)
+
+    def level_range(self) -> float:
+        return float(self.train_steps)
+
+    def check_policy(self, obs_horizon: int, pred_horizon: int, action_dim: int) -> None:
+        for key, mine, theirs in (("obs_horizon", self.obs_horizon, obs_horizon),
+                                  ("pred_horizon", self.pred_horizon, pred_horizon)):
+            if mine != theirs:
+                raise ValueError(f"'process.{key}' is {mine}, the policy's {key} {theirs}")
 
     # --- levels ---------------------------------------------------------------------------------
 
@@ -131,11 +165,7 @@ class StreamingProcess:
     def _ddim(self, net, x, level, next_level, cond, step, known, noise0):
         a, a_next = self._alpha(level, x), self._alpha(next_level, x)
         eps = net(x, level.to(x.device, x.dtype), cond, step=step)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        if self.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - a.sqrt() * x0) / (1 - a).clamp(min=1e-12).sqrt()
-        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        x = ddim_step(x, a, a_next, eps=eps, clip_sample=self.clip_sample)
         if known is not None:
             x = known.impose(x, noise0, a_next.sqrt(), (1 - a_next).sqrt())
         return x

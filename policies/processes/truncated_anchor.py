@@ -31,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cadence.errors import CadenceError
+from cadence.untrusted import LIMITS, UntrustedFileError
+
+from .base import Choice, Const, Field, Int, Number, ProcessBase, register
+from .ddim import ddim_step
 from .ddpm import cosine_alphas_cumprod
 from .focal_loss import sigmoid_focal_loss
 from .kmeans import kmeans
 from .known_actions import KnownActions
-
-from cadence.errors import CadenceError
 
 SELECT = ("argmax", "sample")
 
@@ -58,14 +61,49 @@ def sampling_timesteps(start_step: int, steps: int) -> list[int]:
     return [start_step * (steps - i) // steps for i in range(steps)]
 
 
-class TruncatedAnchorProcess(nn.Module):
+class AnchorsField(Field):
+    """``anchors``: (tasks, K, Tp, Da) nested lists of finite numbers, sizes checked before a tensor is made."""
+
+    def check(self, where, name, value):
+        bounds = (("tasks", LIMITS["tasks"]), ("K", LIMITS["anchors"]), ("Tp", LIMITS["horizon"]),
+                  ("Da", LIMITS["action_dim"]))
+        level = value
+        for axis, bound in bounds:
+            if not isinstance(level, list) or not 1 <= len(level) <= bound:
+                raise UntrustedFileError(f"{where}: '{name}' must be nested lists (tasks, K, Tp, Da) with 1 to "
+                                         f"{bound:,} entries along {axis}")
+            level = level[0]
+        try:
+            anchors = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise UntrustedFileError(f"{where}: '{name}' must be a regular (tasks, K, Tp, Da) array of numbers") from None
+        if anchors.ndim != 4 or not torch.isfinite(anchors).all():
+            raise UntrustedFileError(f"{where}: '{name}' must be a finite (tasks, K, Tp, Da) array, got shape "
+                                     f"{tuple(anchors.shape)}")
+        return anchors
+
+    def dump(self, value):
+        return value.detach().cpu().tolist()
+
+
+@register
+class TruncatedAnchorProcess(ProcessBase, nn.Module):
+    name = "anchor"
+    budget_steps = (4, 2, 1)
     uses_task = True          # the policy passes task= (B,) from the task_id observation
+    graph_outputs = ("out", "logits")       # every mode's chunk and its confidence
+    network = "anchor_decoder"              # refines every anchor at once and scores it
+    fits_data = True                        # k-means anchors on the training chunks
+    spec_fields = {"schedule": Const("cosine"), "train_steps": Int("diffusion_steps"),
+                   "trunc_steps": Int("diffusion_steps"), "start_step": Int("diffusion_steps", low=0),
+                   "sample_steps": Int("sample_steps"), "select": Choice(*SELECT), "temperature": Number(),
+                   "anchors": AnchorsField()}
 
     def __init__(self, pred_horizon: int, action_dim: int, num_anchors: int = 20, num_tasks: int = 1,
                  train_steps: int = 1000, trunc_steps: int = 50, start_step: int | None = None,
                  sample_steps: int = 2, select: str = "argmax", temperature: float = 1.0,
                  cls_weight: float = 10.0, reg_weight: float = 8.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0):
+                 focal_gamma: float = 2.0, kmeans_iters: int = 100):
         super().__init__()
         if not 1 <= trunc_steps <= train_steps:
             raise ValueError(f"need 1 <= trunc_steps <= train_steps, got {trunc_steps} and {train_steps}")
@@ -85,9 +123,45 @@ class TruncatedAnchorProcess(nn.Module):
         self.select, self.temperature = select, temperature
         self.cls_weight, self.reg_weight = cls_weight, reg_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.kmeans_iters = kmeans_iters
         self.alphas_cumprod = cosine_alphas_cumprod(train_steps)
         self.register_buffer("anchors", torch.zeros(num_tasks, num_anchors, pred_horizon, action_dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def from_config(cls, cfg, action_dim: int = 0, num_tasks: int = 1):
+        a = cfg.anchor
+        return cls(cfg.pred_horizon, action_dim, a.num_anchors, num_tasks, a.train_steps, a.trunc_steps, a.start_step,
+                   cfg.sample_steps, a.select, a.temperature, a.cls_weight, a.reg_weight, a.focal_alpha,
+                   a.focal_gamma, a.kmeans_iters)
+
+    @classmethod
+    def from_spec_values(cls, values):
+        anchors = values.pop("anchors")
+        process = cls(anchors.shape[2], anchors.shape[3], anchors.shape[1], anchors.shape[0], **values)
+        process.anchors.copy_(anchors)
+        process.fitted.fill_(True)
+        return process
+
+    def check_steps(self, steps: int) -> None:
+        super().check_steps(steps)
+        sampling_timesteps(self.start_step, steps)       # at most start_step + 1 distinct timesteps
+
+    def reference_steps(self) -> int:
+        # one step is the most accurate measured (PushT: later steps refine inputs the decoder never
+        # trained on), so it is the reference the budget's action error is taken against
+        return 1
+
+    def level_range(self) -> float:
+        return float(self.train_steps)
+
+    def check_policy(self, obs_horizon: int, pred_horizon: int, action_dim: int) -> None:
+        if tuple(self.anchors.shape[2:]) != (pred_horizon, action_dim):
+            raise ValueError(f"'process.anchors' are {tuple(self.anchors.shape)} chunks; pred_horizon {pred_horizon} "
+                             f"and action_dim {action_dim} need (T, K, {pred_horizon}, {action_dim})")
+
+    def graph_chunk(self, pred_horizon: int, action_dim: int) -> tuple[int, ...]:
+        return (self.num_anchors, pred_horizon, action_dim)
 
     @property
     def num_anchors(self) -> int:
@@ -105,6 +179,10 @@ class TruncatedAnchorProcess(nn.Module):
         return math.sqrt(1 - float(self.alphas_cumprod[t]))
 
     # --- anchors --------------------------------------------------------------------------------
+
+    def fit_data(self, chunks_per_task: list[torch.Tensor], seed: int) -> str:
+        self.fit_anchors(chunks_per_task, seed, self.kmeans_iters)
+        return f"fitted {self.num_anchors} anchors per task on " + " + ".join(str(len(c)) for c in chunks_per_task)
 
     @torch.no_grad()
     def fit_anchors(self, chunks_per_task: list[torch.Tensor], seed: int = 0, iters: int = 100) -> None:
@@ -177,9 +255,8 @@ class TruncatedAnchorProcess(nn.Module):
             chunks, logits = net(x, torch.full((b,), float(t), device=x.device), cond, step=i)
             if i + 1 == len(steps):
                 break
-            a, a_next = alphas[t], alphas[steps[i + 1]]
-            eps_hat = (x - math.sqrt(a) * chunks) / math.sqrt(1 - a)
-            x = (math.sqrt(a_next) * chunks + math.sqrt(1 - a_next) * eps_hat).clamp(-1.0, 1.0)
+            a_next = alphas[steps[i + 1]]
+            x = ddim_step(x, alphas[t], a_next, x0=chunks).clamp(-1.0, 1.0)
             if known is not None:
                 x = _impose(known, x, eps, math.sqrt(a_next), math.sqrt(1 - a_next))
         if known is not None:

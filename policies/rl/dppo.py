@@ -20,6 +20,7 @@ from torch import nn
 
 from cadence.action_chunk import ActionChunk
 
+from ..processes.ddim import ddim_step
 from ..processes.ddpm import DDPMProcess
 from .chain import ChainSample, gaussian_entropy, gaussian_log_prob
 
@@ -52,12 +53,8 @@ class DPPOActor(nn.Module):
     def _mean_std(self, policy, x: torch.Tensor, i: int, cond: torch.Tensor):
         t, a, a_prev = self._schedule[i]
         eps = policy.denoiser(x, torch.full((x.shape[0],), float(t), device=x.device), cond)
-        x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
-        if self.policy.process.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
         sigma = self.eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
-        mean = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
+        mean = ddim_step(x, a, a_prev, eps=eps, clip_sample=self.policy.process.clip_sample, sigma=sigma)
         return mean, torch.full_like(mean, max(sigma, self.min_std))
 
     def _cond(self, policy, obs):

@@ -137,3 +137,45 @@ def test_run_drives_the_robot_with_a_streaming_policy(trained):
         assert abs(errors[("onnx-cpu", steps)] - errors[("torch-eager", steps)]) < 1e-4
     summary = json.loads((trained / "deploy-streaming" / "summary.json").read_text())
     assert summary["episodes"] == 2 and summary["timing"]["late_sends"] == 0 and "success" in proc.stdout
+
+
+def test_a_shortcut_policy_exports_and_joins_the_budget(trained):
+    """Trained, exported to ONNX (parity checked by the export) and driven by `cadence run`: every
+    power-of-2 step count up to max_steps is a candidate, the reference is the finest step."""
+    shortcut = ["policy=shortcut", *TINY_POLICY, "policy.shortcut.max_steps=8"]
+    cadence("train", "run_dir=runs/shortcut", *shortcut, *TINY_TRAIN, "eval.episodes=0", cwd=trained)
+    proc = cadence("run", "checkpoint=runs/shortcut", "budget.runtimes=[torch-eager,onnx-cpu]", "budget.calls=2",
+                   "budget.warmup=1", "budget.calibration=2", "control.episodes=1", "control.max_ticks=15",
+                   "out_dir=deploy-shortcut", cwd=trained)
+    spec = json.loads((trained / "runs" / "shortcut" / "export-onnx" / "policy.json").read_text())
+    assert spec["process"] == {"type": "shortcut", "sample_steps": 4, "max_steps": 8, "level_scale": 100.0}
+    budget = json.loads((trained / "deploy-shortcut" / "budget.json").read_text())
+    errors = {(m["kind"], m["sample_steps"]): m["action_error"] for m in budget["candidates"]}
+    assert set(errors) == {(k, s) for k in ("torch-eager", "onnx-cpu") for s in (8, 4, 2, 1)}
+    assert errors[("torch-eager", 8)] == 0.0
+    for steps in (8, 4, 2, 1):
+        assert abs(errors[("onnx-cpu", steps)] - errors[("torch-eager", steps)]) < 1e-4
+    summary = json.loads((trained / "deploy-shortcut" / "summary.json").read_text())
+    assert summary["episodes"] == 1 and summary["timing"]["late_sends"] == 0 and "success" in proc.stdout
+
+
+def test_a_process_of_your_own_trains_exports_and_runs_through_a_plugin(trained):
+    """docs/extending.md from the command line: the example process, imported with --plugin, is
+    trained, exported and driven by `cadence run`; without the plugin its checkpoint is refused
+    in one line, and nothing in the checkpoint imports it."""
+    import shutil
+    from pathlib import Path
+    shutil.copy(Path(__file__).resolve().parents[2] / "docs" / "examples" / "clean_flow.py", trained)
+    mine = ["policy.process=clean_flow", *TINY_POLICY]
+    cadence("--plugin", "clean_flow", "train", "run_dir=runs/mine", *mine, *TINY_TRAIN, "eval.episodes=0",
+            cwd=trained)
+    cadence("--plugin", "clean_flow", "run", "checkpoint=runs/mine", "budget.runtimes=[torch-eager,onnx-cpu]",
+            "budget.steps=[2]", "budget.calls=2", "budget.warmup=1", "budget.calibration=2", "control.episodes=1",
+            "control.max_ticks=10", "out_dir=deploy-mine", cwd=trained)
+    spec = json.loads((trained / "runs" / "mine" / "export-onnx" / "policy.json").read_text())
+    assert spec["process"] == {"type": "clean_flow", "sample_steps": 4}
+    budget = json.loads((trained / "deploy-mine" / "budget.json").read_text())
+    errors = {m["kind"]: m["action_error"] for m in budget["candidates"]}
+    assert set(errors) == {"torch-eager", "onnx-cpu"} and abs(errors["onnx-cpu"] - errors["torch-eager"]) < 1e-4
+    refused = cadence("run", "checkpoint=runs/mine", "out_dir=deploy-refused", cwd=trained, check=False)
+    assert refused.returncode == 1 and "--plugin MODULE" in refused.stderr and "Traceback" not in refused.stderr

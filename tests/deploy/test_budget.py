@@ -48,13 +48,14 @@ def test_anchor_step_candidates_stay_within_the_truncated_schedule():
 
     from cadence.config import PolicyConfig
     from cadence.deploy.calibration import candidate_steps, reference_steps
+    from cadence.policies.factory import build_process
 
     cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),
                           {"process": "anchor", "network": "anchor_decoder", "sample_steps": 2})
-    assert candidate_steps(cfg, None) == [4, 2, 1] and reference_steps(cfg, None) == 1
+    assert candidate_steps(build_process(cfg, 2), None) == [4, 2, 1] and reference_steps(build_process(cfg, 2), None) == 1
     cfg.anchor.trunc_steps = 3                  # timesteps 2, 1, 0: at most three steps
-    assert candidate_steps(cfg, None) == [2, 1]
-    assert candidate_steps(cfg, [8, 3, 1]) == [3, 1]
+    assert candidate_steps(build_process(cfg, 2), None) == [2, 1]
+    assert candidate_steps(build_process(cfg, 2), [8, 3, 1]) == [3, 1]
 
 
 def test_streaming_candidates_are_calls_per_replan_within_a_band():
@@ -62,12 +63,15 @@ def test_streaming_candidates_are_calls_per_replan_within_a_band():
 
     from cadence.config import PolicyConfig
     from cadence.deploy.calibration import candidate_steps, reference_steps
+    from cadence.policies.factory import build_process
 
     cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),
                           {"process": "streaming", "pred_horizon": 20, "exec_horizon": 8, "sample_steps": 2})
-    assert candidate_steps(cfg, None) == [10, 5, 2, 1] and reference_steps(cfg, None) == 50   # 2 chunks of 50
+    process = build_process(cfg)
+    assert candidate_steps(process, None) == [10, 5, 2, 1] and reference_steps(process, None) == 50   # 2 chunks of 50
     cfg.diffusion_steps = 8                                   # bands of 4 timesteps
-    assert candidate_steps(cfg, None) == [2, 1] and reference_steps(cfg, None) == 4
+    process = build_process(cfg)
+    assert candidate_steps(process, None) == [2, 1] and reference_steps(process, None) == 4
 
 
 def test_stateful_runtimes_are_compared_from_a_fresh_start():

@@ -12,7 +12,6 @@ from cadence.deploy.runtimes import (
     build_runtime,
 )
 
-from cadence.policies.processes.sample_steps import with_sample_steps
 
 from .onnx_cases import CASES, exported, make_noise, make_obs, make_policy
 
@@ -74,12 +73,12 @@ def test_onnx_sample_steps_override(ddpm):
 
 def test_bad_sample_steps():
     with pytest.raises(ValueError, match="regression.*exactly one"):
-        with_sample_steps(make_policy("regression", down_dims=[16]).process, 4)
-    assert with_sample_steps(make_policy("regression", down_dims=[16]).process, 1).sample_steps == 1
+        make_policy("regression", down_dims=[16]).process.with_steps(4)
+    assert make_policy("regression", down_dims=[16]).process.with_steps(1).sample_steps == 1
     with pytest.raises(ValueError, match="train_steps"):
-        with_sample_steps(make_policy("ddpm", down_dims=[16]).process, 101)
+        make_policy("ddpm", down_dims=[16]).process.with_steps(101)
     with pytest.raises(ValueError, match="positive int"):
-        with_sample_steps(make_policy("flow", down_dims=[16]).process, 0)
+        make_policy("flow", down_dims=[16]).process.with_steps(0)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only errors")

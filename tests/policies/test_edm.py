@@ -5,7 +5,6 @@ import torch
 
 from cadence.policies.processes import KnownActions
 from cadence.policies.processes.edm import EDMProcess
-from cadence.policies.processes.sample_steps import with_sample_steps
 
 
 def _sigma_of_level(process, level):
@@ -102,7 +101,7 @@ def test_known_actions_are_returned_exactly():
 
 
 def test_sample_steps_override_and_bad_arguments():
-    assert with_sample_steps(EDMProcess(10), 3).sigmas()[:3] == EDMProcess(3).sigmas()[:3]
+    assert EDMProcess(10).with_steps(3).sigmas()[:3] == EDMProcess(3).sigmas()[:3]
     with pytest.raises(ValueError, match="sampler"):
         EDMProcess(sampler="heun")
     with pytest.raises(ValueError, match="sigma_min"):

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cadence.policies.processes.sample_steps import with_sample_steps
 from cadence.policies.processes.shortcut import ShortcutProcess
 from tests.policies.test_policy import make_policy
 
@@ -75,10 +74,10 @@ def test_steps_must_be_powers_of_two_up_to_max():
     with pytest.raises(ValueError, match="power of 2"):
         ShortcutProcess(3, max_steps=8)
     with pytest.raises(ValueError, match="power of 2"):
-        with_sample_steps(ShortcutProcess(4, max_steps=8), 16)
+        ShortcutProcess(4, max_steps=8).with_steps(16)
     with pytest.raises(ValueError, match="max_steps"):
         ShortcutProcess(4, max_steps=12)
-    assert with_sample_steps(ShortcutProcess(4, max_steps=8), 1).sample_steps == 1
+    assert ShortcutProcess(4, max_steps=8).with_steps(1).sample_steps == 1
 
 
 @pytest.mark.parametrize("network", ["unet", "mlp"])
@@ -91,5 +90,5 @@ def test_shortcut_policy_trains_and_samples_at_1_2_4_steps(network):
     loss.backward()
     assert torch.isfinite(loss)
     for steps in (1, 2, 4):
-        policy.process = with_sample_steps(policy.process, steps)
+        policy.process = policy.process.with_steps(steps)
         assert policy.predict_chunk({"state": torch.rand(3, 2, 6)}).actions.shape == (3, 16, 2)

@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from cadence.policies.networks.unet1d import ConditionalUnet1D
-from cadence.policies.processes.sample_steps import with_sample_steps
 from cadence.policies.processes.streaming import StreamingProcess, chunk_indices, chunk_tops
 
 TP, TO, TA, COND = 20, 2, 8, 6
@@ -118,8 +117,8 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="sample_steps"):
         StreamingProcess(TP, TO, TA, sample_steps=51)
     with pytest.raises(ValueError, match="1 to 50 calls"):
-        with_sample_steps(StreamingProcess(TP, TO, TA), 60)
-    assert with_sample_steps(StreamingProcess(TP, TO, TA), 5).sample_steps == 5
+        StreamingProcess(TP, TO, TA).with_steps(60)
+    assert StreamingProcess(TP, TO, TA).with_steps(5).sample_steps == 5
 
 
 def test_three_chunks_end_each_replan_at_the_band_below():

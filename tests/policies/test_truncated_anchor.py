@@ -7,7 +7,6 @@ from torch import nn
 from cadence.policies.networks.anchor_decoder import AnchorDecoder
 from cadence.policies.processes import KnownActions
 from cadence.policies.processes.focal_loss import sigmoid_focal_loss
-from cadence.policies.processes.sample_steps import with_sample_steps
 from cadence.policies.processes.truncated_anchor import (AnchorError, TruncatedAnchorProcess, nearest_anchor,
                                                          sampling_timesteps)
 
@@ -222,5 +221,5 @@ def test_unfitted_anchors_and_bad_settings_are_refused():
     with pytest.raises(ValueError, match="select"):
         TruncatedAnchorProcess(TP, DA, select="best")
     with pytest.raises(ValueError, match="sample_steps"):
-        with_sample_steps(fitted_process(start_step=2), 4)
-    assert with_sample_steps(fitted_process(), 4).timesteps() == [49, 36, 24, 12]
+        fitted_process(start_step=2).with_steps(4)
+    assert fitted_process().with_steps(4).timesteps() == [49, 36, 24, 12]

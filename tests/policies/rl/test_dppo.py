@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from cadence.policies.processes.sample_steps import with_sample_steps
 from cadence.policies.rl.dppo import LOG_PROB_RANGE, DPPOActor
 from tests.policies.test_policy import make_policy
 
@@ -13,7 +12,7 @@ OBS = {"state": torch.rand(4, 2, 6) * 2 - 1}
 def make_actor(steps=5, ft_steps=None, min_std=0.1):
     policy = make_policy("ddpm", network="mlp", mlp={"width": 32, "n_layers": 1})
     torch.nn.init.normal_(policy.denoiser.out[1].weight, std=0.05)
-    policy.process = with_sample_steps(policy.process, steps)
+    policy.process = policy.process.with_steps(steps)
     return DPPOActor(policy, ft_steps, min_std)
 
 

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from cadence.policies.processes.sample_steps import with_sample_steps
 from cadence.policies.rl.exploration_noise import ExplorationNoise
 from cadence.policies.rl.reinflow import ReinFlowActor
 from tests.policies.test_policy import make_policy
@@ -13,7 +12,7 @@ def make_actor(process="flow", steps=4, schedule="learn", reduce="mean", sigma=(
     policy = make_policy(process, network="mlp", mlp={"width": 32, "n_layers": 1}, shortcut={"max_steps": 8},
                          sample_steps=steps)
     torch.nn.init.normal_(policy.denoiser.out[1].weight, std=0.05)    # a non-trivial velocity field
-    policy.process = with_sample_steps(policy.process, steps)
+    policy.process = policy.process.with_steps(steps)
     noise = ExplorationNoise(policy.encoder.out_dim, 16 * 2, *sigma, schedule=schedule, hidden=16)
     return ReinFlowActor(policy, noise, reduce)
 
