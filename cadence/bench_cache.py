@@ -32,7 +32,6 @@ import logging
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -40,7 +39,7 @@ from cadence.bench_mode import trained
 from cadence.cache import stack_observations
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import interleaved_ms
-from cadence.deploy.calibration import calibration_observations
+from cadence.calibration_data import calibration_observations
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, first_observation
 from cadence.markdown_table import markdown_table

@@ -18,12 +18,12 @@ import torch
 from omegaconf import DictConfig
 
 from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir
-from cadence.deploy.budget import cached_steps, candidates, measure
-from cadence.deploy.calibration import calibration_observations, candidate_steps, reference_steps
+from cadence.deploy.budget import cached_steps, candidate_steps, candidates, measure, reference_steps
+from cadence.calibration_data import calibration_observations
 from cadence.deploy.onnx_export import export_policy_onnx
 from cadence.deploy.runtimes import build_runtime
 from cadence.device import resolve_device
-from cadence.run import usable_kinds
+from cadence.deploy.runtime_selection import usable_kinds
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,7 @@ def schedule_table(schedules: Sequence[CacheSchedule], branches: int) -> str:
 def run(cfg: DictConfig) -> list[CacheSchedule]:
     from cadence.cache_file import write_schedules
     from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-    from cadence.deploy.calibration import calibration_observations
+    from cadence.calibration_data import calibration_observations
     from cadence.device import resolve_device
 
     device = resolve_device(cfg.device)

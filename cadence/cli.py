@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("OpenGL").setLevel(logging.WARNING)   # PyOpenGL's import chatter
     import hydra
 
-    from cadence.config import register
+    from cadence.config_store import register
 
     register()
     module_name, config_name, _ = COMMANDS[command]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from hydra.core.config_store import ConfigStore
 
 
 @dataclass
@@ -449,25 +448,3 @@ class TaskInitApp:
     store: str = "???"                      # an episode store (e.g. written by `cadence import`)
     out: str = "???"                        # the task YAML to write, e.g. my_tasks/task/my_arm.yaml
     overwrite: bool = False
-
-
-def register() -> None:
-    from cadence import bench_config as bench
-
-    cs = ConfigStore.instance()
-    for name, node in {"collect_schema": CollectApp, "train_schema": TrainApp, "eval_schema": EvalApp,
-                       "demo_schema": DemoApp, "run_schema": RunApp, "robot_serve_schema": RobotServeApp,
-                       "robot_check_schema": RobotCheckApp,
-                       "robot_calibrate_schema": RobotCalibrateApp, "record_schema": RecordApp,
-                       "export_schema": ExportApp, "bench_latency_schema": bench.BenchLatencyApp,
-                       "bench_loop_schema": bench.BenchLoopApp, "import_schema": ImportApp,
-                       "task_init_schema": TaskInitApp,
-                       "bench_success_schema": bench.BenchSuccessApp,
-                       "bench_offline_schema": bench.BenchOfflineApp, "bench_mode_schema": bench.BenchModeApp,
-                       "cache_schema": CacheApp, "bench_cache_schema": bench.BenchCacheApp,
-                       "bench_anchor_schema": bench.BenchAnchorApp, "bench_streaming_schema": bench.BenchStreamingApp,
-                       "finetune_schema": FinetuneApp, "bench_finetune_schema": bench.BenchFinetuneApp,
-                       "bench_scale_schema": bench.BenchScaleApp, "bench_eval_schema": bench.BenchEvalApp,
-                       "bench_server_schema": bench.BenchServerApp,
-                       "bench_record_schema": bench.BenchRecordApp}.items():
-        cs.store(name=name, node=node)

@@ -16,16 +16,15 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.deploy import budget as budget_mod
-from cadence.deploy.calibration import calibration_observations, candidate_steps, reference_steps
+from cadence.calibration_data import calibration_observations
 from cadence.deploy.control_loop import ControlLoop, LoopConfig
 from cadence.deploy.inference_worker import InferenceWorker
-from cadence.deploy.runtimes import available_runtime_kinds, build_runtime
+from cadence.deploy.runtime_selection import select_runtime
 from cadence.deploy.tick_log import TickLog
 from cadence.errors import CadenceError
 from cadence.hardware.robot import RobotError
@@ -52,24 +51,14 @@ def check_compatible(spec, meta: dict, obs_keys, rate_hz: float) -> None:
         raise RobotError(f"robot action shape {tuple(spec.action.shape)} != the policy's ({meta['action_dim']},)")
 
 
-def usable_kinds(requested) -> list[str]:
-    """The requested runtime kinds this machine can run (``auto``: all of them)."""
-    available = available_runtime_kinds()
-    if "auto" in requested:
-        return available
-    skipped = [k for k in requested if k not in available]
-    if skipped:
-        log.warning("runtimes %s cannot run here (available: %s); skipping them", skipped, available)
-    return [k for k in requested if k in available]
-
-
 def current_export(policy, ckpt: Path, meta: dict, train_cfg) -> Path:
     """``RUN/export-onnx`` for this checkpoint: exported now unless it records these very weights
     (the SHA-256 of model.safetensors; an export of other weights, or one without the hash, is
     replaced)."""
     from cadence.cache_file import weights_sha256
     from cadence.deploy.exported_policy import read_spec
-    from cadence.deploy.onnx_export import export_control, export_policy_onnx
+    from cadence.deploy.onnx_export import export_policy_onnx
+    from cadence.export import export_control
     export_dir, digest = ckpt.parent / "export-onnx", weights_sha256(ckpt)
     try:
         if read_spec(export_dir)["source"].get("weights_sha256") == digest:
@@ -79,32 +68,6 @@ def current_export(policy, ckpt: Path, meta: dict, train_cfg) -> Path:
     export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"],
                        weights_sha256=digest, control=export_control(train_cfg))
     return export_dir
-
-
-def select_runtime(policy, cfg: DictConfig, budget_cfg, budget_ms: float, ckpt: Path, device: str,
-                   meta: dict, threads: int | None = None, progress: bool = True):
-    """Measure the candidates and return (chosen runtime, chosen measurement, all measurements).
-    ``threads``: the CPU threads inference will have in deployment (measured under the same)."""
-    if threads:
-        torch.set_num_threads(threads)
-    observations = calibration_observations(cfg, budget_cfg.calibration)
-    rng = np.random.default_rng(0)
-    noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32)
-              for _ in observations]
-    kinds = usable_kinds(budget_cfg.runtimes)
-    export_dir = current_export(policy, ckpt, meta, cfg) if any(k.startswith("onnx") for k in kinds) else None
-    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
-                                    block_cache=c.cache != "none")
-    reference = build_runtime("torch-eager", policy, export_dir,
-                              reference_steps(policy.process, budget_cfg.reference_steps), device, block_cache=False)
-    candidates = budget_mod.candidates(kinds, candidate_steps(policy.process, budget_cfg.steps),
-                                       budget_mod.cached_steps(policy))
-    max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
-    measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
-                                  calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,
-                                  max_error=max_error)
-    chosen = budget_mod.choose(measured, budget_ms)
-    return build(chosen.candidate), chosen, measured
 
 
 class RunFailed(CadenceError):
@@ -141,8 +104,9 @@ def _run(cfg: DictConfig) -> dict:
         check_compatible(robot.spec, meta, obs_keys, rate)
         LoopConfig(rate, exec_horizon, cfg.control.blend, max_robot_errors=cfg.control.max_robot_errors)  # fail early
         budget_ms = float(cfg.budget.inference_ms or 1e3 / rate)
-        runtime, chosen, measured = select_runtime(policy, train_cfg, cfg.budget, budget_ms, ckpt, cfg.device,
-                                                   meta, threads=cfg.control.threads)
+        runtime, chosen, measured = select_runtime(
+            policy, cfg.budget, budget_ms, calibration_observations(train_cfg, cfg.budget.calibration),
+            lambda: current_export(policy, ckpt, meta, train_cfg), cfg.device, threads=cfg.control.threads)
         print(budget_mod.format_table(measured, chosen))
         out.mkdir(parents=True, exist_ok=True)
         (out / "budget.json").write_text(json.dumps({"budget_ms": budget_ms, "chosen": chosen.to_json(),

@@ -1,6 +1,7 @@
 """Choose the inference configuration at start-up: the most accurate one that fits the budget.
 
-Each candidate (a runtime kind and a number of sampling steps) is built, warmed up and timed
+Each candidate (a runtime kind and a number of sampling steps: the process's ``budget_steps``
+it can sample with, plus its own setting) is built, warmed up and timed
 on calibration observations at batch 1; its accuracy is the mean absolute action error, in
 task units, against the full-quality reference configuration on the same observations with
 the same start noise (a stateful policy is reset first, so each comparison starts an episode).
@@ -42,6 +43,18 @@ def cached_steps(policy) -> dict[int, str]:
     """Sampling step counts the policy's block cache has schedules for -> their method."""
     cache = getattr(getattr(policy, "denoiser", None), "branch_cache", None)
     return {s.sample_steps: s.method for s in getattr(cache, "schedules", [])}
+
+
+def candidate_steps(process, steps: list | None) -> list[int]:
+    """Sampling steps to try, most first: the given ones, or the process's ``budget_steps`` plus
+    its own setting; only counts it can sample with (``process.check_steps``)."""
+    chosen = {int(s) for s in steps} if steps else {*process.budget_steps, int(process.sample_steps)}
+    return sorted((s for s in chosen if process.allows_steps(s)), reverse=True)
+
+
+def reference_steps(process, steps: int | None) -> int:
+    """The setting the budget's action error is measured against: ``steps``, or the process's own."""
+    return int(steps) if steps else int(process.reference_steps())
 
 
 def candidates(kinds: Sequence[str], steps: Sequence[int], cached: Mapping[int, str] | None = None) -> list[Candidate]:

@@ -40,8 +40,6 @@ import torch
 from cadence.policies.policy import Policy
 from torch import nn
 
-from cadence.cache_file import weights_sha256
-from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.datasets.window_dataset import is_image_shape
 
 from .exported_policy import (
@@ -252,19 +250,3 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
     tmp.replace(out / SPEC_FILE)
     return out
-
-
-def export_control(train_cfg) -> dict | None:
-    """``policy.json``'s ``control``: the rate a policy was trained at and its execution horizon."""
-    fps = train_cfg.task.get("fps")
-    return {"fps": float(fps), "exec_horizon": int(train_cfg.policy.exec_horizon)} if fps else None
-
-
-def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
-                echo: Callable[[str], None] | None = print) -> Path:
-    """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``."""
-    ckpt = resolve_checkpoint_dir(checkpoint)
-    policy, cfg, meta = load_policy(ckpt, device="cpu")
-    return export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"],
-                              step=meta.get("step"), weights_sha256=weights_sha256(ckpt), opset=opset,
-                              control=export_control(cfg), echo=echo)

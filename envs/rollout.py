@@ -5,7 +5,7 @@ All episodes (one per seed) run in lockstep in a gymnasium vector environment: a
 :class:`~gymnasium.vector.AsyncVectorEnv` with one worker process per episode (the simulators
 step in parallel; the policy still sees one batch). At each replan the policy sees, for every env whose episode is still running, the last
 ``obs_horizon`` observations (padded at the episode start by repeating the reset observation)
-and returns an :class:`~cadence.action_chunk.ActionChunk`; ``exec_horizon`` actions of it are
+and returns an :class:`~cadence.policies.action_chunk.ActionChunk`; ``exec_horizon`` actions of it are
 executed, one per env step, then the policy is asked again.
 
 Gymnasium 1.x vector envs reset a finished sub-env on the *next* step, so a ``done`` mask is

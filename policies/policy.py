@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import TASK_ID_KEY
 

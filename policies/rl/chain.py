@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

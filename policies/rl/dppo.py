@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 
 from ..processes.ddim import ddim_step
 from ..processes.ddpm import DDPMProcess

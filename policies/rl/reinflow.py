@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 
 from ..processes.rectified_flow import euler_integrate
 from .chain import ChainSample, gaussian_entropy, gaussian_log_prob

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from cadence.checkpoint import load_policy, save_checkpoint
 from cadence.config import TrainApp
 from cadence.deploy.exported_policy import load_exported
-from cadence.deploy.onnx_export import export_onnx
+from cadence.export import export_onnx
 from cadence.errors import CadenceError
 
 from ..deploy.onnx_cases import make_policy, obs_shapes, policy_config

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 from cadence.datasets.episode_store import EpisodeStore
 from cadence.datasets.window_dataset import WindowDataset
 from cadence.offline_eval import offline_validate, write_offline

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from cadence.config import TaskConfig
 from cadence.datasets.episode_store import EpisodeStore
-from cadence.deploy.calibration import calibration_observations
+from cadence.calibration_data import calibration_observations
 from cadence.envs.demonstrations import expert_episodes
 from cadence.evaluate import make_env
 from cadence.task_suite import is_suite, member_tasks

@@ -175,7 +175,7 @@ def test_read_shared_pusht_store_in_place():
     lengths = store.episode_lengths()
     assert len(lengths) == 206 and lengths.sum() == 25650
     assert lengths.min() >= 49 and lengths.max() <= 246
-    assert lengths.min() == 49 and lengths.max() == 246      # as documented in the README
+    assert lengths.min() == 49 and lengths.max() == 246      # the shared PushT store's shortest and longest episodes
 
     # independent read with plain zarr
     raw = zarr.open(str(PUSHT), mode="r")

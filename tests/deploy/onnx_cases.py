@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from cadence.datasets.normalizer import Normalizer
-from cadence.deploy.onnx_export import export_onnx, export_policy_onnx
+from cadence.deploy.onnx_export import export_policy_onnx
+from cadence.export import export_onnx
 from cadence.policies.factory import build_policy
 from cadence.policies.policy import Policy
 from omegaconf import OmegaConf

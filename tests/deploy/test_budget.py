@@ -47,7 +47,7 @@ def test_anchor_step_candidates_stay_within_the_truncated_schedule():
     from omegaconf import OmegaConf
 
     from cadence.config import PolicyConfig
-    from cadence.deploy.calibration import candidate_steps, reference_steps
+    from cadence.deploy.budget import candidate_steps, reference_steps
     from cadence.policies.factory import build_process
 
     cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),
@@ -62,7 +62,7 @@ def test_streaming_candidates_are_calls_per_replan_within_a_band():
     from omegaconf import OmegaConf
 
     from cadence.config import PolicyConfig
-    from cadence.deploy.calibration import candidate_steps, reference_steps
+    from cadence.deploy.budget import candidate_steps, reference_steps
     from cadence.policies.factory import build_process
 
     cfg = OmegaConf.merge(OmegaConf.structured(PolicyConfig),

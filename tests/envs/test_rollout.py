@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cadence.envs  # noqa: F401
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 from cadence.envs.bimodal_reach import OBSTACLE_RADIUS, AGENT_RADIUS
 from cadence.envs.bimodal_reach_expert import SERVO_LAG, SIDE_X, TURN_Y
 from cadence.envs.rollout import RolloutResult, rollout, vector_env

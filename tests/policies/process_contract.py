@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from cadence.datasets.normalizer import Normalizer
-from cadence.deploy.calibration import candidate_steps, reference_steps
+from cadence.deploy.budget import candidate_steps, reference_steps
 from cadence.deploy.exported_policy import load_exported
 from cadence.deploy.onnx_export import export_policy_onnx
 from cadence.policies.factory import build_policy

@@ -3,7 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cadence.action_chunk import ActionChunk
+from cadence.policies.action_chunk import ActionChunk
 from cadence.config import PolicyConfig
 from cadence.datasets.normalizer import Normalizer
 from cadence.policies.factory import build_policy

@@ -1,7 +1,7 @@
-"""Observations to calibrate on (budget selection, latency benchmarks) and the step candidates.
+"""Observations to calibrate on (latency budgets, latency benchmarks, block-cache calibration).
 
-Calibration observations are observation windows drawn from the training data when its store
-is on disk (they cover the whole task), else the first observations of seeded episodes.
+They are observation windows drawn from the training data when its store is on disk (they
+cover the whole task), else the first observations of seeded episodes.
 """
 from __future__ import annotations
 
@@ -12,18 +12,6 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-
-
-def candidate_steps(process, steps: list | None) -> list[int]:
-    """Sampling steps to try, most first: the given ones, or the process's ``budget_steps`` plus
-    its own setting; only counts it can sample with (``process.check_steps``)."""
-    chosen = {int(s) for s in steps} if steps else {*process.budget_steps, int(process.sample_steps)}
-    return sorted((s for s in chosen if process.allows_steps(s)), reverse=True)
-
-
-def reference_steps(process, steps: int | None) -> int:
-    """The setting the budget's action error is measured against: ``steps``, or the process's own."""
-    return int(steps) if steps else int(process.reference_steps())
 
 
 def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -1,0 +1,55 @@
+"""Pick the runtime a robot runs on: every usable runtime kind x sampling step count measured on
+calibration observations, the most accurate one within the latency budget chosen (``budget.py``)."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import budget as budget_mod
+from .runtimes import available_runtime_kinds, build_runtime
+
+log = logging.getLogger(__name__)
+
+
+def usable_kinds(requested) -> list[str]:
+    """The requested runtime kinds this machine can run (``auto``: all of them)."""
+    available = available_runtime_kinds()
+    if "auto" in requested:
+        return available
+    skipped = [k for k in requested if k not in available]
+    if skipped:
+        log.warning("runtimes %s cannot run here (available: %s); skipping them", skipped, available)
+    return [k for k in requested if k in available]
+
+
+def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[dict],
+                   export: Callable[[], Path], device: str, threads: int | None = None, progress: bool = True):
+    """Measure the candidates and return (chosen runtime, chosen measurement, all measurements).
+    ``budget_cfg``: the ``budget`` config group; ``observations``: calibration windows (each key
+    (1, To, ...)); ``export()``: the ONNX export folder of these weights, called only when an ONNX
+    runtime is a candidate; ``threads``: the CPU threads inference will have in deployment
+    (measured under the same)."""
+    if threads:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32)
+              for _ in observations]
+    kinds = usable_kinds(budget_cfg.runtimes)
+    export_dir = export() if any(k.startswith("onnx") for k in kinds) else None
+    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
+                                    block_cache=c.cache != "none")
+    reference = build_runtime("torch-eager", policy, export_dir,
+                              budget_mod.reference_steps(policy.process, budget_cfg.reference_steps), device,
+                              block_cache=False)
+    candidates = budget_mod.candidates(kinds, budget_mod.candidate_steps(policy.process, budget_cfg.steps),
+                                       budget_mod.cached_steps(policy))
+    max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
+    measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
+                                  calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,
+                                  max_error=max_error)
+    chosen = budget_mod.choose(measured, budget_ms)
+    return build(chosen.candidate), chosen, measured
