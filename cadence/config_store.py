@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from cadence import bench_config as bench
+from cadence.bench import config as bench
 from cadence.config import (
     CacheApp,
     CollectApp,

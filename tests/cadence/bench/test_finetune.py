@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from cadence.bench_finetune import summarize, verdict
-from cadence.bench_config import FinetuneMethod
+from cadence.bench.finetune import summarize, verdict
+from cadence.bench.config import FinetuneMethod
 
-from .test_bench_anchor import _list
-from .test_cli import cadence
+from .test_anchor import _list
+from ..test_cli import cadence
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.collect import collect_missing
-from cadence.bench_config import BenchSuccessEntry
+from cadence.bench.config import BenchSuccessEntry
 from cadence.datasets.window_dataset import is_image_shape
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, set_sample_steps

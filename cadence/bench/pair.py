@@ -8,7 +8,6 @@ row: speedup in ms per chunk and success difference.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from cadence.bench_mode import trained
+from cadence.bench.common import trained
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import interleaved_ms
 from cadence.evaluate import evaluate_policy, first_observation
@@ -105,9 +104,3 @@ def mode_text(summary: dict) -> str:
     if summary.get("n_success", 0) and not counts.get("left", 0) + counts.get("right", 0):
         return "-"                      # successes, none of them left or right: the task has no such modes
     return f"{counts.get('left', 0)} / {counts.get('right', 0)}"
-
-
-def write_results(out_dir: Path, result: dict, text: str) -> None:
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "results.md").write_text(text + "\n")
-    print("\n" + text + f"\n\nresults: {out_dir / 'results.json'}")

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from cadence.bench_pair import (RowSpec, compare, footer, load_trained, measure_rows, mode_text, result_header, variant,
-                                write_results)
+from cadence.bench.common import write_results
+from cadence.bench.pair import RowSpec, compare, footer, load_trained, measure_rows, mode_text, result_header, variant
 from cadence.device import resolve_device
 from cadence.markdown_table import markdown_table
 from cadence.policies.processes.truncated_anchor import nearest_anchor

@@ -86,7 +86,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def import_throughput(cfg: DictConfig, work: Path) -> list[dict]:
-    from cadence.bench_datasets import write_lerobot_v21, write_robomimic
+    from cadence.bench.datasets import write_lerobot_v21, write_robomimic
     from cadence.datasets.lerobot_import import import_lerobot
     from cadence.datasets.robomimic_import import import_robomimic
 

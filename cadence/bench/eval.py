@@ -19,9 +19,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cadence import distributed
-from cadence.bench_pair import write_results
+from cadence.bench.common import write_results
 from cadence.checkpoint import resolve_checkpoint_dir
-from cadence.bench_config import EvalSetup
+from cadence.bench.config import EvalSetup
 from cadence.markdown_table import markdown_table
 
 COLUMNS = ("setup", "processes", "async envs", "episodes / wave", "waves", "rollout s", "episodes / s", "speedup",

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from cadence import distributed
-from cadence.bench_pair import write_results
+from cadence.bench.common import write_results
 from cadence.collect import collect_missing
 from cadence.device import resolve_device
 from cadence.markdown_table import markdown_table

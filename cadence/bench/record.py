@@ -16,8 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cadence.bench_config import BenchSuccessEntry
-from cadence.bench_success import bench_entry
+from cadence.bench.config import BenchSuccessEntry
+from cadence.bench.success import bench_entry
 from cadence.collect import collect
 from cadence.datasets.episode_store import EpisodeStore
 from cadence.markdown_table import markdown_table

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from .test_cli import cadence
+from ..test_cli import cadence
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from .test_bench_anchor import _list
-from .test_cli import cadence
+from .test_anchor import _list
+from ..test_cli import cadence
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-from cadence.collect import collect_missing
+from cadence.bench.common import trained
+from cadence.checkpoint import load_policy
 from cadence.deploy.budget import time_calls
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, first_observation
@@ -52,16 +52,6 @@ def train_configs(cfg: DictConfig, out_dir: Path) -> dict[str, DictConfig]:
     dense = hydra.compose(config_name="train", overrides=[
         "policy=transformer", *common, f"policy.transformer.ffn_mult={dense_mult}", f"run_dir={out_dir / 'dense'}"])
     return {"dense": dense, "mode": mode}
-
-
-def trained(name: str, tcfg: DictConfig, checkpoint: str | None, cfg: DictConfig, progress: bool) -> Path:
-    if checkpoint:
-        return resolve_checkpoint_dir(checkpoint)
-    from cadence.train import train
-
-    collect_missing(tcfg.task, cfg.collect, progress=progress)
-    log.info("training %s (%d steps)", name, tcfg.train.steps)
-    return train(tcfg, Path(tcfg.run_dir), progress=progress)
 
 
 def call_cost(policy, obs: dict, calls: int) -> dict:

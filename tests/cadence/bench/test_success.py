@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from .test_cli import TINY_POLICY, TINY_TRAIN, cadence
+from ..test_cli import TINY_POLICY, TINY_TRAIN, cadence
 
 pytestmark = pytest.mark.timeout(600)
 

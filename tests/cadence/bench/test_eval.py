@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from .test_cli import cadence
-from .test_distributed_train import TINY
+from ..test_cli import cadence
+from ..test_distributed_train import TINY
 
 pytestmark = pytest.mark.timeout(600)
 

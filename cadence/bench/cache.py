@@ -35,7 +35,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from cadence.bench_mode import trained
+from cadence.bench.common import trained
 from cadence.cache import stack_observations
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import interleaved_ms

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cadence.bench_offline import spearman
+from cadence.bench.offline import spearman
 from cadence.cli import main
 
 

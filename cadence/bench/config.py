@@ -56,9 +56,22 @@ class BenchRecordApp:
 
 
 @dataclass
-class BenchModeApp:
+class TrainingBenchApp:
+    """Fields shared by the benchmarks that train their policies (or reuse trained runs), evaluate
+    them and time them."""
     task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
-    steps: int = 1000                        # training steps of each policy
+    steps: int = 1500                        # training steps of each policy
+    batch_size: int = 256
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=100, video_episodes=0, latency_calls=0))
+    timing_calls: int = 30                   # batch-1 chunks timed per row (median), rows interleaved
+    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
+    threads: int = 0                         # torch CPU threads for training; 0: default
+    device: str = "auto"
+
+
+@dataclass
+class BenchModeApp(TrainingBenchApp):
+    steps: int = 1000
     batch_size: int = 128
     experts: int = 8                         # MoDE experts; the dense twin's feed-forward is this many times wider
     top_k: int = 2
@@ -66,18 +79,12 @@ class BenchModeApp:
     dense_checkpoint: Optional[str] = None   # reuse trained runs instead of training
     mode_checkpoint: Optional[str] = None
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(video_episodes=0, latency_calls=0))
-    timing_calls: int = 30                   # batch-1 calls timed per row (median)
-    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
-    threads: int = 0                         # torch CPU threads for training; 0: default
-    device: str = "auto"
     out_dir: str = "runs/bench-mode-${now:%Y%m%d-%H%M%S}"
 
 
 @dataclass
-class BenchCacheApp:
-    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
-    steps: int = 1500                        # training steps of the transformer DDPM policy
-    batch_size: int = 128
+class BenchCacheApp(TrainingBenchApp):
+    batch_size: int = 128                    # steps: of the transformer DDPM policy
     overrides: list = field(default_factory=list)   # more `cadence train` overrides
     checkpoint: Optional[str] = None         # reuse a trained transformer run instead of training
     samplers: list = field(default_factory=lambda: [100, 10])            # sampling steps (100 = the DDPM chain)
@@ -88,27 +95,15 @@ class BenchCacheApp:
     metric: str = "cosine"
     bubbling_blocks: int = 3
     seed: int = 0
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=100, video_episodes=0, latency_calls=0))
-    timing_calls: int = 20                   # batch-1 chunks timed per row (median), rows interleaved
-    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
-    threads: int = 0                         # torch CPU threads for training; 0: default
-    device: str = "auto"
+    timing_calls: int = 20
     out_dir: str = "runs/bench-cache-${now:%Y%m%d-%H%M%S}"
 
 
 @dataclass
-class PairBenchApp:
+class PairBenchApp(TrainingBenchApp):
     """Fields shared by the benchmarks that put a technique's policy beside the diffusion policy."""
-    task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
-    steps: int = 1500                        # training steps of each policy
-    batch_size: int = 256
     diffusion_overrides: list = field(default_factory=list)  # more `cadence train` overrides for the diffusion policy
     diffusion_checkpoint: Optional[str] = None   # reuse a trained run instead of training
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=100, video_episodes=0, latency_calls=0))
-    timing_calls: int = 30                   # batch-1 chunks timed per row (median), rows interleaved
-    collect: CollectConfig = field(default_factory=CollectConfig)   # if the task's store is missing
-    threads: int = 0                         # torch CPU threads for training; 0: default
-    device: str = "auto"
 
 
 @dataclass

@@ -22,10 +22,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cadence.bench_mode import trained
-from cadence.bench_pair import write_results
+from cadence.bench.common import trained, write_results
 from cadence.checkpoint import load_policy
-from cadence.bench_config import FinetuneMethod
+from cadence.bench.config import FinetuneMethod
 from cadence.config import FinetuneApp
 from cadence.device import resolve_device
 from cadence.evaluate import evaluate_policy, set_sample_steps
