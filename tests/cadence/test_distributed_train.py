@@ -95,7 +95,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_step_count(tiny_store, tm
 
 
 def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
-    from .test_bench_anchor import _list
+    from .bench.test_anchor import _list
     from .test_cli import cadence
 
     out = cadence("bench", "scale", f"task.dataset={tiny_store}", "policy_name=regression", "steps=6", "batch_size=16",
