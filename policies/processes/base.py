@@ -261,8 +261,8 @@ def process_class(name: str) -> type:
     if name not in REGISTRY:
         _import_plugins()
     if name not in REGISTRY:
-        raise UnknownProcessError(f"policy.process must be one of {sorted(REGISTRY)}, got {name!r} (a process of your own: "
-                         "`cadence --plugin MODULE ...` imports the module that registers it)")
+        raise UnknownProcessError(f"policy.process must be one of {sorted(REGISTRY)}, got {name!r} (a process of "
+                                  "your own: `cadence --plugin MODULE ...` imports the module that registers it)")
     return REGISTRY[name]
 
 
