@@ -52,15 +52,17 @@ USAGE = "usage: cadence <command> [key=value ...] [--plugin MODULE] [--help]\n\n
 
 
 def _reporting_errors(command: str, run):
-    """Refused input (any ``CadenceError``) ends the command with its one-line message (exit 1)
-    instead of a traceback."""
+    """The config's open choices are checked first; refused input (any ``CadenceError``) ends the
+    command with its one-line message (exit 1) instead of a traceback."""
     import functools
 
     from cadence.errors import CadenceError
+    from cadence.open_choices import check_open_choices
 
     @functools.wraps(run)
     def wrapped(cfg):
         try:
+            check_open_choices(cfg)
             return run(cfg)
         except CadenceError as exc:
             print(f"cadence {command}: error: {exc}", file=sys.stderr)

@@ -8,7 +8,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-
+from cadence.choices import (
+    Align,
+    AnchorSelect,
+    Attention,
+    Blend,
+    CacheMethod,
+    CacheMetric,
+    EDMSampler,
+    ExportFormat,
+    ImageEncoder,
+    ImportFormat,
+    LogProbReduce,
+    MissingVideos,
+    Network,
+    NoiseSchedule,
+    Normalization,
+    Precision,
+    TrackingMode,
+    VideoFormat,
+)
 
 @dataclass
 class TaskConfig:
@@ -33,7 +52,7 @@ class TransformerConfig:
     n_layers: int = 4
     n_heads: int = 4
     cond_tokens: int = 2             # observation tokens made from the encoded observation
-    attention: str = "full"          # full | causal
+    attention: Attention = Attention.full   # full | causal
     cross_attention: bool = False    # observation tokens as cross-attention memory instead of in the sequence
     ffn_mult: int = 4                # feed-forward (and each expert's) hidden size = ffn_mult * d_model
     dropout: float = 0.0
@@ -49,7 +68,7 @@ class EDMConfig:
     sigma_min: float = 1e-3
     sigma_max: float = 80.0
     sigma_data: float = 0.5
-    sampler: str = "ddim"            # ddim (DPM-Solver-1) | euler
+    sampler: EDMSampler = EDMSampler.ddim   # ddim (DPM-Solver-1) | euler
 
 
 @dataclass
@@ -59,7 +78,7 @@ class AnchorConfig:
     train_steps: int = 1000          # timesteps of the cosine schedule the truncation is taken from
     trunc_steps: int = 50            # training timesteps drawn from [0, trunc_steps) of train_steps (noise std <= 0.09)
     start_step: Optional[int] = None # timestep the anchors are noised to for sampling; default trunc_steps - 1
-    select: str = "argmax"           # argmax: most confident mode | sample: drawn from softmax(logits / temperature)
+    select: AnchorSelect = AnchorSelect.argmax   # argmax: most confident mode | sample: drawn from softmax(logits / temperature)
     temperature: float = 1.0
     cls_weight: float = 10.0         # focal loss on the nearest anchor's confidence
     reg_weight: float = 8.0          # L1 on the nearest anchor's refined chunk
@@ -98,21 +117,21 @@ class ShortcutConfig:
 class PolicyConfig:
     name: str = "diffusion"
     process: str = "ddpm"            # ddpm | flow | shortcut | edm | regression | anchor | streaming
-    network: str = "unet"            # unet | transformer | mlp | anchor_decoder (process=anchor)
+    network: Network = Network.unet  # unet | transformer | mlp | anchor_decoder (process=anchor)
     obs_horizon: int = 2             # To
     pred_horizon: int = 16           # Tp
     exec_horizon: int = 8            # Ta
     diffusion_steps: int = 100       # DDPM training steps (cosine schedule)
     sample_steps: int = 10           # DDIM or Euler steps at inference
     clip_sample: bool = True
-    normalizer: str = "limits"       # limits | gaussian
+    normalizer: Normalization = Normalization.limits   # limits | gaussian
     down_dims: list = field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = 5
     n_groups: int = 8
     level_embed_dim: int = 64
     obs_feature_dim: int = 128
     image_feature_dim: int = 64
-    image_encoder: str = "conv"      # conv (small, fast) | resnet18 (GroupNorm, spatial softmax)
+    image_encoder: ImageEncoder = ImageEncoder.conv   # conv (small, fast) | resnet18 (GroupNorm, spatial softmax)
     crop: float = 1.0                # resnet18: side fraction kept (random crop in training, centre at inference)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
@@ -138,7 +157,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                 # torch CPU threads; 0 leaves torch's default
     device: str = "auto"             # auto | cpu | cuda
-    precision: str = "fp32"          # fp32 | bf16: autocast forward and loss (weights, optimizer, EMA stay fp32)
+    precision: Precision = Precision.fp32   # fp32 | bf16: autocast forward and loss (weights, optimizer, EMA stay fp32)
 
 
 @dataclass
@@ -147,7 +166,7 @@ class EvalConfig:
     seed: int = 100_000              # evaluation seeds are seed, seed + 1, ...
     sample_steps: Optional[int] = None   # override the policy's sampling steps
     video_episodes: int = 4          # 0: no video
-    video_format: str = "gif"        # gif | mp4
+    video_format: VideoFormat = VideoFormat.gif   # gif | mp4
     plot: bool = True
     latency_calls: int = 20          # batch-1 predict_chunk calls timed for ms per chunk
     batch_size: int = 0              # episodes run together (one policy batch); 0: all (under torchrun: split over ranks)
@@ -158,7 +177,7 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
-    mode: str = "offline"            # offline | online | none (Weights & Biases; the `tracking` config group)
+    mode: TrackingMode = TrackingMode.offline   # offline | online | none (Weights & Biases; the `tracking` config group)
     project: str = "cadence"
 
 
@@ -244,7 +263,7 @@ class SafetyConfig:
 @dataclass
 class ControlConfig:
     rate_hz: Optional[float] = None         # default task.fps
-    blend: str = "freeze"                   # replace | ensemble | freeze (prefix inpainting)
+    blend: Blend = Blend.freeze             # replace | ensemble | freeze (prefix inpainting)
     ensemble_decay: float = 0.01
     exec_horizon: Optional[int] = None      # default: the policy's
     action_lead_ms: float = 0.0
@@ -344,7 +363,7 @@ class RobotCheckApp:
 @dataclass
 class ExportApp:
     checkpoint: str = "???"
-    format: str = "onnx"
+    format: ExportFormat = ExportFormat.onnx
     out_dir: Optional[str] = None           # default: <checkpoint run>/export-onnx
     opset: int = 18
 
@@ -352,13 +371,13 @@ class ExportApp:
 @dataclass
 class CacheApp:
     checkpoint: str = "???"                  # a run directory or its checkpoint/ folder
-    method: str = "shared"                   # shared (calibrated, one set of steps for all branches) | bac (per
+    method: CacheMethod = CacheMethod.shared # shared (calibrated, one set of steps for all branches) | bac (per
                                              # branch + Bubbling Union, as published) | uniform (evenly spaced steps)
     sample_steps: Optional[list] = None      # samplers to schedule (steps each); default the policy's
     updates: list = field(default_factory=lambda: [10])   # M per entry of sample_steps (one value: for all)
     calibration: int = 64                    # observation windows drawn from the training data
     batch_size: int = 16                     # calibration chunks sampled at once
-    metric: str = "cosine"                   # cosine | l1 | mse: how alike a branch's outputs at two steps are
+    metric: CacheMetric = CacheMetric.cosine # cosine | l1 | mse: how alike a branch's outputs at two steps are
     bubbling_blocks: int = 3                 # most volatile branches given the Bubbling Union (0: none)
     seed: int = 0
     device: str = "auto"
@@ -367,7 +386,7 @@ class CacheApp:
 @dataclass
 class NoiseConfig:
     """ReinFlow's exploration noise sigma(s, t_k), in normalised action units."""
-    schedule: str = "learn"          # fixed | decay | learn | learn_decay
+    schedule: NoiseSchedule = NoiseSchedule.learn   # fixed | decay | learn | learn_decay
     sigma_min: float = 0.10
     sigma_max: float = 0.20
     hidden: int = 64
@@ -400,7 +419,7 @@ class FinetuneConfig:
     critic_lr: float = 1e-3
     grad_clip: float = 1.0
     w2_weight: float = 0.0           # ReinFlow: ||ODE_pretrained(z) - ODE_current(z)||^2 regulariser toward the pretrained flow
-    logprob_reduce: str = "mean"     # ReinFlow: chain log-likelihood per element (mean) or total (sum) in the ratio
+    logprob_reduce: LogProbReduce = LogProbReduce.mean   # ReinFlow: chain log-likelihood per element (mean) or total (sum) in the ratio
     critic_warmup: int = 2           # first iterations train the critic only
     ratio_tolerance: float = 1e-4    # the first minibatch's ratios must be 1 within this (a rescoring bug otherwise)
     eval_every: int = 3              # iterations between evaluations (0: only before and after)
@@ -424,7 +443,7 @@ class FinetuneApp:
 
 @dataclass
 class ImportApp:
-    format: str = "robomimic"               # robomimic | robosuite | lerobot | rosbag (import_data.FORMATS)
+    format: ImportFormat = ImportFormat.robomimic   # robomimic | robosuite | lerobot | rosbag (import_data.FORMATS)
     source: str = "???"                     # an HDF5 file, a LeRobot dataset directory, or a bag / folder of bags
     out: str = "???"                        # the episode store to write
     fps: Optional[float] = None             # default: the format's (robomimic / robosuite: 20; lerobot: info.json's)
@@ -433,14 +452,14 @@ class ImportApp:
     image_size: Optional[list] = None       # [H, W]: resize images while importing (default: as recorded)
     # lerobot
     videos: bool = True                     # decode the video features (false: skip them)
-    missing_videos: str = "error"           # error | skip (drop the episodes whose video is missing, listed)
+    missing_videos: MissingVideos = MissingVideos.error   # error | skip (drop the episodes whose video is missing, listed)
     # robosuite (raw demo.hdf5)
     replay: bool = False                    # regenerate observations by replaying the states in robosuite
     cameras: list = field(default_factory=list)   # with replay: camera images to render (e.g. [agentview])
     # rosbag
     topics: Any = None   # {store key: topic}, e.g. {action: /cmd, state: /joint_states} (Any: a typed dict refuses new keys)
     split: str = "bag"                      # bag: one bag per episode; or a topic whose messages mark episode starts
-    align: str = "last"                     # last | nearest: how each topic is sampled on the task-rate clock
+    align: Align = Align.last               # last | nearest: how each topic is sampled on the task-rate clock
 
 
 @dataclass

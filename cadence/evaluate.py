@@ -162,7 +162,7 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     if eval_cfg.latency_calls > 0:
         summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),
                                        eval_cfg.latency_calls))
-    summary["sample_steps"] = getattr(policy.process, "sample_steps", None)
+    summary["sample_steps"] = policy.process.sample_steps
     cache = getattr(policy.denoiser, "branch_cache", None)
     if cache is not None and getattr(cache, "active", None) is not None:
         summary["block_cache"] = {"method": cache.active.method, "updates": cache.active.budget,

@@ -34,7 +34,6 @@ from cadence.envs.env_pools import EnvPools
 from cadence.envs.task_env import make_env
 from cadence.evaluate import evaluate_policy, format_summary, set_sample_steps
 from cadence.learning_curve import plot_learning_curves
-from cadence.policies.processes.ddpm import DDPMProcess
 from cadence.policies.rl.critic import Critic
 from cadence.policies.rl.dppo import DPPOActor
 from cadence.policies.rl.exploration_noise import ExplorationNoise
@@ -48,10 +47,10 @@ log = logging.getLogger(__name__)
 
 
 def method_of(policy) -> str:
-    if hasattr(policy.process, "velocity"):
-        return "reinflow"
-    if isinstance(policy.process, DDPMProcess):
-        return "dppo"
+    """The RL fine-tuning the policy's process declares (``finetune_method``)."""
+    method = policy.process.finetune_method
+    if method in ("reinflow", "dppo"):
+        return method
     raise CheckpointError(f"cadence finetune takes flow or shortcut policies (ReinFlow) and DDPM policies (DPPO), "
                           f"not {type(policy.process).__name__}")
 
@@ -267,9 +266,8 @@ class Finetuner:
     def run(self) -> Path:
         f, cfg = self.fcfg, self.cfg
         resumed = cfg.resume and self.restore()
-        per_iteration = f.envs * f.rollout_steps * self.policy_exec
         metrics = MetricsLogger(self.run_dir, cfg.tracking.mode, cfg.tracking.project,
-                                OmegaConf.to_container(cfg, resolve=True), name=self.run_dir.name)
+                                OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), name=self.run_dir.name)
         log.info("%s fine-tuning of %s (%s, %d denoising steps): %d envs x %d decisions x %d actions per iteration, "
                  "budget %d environment steps", self.method, self.source, self.train_cfg.policy.name,
                  self.policy.process.sample_steps, f.envs, f.rollout_steps, self.policy_exec, f.env_steps)

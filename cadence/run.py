@@ -141,7 +141,7 @@ def _run(cfg: DictConfig) -> dict:
 def _write_results(cfg, out: Path, ckpt: Path, rate: float, budget_ms: float, delay, chosen, results, tick_log,
                    robot) -> dict:
     timing = tick_log.summary(budget_ms + delay[1] * 1e3, 1 / rate)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     if config["robot"].get("token"):
         config["robot"]["token"] = "<redacted>"          # a secret never reaches a file
     summary = {"checkpoint": str(ckpt), "robot": cfg.robot.driver, "rate_hz": rate, "blend": cfg.control.blend,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from cadence import distributed
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from cadence.checkpoint_checks import read_meta
+from cadence.choices import Precision
 from cadence.datasets.concat_windows import ConcatWindows
 from cadence.datasets.episode_split import default_val_episodes, split_episodes
 from cadence.datasets.episode_store import EpisodeStore, StoreError
@@ -45,7 +46,6 @@ from cadence.tracking import MetricsLogger
 from cadence.untrusted import load_safetensors
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16")
 
 
 def load_windows(task_cfg, obs_horizon: int, pred_horizon: int,
@@ -167,8 +167,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
                          f"number of processes ({ranks.world})")
     per_rank = tcfg.batch_size // ranks.world
     device = ranks.device
-    if tcfg.precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {tcfg.precision!r}")
+    if tcfg.precision not in Precision.__members__:
+        raise ValueError(f"train.precision must be one of {list(Precision.__members__)}, got {tcfg.precision!r}")
     ckpt_dir = run_dir / "checkpoint"
     existing = next((run_dir / n for n in ("checkpoint", "checkpoint.old")
                      if (run_dir / n / "model.safetensors").exists()), None)
@@ -213,7 +213,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: bool, ranks: distributed.Ra
         log.info("batch %d per step = %d process%s x %d", tcfg.batch_size, ranks.world,
                  "es" if ranks.distributed else "", per_rank)
     metrics = MetricsLogger(run_dir, cfg.tracking.mode, cfg.tracking.project,
-                            OmegaConf.to_container(cfg, resolve=True), name=run_dir.name) if ranks.main else None
+                            OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), name=run_dir.name) if ranks.main else None
 
     # Training wall time, periodic evaluations excluded, carried across resumes (meta.json).
     clock = {"start": time.perf_counter(), "eval": 0.0, "before": _previous_train_seconds(existing, cfg.resume)}

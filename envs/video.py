@@ -25,11 +25,14 @@ def _check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+VIDEO_FORMATS = ("gif", "mp4")
+
+
 def check_video_format(suffix: str) -> None:
     """Fail before a rollout, not after it, if frames could not be written as ``suffix``."""
     suffix = suffix.lower() if suffix.startswith(".") else "." + suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"unsupported video format {suffix!r}: use .gif or .mp4")
+    if suffix[1:] not in VIDEO_FORMATS:
+        raise ValueError(f"unsupported video format {suffix!r}: use one of {VIDEO_FORMATS}")
     if suffix == ".mp4":
         try:
             import imageio_ffmpeg  # noqa: F401  (the backend of imageio's ffmpeg plugin)

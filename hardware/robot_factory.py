@@ -36,6 +36,7 @@ class RobotContext:
 def make_robot(robot_cfg, task_cfg, rate_hz: float, held_out: list[int] | None = None, lead_s: float = 0.0):
     """The robot ``robot_cfg.driver`` names, with ``robot_cfg.cameras`` attached."""
     driver = str(robot_cfg.driver)
+    check_class_name(driver)
     ctx = RobotContext(task_cfg, rate_hz, held_out, lead_s)
     if driver in BUILTINS:
         if robot_cfg.options:
@@ -51,12 +52,20 @@ def make_robot(robot_cfg, task_cfg, rate_hz: float, held_out: list[int] | None =
     return robot
 
 
+def check_class_name(name: str, known=None, what: str = "robot.driver") -> None:
+    """``name`` is one of ``known`` (default: the built-in robot drivers) or spelled as an import
+    path ``package.module:ClassName``; nothing is imported (a command checks this when it starts)."""
+    known = sorted({*BUILTINS, *DRIVER_PATHS} if known is None else known)
+    module_name, sep, class_name = name.partition(":")
+    if name not in known and (not sep or not module_name or not class_name.isidentifier()):
+        raise RobotError(f"{what}={name!r}: expected {f'one of {known} or ' if known else ''}an import path "
+                         "package.module:ClassName")
+
+
 def load_class(path: str, what: str = "robot.driver") -> type:
     """``package.module:ClassName`` imported (the current directory on the path, as ``python -m``)."""
-    module_name, sep, class_name = path.partition(":")
-    if not sep or not module_name or not class_name.isidentifier():
-        raise RobotError(f"{what}={path!r}: expected one of {sorted({*BUILTINS, *DRIVER_PATHS})} or "
-                         "an import path package.module:ClassName")
+    check_class_name(path, (), what)
+    module_name, _, class_name = path.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:

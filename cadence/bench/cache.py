@@ -113,7 +113,7 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     ckpt = trained("transformer-ddpm", tcfg, cfg.checkpoint, cfg, progress)
     base, train_cfg, meta = load_policy(ckpt, device, block_cache=False)
     branches = len(branch_keys(base.denoiser))       # refuses a UNet checkpoint by name
-    train_steps = int(getattr(base.process, "train_steps", 100))
+    train_steps = base.process.reference_steps()      # the full DDPM chain
     calib = stack_observations(calibration_observations(train_cfg, cfg.calibration, seed=cfg.seed), device)
     held_out = stack_observations(calibration_observations(train_cfg, cfg.error_observations, seed=cfg.seed + 1),
                                   device)

@@ -3,8 +3,9 @@ the shared pieces (task, evaluation, budget, ...) are in :mod:`cadence.config`."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
+from cadence.choices import Blend, CacheMetric, Precision
 from cadence.config import BudgetConfig, CollectConfig, EvalConfig, FinetuneConfig, TaskConfig
 
 
@@ -92,7 +93,7 @@ class BenchCacheApp(TrainingBenchApp):
     calibration: int = 64                    # BAC calibration windows from the training data
     batch_size_calibration: int = 16
     error_observations: int = 32             # other windows for the action error against uncached
-    metric: str = "cosine"
+    metric: CacheMetric = CacheMetric.cosine
     bubbling_blocks: int = 3
     seed: int = 0
     timing_calls: int = 20
@@ -133,7 +134,7 @@ class BenchLoopApp:
     episodes: int = 50
     seed: int = 100_000
     inject_delay_ms: list = field(default_factory=lambda: [50.0, 150.0])
-    blend: str = "freeze"
+    blend: Blend = Blend.freeze
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     out_dir: str = "runs/bench-loop-${now:%Y%m%d-%H%M%S}"
 
@@ -186,7 +187,7 @@ class BenchScaleApp:
     task: TaskConfig = field(default_factory=TaskConfig)   # task=<a config in configs/task/>
     policy_name: str = "diffusion"           # a config in configs/policy/ (not `policy`: that is a config group)
     processes: list = field(default_factory=lambda: [1, 2])   # torchrun processes per row (1: plain)
-    precisions: list = field(default_factory=lambda: ["fp32"])   # train.precision per row (bf16: autocast)
+    precisions: List[Precision] = field(default_factory=lambda: [Precision.fp32])   # train.precision per row (bf16: autocast)
     threads: int = 0                         # torch threads per process; 0: this machine's cores / processes
     steps: int = 60                          # training steps per row (the first log window is warm-up)
     batch_size: int = 256                    # the global batch, the same in every row

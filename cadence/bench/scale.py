@@ -23,7 +23,6 @@ from cadence.bench.common import write_results
 from cadence.collect import collect_missing
 from cadence.device import resolve_device
 from cadence.markdown_table import markdown_table
-from cadence.train import PRECISIONS
 
 COLUMNS = ("processes", "precision", "threads / process", "global batch", "batch / process", "samples / s",
            "speedup", "final loss", "device")
@@ -51,9 +50,6 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     bad = [n for n in cfg.processes if int(n) < 1 or cfg.batch_size % int(n)]
     if bad:
         raise ValueError(f"processes {bad}: each must be >= 1 and divide batch_size ({cfg.batch_size})")
-    bad = [p for p in cfg.precisions if p not in PRECISIONS]
-    if bad:
-        raise ValueError(f"precisions {bad}: each must be one of {PRECISIONS}")
     device = str(resolve_device(cfg.device))
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     if gpus and max(map(int, cfg.processes)) > gpus:

@@ -138,7 +138,7 @@ def run(cfg: DictConfig) -> dict:
     served = [line for line in log if line.startswith("served ")]
     if server.returncode != 0 or not stopped or not served:
         raise RobotError(f"the robot server did not stop cleanly (exit {server.returncode}); see {out / 'server.log'}")
-    report = {"command": "cadence bench server " + " ".join(sys.argv[1:]), "settings": OmegaConf.to_container(cfg),
+    report = {"command": "cadence bench server " + " ".join(sys.argv[1:]), "settings": OmegaConf.to_container(cfg, enum_to_str=True),
               "server_idle_rss_mb": idle_mb, "scenarios": rows, "server_stop": stopped[-1],
               "server_rejected": int(served[-1].split("rejected ")[1].split()[0])}
     (out / "results.json").write_text(json.dumps(report, indent=2))

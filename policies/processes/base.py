@@ -153,6 +153,8 @@ class ProcessBase:
     network: ClassVar[str | None] = None       # the one policy.network it runs with (None: any chunk denoiser)
     fits_data: ClassVar[bool] = False          # fit_data() runs on the training chunks before training
     extra_cond_dim: int = 0                    # width the process appends to the observation conditioning
+    finetune_method: ClassVar[str | None] = None   # `cadence finetune`: "reinflow" (needs velocity(net, x, t,
+                                                   # cond, steps, step)) | "dppo" (a DDIM chain); None: not fine-tunable
     sample_steps: int
 
     def reset(self) -> None:

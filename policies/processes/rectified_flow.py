@@ -43,6 +43,7 @@ def sample_straight_path(velocity: Callable[[torch.Tensor, float, int], torch.Te
 @register
 class RectifiedFlowProcess(ProcessBase):
     name = "flow"
+    finetune_method = "reinflow"
     budget_steps = (50, 20, 10, 5, 2, 1)
     spec_fields = {"sample_steps": Int("sample_steps"), "level_scale": Number()}
 

@@ -26,6 +26,7 @@ from .rectified_flow import sample_straight_path
 @register
 class ShortcutProcess(ProcessBase):
     name = "shortcut"
+    finetune_method = "reinflow"
     budget_steps = (8, 4, 2, 1)
     spec_fields = {"sample_steps": Int("sample_steps"), "max_steps": Int("sample_steps", low=2),
                    "level_scale": Number()}

@@ -31,7 +31,7 @@ REDUCTIONS = ("mean", "sum")
 class ReinFlowActor(nn.Module):
     def __init__(self, policy, noise: ExplorationNoise, reduce: str = "mean"):
         super().__init__()
-        if not hasattr(policy.process, "velocity"):
+        if policy.process.finetune_method != "reinflow":
             raise ValueError(f"ReinFlow fine-tunes flow policies (policy.process=flow or shortcut), "
                              f"got {type(policy.process).__name__}")
         if reduce not in REDUCTIONS:

@@ -113,7 +113,7 @@ def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
     assert "| processes | precision" in out and result["gpu"] is None
     bad = cadence("bench", "scale", f"task.dataset={tiny_store}", "precisions=[fp16]", "out_dir=c", cwd=tmp_path,
                   check=False)
-    assert bad.returncode == 1 and "precisions ['fp16']" in bad.stderr and not (tmp_path / "c" / "1-processes-fp16").exists()
+    assert bad.returncode == 1 and "Invalid value 'fp16', expected one of [fp32, bf16]" in bad.stderr and not (tmp_path / "c" / "1-processes-fp16").exists()
 
 
 @pytest.mark.parametrize("launcher_override", [[], ["hydra/launcher=submitit_local"]], ids=["basic", "submitit"])

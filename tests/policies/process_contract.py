@@ -33,6 +33,10 @@ def check_members(cls) -> None:
     assert REGISTRY.get(cls.name) is cls, f"process {cls.__name__} is not registered as {cls.name!r}"
     assert cls.budget_steps and all(isinstance(s, int) and s >= 1 for s in cls.budget_steps), \
         f"{cls.__name__}.budget_steps must be positive ints, got {cls.budget_steps!r}"
+    assert cls.finetune_method in (None, "reinflow", "dppo"), \
+        f"{cls.__name__}.finetune_method must be None, 'reinflow' or 'dppo', got {cls.finetune_method!r}"
+    assert cls.finetune_method != "reinflow" or callable(getattr(cls, "velocity", None)), \
+        f"{cls.__name__} declares finetune_method='reinflow' without a velocity(net, x, t, cond, steps, step)"
 
 
 def make_policy(name: str, seed: int = 0, **overrides):

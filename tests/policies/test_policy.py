@@ -50,7 +50,7 @@ def test_transformer_policies_train_and_sample_with_the_expert_cache(experts):
 
 
 def test_unknown_network_is_named():
-    with pytest.raises(ValueError, match="policy.network"):
+    with pytest.raises(ValueError, match="(?s)'lstm', expected one of .*unet.*full_key: network"):
         make_policy("edm", network="lstm")
 
 
