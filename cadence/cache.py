@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from cadence.calibration_data import calibration_observations, stack_observations
 from cadence.markdown_table import markdown_table
 from cadence.policies.caching import CacheSchedule, uniform_schedule
 from cadence.policies.caching.block_cache import branch_keys
@@ -28,11 +28,6 @@ from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.caching.calibration import bac_schedule, branch_statistics, shared_schedule
 
 METHODS = ("bac", "shared", "uniform")
-
-
-def stack_observations(observations: Sequence[Mapping[str, np.ndarray]], device) -> dict[str, torch.Tensor]:
-    """Observation windows (each key (1, To, ...)) -> one batch (N, To, ...)."""
-    return {k: torch.as_tensor(np.concatenate([o[k] for o in observations]), device=device) for k in observations[0]}
 
 
 def budgets(sample_steps: Sequence[int], updates: Sequence[int]) -> list[tuple[int, int]]:
@@ -85,7 +80,6 @@ def schedule_table(schedules: Sequence[CacheSchedule], branches: int) -> str:
 def run(cfg: DictConfig) -> list[CacheSchedule]:
     from cadence.cache_file import write_schedules
     from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-    from cadence.calibration_data import calibration_observations
     from cadence.device import resolve_device
 
     device = resolve_device(cfg.device)

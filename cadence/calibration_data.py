@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,3 +39,8 @@ def calibration_observations(cfg, n: int, seed: int = 0) -> list[dict[str, np.nd
         out.append({k: np.repeat(np.asarray(obs[k])[None, None], policy.obs_horizon, axis=1) for k in task.obs_keys})
     env.close()
     return out
+
+
+def stack_observations(observations: Sequence[Mapping[str, np.ndarray]], device) -> dict[str, torch.Tensor]:
+    """Observation windows (each key (1, To, ...)) -> one batch (N, To, ...)."""
+    return {k: torch.as_tensor(np.concatenate([o[k] for o in observations]), device=device) for k in observations[0]}

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cadence.checkpoint import load_policy
 from cadence.collect import collect
 from cadence.config import TrainApp
-from cadence.evaluate import first_observation, measure_latency
+from cadence.sim_eval import first_observation, measure_latency
 from cadence.markdown_table import markdown_table
 from cadence.train import train
 

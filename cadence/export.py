@@ -9,10 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cadence.cache_file import weights_sha256
-from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir
-
-FORMATS = ("onnx",)
-
+from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 
 def export_control(train_cfg) -> dict | None:
     """``policy.json``'s ``control``: the rate a policy was trained at and its execution horizon."""
@@ -32,8 +29,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
 
 
 def run(cfg: DictConfig) -> Path:
-    if cfg.format not in FORMATS:
-        raise CheckpointError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    """The only format is ONNX; the schema refuses any other (``ExportFormat``)."""
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     out = Path(cfg.out_dir or ckpt.parent / "export-onnx")
     path = export_onnx(ckpt, out, opset=cfg.opset)

@@ -32,7 +32,7 @@ from cadence.device import resolve_device
 from cadence.envs.chunk_env import ChunkVectorEnv
 from cadence.envs.env_pools import EnvPools
 from cadence.envs.task_env import make_env
-from cadence.evaluate import evaluate_policy, format_summary, set_sample_steps
+from cadence.sim_eval import evaluate_policy, format_summary, set_sample_steps
 from cadence.learning_curve import plot_learning_curves
 from cadence.policies.rl.critic import Critic
 from cadence.policies.rl.dppo import DPPOActor
@@ -41,7 +41,7 @@ from cadence.policies.rl.ppo import clipped_surrogate, gae, normalize
 from cadence.policies.rl.reinflow import ReinFlowActor
 from cadence.task_suite import is_suite
 from cadence.tracking import MetricsLogger
-from cadence.train import optimizer_state, restore_optimizer, step_generator
+from cadence.train_state import optimizer_state, restore_optimizer, step_generator
 
 log = logging.getLogger(__name__)
 

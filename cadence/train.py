@@ -17,7 +17,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -29,68 +28,19 @@ from cadence import distributed
 from cadence.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from cadence.checkpoint_checks import read_meta
 from cadence.choices import Precision
-from cadence.datasets.concat_windows import ConcatWindows
-from cadence.datasets.episode_split import default_val_episodes, split_episodes
-from cadence.datasets.episode_store import EpisodeStore, StoreError
-from cadence.datasets.normalizer import Normalizer
-from cadence.datasets.window_dataset import WindowDataset, is_image_shape
 from cadence.ema import EMA
 from cadence.envs.env_pools import EnvPools
-from cadence.evaluate import evaluate_policy, format_summary
+from cadence.sim_eval import evaluate_policy, format_summary
 from cadence.lr_schedule import warmup_cosine
 from cadence.offline_eval import format_offline, offline_validate, write_offline
 from cadence.policies.factory import build_policy
 from cadence.store_task import check_simulator, resolve_task
-from cadence.task_suite import is_suite, member_tasks
 from cadence.tracking import MetricsLogger
+from cadence.train_state import optimizer_state, restore_optimizer, step_generator
+from cadence.training_data import fit_normalizer, held_out_episodes, load_windows
 from cadence.untrusted import load_safetensors
 
 log = logging.getLogger(__name__)
-
-
-def load_windows(task_cfg, obs_horizon: int, pred_horizon: int,
-                 episodes=None) -> WindowDataset | ConcatWindows:
-    """The task's training windows (of ``episodes`` only, if given); a multitask suite's members'
-    windows, concatenated."""
-    members = member_tasks(task_cfg)
-    for member in members:
-        if not Path(member.dataset).exists():
-            raise StoreError(f"{member.dataset}: no episode store here; create it with "
-                             f"`cadence collect task={task_cfg.name}` or set task.dataset=PATH")
-    parts = [WindowDataset.for_task(m, obs_horizon, pred_horizon, episodes=episodes) for m in members]
-    return ConcatWindows(parts, [m.name for m in members]) if is_suite(task_cfg) else parts[0]
-
-
-def held_out_episodes(cfg: DictConfig, resumed: list[int] | None = None) -> tuple[np.ndarray | None, list[int]]:
-    """``(train episodes or None for all, validation episodes)``: ``train.val_episodes`` of the
-    store's episodes drawn by ``train.seed`` (default: 10% without a simulator, none with one).
-    ``resumed``: the episodes a resumed run held out, kept whatever the store or the command
-    line says now (episodes recorded since join the training ones)."""
-    if is_suite(cfg.task):
-        if cfg.train.val_episodes:
-            raise ValueError("train.val_episodes: offline validation of a multitask suite is not supported")
-        return None, []
-    n_episodes = EpisodeStore.open(cfg.task.dataset).n_episodes
-    if resumed is not None:
-        if resumed and max(resumed) >= n_episodes:
-            raise StoreError(f"{cfg.task.dataset}: has {n_episodes} episodes, but the run being resumed held out "
-                             f"episode {max(resumed)}: not the store it was trained on")
-        if cfg.train.val_episodes not in (None, len(resumed)):
-            log.warning("resume: keeping the %d episodes the run held out; ignoring train.val_episodes=%s",
-                        len(resumed), cfg.train.val_episodes)
-        return (np.setdiff1d(np.arange(n_episodes), resumed) if resumed else None), list(resumed)
-    n_val = cfg.train.val_episodes
-    if n_val is None:
-        n_val = default_val_episodes(n_episodes) if cfg.task.env_id is None else 0
-    if n_val == 0:
-        return None, []
-    train, val = split_episodes(n_episodes, n_val, cfg.train.seed)
-    return train, val.tolist()
-
-
-def fit_normalizer(dataset: WindowDataset | ConcatWindows, mode: str) -> Normalizer:
-    keys = [k for k, shape in dataset.obs_shapes.items() if not is_image_shape(shape)] + [dataset.action_key]
-    return Normalizer.from_stats({k: dataset.stats(k) for k in keys}, {k: mode for k in keys})
 
 
 def fit_process(policy, data, seed: int) -> None:
@@ -102,38 +52,6 @@ def fit_process(policy, data, seed: int) -> None:
     chunks = [policy.normalizer.normalize(data.action_key, c.float()) for c in data.action_chunks_by_task()]
     done = policy.process.fit_data(chunks, seed=seed)
     log.info("%s training chunks (%.1f s)", done, time.perf_counter() - started)
-
-
-def step_generator(seed: int, step: int, device: torch.device, stream: int = 0) -> torch.Generator:
-    """The generator of training step ``step``; ``stream`` > 0 gives other ranks their own noise."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed * 1_000_003 + step + stream * 1_000_000_007_000)
-    return gen
-
-
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Optimizer moments as flat tensors (safetensors) plus per-parameter step counts (JSON)."""
-    tensors, steps = {}, {}
-    for i, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            if name == "step":
-                steps[str(i)] = float(value)
-            else:
-                tensors[f"optim.{i}.{name}"] = value
-    return tensors, steps
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, steps: dict) -> None:
-    state = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = value
-    for i, step in steps.items():
-        state.setdefault(int(i), {})["step"] = torch.tensor(step)
-    full = optimizer.state_dict()
-    full["state"] = state
-    optimizer.load_state_dict(full)
 
 
 def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> Path:

@@ -1,5 +1,6 @@
 """The library folders (policies, deploy, hardware, envs, datasets) never import the application
-(the commands, benchmarks and their configs in cadence/), and no module imports itself in a ring."""
+(the commands, benchmarks and their configs in cadence/), commands use one another only through
+their entry functions, and no module imports itself in a ring."""
 import ast
 import tomllib
 from pathlib import Path
@@ -8,6 +9,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("cadence.policies", "cadence.deploy", "cadence.hardware", "cadence.envs", "cadence.datasets")
 # What of cadence/ a library may use: errors and the bounded readers of untrusted files.
 SHARED_CORE = ("cadence.errors", "cadence.untrusted")
+# What one command may use of another: the function that does its whole job. Anything else a
+# command holds that others need belongs in a library module (sim_eval, training_data, ...).
+ENTRY_POINTS = {"cadence.collect": {"collect", "collect_missing"}, "cadence.train": {"train"},
+                "cadence.finetune": {"finetune"}, "cadence.run": {"run"},
+                "cadence.export": {"export_onnx", "export_control"}, "cadence.bench.success": {"bench_entry"}}
+
+
+def _commands() -> set[str]:
+    from cadence.cli import COMMANDS
+    return {module for module, _, _ in COMMANDS.values()}
 
 
 def _modules() -> dict[str, Path]:
@@ -52,6 +63,30 @@ def test_libraries_do_not_import_the_application():
     assert not wrong, "\n".join(wrong)
 
 
+def _names_taken(path: Path, module: str) -> set[str]:
+    """The names ``path`` takes from ``module`` with ``from module import ...`` (``*`` for a plain import)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import) and any(a.name == module for a in node.names):
+            names.add("*")
+    return names
+
+
+def test_commands_use_one_another_only_through_entry_functions():
+    modules, commands = _modules(), _commands()
+    wrong = []
+    for name, path in modules.items():
+        if name == "cadence.cli":
+            continue
+        for command in sorted(commands - {name}):
+            extra = _names_taken(path, command) - ENTRY_POINTS.get(command, set())
+            if extra:
+                wrong.append(f"{path.relative_to(ROOT)} takes {sorted(extra)} from the command {command}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_import_cycles():
     modules = _modules()
     graph = {n: {t for t in _imports(n, p, top_level_only=True) if t in modules and t != n}
@@ -81,3 +116,5 @@ def test_the_check_sees_imports():
     assert "cadence.policies.processes.base" in modules and "cadence.cli" in modules
     assert "cadence.policies.processes.base" in _imports("cadence.policies.processes.ddpm",
                                                          modules["cadence.policies.processes.ddpm"], True)
+    assert {"cadence.train", "cadence.bench.latency"} <= _commands()
+    assert _names_taken(modules["cadence.demo"], "cadence.train") == {"train"}

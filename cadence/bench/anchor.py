@@ -27,7 +27,7 @@ from cadence.bench.pair import RowSpec, compare, footer, load_trained, measure_r
 from cadence.device import resolve_device
 from cadence.markdown_table import markdown_table
 from cadence.policies.processes.truncated_anchor import nearest_anchor
-from cadence.train import load_windows
+from cadence.training_data import load_windows
 
 log = logging.getLogger(__name__)
 

@@ -36,12 +36,12 @@ import torch
 from omegaconf import DictConfig
 
 from cadence.bench.common import trained
-from cadence.cache import stack_observations
+from cadence.calibration_data import stack_observations
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import interleaved_ms
 from cadence.calibration_data import calibration_observations
 from cadence.device import resolve_device
-from cadence.evaluate import evaluate_policy, first_observation
+from cadence.sim_eval import evaluate_policy, first_observation
 from cadence.markdown_table import markdown_table
 from cadence.policies.caching import BlockCache, CacheSchedule, uniform_schedule
 from cadence.policies.caching.block_cache import branch_keys, install

@@ -27,7 +27,7 @@ from cadence.checkpoint import load_policy
 from cadence.bench.config import FinetuneMethod
 from cadence.config import FinetuneApp
 from cadence.device import resolve_device
-from cadence.evaluate import evaluate_policy, set_sample_steps
+from cadence.sim_eval import evaluate_policy, set_sample_steps
 from cadence.finetune import finetune
 from cadence.learning_curve import plot_learning_curves
 from cadence.markdown_table import markdown_table

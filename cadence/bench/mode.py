@@ -29,7 +29,7 @@ from cadence.bench.common import trained
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import time_calls
 from cadence.device import resolve_device
-from cadence.evaluate import evaluate_policy, first_observation
+from cadence.sim_eval import evaluate_policy, first_observation
 from cadence.markdown_table import markdown_table
 from cadence.policies.flops import active_parameters, count_flops, denoiser_flops
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from cadence.bench.common import trained
 from cadence.checkpoint import load_policy
 from cadence.deploy.budget import interleaved_ms
-from cadence.evaluate import evaluate_policy, first_observation
+from cadence.sim_eval import evaluate_policy, first_observation
 
 
 @dataclass

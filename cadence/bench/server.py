@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 from omegaconf import DictConfig, OmegaConf
 
-from cadence.bench.loop import start_server, stop_server
+from cadence.bench.served_robot import start_server, stop_server
 from cadence.hardware.remote_robot import RemoteRobot
 from cadence.hardware.robot import RobotError, RobotTimeout
 from cadence.hardware.wire import encode

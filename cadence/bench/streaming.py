@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from cadence.bench.common import write_results
 from cadence.bench.pair import RowSpec, compare, footer, load_trained, measure_rows, mode_text, result_header, variant
 from cadence.device import resolve_device
-from cadence.evaluate import first_observation
+from cadence.sim_eval import first_observation
 from cadence.markdown_table import markdown_table
 
 COLUMNS = ("policy", "sampler", "calls / replan", "first replan", "ms / replan", "speedup", "success", "vs ref",

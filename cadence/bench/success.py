@@ -22,7 +22,7 @@ from cadence.collect import collect_missing
 from cadence.bench.config import BenchSuccessEntry
 from cadence.datasets.window_dataset import is_image_shape
 from cadence.device import resolve_device
-from cadence.evaluate import evaluate_policy, set_sample_steps
+from cadence.sim_eval import evaluate_policy, set_sample_steps
 from cadence.markdown_table import markdown_table
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from cadence.config import TaskConfig
 from cadence.datasets.episode_store import EpisodeStore
 from cadence.calibration_data import calibration_observations
 from cadence.envs.demonstrations import expert_episodes
-from cadence.evaluate import make_env
+from cadence.envs.task_env import make_env
 from cadence.task_suite import is_suite, member_tasks
 from cadence.train import train
 from tests.conftest import tiny_train_config

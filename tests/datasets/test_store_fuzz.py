@@ -54,7 +54,7 @@ def read_like_training(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     from cadence.config import TaskConfig
-    from cadence.train import fit_normalizer, load_windows
+    from cadence.training_data import fit_normalizer, load_windows
 
     task = OmegaConf.merge(OmegaConf.structured(TaskConfig),
                            {"dataset": str(path), "obs_keys": ["state", "image"], "action_key": "action"})

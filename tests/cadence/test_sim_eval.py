@@ -6,7 +6,7 @@ import torch
 
 from cadence.checkpoint import load_policy
 from cadence.envs.env_pools import EnvPools
-from cadence.evaluate import evaluate_policy, evaluation_waves, set_sample_steps, wave_seed
+from cadence.sim_eval import evaluate_policy, evaluation_waves, set_sample_steps, wave_seed
 from tests.conftest import train_tiny_run
 
 
