@@ -8,8 +8,11 @@ the same start noise (a stateful policy is reset first, so each comparison start
 Block-cached (BAC) candidates are the PyTorch runtimes at each step
 count the checkpoint has a cache schedule for. The chosen candidate is the most accurate one
 whose p99 latency is within the budget and whose action error is finite and within the limit
-(``budget.max_action_error`` of the action range); a candidate that fails to run is refused. If
-none qualifies, :class:`BudgetError` says what each one measured.
+(``budget.max_action_error`` of the action range); candidates as accurate as it to within
+``tie`` (``select_runtime``: :data:`SAME_ACCURACY` of the action range: the same steps on
+runtimes that compute the same thing) count as equal, and the fastest of them is taken. A
+candidate that fails to run is refused. If none qualifies, :class:`BudgetError` says what each
+one measured.
 """
 from __future__ import annotations
 
@@ -156,7 +159,10 @@ def action_range(policy) -> float:
     return float((2.0 / scale.abs().double()).mean())
 
 
-def choose(measurements: Sequence[Measurement], budget_ms: float) -> Measurement:
+SAME_ACCURACY = 1e-3    # action errors closer than this fraction of the action range are equal
+
+
+def choose(measurements: Sequence[Measurement], budget_ms: float, tie: float = 0.0) -> Measurement:
     fitting = [m for m in measurements if m.p99_ms <= budget_ms and m.failure is None]
     if not fitting:
         lines = "\n".join(f"  {m.candidate.label:<28} p99 {m.p99_ms:8.1f} ms"
@@ -165,7 +171,8 @@ def choose(measurements: Sequence[Measurement], budget_ms: float) -> Measurement
                           f"(p99 measured after warm-up) with an accurate action:\n{lines}\nRaise "
                           f"budget.inference_ms, lower the control rate, or add cheaper candidates (budget.steps, "
                           f"budget.runtimes).")
-    return min(fitting, key=lambda m: (m.action_error, m.p99_ms))
+    best = min(m.action_error for m in fitting)
+    return min((m for m in fitting if m.action_error <= best + tie), key=lambda m: (m.p99_ms, m.action_error))
 
 
 def format_table(measurements: Sequence[Measurement], chosen: Measurement | None = None) -> str:

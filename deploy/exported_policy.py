@@ -27,10 +27,14 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                       "denoiser": {"file", "inputs": ["x", "level", "cond"], "outputs": ["out"]}}
                      (anchor: x is (B, K, Tp, Da), outputs ["out", "logits"]: every mode's chunk and
                      confidence; the host noises the anchors, steps and picks the mode)
+                     UNet denoisers add "film_level" (["level"] (S,) -> ["terms"] (S, film_dim)),
+                     "film_cond" (["cond"] -> ["terms"] (B, film_dim)) and "denoiser_film" (["x", "film"]
+                     -> ["out"]): precomputed conditioning, run by load_exported(precond=True)
+    film_dim         (with those graphs) the width of all FiLM outputs side by side
     source           {"checkpoint": path or "", "step": int or null, "weights_sha256" (optional): hash of
                       the model.safetensors exported, which ``cadence run`` checks before reusing it}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
-    export_check     (optional) {"batch", "encoder_max_abs_err", "denoiser_max_abs_err"}
+    export_check     (optional) {"batch", "<graph>_max_abs_err" for each graph}
     control          (optional) {"fps": the rate it was trained at (the store's), "exec_horizon"}: what a
                       control loop runs it at (``cadence run`` takes both from the checkpoint it came from)
 """
@@ -62,11 +66,16 @@ SPEC_FILE = "policy.json"
 ENCODER_FILE, DENOISER_FILE = "encoder.onnx", "denoiser.onnx"
 ENCODER_OUTPUTS = ["cond"]
 DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
+# Precomputed conditioning (UNet denoisers): the FiLM terms of the levels and of cond, and the
+# network taking their sum; all three or none, with the top-level "film_dim".
+PRECOND_GRAPHS = {"film_level": ("film_level.onnx", ["level"], ["terms"]),
+                  "film_cond": ("film_cond.onnx", ["cond"], ["terms"]),
+                  "denoiser_film": ("denoiser_film.onnx", ["x", "film"], None)}   # outputs: the denoiser's
 OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
              "cond_dim", "action_normalizer", "graphs", "source", "versions"}
-_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control"}   # control: {fps, exec_horizon} the policy runs at
+_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control", "film_dim"}   # control: {fps, exec_horizon} the policy runs at
 class ExportFormatError(CadenceError, ValueError):
     """A policy.json (or the graphs beside it) that this version cannot run."""
 
@@ -192,9 +201,19 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
         raise ExportFormatError(f"{where}: 'action_normalizer.scale' has a zero entry")
 
     graphs = spec["graphs"]
-    _keys(where, graphs, "graphs", {"encoder", "denoiser"})
+    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, set(PRECOND_GRAPHS))
     expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS),
                 "denoiser": (DENOISER_INPUTS, list(built.graph_outputs))}
+    precond = set(PRECOND_GRAPHS) & set(graphs)
+    if precond:
+        if precond != set(PRECOND_GRAPHS) or "film_dim" not in spec:
+            raise ExportFormatError(f"{where}: precomputed conditioning needs all of graphs {sorted(PRECOND_GRAPHS)} "
+                                    "and 'film_dim'")
+        _bounded(where, spec["film_dim"], "film_dim", 1, "width")
+        expected.update({name: (inputs, outputs or list(built.graph_outputs))
+                         for name, (_, inputs, outputs) in PRECOND_GRAPHS.items()})
+    elif "film_dim" in spec:
+        raise ExportFormatError(f"{where}: 'film_dim' without the graphs {sorted(PRECOND_GRAPHS)}")
     for name, (inputs, outputs) in expected.items():
         _keys(where, graphs[name], f"graphs.{name}", {"file", "inputs", "outputs"})
         _typed(where, graphs[name]["file"], f"graphs.{name}.file", str)
@@ -282,6 +301,45 @@ class OnnxDenoiser(nn.Module):
         return out[0] if len(out) == 1 else out
 
 
+class OnnxPrecondDenoiser(nn.Module):
+    """The denoiser with precomputed conditioning: :meth:`prepare_sampling` runs ``film_level`` once
+    per schedule, ``film_cond`` runs once per chunk (while the same ``cond`` tensor comes back), and
+    each step runs ``denoiser_film`` on their sum. A level other than the schedule's at that step
+    gets its terms computed on the spot: the same answer, without the saving."""
+
+    def __init__(self, sessions: Mapping[str, Any], outputs: list[str]):
+        super().__init__()
+        self.sessions, self.outputs = dict(sessions), list(outputs)
+        self._levels: np.ndarray | None = None
+        self._level_terms: np.ndarray | None = None
+        self._cond: dict | None = None
+
+    def _terms(self, name: str, feed: str, value: np.ndarray) -> np.ndarray:
+        return self.sessions[name].run(["terms"], {feed: value})[0]
+
+    def prepare_sampling(self, levels) -> bool:
+        levels = np.asarray([float(v) for v in levels], dtype=np.float32)
+        if self._levels is not None and np.array_equal(levels, self._levels):
+            return False
+        self._levels, self._level_terms = levels, self._terms("film_level", "level", levels)
+        return True
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None):
+        level = _numpy(level.expand(x.shape[0]) if level.ndim == 0 else level, np.float32)
+        stored = self._levels is not None and step is not None and 0 <= step < len(self._levels)
+        if stored and np.all(level == self._levels[step]):
+            level_terms = self._level_terms[step: step + 1]
+        else:
+            level_terms = self._terms("film_level", "level", level)
+        cached = self._cond
+        if cached is None or cached["cond"] is not cond or cached["version"] != cond._version:
+            cached = self._cond = {"cond": cond, "version": cond._version,
+                                   "terms": self._terms("film_cond", "cond", _numpy(cond, np.float32))}
+        feeds = {"x": _numpy(x, np.float32), "film": level_terms + cached["terms"]}
+        out = tuple(torch.from_numpy(o).to(x.device) for o in self.sessions["denoiser_film"].run(self.outputs, feeds))
+        return out[0] if len(out) == 1 else out
+
+
 class ExportedPolicy(Policy):
     """A :class:`Policy` whose encoder and denoiser are ONNX Runtime sessions. Inference only."""
 
@@ -306,8 +364,10 @@ class ExportedPolicy(Policy):
         raise NotImplementedError("an ONNX-exported policy is inference-only; train the PyTorch checkpoint")
 
 
-def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None) -> ExportedPolicy:
-    """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op threads."""
+def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
+                  precond: bool = False) -> ExportedPolicy:
+    """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op
+    threads; ``precond``: run the precomputed-conditioning graphs instead of ``denoiser``."""
     export_dir = Path(out_dir)
     spec = read_spec(export_dir)
     To, Tp, Da, cond = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"], spec["cond_dim"]
@@ -317,8 +377,22 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
     shapes = {"encoder": {**{k: [0, To, *o["shape"]] for k, o in spec["obs"].items()}, "cond": [0, cond]},
               "denoiser": {"x": [0, *chunk], "level": [0, *level], "cond": [0, cond + process.extra_cond_dim],
                            "out": [0, *chunk]}}
+    names = ["encoder", "denoiser"]
+    if precond:
+        if "film_dim" not in spec:
+            raise ExportFormatError(f"{export_dir / SPEC_FILE}: no precomputed-conditioning graphs (only UNet "
+                                    "denoisers have them; an export older than them needs `cadence export` again)")
+        film = spec["film_dim"]
+        shapes.update({"film_level": {"level": [0], "terms": [0, film]},
+                       "film_cond": {"cond": shapes["denoiser"]["cond"], "terms": [0, film]},
+                       "denoiser_film": {"x": [0, *chunk], "film": [0, film], "out": [0, *chunk]}})
+        names = ["encoder", *PRECOND_GRAPHS]
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
-                                 ExportFormatError, provider, threads) for name in ("encoder", "denoiser")}
-    used = sessions["denoiser"].get_providers()[0]
+                                 ExportFormatError, provider, threads, spinning=name.startswith("denoiser"))
+                for name in names}   # only the graph run step after step spins (see create_session)
+    used = sessions[names[-1]].get_providers()[0]
+    outputs = spec["graphs"]["denoiser"]["outputs"]
+    denoiser = (OnnxPrecondDenoiser({n: sessions[n] for n in PRECOND_GRAPHS}, outputs) if precond
+                else OnnxDenoiser(sessions["denoiser"], outputs))
     return ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
-                          OnnxDenoiser(sessions["denoiser"], spec["graphs"]["denoiser"]["outputs"]), provider=used)
+                          denoiser, provider=used)

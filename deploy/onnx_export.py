@@ -48,6 +48,7 @@ from .exported_policy import (
     ENCODER_FILE,
     ENCODER_OUTPUTS,
     FORMAT_VERSION,
+    PRECOND_GRAPHS,
     SPEC_FILE,
     process_spec,
     validate_spec,
@@ -76,6 +77,51 @@ class _EncoderGraph(nn.Module):
 
     def forward(self, *obs: torch.Tensor) -> torch.Tensor:
         return self.encoder(dict(zip(self.keys, obs)), self.normalizer)
+
+
+class _LevelTerms(nn.Module):
+    """A UNet's FiLM terms of the levels (S,) -> (S, film_dim)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, level: torch.Tensor) -> torch.Tensor:
+        return self.net.level_terms(level)
+
+
+class _CondTerms(_LevelTerms):
+    """A UNet's FiLM terms of the conditioning (B, Dc) -> (B, film_dim)."""
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.net.cond_terms(cond)
+
+
+class _Modulated(_LevelTerms):
+    """A UNet given its blocks' FiLM outputs: (x (B, Tp, Da), film (B, film_dim)) -> (B, Tp, Da)."""
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        return self.net.modulated(x, film)
+
+
+def _precond_graphs(policy: Policy, process, trace_den: tuple, check_den: dict, check_out: tuple) -> list[tuple]:
+    """The precomputed-conditioning graphs of a UNet denoiser (none for other networks, per-action
+    levels, or a FiLM width past the limits)."""
+    from cadence.untrusted import LIMITS
+
+    net = policy.denoiser
+    if not hasattr(net, "film_dim") or process.level_per_action or net.film_dim > LIMITS["width"]:
+        return []
+    x, level, cond = trace_den
+    check_level = {"level": check_den["level"]}
+    check_cond = {"cond": check_den["cond"]}
+    check_film = {"x": check_den["x"], "film": net.level_terms(check_den["level"]) + net.cond_terms(check_den["cond"])}
+    modules = {"film_level": (_LevelTerms(net), (level,), check_level, (net.level_terms(check_den["level"]),)),
+               "film_cond": (_CondTerms(net), (cond,), check_cond, (net.cond_terms(check_den["cond"]),)),
+               "denoiser_film": (_Modulated(net), (x, net.level_terms(level) + net.cond_terms(cond)), check_film,
+                                 check_out)}
+    return [(name, file, modules[name][0], modules[name][1], inputs, outputs or list(process.graph_outputs),
+             modules[name][2], modules[name][3]) for name, (file, inputs, outputs) in PRECOND_GRAPHS.items()]
 
 
 @contextlib.contextmanager
@@ -203,6 +249,8 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
                (check_cond,)),
               ("denoiser", DENOISER_FILE, policy.denoiser, trace_den, DENOISER_INPUTS, den_outputs, check_den,
                check_out)]
+    with torch.no_grad():
+        graphs += _precond_graphs(policy, process, trace_den, check_den, check_out)
     errors = {}
     for name, file, module, args, inputs, outputs, feeds, reference in graphs:
         start = time.perf_counter()
@@ -228,14 +276,17 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         "action_normalizer": {"mode": policy.normalizer.modes[policy.action_key],
                               "scale": action_scale.tolist(), "offset": action_offset.tolist()},
         "graphs": {"encoder": {"file": ENCODER_FILE, "inputs": keys, "outputs": ENCODER_OUTPUTS},
-                   "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": den_outputs}},
+                   "denoiser": {"file": DENOISER_FILE, "inputs": DENOISER_INPUTS, "outputs": den_outputs},
+                   **{name: {"file": file, "inputs": inputs, "outputs": outputs}
+                      for name, file, _, _, inputs, outputs, _, _ in graphs[2:]}},
         "source": {"checkpoint": str(source), "step": step,
                    **({"weights_sha256": weights_sha256} if weights_sha256 else {})},
         "versions": {"cadence": _version("cadence"), "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxscript": _version("onnxscript"), "opset": opset},
-        "export_check": {"batch": CHECK_BATCH, "encoder_max_abs_err": errors["encoder"],
-                         "denoiser_max_abs_err": errors["denoiser"]},
+        "export_check": {"batch": CHECK_BATCH, **{f"{name}_max_abs_err": err for name, err in errors.items()}},
     }
+    if len(graphs) > 2:
+        spec["film_dim"] = int(policy.denoiser.film_dim)
     if control is not None:
         spec["control"] = {"fps": float(control["fps"]), "exec_horizon": int(control["exec_horizon"])}
     cache = getattr(policy.denoiser, "branch_cache", None)

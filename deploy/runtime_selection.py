@@ -51,5 +51,5 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
                                   calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,
                                   max_error=max_error)
-    chosen = budget_mod.choose(measured, budget_ms)
+    chosen = budget_mod.choose(measured, budget_ms, tie=budget_mod.SAME_ACCURACY * budget_mod.action_range(policy))
     return build(chosen.candidate), chosen, measured

@@ -7,8 +7,12 @@ committed at chunk indices ``start .. start + P - 1``, and returns the whole chu
 All of them run the same host sampling code (:meth:`Policy.predict_chunk`) on a private copy
 of the process, so they differ only in how the encoder and denoiser are evaluated.
 
-Kinds (``build_runtime``): torch-eager, torch-compile, torch-cudagraph, torch-fp16,
-torch-bf16, onnx-cpu, onnx-cuda. Everything but torch-eager and onnx-cpu needs a CUDA GPU.
+Kinds (``build_runtime``): torch-eager, torch-precond (a UNet's conditioning precomputed per
+schedule and chunk, see :mod:`cadence.policies.networks.unet1d`), torch-compile, torch-cudagraph,
+torch-fp16, torch-bf16, onnx-cpu, onnx-cpu-precond (the export's precomputed-conditioning graphs),
+onnx-cuda. On a CPU: torch-eager, torch-precond, onnx-cpu and onnx-cpu-precond always,
+torch-compile where a C++ compiler is present (inductor), torch-bf16 where the CPU has native
+bf16 (AVX512-BF16 or AMX); the other kinds need a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import contextlib
 import copy
 import importlib.util
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -27,7 +32,8 @@ from torch import nn
 from .exported_policy import ExportedPolicy, load_exported
 from .onnx_providers import CUDA, cuda_unavailable_reason
 
-KINDS = ("torch-eager", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu", "onnx-cuda")
+KINDS = ("torch-eager", "torch-precond", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu",
+         "onnx-cpu-precond", "onnx-cuda")
 MODES = ("eager", "compile", "cudagraph")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -120,18 +126,21 @@ def _prepare_inner(inner: nn.Module, levels) -> bool:
 
 
 class _Compiled(nn.Module):
-    """``torch.compile(mode="reduce-overhead")`` of the denoiser (CUDA graphs via cudagraph trees).
-    Outputs of a cudagraph-tree replay are overwritten by the next replay, so they are cloned."""
+    """``torch.compile`` of the denoiser: on CUDA ``mode="reduce-overhead"`` (CUDA graphs via
+    cudagraph trees; a replay's outputs are overwritten by the next, so they are cloned), on the
+    CPU inductor's default C++ kernels."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, cuda: bool):
         super().__init__()
-        self.inner = net
-        self._fn = torch.compile(net.forward, mode="reduce-overhead")
+        self.inner, self.cuda = net, cuda
+        self._fn = torch.compile(net.forward, mode="reduce-overhead" if cuda else None)
 
     def prepare_sampling(self, levels) -> bool:
         return _prepare_inner(self.inner, levels)
 
     def forward(self, x, level, cond, step=None):
+        if not self.cuda:
+            return self._fn(x, level, cond, step=step)
         torch.compiler.cudagraph_mark_step_begin()
         return _each(self._fn(x, level, cond, step=step), torch.clone)
 
@@ -181,6 +190,21 @@ class _CudaGraph(nn.Module):
         return static_in, static_out, graph
 
 
+def cpu_bf16_reason() -> str | None:
+    """Why bf16 cannot run fast on this CPU (None: it can: AVX512-BF16 or AMX through oneDNN)."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if supported is None or not supported():
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would be emulated, slower than fp32"
+    return None
+
+
+def cpu_compile_reason() -> str | None:
+    """Why torch.compile cannot run on this CPU (None: it can: inductor needs a C++ compiler)."""
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (g++ or clang++), none on PATH"
+    return None
+
+
 def _needs_cuda(device: torch.device, what: str) -> None:
     if device.type != "cuda":
         raise ValueError(f"{what} needs a CUDA device (got device={str(device)!r}); on this machine use "
@@ -190,7 +214,9 @@ def _needs_cuda(device: torch.device, what: str) -> None:
 
 
 class TorchRuntime:
-    """The PyTorch policy on ``device``; ``dtype`` float16/bfloat16 and ``mode`` compile/cudagraph need CUDA.
+    """The PyTorch policy on ``device``. float16 and ``mode="cudagraph"`` need CUDA; bfloat16 runs on
+    CUDA or on a CPU with native bf16; ``mode="compile"`` on CUDA or on a CPU with a C++ compiler.
+    ``precompute_conditioning``: a UNet denoiser's FiLM terms computed once per schedule and chunk.
 
     Works on a private deep copy of the policy: the caller's modules, device and process are
     never touched. A block cache (BAC schedules installed by ``load_policy``) comes along unless
@@ -202,7 +228,7 @@ class TorchRuntime:
 
     def __init__(self, policy: Policy, device: str | torch.device = "cpu", sample_steps: int | None = None,
                  dtype: str | torch.dtype = "float32", mode: str = "eager", seed: int | None = None,
-                 block_cache: bool = True):
+                 block_cache: bool = True, precompute_conditioning: bool = False):
         if isinstance(policy, ExportedPolicy):
             raise TypeError("TorchRuntime runs a PyTorch policy; use OnnxRuntime for an ONNX export")
         self.device = torch.device(device)
@@ -218,9 +244,16 @@ class TorchRuntime:
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if self.dtype != torch.float32:
+        cpu = self.device.type == "cpu"
+        if self.dtype == torch.bfloat16 and cpu:
+            if cpu_bf16_reason():
+                raise RuntimeError(f"dtype bf16: {cpu_bf16_reason()}")
+        elif self.dtype != torch.float32:
             _needs_cuda(self.device, f"dtype {_SHORT[self.dtype]}")
-        if mode != "eager":
+        if mode == "compile" and cpu:
+            if cpu_compile_reason():
+                raise RuntimeError(cpu_compile_reason())
+        elif mode != "eager":
             _needs_cuda(self.device, f"mode {mode!r}")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {str(self.device)!r} requested but torch sees no CUDA GPU")
@@ -234,6 +267,12 @@ class TorchRuntime:
         if not block_cache and getattr(private.denoiser, "branch_cache", None) is not None:
             private.denoiser.branch_cache = None        # the policy's block cache (BAC) left out
         private.to(self.device).eval()
+        if precompute_conditioning:
+            if not hasattr(private.denoiser, "precompute_conditioning"):
+                raise ValueError(f"precomputed conditioning needs a UNet denoiser, not {type(private.denoiser).__name__}")
+            if self.dtype != torch.float32:
+                raise ValueError("precomputed conditioning runs in float32 (its terms are computed outside autocast)")
+            private.denoiser.precompute_conditioning = True
         autocast = self._autocast_factory()
         if self.dtype != torch.float32:
             for module in (private.encoder, private.denoiser):
@@ -244,14 +283,14 @@ class TorchRuntime:
             private.encoder = _Encoder(private.encoder, autocast)
             denoiser = _Denoiser(denoiser, autocast)
         if mode == "compile":
-            denoiser = _Compiled(denoiser)
+            denoiser = _Compiled(denoiser, cuda=not cpu)
         elif mode == "cudagraph":
             denoiser = _CudaGraph(denoiser)
         private.denoiser = denoiser
         self.policy = private
         self.sample_steps = int(private.process.sample_steps)
         self.start = private.obs_horizon - 1
-        self.name = f"torch-{mode}-{self.device.type}-{_SHORT[self.dtype]}"
+        self.name = f"torch-{mode}{'-precond' if precompute_conditioning else ''}-{self.device.type}-{_SHORT[self.dtype]}"
         self._generator = _generator(self.device, seed)
 
     def _autocast_factory(self):
@@ -276,13 +315,13 @@ class OnnxRuntime:
     """An ONNX export run by ONNX Runtime; the sampling loop runs on the host (CPU tensors)."""
 
     def __init__(self, export_dir: str | os.PathLike, provider: str = "auto", sample_steps: int | None = None,
-                 threads: int | None = None, seed: int | None = None):
-        self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads)
+                 threads: int | None = None, seed: int | None = None, precond: bool = False):
+        self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads, precond=precond)
         self.policy.process = self.policy.process.with_steps(sample_steps)
         self.provider = self.policy.provider
         self.sample_steps = int(self.policy.process.sample_steps)
         self.start = self.policy.obs_horizon - 1
-        self.name = "onnx-cuda" if self.provider == CUDA else "onnx-cpu"
+        self.name = ("onnx-cuda" if self.provider == CUDA else "onnx-cpu") + ("-precond" if precond else "")
         self._generator = _generator(torch.device("cpu"), seed)
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
@@ -298,14 +337,17 @@ class OnnxRuntime:
 
 def available_runtime_kinds() -> list[str]:
     """The kinds in :data:`KINDS` this machine can run."""
-    kinds = ["torch-eager"]
+    kinds = ["torch-eager", "torch-precond"]
     if torch.cuda.is_available():
         if importlib.util.find_spec("triton") is not None:
             kinds.append("torch-compile")
         kinds += ["torch-cudagraph", "torch-fp16"]
         if torch.cuda.is_bf16_supported():
             kinds.append("torch-bf16")
-    kinds.append("onnx-cpu")
+    else:
+        kinds += [k for k, reason in (("torch-compile", cpu_compile_reason()), ("torch-bf16", cpu_bf16_reason()))
+                  if reason is None]
+    kinds += ["onnx-cpu", "onnx-cpu-precond"]
     if cuda_unavailable_reason() is None:
         kinds.append("onnx-cuda")
     return kinds
@@ -323,12 +365,14 @@ def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.
     if kind.startswith("onnx-"):
         if export_dir is None:
             raise ValueError(f"runtime {kind!r} needs export_dir (an ONNX export; `cadence export` writes one)")
-        return OnnxRuntime(export_dir, provider=kind.removeprefix("onnx-"), sample_steps=sample_steps,
-                           threads=threads, seed=seed)
+        return OnnxRuntime(export_dir, provider=kind.removeprefix("onnx-").removesuffix("-precond"),
+                           sample_steps=sample_steps, threads=threads, seed=seed, precond=kind.endswith("-precond"))
     if policy is None:
         raise ValueError(f"runtime {kind!r} needs a PyTorch policy")
     if device is None:
-        device = "cuda" if kind != "torch-eager" or torch.cuda.is_available() else "cpu"
-    options = {"torch-eager": {}, "torch-compile": {"mode": "compile"}, "torch-cudagraph": {"mode": "cudagraph"},
+        cpu_kinds = ("torch-eager", "torch-precond", "torch-compile", "torch-bf16")
+        device = "cuda" if torch.cuda.is_available() or kind not in cpu_kinds else "cpu"
+    options = {"torch-eager": {}, "torch-precond": {"precompute_conditioning": True},
+               "torch-compile": {"mode": "compile"}, "torch-cudagraph": {"mode": "cudagraph"},
                "torch-fp16": {"dtype": "float16"}, "torch-bf16": {"dtype": "bfloat16"}}[kind]
     return TorchRuntime(policy, device=device, sample_steps=sample_steps, seed=seed, block_cache=block_cache, **options)

@@ -8,9 +8,18 @@ Each residual block modulates its features with a per-channel scale and bias com
 block averages it over the positions its (downsampled) feature map covers, so equal levels
 give exactly the per-sample conditioning.
 The chunk length must be divisible by 2 ** (len(down_dims) - 1).
+
+Precomputed conditioning (``precompute_conditioning = True``, what the ``*-precond`` runtimes set):
+a block's FiLM layer is ``Linear(mish([level embedding, cond]))``, which splits into a level term
+and a cond term. :meth:`prepare_sampling` computes the level terms of every block for the whole
+schedule once; the cond terms are computed at the first step of a chunk and reused while the same
+``cond`` tensor comes back. Each step then adds two stored vectors instead of running the level
+MLP and every FiLM layer: the same result up to float rounding. Per-step levels, training, or a
+level other than the schedule's at that step use the direct path.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import torch
@@ -34,10 +43,13 @@ class FiLMResidualBlock(nn.Module):
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``cond`` (B, F) per sample, or (B, F, T) per time position (pooled to this resolution)."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, modulation: torch.Tensor | None = None) -> torch.Tensor:
+        """``cond`` (B, F) per sample, or (B, F, T) per time position (pooled to this resolution);
+        ``modulation`` (B, 2 C): the FiLM layer's output, precomputed (``cond`` is then unused)."""
         h = self.conv1(x)
-        if cond.ndim == 3:
+        if modulation is not None:
+            scale, bias = modulation[..., None].chunk(2, dim=1)
+        elif cond.ndim == 3:
             if cond.shape[-1] != h.shape[-1]:
                 cond = F.adaptive_avg_pool1d(cond, h.shape[-1])
             scale, bias = self.film(cond.transpose(1, 2)).transpose(1, 2).chunk(2, dim=1)
@@ -71,12 +83,76 @@ class ConditionalUnet1D(nn.Module):
                                           nn.ConvTranspose1d(c_out, c_out, 4, 2, 1)]))
         self.head = nn.Sequential(ConvNormAct(down_dims[0], down_dims[0], kernel_size, n_groups),
                                   nn.Conv1d(down_dims[0], action_dim, 1))
+        self.level_embed_dim = level_embed_dim
+        self.precompute_conditioning = False
+        self._level_terms: dict | None = None       # {"key", "levels", "terms": per block (S, 2 C)}
+        self._cond_terms: dict | None = None        # {"cond", "version", "terms": per block (B, 2 C)}
+
+    def _film_blocks(self) -> list[FiLMResidualBlock]:
+        """The residual blocks in the order forward calls them (down, mid, up)."""
+        return [*(b for res1, res2, _ in self.down for b in (res1, res2)), *self.mid,
+                *(b for res1, res2, _ in self.up for b in (res1, res2))]
+
+    @property
+    def film_dim(self) -> int:
+        """The length of all blocks' FiLM outputs side by side (2 C per block)."""
+        return sum(b.film[1].out_features for b in self._film_blocks())
+
+    def level_terms(self, levels: torch.Tensor) -> torch.Tensor:
+        """(S,) levels -> (S, film_dim): every block's FiLM term of the level, its bias included."""
+        emb, e = F.mish(self.level_embed(levels)), self.level_embed_dim
+        return torch.cat([F.linear(emb, b.film[1].weight[:, :e], b.film[1].bias) for b in self._film_blocks()], -1)
+
+    def cond_terms(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, Dc) observation conditioning -> (B, film_dim): every block's FiLM term of it."""
+        c, e = F.mish(cond), self.level_embed_dim
+        return torch.cat([F.linear(c, b.film[1].weight[:, e:]) for b in self._film_blocks()], -1)
+
+    def _weights_key(self) -> tuple:
+        params = [*self.level_embed.parameters(), *(p for b in self._film_blocks() for p in b.film.parameters())]
+        return tuple((p.data_ptr(), p.dtype, p._version) for p in params)
+
+    @torch.no_grad()
+    def prepare_sampling(self, levels: Sequence[float]) -> bool:
+        """With ``precompute_conditioning``: the level terms of the schedule ``levels`` (the levels
+        at steps 0, 1, ...). Returns whether they were (re)computed."""
+        if not self.precompute_conditioning:
+            self._level_terms = self._cond_terms = None
+            return False
+        key = (tuple(float(v) for v in levels), self._weights_key())
+        if self._level_terms is not None and self._level_terms["key"] == key:
+            return False
+        levels_t = torch.tensor(key[0], device=self.head[-1].weight.device, dtype=torch.float32)
+        self._level_terms = {"key": key, "levels": levels_t, "terms": self.level_terms(levels_t)}
+        self._cond_terms = None
+        return True
+
+    def _precomputed(self, level: torch.Tensor, cond: torch.Tensor, step: int | None) -> torch.Tensor | None:
+        """All blocks' FiLM outputs (B, film_dim) from the stored terms, or None where the direct path runs."""
+        stored = self._level_terms
+        if (stored is None or step is None or self.training or level.ndim > 1 or cond.ndim != 2
+                or not 0 <= step < len(stored["levels"])
+                or not bool((level.to(stored["levels"].dtype) == stored["levels"][step]).all())):
+            return None
+        cached = self._cond_terms
+        if cached is None or cached["cond"] is not cond or cached["version"] != cond._version:
+            cached = self._cond_terms = {"cond": cond, "version": cond._version, "terms": self.cond_terms(cond)}
+        return stored["terms"][step] + cached["terms"]
+
+    def modulated(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """The network with every block's FiLM output given: ``film`` (B, film_dim), as
+        ``level_terms(level) + cond_terms(cond)``; (B, Tp, Da) -> (B, Tp, Da)."""
+        sizes = [b.film[1].out_features for b in self._film_blocks()]
+        return self._body(x, None, iter(film.split(sizes, dim=-1)))
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
                 ) -> torch.Tensor:
         b, tp = x.shape[:2]
         if tp % self.down_factor:
             raise ValueError(f"chunk length {tp} must be divisible by {self.down_factor}")
+        precomputed = self._precomputed(level, cond, step)
+        if precomputed is not None:
+            return self.modulated(x, precomputed)
         if level.ndim == 2:
             if tuple(level.shape) != (b, tp):
                 raise ValueError(f"per-step levels must be (B, Tp) = {(b, tp)}, got {tuple(level.shape)}")
@@ -85,15 +161,19 @@ class ConditionalUnet1D(nn.Module):
             film = torch.cat([self.level_embed(level.expand(b)), cond], dim=-1)
         else:
             raise ValueError(f"level must be (B,) or (B, Tp), got {tuple(level.shape)}")
+        return self._body(x, film, itertools.repeat(None))
+
+    def _body(self, x: torch.Tensor, film: torch.Tensor | None, mods) -> torch.Tensor:
+        """The blocks, each modulated by ``film`` (the FiLM input) or by its precomputed output from ``mods``."""
         h = x.transpose(1, 2)
         skips = []
         for res1, res2, downsample in self.down:
-            h = res2(res1(h, film), film)
+            h = res2(res1(h, film, next(mods)), film, next(mods))
             skips.append(h)
             h = downsample(h)
         for res in self.mid:
-            h = res(h, film)
+            h = res(h, film, next(mods))
         for res1, res2, upsample in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = upsample(res2(res1(h, film), film))
+            h = upsample(res2(res1(h, film, next(mods)), film, next(mods)))
         return self.head(h).transpose(1, 2)

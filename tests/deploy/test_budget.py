@@ -36,6 +36,18 @@ def test_choose_takes_the_most_accurate_that_fits(measured):
         assert choose(measured, between) is by_steps[20]
 
 
+def test_equally_accurate_candidates_go_to_the_fastest(measured):
+    import dataclasses
+
+    by_steps = {m.candidate.sample_steps: m for m in measured}
+    # the reference's twin on another runtime: the same actions to float rounding, a tenth of the time
+    twin = dataclasses.replace(by_steps[100], action_error=by_steps[100].action_error + 1e-7,
+                               p50_ms=by_steps[100].p50_ms / 10, p99_ms=by_steps[100].p99_ms / 10)
+    assert choose([*measured, twin], 1e9) is by_steps[100]                # no tie allowed: the exact one
+    assert choose([*measured, twin], 1e9, tie=1e-4) is twin               # equally accurate: the fastest
+    assert choose(measured, 1e9, tie=1e-4) is by_steps[100]               # fewer steps are not "equal"
+
+
 def test_refuses_when_nothing_fits_and_says_what_was_measured(measured):
     with pytest.raises(BudgetError) as err:
         choose(measured, 1e-3)

@@ -20,20 +20,35 @@ def image(tmp_path_factory):
     return exported("flow_image", tmp_path_factory)
 
 
+def _unet(case) -> bool:
+    return CASES[case.name][1].get("network", "unet") == "unet"
+
+
 def test_files_and_policy_json(case):
-    assert sorted(p.name for p in case.export_dir.iterdir()) == ["denoiser.onnx", "encoder.onnx", "policy.json"]
+    precond = ["denoiser_film.onnx", "film_cond.onnx", "film_level.onnx"] if _unet(case) else []
+    assert sorted(p.name for p in case.export_dir.iterdir()) == sorted(["denoiser.onnx", "encoder.onnx",
+                                                                        "policy.json", *precond])
     spec = json.loads((case.export_dir / "policy.json").read_text())
     policy = case.policy
+    outputs = ["out", "logits"] if CASES[case.name][0] == "anchor" else ["out"]
+    if _unet(case):         # precomputed conditioning: the FiLM terms of levels and cond, and the net given them
+        assert spec.pop("film_dim") == policy.denoiser.film_dim
+        assert {k: spec["graphs"].pop(k) for k in ("film_level", "film_cond", "denoiser_film")} == {
+            "film_level": {"file": "film_level.onnx", "inputs": ["level"], "outputs": ["terms"]},
+            "film_cond": {"file": "film_cond.onnx", "inputs": ["cond"], "outputs": ["terms"]},
+            "denoiser_film": {"file": "denoiser_film.onnx", "inputs": ["x", "film"], "outputs": outputs}}
+        assert all(spec["export_check"][f"{k}_max_abs_err"] < 1e-4 for k in ("film_level", "film_cond", "denoiser_film"))
+    else:
+        assert "film_dim" not in spec
     assert spec["format_version"] == 1
     assert (spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"], spec["action_key"]) == (2, 16, 2, "action")
     expected_obs = {"state": {"shape": [6], "dtype": "float32"}}
     if case.image:
         expected_obs["image"] = {"shape": [24, 32, 3], "dtype": "uint8"}
     assert spec["obs"] == expected_obs
-    anchor = CASES[case.name][0] == "anchor"
     assert spec["graphs"] == {"encoder": {"file": "encoder.onnx", "inputs": sorted(expected_obs), "outputs": ["cond"]},
                               "denoiser": {"file": "denoiser.onnx", "inputs": ["x", "level", "cond"],
-                                           "outputs": ["out", "logits"] if anchor else ["out"]}}
+                                           "outputs": outputs}}
     norm = policy.normalizer.tensors()
     assert spec["action_normalizer"] == {"mode": "limits", "scale": norm["action__scale"].tolist(),
                                          "offset": norm["action__offset"].tolist()}
@@ -46,7 +61,7 @@ def test_files_and_policy_json(case):
                "anchor": {"type": "anchor", "schedule": "cosine", "train_steps": 1000, "trunc_steps": 50,
                           "start_step": 49, "sample_steps": 3, "select": "argmax", "temperature": 1.0}
                }[CASES[case.name][0]]
-    if anchor:      # the anchors travel in policy.json: the host noises them
+    if CASES[case.name][0] == "anchor":      # the anchors travel in policy.json: the host noises them
         assert spec["process"].pop("anchors") == policy.process.anchors.tolist()
     assert spec["process"] == process
     assert spec["cond_dim"] == 16
@@ -62,9 +77,10 @@ def test_files_and_policy_json(case):
 
 def test_export_prints_one_line_per_graph(case):
     lines = case.output.splitlines()
-    assert len(lines) == 2, case.output
-    assert lines[0].startswith("wrote ") and "encoder.onnx" in lines[0]
-    assert lines[1].startswith("wrote ") and "denoiser.onnx" in lines[1]
+    graphs = ["encoder.onnx", "denoiser.onnx", *(["film_level.onnx", "film_cond.onnx", "denoiser_film.onnx"]
+                                                 if _unet(case) else [])]
+    assert len(lines) == len(graphs), case.output
+    assert all(line.startswith("wrote ") and f"/{graph} (" in line for line, graph in zip(lines, graphs))
 
 
 def _dims(value_info):

@@ -82,8 +82,7 @@ def test_bad_sample_steps():
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only errors")
-@pytest.mark.parametrize("options, what", [({"dtype": "float16"}, "dtype fp16"), ({"dtype": "bfloat16"}, "dtype bf16"),
-                                           ({"mode": "compile"}, "mode 'compile'"),
+@pytest.mark.parametrize("options, what", [({"dtype": "float16"}, "dtype fp16"),
                                            ({"mode": "cudagraph"}, "mode 'cudagraph'")])
 def test_gpu_only_options_are_clear_errors_on_cpu(options, what):
     policy = make_policy("flow", down_dims=[16])
@@ -101,9 +100,22 @@ def test_unknown_dtype_and_mode():
         TorchRuntime(policy, mode="jit")
 
 
+@pytest.mark.parametrize("options, reason", [({"dtype": "bfloat16"}, runtimes.cpu_bf16_reason),
+                                             ({"mode": "compile"}, runtimes.cpu_compile_reason)])
+def test_cpu_bf16_and_compile_run_where_the_machine_has_them(options, reason):
+    policy = make_policy("flow", down_dims=[16])
+    if reason() is not None:
+        with pytest.raises(RuntimeError, match="native bf16|C\\+\\+ compiler"):
+            TorchRuntime(policy, device="cpu", **options)
+        return
+    obs, noise = make_obs(2), make_noise(2)
+    got = TorchRuntime(policy, device="cpu", **options).predict(obs, noise)
+    assert got.dtype == np.float32 and np.abs(got - _eager(policy, obs, noise)).max() < BF16_ATOL
+
+
 def test_low_precision_path_runs_and_stays_close(monkeypatch):
-    # bfloat16 is CUDA-only in the public API; CPU autocast lets this machine exercise the same wrapping.
-    monkeypatch.setattr(runtimes, "_needs_cuda", lambda device, what: None)
+    # CPU autocast exercises the wrapping a GPU runs, with or without native bf16 here.
+    monkeypatch.setattr(runtimes, "cpu_bf16_reason", lambda: None)
     policy = make_policy("ddpm", image=True, down_dims=[16], image_feature_dim=8)
     obs, noise = make_obs(2, image=True), make_noise(2)
     runtime = TorchRuntime(policy, dtype="bfloat16")
@@ -138,7 +150,9 @@ def test_available_kinds_and_factory(ddpm):
     kinds = available_runtime_kinds()
     assert kinds[0] == "torch-eager" and "onnx-cpu" in kinds and set(kinds) <= set(runtimes.KINDS)
     if not HAS_CUDA:
-        assert kinds == ["torch-eager", "onnx-cpu"]
+        optional = [k for k, why in (("torch-compile", runtimes.cpu_compile_reason()),
+                                     ("torch-bf16", runtimes.cpu_bf16_reason())) if why is None]
+        assert kinds == ["torch-eager", "torch-precond", *optional, "onnx-cpu", "onnx-cpu-precond"]
     eager = build_runtime("torch-eager", policy=ddpm.policy, sample_steps=2, device="cpu")
     onnx_rt = build_runtime("onnx-cpu", export_dir=ddpm.export_dir, sample_steps=2)
     assert (eager.name, eager.sample_steps) == ("torch-eager-cpu-fp32", 2)
@@ -210,3 +224,40 @@ def test_onnx_observation_errors(tmp_path_factory):
     assert runtime.policy.obs_spec["image"] == {"shape": [24, 32, 3], "dtype": "uint8"}
     with pytest.raises(NotImplementedError, match="inference-only"):
         runtime.policy.compute_loss({})
+
+
+def test_precomputed_conditioning_runtimes_match_their_direct_twins(ddpm):
+    obs, other, noise = make_obs(3), make_obs(3, seed=7), make_noise(3)
+    prefix = np.full((3, 2, 2), 0.25, dtype=np.float32)
+    pairs = [(build_runtime("torch-eager", policy=ddpm.policy, device="cpu"),
+              build_runtime("torch-precond", policy=ddpm.policy, device="cpu"), 1e-5),
+             (build_runtime("onnx-cpu", export_dir=ddpm.export_dir), build_runtime("onnx-cpu-precond",
+                                                                                   export_dir=ddpm.export_dir),
+              PARITY_ATOL)]
+    for direct, precond, atol in pairs:
+        assert "-precond" in precond.name
+        for o, p in ((obs, None), (other, None), (obs, prefix)):       # a new observation, then inpainting
+            np.testing.assert_allclose(precond.predict(o, noise, p), direct.predict(o, noise, p), atol=atol, rtol=0)
+    assert build_runtime("torch-precond", policy=ddpm.policy, device="cpu").policy.denoiser.precompute_conditioning
+    assert not ddpm.policy.denoiser.precompute_conditioning             # the caller's policy is untouched
+
+
+def test_precomputed_conditioning_needs_a_unet_and_its_graphs(tmp_path_factory, tmp_path):
+    import json
+    import shutil
+
+    from cadence.deploy.exported_policy import ExportFormatError
+
+    mode = exported("mode", tmp_path_factory)                           # a transformer: no FiLM terms
+    with pytest.raises(ValueError, match="needs a UNet denoiser, not TransformerDenoiser"):
+        build_runtime("torch-precond", policy=mode.policy, device="cpu")
+    with pytest.raises(ExportFormatError, match="no precomputed-conditioning graphs"):
+        build_runtime("onnx-cpu-precond", export_dir=mode.export_dir)
+    ddpm = exported("ddpm", tmp_path_factory)
+    broken = tmp_path / "export"
+    shutil.copytree(ddpm.export_dir, broken)
+    spec = json.loads((broken / "policy.json").read_text())
+    del spec["graphs"]["film_cond"]
+    (broken / "policy.json").write_text(json.dumps(spec))
+    with pytest.raises(ExportFormatError, match="needs all of graphs"):
+        build_runtime("onnx-cpu-precond", export_dir=broken)
