@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all peer-env gpu-check clean
 
 install: $(STAMP)
 
@@ -26,5 +26,19 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# Every GPU path's parity and latency in one JSON (gpu-check.json); on a CUDA machine install the
+# CUDA build first (`make TORCH=torch gpu-check`). Without a GPU it prints what it would run.
+gpu-check: $(STAMP)
+	$(PY) -m cadence.bench.gpu_check --out gpu-check.json
+
+# LeRobot in its own environment (it pins torch < 2.11) for `cadence bench peer`; a download of a few GB.
+PEER_VENV ?= .venv-peer
+peer-env: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q "lerobot==0.4.4"
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache

@@ -40,6 +40,7 @@ COMMANDS = {
     "bench scale": ("cadence.bench.scale", "bench_scale", "training samples/s with 1, 2, ... torchrun processes"),
     "bench eval": ("cadence.bench.eval", "bench_eval", "evaluation wall time: one process vs waves vs async envs vs ranks"),
     "bench finetune": ("cadence.bench.finetune", "bench_finetune", "ReinFlow (flow, shortcut) vs DPPO-style vs no fine-tuning"),
+    "bench peer": ("cadence.bench.peer", "bench_peer", "cadence vs LeRobot's DiffusionPolicy at identical math: ms per chunk, action error, training samples/s"),
     "bench server": ("cadence.bench.server", "bench_server", "robot server under attack: valid round trips, peak RSS"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}

@@ -246,3 +246,20 @@ class BenchOfflineApp:
     image_size: list = field(default_factory=lambda: [96, 96])     # resized to at import
     threads: int = 0
     out_dir: str = "runs/bench-offline-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
+class BenchPeerApp:
+    peer_python: str = ".venv-peer/bin/python"   # LeRobot's own virtual environment (`make peer-env`)
+    cases: list = field(default_factory=lambda: ["lowdim", "image"])   # cadence.bench.peer_cases.CASES
+    down_dims: Optional[list] = None         # UNet widths of every case; default Diffusion Policy's [256, 512, 1024]
+    steps: list = field(default_factory=lambda: [10, 100])   # DDIM sampling steps (100: every training level)
+    runtimes: list = field(default_factory=lambda: ["torch-eager", "onnx-cpu"])   # cadence's kinds timed
+    rounds: int = 3                          # peer and cadence processes alternate this many times
+    chunks: int = 5                          # batch-1 chunks timed per round (a fifth beyond 10 steps)
+    threads: int = 2                         # torch / ONNX Runtime threads on both sides
+    train_cases: list = field(default_factory=lambda: ["image"])   # cases whose training samples/s are measured
+    train_batches: int = 3                   # optimizer steps timed per round
+    batch_size: int = 64
+    seed: int = 0
+    out_dir: str = "runs/bench-peer-${now:%Y%m%d-%H%M%S}"
