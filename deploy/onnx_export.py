@@ -56,6 +56,7 @@ from .exported_policy import (
 from .onnx_providers import create_session
 
 from cadence.errors import CadenceError
+from cadence.untrusted import LIMITS
 
 TRACE_BATCH, CHECK_BATCH = 2, 3     # trace at one batch size, check at another: proves the batch is dynamic
 MIN_TORCH = "2.6"                   # torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...)
@@ -107,21 +108,18 @@ class _Modulated(_LevelTerms):
 def _precond_graphs(policy: Policy, process, trace_den: tuple, check_den: dict, check_out: tuple) -> list[tuple]:
     """The precomputed-conditioning graphs of a UNet denoiser (none for other networks, per-action
     levels, or a FiLM width past the limits)."""
-    from cadence.untrusted import LIMITS
-
     net = policy.denoiser
     if not hasattr(net, "film_dim") or process.level_per_action or net.film_dim > LIMITS["width"]:
         return []
     x, level, cond = trace_den
-    check_level = {"level": check_den["level"]}
-    check_cond = {"cond": check_den["cond"]}
-    check_film = {"x": check_den["x"], "film": net.level_terms(check_den["level"]) + net.cond_terms(check_den["cond"])}
-    modules = {"film_level": (_LevelTerms(net), (level,), check_level, (net.level_terms(check_den["level"]),)),
-               "film_cond": (_CondTerms(net), (cond,), check_cond, (net.cond_terms(check_den["cond"]),)),
-               "denoiser_film": (_Modulated(net), (x, net.level_terms(level) + net.cond_terms(cond)), check_film,
-                                 check_out)}
-    return [(name, file, modules[name][0], modules[name][1], inputs, outputs or list(process.graph_outputs),
-             modules[name][2], modules[name][3]) for name, (file, inputs, outputs) in PRECOND_GRAPHS.items()]
+    level_terms, cond_terms = net.level_terms(check_den["level"]), net.cond_terms(check_den["cond"])
+    module_args_feeds_refs = {
+        "film_level": (_LevelTerms(net), (level,), {"level": check_den["level"]}, (level_terms,)),
+        "film_cond": (_CondTerms(net), (cond,), {"cond": check_den["cond"]}, (cond_terms,)),
+        "denoiser_film": (_Modulated(net), (x, net.level_terms(level) + net.cond_terms(cond)),
+                          {"x": check_den["x"], "film": level_terms + cond_terms}, check_out)}
+    return [(name, file, *module_args_feeds_refs[name][:2], inputs, outputs or list(process.graph_outputs),
+             *module_args_feeds_refs[name][2:]) for name, (file, inputs, outputs) in PRECOND_GRAPHS.items()]
 
 
 @contextlib.contextmanager
