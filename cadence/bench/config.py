@@ -254,7 +254,7 @@ class BenchPeerApp:
     cases: list = field(default_factory=lambda: ["lowdim", "image"])   # cadence.bench.peer_cases.CASES
     down_dims: Optional[list] = None         # UNet widths of every case; default Diffusion Policy's [256, 512, 1024]
     steps: list = field(default_factory=lambda: [10, 100])   # DDIM sampling steps (100: every training level)
-    runtimes: list = field(default_factory=lambda: ["torch-eager", "onnx-cpu"])   # cadence's kinds timed
+    runtimes: list = field(default_factory=lambda: ["auto"])   # cadence's kinds timed; auto: all this machine runs
     rounds: int = 3                          # peer and cadence processes alternate this many times
     chunks: int = 5                          # batch-1 chunks timed per round (a fifth beyond 10 steps)
     threads: int = 2                         # torch / ONNX Runtime threads on both sides

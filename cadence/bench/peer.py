@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from cadence.bench.common import write_results
 from cadence.bench.peer_cases import CASES, cadence_policy, chunks_for, obs_shapes
+from cadence.deploy.runtime_selection import usable_kinds
 from cadence.errors import CadenceError
 from cadence.markdown_table import markdown_table
 
@@ -71,7 +72,7 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.out_dir)
     cases = {name: case_spec(name, cfg) for name in cfg.cases}
     peer_version = check_peer(cfg.peer_python)
-    runtimes = list(cfg.runtimes)
+    runtimes = usable_kinds(list(cfg.runtimes))
     out.mkdir(parents=True, exist_ok=True)
     exports = {name: str(_export(case, cfg.seed, out / f"onnx-{name}")) if any(k.startswith("onnx") for k in runtimes)
                else None for name, case in cases.items()}
