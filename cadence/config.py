@@ -366,6 +366,7 @@ class ExportApp:
     format: ExportFormat = ExportFormat.onnx
     out_dir: Optional[str] = None           # default: <checkpoint run>/export-onnx
     opset: int = 18
+    precond: bool = True                    # a UNet's precomputed-conditioning graphs too (onnx-cpu-precond)
 
 
 @dataclass

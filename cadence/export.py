@@ -18,20 +18,20 @@ def export_control(train_cfg) -> dict | None:
 
 
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
-                echo: Callable[[str], None] | None = print) -> Path:
+                echo: Callable[[str], None] | None = print, precond: bool = True) -> Path:
     """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``."""
     from cadence.deploy.onnx_export import export_policy_onnx
     ckpt = resolve_checkpoint_dir(checkpoint)
     policy, cfg, meta = load_policy(ckpt, device="cpu")
     return export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"],
                               step=meta.get("step"), weights_sha256=weights_sha256(ckpt), opset=opset,
-                              control=export_control(cfg), echo=echo)
+                              control=export_control(cfg), echo=echo, precond=precond)
 
 
 def run(cfg: DictConfig) -> Path:
     """The only format is ONNX; the schema refuses any other (``ExportFormat``)."""
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     out = Path(cfg.out_dir or ckpt.parent / "export-onnx")
-    path = export_onnx(ckpt, out, opset=cfg.opset)
+    path = export_onnx(ckpt, out, opset=cfg.opset, precond=cfg.precond)
     print(f"exported {ckpt} -> {path}")
     return path

@@ -197,15 +197,17 @@ def _infer_obs_shapes(policy: Policy) -> dict[str, tuple[int, ...]]:
 def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str = "", *,
                        obs_shapes: Mapping[str, Sequence[int]] | None = None, step: int | None = None,
                        weights_sha256: str | None = None, opset: int = 18, control: Mapping | None = None,
-                       echo: Callable[[str], None] | None = print) -> Path:
+                       echo: Callable[[str], None] | None = print, precond: bool = True) -> Path:
     """Write encoder.onnx, denoiser.onnx and policy.json for ``policy`` into ``out_dir``; returns ``out_dir``.
 
     ``obs_shapes``: per-step shape of each observation key; defaults to ``policy.obs_shapes``
     if the policy has one, else vector shapes are read from the normalizer (image keys then
     need ``obs_shapes``: a checkpoint's meta.json has them). ``weights_sha256``: the hash of the
     weights file exported, recorded so a later run can tell the export still belongs to them.
-    ``echo`` gets one line per graph. Raises :class:`ExportError` (and writes no policy.json) when
-    ONNX Runtime does not reproduce PyTorch within ``PARITY_TOLERANCE``.
+    ``echo`` gets one line per graph. ``precond``: also the precomputed-conditioning graphs of a
+    UNet denoiser (the ``onnx-*-precond`` runtimes; about as many bytes again as ``denoiser.onnx``).
+    Raises :class:`ExportError` (and writes no policy.json) when ONNX Runtime does not reproduce
+    PyTorch within ``PARITY_TOLERANCE``.
     """
     if torch.__version__ < MIN_TORCH:
         raise ExportError(f"ONNX export needs torch >= {MIN_TORCH} (the dynamo exporter), found {torch.__version__}")
@@ -247,8 +249,9 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
                (check_cond,)),
               ("denoiser", DENOISER_FILE, policy.denoiser, trace_den, DENOISER_INPUTS, den_outputs, check_den,
                check_out)]
-    with torch.no_grad():
-        graphs += _precond_graphs(policy, process, trace_den, check_den, check_out)
+    if precond:
+        with torch.no_grad():
+            graphs += _precond_graphs(policy, process, trace_den, check_den, check_out)
     errors = {}
     for name, file, module, args, inputs, outputs, feeds, reference in graphs:
         start = time.perf_counter()

@@ -30,6 +30,9 @@ def test_export_writes_graphs_and_schedule(trained):
     assert spec["process"]["type"] == "ddpm" and spec["process"]["sample_steps"] == 4
     assert "exported" in proc.stdout
     assert "unused" not in proc.stdout        # the ONNX optimizer's passes log nothing at the command line
+    assert (out / "denoiser_film.onnx").is_file() and "film_dim" in spec      # precomputed conditioning by default
+    cadence("export", "checkpoint=runs/tiny", "precond=false", "out_dir=plain", cwd=trained)
+    assert sorted(p.name for p in (trained / "plain").iterdir()) == ["denoiser.onnx", "encoder.onnx", "policy.json"]
     bad = cadence("export", "checkpoint=runs/nothing", cwd=trained, check=False)
     assert bad.returncode == 1 and "runs/nothing" in bad.stderr
 
