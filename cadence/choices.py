@@ -19,6 +19,7 @@ from cadence.datasets.rosbag_import import ALIGNS
 from cadence.deploy.control_loop import BLENDS
 from cadence.envs.video import VIDEO_FORMATS
 from cadence.policies.caching.calibration import METRICS
+from cadence.policies.caching.schedule import METHODS as SCHEDULE_METHODS
 from cadence.policies.factory import NETWORKS
 from cadence.policies.networks.transformer import ATTENTION
 from cadence.policies.obs_encoder import IMAGE_ENCODERS
@@ -57,7 +58,7 @@ VideoFormat = _choice("VideoFormat", VIDEO_FORMATS)
 TrackingMode = _choice("TrackingMode", TRACKING_MODES)
 Blend = _choice("Blend", BLENDS)
 ExportFormat = _choice("ExportFormat", ("onnx",))
-CacheMethod = _choice("CacheMethod", ("shared", "bac", "uniform"))
+CacheMethod = _choice("CacheMethod", [m for m in SCHEDULE_METHODS if m != "none"])   # "none": no cache
 CacheMetric = _choice("CacheMetric", METRICS)
 NoiseSchedule = _choice("NoiseSchedule", SCHEDULES)
 LogProbReduce = _choice("LogProbReduce", REDUCTIONS)

@@ -37,8 +37,7 @@ def plan() -> list[str]:
 
 
 def _runtime_rows(out: Path) -> list[dict]:
-    import torch
-
+    from cadence.bench.peer_cadence import chunk_ms
     from cadence.bench.peer_cases import CASES, cadence_policy, observation
     from cadence.deploy.budget import action_range
     from cadence.deploy.onnx_export import export_policy_onnx
@@ -57,13 +56,8 @@ def _runtime_rows(out: Path) -> list[dict]:
         started = time.perf_counter()
         try:
             runtime = build()
-            first = runtime.predict(obs, noise)                  # warm-up, compilation, capture
-            times = []
-            for _ in range(CHUNKS):
-                t = time.perf_counter()
-                runtime.predict(obs, noise)
-                torch.cuda.synchronize()
-                times.append(1000 * (time.perf_counter() - t))
+            first = runtime.predict(obs, noise)                  # compiles / captures; numpy out: synchronized
+            times = chunk_ms(runtime, obs, noise, CHUNKS)
             error = np.abs(first - reference) / scale
             rows.append({"check": name, "ok": bool(np.isfinite(first).all()), "ms_per_chunk_p50": statistics.median(times),
                          "max_error": float(error.max()), "mean_error": float(error.mean()),

@@ -15,8 +15,9 @@ from cadence.deploy.budget import action_range
 from cadence.deploy.runtimes import build_runtime
 
 
-def _chunk_ms(runtime, obs, noise, chunks: int) -> list[float]:
-    runtime.predict(obs, noise)                         # warm-up (and a compiled kind's compilation)
+def chunk_ms(runtime, obs, noise, chunks: int) -> list[float]:
+    """Ms per batch-1 chunk, ``chunks`` times, after one warm-up call (and a compiled kind's compilation)."""
+    runtime.predict(obs, noise)
     times = []
     for _ in range(chunks):
         started = time.perf_counter()
@@ -57,7 +58,7 @@ def main(args: dict) -> dict:
         reference = build_runtime("torch-eager", policy, sample_steps=steps, device="cpu").predict(obs, noise)
         for kind in args["runtimes"]:
             runtime = build_runtime(kind, policy, args.get("export_dir"), steps, "cpu", threads=args["threads"])
-            times = _chunk_ms(runtime, obs, noise, chunks_for(steps, args["chunks"]))
+            times = chunk_ms(runtime, obs, noise, chunks_for(steps, args["chunks"]))
             error = np.abs(runtime.predict(obs, noise) - reference) / scale
             result["rows"].append({"runtime": kind, "steps": steps, "ms_per_chunk": times,
                                    "max_error": float(error.max()), "mean_error": float(error.mean())})

@@ -85,8 +85,8 @@ class ConditionalUnet1D(nn.Module):
                                   nn.Conv1d(down_dims[0], action_dim, 1))
         self.level_embed_dim = level_embed_dim
         self.precompute_conditioning = False
-        self._level_terms: dict | None = None       # {"key", "levels", "terms": per block (S, 2 C)}
-        self._cond_terms: dict | None = None        # {"cond", "version", "terms": per block (B, 2 C)}
+        self._level_terms: dict | None = None       # {"key", "levels", "terms": (S, film_dim)}
+        self._cond_terms: dict | None = None        # {"cond", "version", "terms": (B, film_dim)}
 
     def _film_blocks(self) -> list[FiLMResidualBlock]:
         """The residual blocks in the order forward calls them (down, mid, up)."""
@@ -96,7 +96,7 @@ class ConditionalUnet1D(nn.Module):
     @property
     def film_dim(self) -> int:
         """The length of all blocks' FiLM outputs side by side (2 C per block)."""
-        return sum(b.film[1].out_features for b in self._film_blocks())
+        return sum(self._film_sizes)
 
     def level_terms(self, levels: torch.Tensor) -> torch.Tensor:
         """(S,) levels -> (S, film_dim): every block's FiLM term of the level, its bias included."""
@@ -142,8 +142,11 @@ class ConditionalUnet1D(nn.Module):
     def modulated(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """The network with every block's FiLM output given: ``film`` (B, film_dim), as
         ``level_terms(level) + cond_terms(cond)``; (B, Tp, Da) -> (B, Tp, Da)."""
-        sizes = [b.film[1].out_features for b in self._film_blocks()]
-        return self._body(x, None, iter(film.split(sizes, dim=-1)))
+        return self._body(x, None, iter(film.split(self._film_sizes, dim=-1)))
+
+    @property
+    def _film_sizes(self) -> list[int]:
+        return [b.film[1].out_features for b in self._film_blocks()]
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
                 ) -> torch.Tensor:

@@ -257,7 +257,21 @@ def test_precomputed_conditioning_needs_a_unet_and_its_graphs(tmp_path_factory, 
     broken = tmp_path / "export"
     shutil.copytree(ddpm.export_dir, broken)
     spec = json.loads((broken / "policy.json").read_text())
-    del spec["graphs"]["film_cond"]
-    (broken / "policy.json").write_text(json.dumps(spec))
-    with pytest.raises(ExportFormatError, match="needs all of graphs"):
-        build_runtime("onnx-cpu-precond", export_dir=broken)
+    good = json.dumps(spec)
+    # tampered or truncated: each a one-line error naming the file or key, before any graph runs
+    film_dim = spec["film_dim"]
+    cases = [(lambda sp: sp["graphs"].pop("film_cond"), None, "needs all of graphs"),
+             (lambda sp: sp.update(film_dim=film_dim + 1), None, "'terms' has shape"),
+             (lambda sp: sp.update(film_dim=10**9), None, "film_dim"),
+             (lambda sp: sp.update(film_dim="wide"), None, "film_dim"),
+             (lambda sp: None, "denoiser_film.onnx", "not a valid ONNX model")]
+    for tamper, truncate, words in cases:
+        spec = json.loads(good)
+        tamper(spec)
+        (broken / "policy.json").write_text(json.dumps(spec))
+        if truncate:
+            graph = broken / truncate
+            graph.write_bytes(graph.read_bytes()[:1000])
+        with pytest.raises(ExportFormatError, match=words) as err:
+            build_runtime("onnx-cpu-precond", export_dir=broken)
+        assert "\n" not in str(err.value)
