@@ -367,6 +367,10 @@ class ExportApp:
     out_dir: Optional[str] = None           # default: <checkpoint run>/export-onnx
     opset: int = 18
     precond: bool = True                    # a UNet's precomputed-conditioning graphs too (onnx-cpu-precond)
+    int8: bool = False                      # also an 8-bit denoiser for the last sampling steps (onnx-cpu-int8)
+    int8_steps: Optional[list] = None       # step counts to fit it for; default the policy's own
+    int8_max_error: float = 0.005           # fit bound: max action error / action range on calibration windows
+    calibration: int = 32                   # observation windows the int8 fit runs on (from the training data)
 
 
 @dataclass

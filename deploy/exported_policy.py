@@ -31,6 +31,11 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                      "film_cond" (["cond"] -> ["terms"] (B, film_dim)) and "denoiser_film" (["x", "film"]
                      -> ["out"]): precomputed conditioning, run by load_exported(precond=True)
     film_dim         (with those graphs) the width of all FiLM outputs side by side
+                     "denoiser_int8" (optional; ``cadence export int8=true``): the denoiser with 8-bit
+                     weights (its convolutions as MatMul), the same inputs and outputs
+    int8             (with denoiser_int8) {"bits", "block", "max_error", "windows", "last_steps":
+                      {"<sampling steps>": j}}: at that many steps the int8 graph runs the last j of
+                      them, fitted on calibration windows (cadence.deploy.int8_export)
     source           {"checkpoint": path or "", "step": int or null, "weights_sha256" (optional): hash of
                       the model.safetensors exported, which ``cadence run`` checks before reusing it}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
@@ -41,6 +46,7 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -68,6 +74,8 @@ ENCODER_OUTPUTS = ["cond"]
 DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
 # Precomputed conditioning (UNet denoisers): the FiLM terms of the levels and of cond, and the
 # network taking their sum; all three or none, with the top-level "film_dim".
+INT8_GRAPH, INT8_FILE = "denoiser_int8", "denoiser_int8.onnx"
+INT8_KEYS = {"bits", "block", "max_error", "windows", "last_steps"}
 PRECOND_GRAPHS = {"film_level": ("film_level.onnx", ["level"], ["terms"]),
                   "film_cond": ("film_cond.onnx", ["cond"], ["terms"]),
                   "denoiser_film": ("denoiser_film.onnx", ["x", "film"], None)}   # outputs: the denoiser's
@@ -75,7 +83,7 @@ OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
              "cond_dim", "action_normalizer", "graphs", "source", "versions"}
-_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control", "film_dim"}   # control: {fps, exec_horizon} the policy runs at
+_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control", "film_dim", "int8"}   # control: {fps, exec_horizon} the policy runs at
 class ExportFormatError(CadenceError, ValueError):
     """A policy.json (or the graphs beside it) that this version cannot run."""
 
@@ -201,7 +209,7 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
         raise ExportFormatError(f"{where}: 'action_normalizer.scale' has a zero entry")
 
     graphs = spec["graphs"]
-    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, set(PRECOND_GRAPHS))
+    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, {*PRECOND_GRAPHS, INT8_GRAPH})
     expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS),
                 "denoiser": (DENOISER_INPUTS, list(built.graph_outputs))}
     precond = set(PRECOND_GRAPHS) & set(graphs)
@@ -214,6 +222,11 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
                          for name, (_, inputs, outputs) in PRECOND_GRAPHS.items()})
     elif "film_dim" in spec:
         raise ExportFormatError(f"{where}: 'film_dim' without the graphs {sorted(PRECOND_GRAPHS)}")
+    if (INT8_GRAPH in graphs) != ("int8" in spec):
+        raise ExportFormatError(f"{where}: 'graphs.{INT8_GRAPH}' and 'int8' come together")
+    if "int8" in spec:
+        _validate_int8(where, spec["int8"], built)
+        expected[INT8_GRAPH] = expected["denoiser"]
     for name, (inputs, outputs) in expected.items():
         _keys(where, graphs[name], f"graphs.{name}", {"file", "inputs", "outputs"})
         _typed(where, graphs[name]["file"], f"graphs.{name}.file", str)
@@ -226,6 +239,33 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     if not isinstance(spec["versions"], dict):
         raise ExportFormatError(f"{where}: 'versions' must be an object")
     return spec
+
+
+def write_spec(export_dir: Path, spec: Mapping[str, Any]) -> None:
+    """Validate ``spec`` and write it as the folder's policy.json in one step (a reader never sees half)."""
+    validate_spec(spec, export_dir / SPEC_FILE)
+    tmp = export_dir / (SPEC_FILE + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    tmp.replace(export_dir / SPEC_FILE)
+
+
+def _validate_int8(where: str, int8: Any, process) -> None:
+    _keys(where, int8, "int8", INT8_KEYS)
+    for key in ("bits", "block", "windows"):
+        _bounded(where, int8[key], f"int8.{key}", 1, "width")
+    if not 0 < _finite(where, int8["max_error"], "int8.max_error") < 1:
+        raise ExportFormatError(f"{where}: 'int8.max_error' must be a fraction in (0, 1), got {int8['max_error']!r}")
+    last = int8["last_steps"]
+    if not isinstance(last, dict) or len(last) > LIMITS["horizon"]:
+        raise ExportFormatError(f"{where}: 'int8.last_steps' must be an object of at most {LIMITS['horizon']} "
+                                "entries")
+    for steps, count in last.items():
+        if not (isinstance(steps, str) and steps.isdigit() and len(steps) <= 6 and process.allows_steps(int(steps))):
+            raise ExportFormatError(f"{where}: 'int8.last_steps' has key {steps!r}, not a step count this "
+                                    "process samples with")
+        if not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= int(steps)):
+            raise ExportFormatError(f"{where}: 'int8.last_steps.{steps}' must be an integer in 0..{steps}, "
+                                    f"got {count!r}")
 
 
 def read_spec(export_dir: str | os.PathLike) -> dict[str, Any]:
@@ -301,6 +341,20 @@ class OnnxDenoiser(nn.Module):
         return out[0] if len(out) == 1 else out
 
 
+class OnnxInt8Denoiser(OnnxDenoiser):
+    """The fp32 denoiser for the first sampling steps and the 8-bit one (``denoiser_int8``) from
+    step ``first_int8`` on; a call without a step index (training-style use) runs fp32."""
+
+    def __init__(self, session, int8_session, outputs: list[str] = DENOISER_OUTPUTS):
+        super().__init__(session, outputs)
+        self.fp32_session, self.int8_session = session, int8_session
+        self.first_int8 = math.inf
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None):
+        self.session = self.int8_session if step is not None and step >= self.first_int8 else self.fp32_session
+        return super().forward(x, level, cond, step)
+
+
 class OnnxPrecondDenoiser(nn.Module):
     """The denoiser with precomputed conditioning: :meth:`prepare_sampling` runs ``film_level`` once
     per schedule, ``film_cond`` runs once per chunk (while the same ``cond`` tensor comes back), and
@@ -365,9 +419,12 @@ class ExportedPolicy(Policy):
 
 
 def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                  precond: bool = False) -> ExportedPolicy:
+                  precond: bool = False, int8: bool = False) -> ExportedPolicy:
     """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op
-    threads; ``precond``: run the precomputed-conditioning graphs instead of ``denoiser``."""
+    threads; ``precond``: run the precomputed-conditioning graphs instead of ``denoiser``; ``int8``:
+    also open ``denoiser_int8`` (an :class:`OnnxInt8Denoiser`; its ``first_int8`` starts at never)."""
+    if precond and int8:
+        raise ValueError("precond and int8 are separate runtimes; choose one")
     export_dir = Path(out_dir)
     spec = read_spec(export_dir)
     To, Tp, Da, cond = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"], spec["cond_dim"]
@@ -387,12 +444,22 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
                        "film_cond": {"cond": shapes["denoiser"]["cond"], "terms": [0, film]},
                        "denoiser_film": {"x": [0, *chunk], "film": [0, film], "out": [0, *chunk]}})
         names = ["encoder", *PRECOND_GRAPHS]
+    if int8:
+        if INT8_GRAPH not in spec["graphs"]:
+            raise ExportFormatError(f"{export_dir / SPEC_FILE}: no int8 denoiser (`cadence export int8=true` "
+                                    "writes one)")
+        shapes[INT8_GRAPH] = shapes["denoiser"]
+        names.append(INT8_GRAPH)
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
                                  ExportFormatError, provider, threads, spinning=name.startswith("denoiser"))
                 for name in names}   # only the graph run step after step spins (see create_session)
     used = sessions[names[-1]].get_providers()[0]
     outputs = spec["graphs"]["denoiser"]["outputs"]
-    denoiser = (OnnxPrecondDenoiser({n: sessions[n] for n in PRECOND_GRAPHS}, outputs) if precond
-                else OnnxDenoiser(sessions["denoiser"], outputs))
+    if precond:
+        denoiser = OnnxPrecondDenoiser({n: sessions[n] for n in PRECOND_GRAPHS}, outputs)
+    elif int8:
+        denoiser = OnnxInt8Denoiser(sessions["denoiser"], sessions[INT8_GRAPH], outputs)
+    else:
+        denoiser = OnnxDenoiser(sessions["denoiser"], outputs)
     return ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
                           denoiser, provider=used)

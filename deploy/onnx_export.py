@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import os
 import time
@@ -51,7 +50,7 @@ from .exported_policy import (
     PRECOND_GRAPHS,
     SPEC_FILE,
     process_spec,
-    validate_spec,
+    write_spec,
 )
 from .onnx_providers import create_session
 
@@ -139,7 +138,7 @@ def _quiet():
             lg.setLevel(level)
 
 
-def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
                   output_names: list[str], opset: int) -> None:
     batch = torch.export.Dim("batch", min=1)
     dynamic: tuple = tuple({0: batch} for _ in args)
@@ -155,6 +154,15 @@ def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
         tmp.unlink(missing_ok=True)
         raise ExportError(f"{path.name}: export failed: {type(exc).__name__}: {exc}") from exc
     tmp.replace(path)
+
+
+def denoiser_inputs(process, pred_horizon: int, action_dim: int, cond_dim: int, batch: int,
+                    gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random inputs for one denoiser call: x, level (within the process's range), cond."""
+    level_shape = (pred_horizon,) if process.level_per_action else ()      # streaming: a level per action
+    return {"x": torch.randn(batch, *process.graph_chunk(pred_horizon, action_dim), generator=gen),
+            "level": torch.rand(batch, *level_shape, generator=gen) * process.level_range(),
+            "cond": torch.randn(batch, cond_dim + process.extra_cond_dim, generator=gen)}
 
 
 def _example_obs(obs_shapes: Mapping[str, Sequence[int]], batch: int, obs_horizon: int,
@@ -173,7 +181,7 @@ def _obs_dtype(shape: Sequence[int]) -> str:
     return "uint8" if is_image_shape(shape) else "float32"     # images (H, W, 3) are uint8; the rest float32
 
 
-def _max_err(session, feeds: Mapping[str, torch.Tensor], references: Sequence[torch.Tensor],
+def max_abs_err(session, feeds: Mapping[str, torch.Tensor], references: Sequence[torch.Tensor],
              outputs: Sequence[str]) -> float:
     got = session.run(list(outputs), {k: v.numpy() for k, v in feeds.items()})
     return max((float(np.max(np.abs(g - r.numpy()))) if g.size else 0.0) for g, r in zip(got, references))
@@ -236,9 +244,7 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
         level_max = process.level_range()
         level_shape = (Tp,) if process.level_per_action else ()      # streaming: a level per action
         extra = process.extra_cond_dim        # what the process appends to the encoding (a shortcut's step code)
-        trace_den = (torch.randn(TRACE_BATCH, *chunk, generator=gen),
-                     torch.rand(TRACE_BATCH, *level_shape, generator=gen) * level_max,
-                     torch.randn(TRACE_BATCH, cond_dim + extra, generator=gen))
+        trace_den = tuple(denoiser_inputs(process, Tp, Da, cond_dim, TRACE_BATCH, gen).values())
         check_den = {"x": torch.randn(CHECK_BATCH, *chunk, generator=gen),
                      "level": torch.rand(CHECK_BATCH, *level_shape, generator=gen) * level_max,
                      "cond": torch.cat([check_cond, torch.rand(CHECK_BATCH, extra, generator=gen).round()], dim=-1)}
@@ -255,9 +261,9 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
     errors = {}
     for name, file, module, args, inputs, outputs, feeds, reference in graphs:
         start = time.perf_counter()
-        _export_graph(module, args, out / file, inputs, outputs, opset)
+        export_graph(module, args, out / file, inputs, outputs, opset)
         seconds = time.perf_counter() - start
-        errors[name] = _max_err(create_session(out / file, "cpu"), feeds, reference, outputs)
+        errors[name] = max_abs_err(create_session(out / file, "cpu"), feeds, reference, outputs)
         scale = max([1.0, *(float(r.abs().max()) for r in reference if r.numel())])
         if not np.isfinite(errors[name]) or errors[name] > PARITY_TOLERANCE * scale:
             (out / file).unlink(missing_ok=True)
@@ -297,8 +303,5 @@ def export_policy_onnx(policy: Policy, out_dir: str | os.PathLike, source: str =
                                "note": BLOCK_CACHE_NOTE}
         if echo is not None:
             echo(f"note: {BLOCK_CACHE_NOTE}")
-    validate_spec(spec, out / SPEC_FILE)
-    tmp = out / (SPEC_FILE + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    tmp.replace(out / SPEC_FILE)
+    write_spec(out, spec)
     return out

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import budget as budget_mod
+from .exported_policy import read_spec
 from .runtimes import available_runtime_kinds, build_runtime
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
               for _ in observations]
     kinds = usable_kinds(budget_cfg.runtimes)
     export_dir = export() if any(k.startswith("onnx") for k in kinds) else None
+    if "onnx-cpu-int8" in kinds and "int8" not in read_spec(export_dir):
+        log.info("onnx-cpu-int8 is not a candidate: %s has no int8 denoiser (cadence export int8=true)", export_dir)
+        kinds.remove("onnx-cpu-int8")
     build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
                                     block_cache=c.cache != "none")
     reference = build_runtime("torch-eager", policy, export_dir,

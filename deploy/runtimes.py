@@ -10,7 +10,9 @@ of the process, so they differ only in how the encoder and denoiser are evaluate
 Kinds (``build_runtime``): torch-eager, torch-precond (a UNet's conditioning precomputed per
 schedule and chunk, see :mod:`cadence.policies.networks.unet1d`), torch-compile, torch-cudagraph,
 torch-fp16, torch-bf16, onnx-cpu, onnx-cpu-precond (the export's precomputed-conditioning graphs),
-onnx-cuda. On a CPU: torch-eager, torch-precond, onnx-cpu and onnx-cpu-precond always,
+onnx-cpu-int8 (the export's 8-bit denoiser for the last sampling steps it was fitted for, see
+:mod:`cadence.deploy.int8_export`), onnx-cuda. On a CPU: torch-eager, torch-precond, onnx-cpu,
+onnx-cpu-precond and onnx-cpu-int8 always (the export must have the graphs),
 torch-compile where a C++ compiler is present (inductor), torch-bf16 where the CPU has native
 bf16 (AVX512-BF16 or AMX); the other kinds need a CUDA GPU.
 """
@@ -33,7 +35,7 @@ from .exported_policy import ExportedPolicy, load_exported
 from .onnx_providers import CUDA, cuda_unavailable_reason
 
 KINDS = ("torch-eager", "torch-precond", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu",
-         "onnx-cpu-precond", "onnx-cuda")
+         "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cuda")
 MODES = ("eager", "compile", "cudagraph")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -315,13 +317,22 @@ class OnnxRuntime:
     """An ONNX export run by ONNX Runtime; the sampling loop runs on the host (CPU tensors)."""
 
     def __init__(self, export_dir: str | os.PathLike, provider: str = "auto", sample_steps: int | None = None,
-                 threads: int | None = None, seed: int | None = None, precond: bool = False):
-        self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads, precond=precond)
+                 threads: int | None = None, seed: int | None = None, precond: bool = False, int8: bool = False):
+        self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads, precond=precond,
+                                                    int8=int8)
         self.policy.process = self.policy.process.with_steps(sample_steps)
         self.provider = self.policy.provider
         self.sample_steps = int(self.policy.process.sample_steps)
         self.start = self.policy.obs_horizon - 1
-        self.name = ("onnx-cuda" if self.provider == CUDA else "onnx-cpu") + ("-precond" if precond else "")
+        self.name = (("onnx-cuda" if self.provider == CUDA else "onnx-cpu") + ("-precond" if precond else "")
+                     + ("-int8" if int8 else ""))
+        if int8:
+            fitted = self.policy.spec["int8"]["last_steps"]
+            if str(self.sample_steps) not in fitted:
+                raise ValueError(f"{export_dir}: the int8 denoiser has fitted steps for {sorted(map(int, fitted))} "
+                                 f"sampling steps, not {self.sample_steps} (cadence export int8=true "
+                                 f"int8_steps=[{self.sample_steps}])")
+            self.policy.denoiser.first_int8 = self.sample_steps - fitted[str(self.sample_steps)]
         self._generator = _generator(torch.device("cpu"), seed)
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
@@ -347,7 +358,7 @@ def available_runtime_kinds() -> list[str]:
     else:
         kinds += [k for k, reason in (("torch-compile", cpu_compile_reason()), ("torch-bf16", cpu_bf16_reason()))
                   if reason is None]
-    kinds += ["onnx-cpu", "onnx-cpu-precond"]
+    kinds += ["onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8"]
     if cuda_unavailable_reason() is None:
         kinds.append("onnx-cuda")
     return kinds
@@ -365,8 +376,8 @@ def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.
     if kind.startswith("onnx-"):
         if export_dir is None:
             raise ValueError(f"runtime {kind!r} needs export_dir (an ONNX export; `cadence export` writes one)")
-        return OnnxRuntime(export_dir, provider=kind.removeprefix("onnx-").removesuffix("-precond"),
-                           sample_steps=sample_steps, threads=threads, seed=seed, precond=kind.endswith("-precond"))
+        return OnnxRuntime(export_dir, provider=kind.split("-")[1], sample_steps=sample_steps, threads=threads,
+                           seed=seed, precond=kind.endswith("-precond"), int8=kind.endswith("-int8"))
     if policy is None:
         raise ValueError(f"runtime {kind!r} needs a PyTorch policy")
     if device is None:

@@ -258,6 +258,7 @@ class BenchPeerApp:
     rounds: int = 3                          # peer and cadence processes alternate this many times
     chunks: int = 5                          # batch-1 chunks timed per round (a fifth beyond 10 steps)
     threads: int = 2                         # torch / ONNX Runtime threads on both sides
+    int8_max_error: float = 0.005            # onnx-cpu-int8: the export's fit bound (max action error / range)
     train_cases: list = field(default_factory=lambda: ["image"])   # cases whose training samples/s are measured
     train_batches: int = 3                   # optimizer steps timed per round
     batch_size: int = 64

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir
 from cadence.deploy.budget import cached_steps, candidate_steps, candidates, measure, reference_steps
 from cadence.calibration_data import calibration_observations
+from cadence.deploy.int8_export import export_int8
 from cadence.deploy.onnx_export import export_policy_onnx
 from cadence.deploy.runtimes import build_runtime
 from cadence.device import resolve_device
@@ -36,14 +37,16 @@ def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]
     if any(k.startswith("onnx") for k in kinds):
         export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"])
     observations = calibration_observations(train_cfg, cfg.calibration)
+    steps = candidate_steps(policy.process, cfg.steps)
+    ref_steps = reference_steps(policy.process, None)
+    if train_cfg.policy.process == "ddpm" and ref_steps not in steps:
+        steps = [ref_steps, *steps]
+    if "onnx-cpu-int8" in kinds:        # fitted on other windows than the ones timed
+        export_int8(policy, export_dir, calibration_observations(train_cfg, cfg.calibration, seed=1), steps=steps)
     rng = np.random.default_rng(0)
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32) for _ in observations]
     threads = cfg.threads or None
-    ref_steps = reference_steps(policy.process, None)
     reference = build_runtime("torch-eager", policy, export_dir, ref_steps, device, block_cache=False)
-    steps = candidate_steps(policy.process, cfg.steps)
-    if train_cfg.policy.process == "ddpm" and ref_steps not in steps:
-        steps = [ref_steps, *steps]
     cands = candidates(kinds, steps, cached_steps(policy))
     build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
                                     block_cache=c.cache != "none")

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cadence.bench.common import write_results
-from cadence.bench.peer_cases import CASES, cadence_policy, chunks_for, obs_shapes
+from cadence.bench.peer_cases import CASES, cadence_policy, chunks_for, obs_shapes, observation
 from cadence.deploy.runtime_selection import usable_kinds
 from cadence.errors import CadenceError
 from cadence.markdown_table import markdown_table
@@ -63,9 +63,18 @@ def case_spec(name: str, cfg: DictConfig) -> dict:
     return {**CASES[name], **({"down_dims": list(cfg.down_dims)} if cfg.down_dims else {})}
 
 
-def _export(case: dict, seed: int, out: Path) -> Path:
+def _export(case: dict, cfg: DictConfig, out: Path, int8: bool) -> Path:
+    """The case's policy exported; with ``int8``, its int8 denoiser fitted on windows other than the timed one."""
+    from cadence.deploy.int8_export import CALIBRATION_WINDOWS, export_int8
     from cadence.deploy.onnx_export import export_policy_onnx
-    return export_policy_onnx(cadence_policy(case, seed), out, obs_shapes=obs_shapes(case), echo=None)
+    policy = cadence_policy(case, cfg.seed)
+    export_policy_onnx(policy, out, obs_shapes=obs_shapes(case), echo=None)
+    if int8:
+        windows = [observation(case, cfg.seed + 1 + i) for i in range(CALIBRATION_WINDOWS)]
+        log.info("fitting the int8 steps of %s on %d windows", out, len(windows))
+        export_int8(policy, out, windows, steps=cfg.steps, max_error=cfg.int8_max_error, threads=cfg.threads,
+                    echo=None)
+    return out
 
 
 def run(cfg: DictConfig) -> dict:
@@ -74,8 +83,8 @@ def run(cfg: DictConfig) -> dict:
     peer_version = check_peer(cfg.peer_python)
     runtimes = usable_kinds(list(cfg.runtimes))
     out.mkdir(parents=True, exist_ok=True)
-    exports = {name: str(_export(case, cfg.seed, out / f"onnx-{name}")) if any(k.startswith("onnx") for k in runtimes)
-               else None for name, case in cases.items()}
+    exports = {name: str(_export(case, cfg, out / f"onnx-{name}", "onnx-cpu-int8" in runtimes))
+               if any(k.startswith("onnx") for k in runtimes) else None for name, case in cases.items()}
     samples: dict[str, dict] = {name: {"peer": {}, "cadence": {}, "peer_train": [], "cadence_train": [],
                                        "errors": {}} for name in cases}
     info: dict[str, dict] = {}
@@ -100,6 +109,9 @@ def run(cfg: DictConfig) -> dict:
               "versions": {"lerobot": peer_version, **info.get("versions", {})},
               "params": info.get("params", {}), "rounds": cfg.rounds, "chunks_per_round": cfg.chunks,
               "cases": cases, "rows": _rows(samples, list(cfg.steps)), "training": _training(samples)}
+    if "onnx-cpu-int8" in runtimes:     # the fitted int8 steps: "10": 4 = int8 for the last 4 of 10
+        from cadence.deploy.exported_policy import read_spec
+        result["int8_last_steps"] = {name: read_spec(path)["int8"]["last_steps"] for name, path in exports.items()}
     write_results(out, result, format_report(result))
     return result
 
@@ -174,4 +186,6 @@ def format_report(result: dict) -> str:
     return (text + f"\n\nlerobot {v['lerobot']} (torch {v.get('peer_torch')}) vs cadence {v.get('cadence')} "
             f"(torch {v.get('cadence_torch')}); parameters {params}; batch 1, {result['machine']['threads']} "
             f"threads, {result['rounds']} rounds x {result['chunks_per_round']} chunks, median; error: cadence "
-            "runtime vs its own fp32 eager, same start noise, % of the action range")
+            "runtime vs its own fp32 eager, same start noise, % of the action range"
+            + "".join(f"; {case} int8: the last {j} of {steps} steps" for case, fits in
+                      result.get("int8_last_steps", {}).items() for steps, j in fits.items()))

@@ -187,3 +187,18 @@ def test_a_process_of_your_own_trains_exports_and_runs_through_a_plugin(trained)
     assert set(errors) == {"torch-eager", "onnx-cpu"} and abs(errors["onnx-cpu"] - errors["torch-eager"]) < 1e-4
     refused = cadence("run", "checkpoint=runs/mine", "out_dir=deploy-refused", cwd=trained, check=False)
     assert refused.returncode == 1 and "--plugin MODULE" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_export_int8_fits_its_steps_and_run_chooses_it(trained):
+    proc = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_steps=[2,4]", "calibration=4", cwd=trained)
+    spec = json.loads((trained / "runs" / "tiny" / "export-onnx" / "policy.json").read_text())
+    assert set(spec["int8"]["last_steps"]) == {"2", "4"} and spec["int8"]["windows"] == 4
+    assert "denoiser_int8.onnx" in proc.stdout and "of 4 steps" in proc.stdout
+    cadence("run", "checkpoint=runs/tiny", "budget.runtimes=[onnx-cpu-int8]", "budget.steps=[2]", "budget.calls=2",
+            "budget.warmup=1", "budget.calibration=2", "control.episodes=1", "control.max_ticks=10",
+            "out_dir=deploy-int8", cwd=trained)
+    summary = json.loads((trained / "deploy-int8" / "summary.json").read_text())
+    assert summary["chosen"] == "onnx-cpu-int8/2 steps"
+    bad = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_max_error=2", "out_dir=bad", cwd=trained,
+                  check=False)
+    assert bad.returncode == 1 and "max_error" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -152,7 +152,7 @@ def test_available_kinds_and_factory(ddpm):
     if not HAS_CUDA:
         optional = [k for k, why in (("torch-compile", runtimes.cpu_compile_reason()),
                                      ("torch-bf16", runtimes.cpu_bf16_reason())) if why is None]
-        assert kinds == ["torch-eager", "torch-precond", *optional, "onnx-cpu", "onnx-cpu-precond"]
+        assert kinds == ["torch-eager", "torch-precond", *optional, "onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8"]
     eager = build_runtime("torch-eager", policy=ddpm.policy, sample_steps=2, device="cpu")
     onnx_rt = build_runtime("onnx-cpu", export_dir=ddpm.export_dir, sample_steps=2)
     assert (eager.name, eager.sample_steps) == ("torch-eager-cpu-fp32", 2)

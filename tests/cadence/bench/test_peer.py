@@ -5,10 +5,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from cadence.bench import peer
 from cadence.bench.peer_cadence import main as cadence_worker
 from cadence.bench.peer_cases import CASES
+from cadence.deploy.exported_policy import read_spec
 
 from ..test_cli import cadence
 
@@ -18,15 +20,19 @@ PEER_PYTHON = Path(__file__).resolve().parents[3] / ".venv-peer" / "bin" / "pyth
 
 
 def test_cadence_worker_times_every_runtime_and_measures_its_error(tmp_path):
-    export = peer._export(SMALL, 0, tmp_path / "onnx")
+    cfg = OmegaConf.create({"seed": 0, "steps": [4, 12], "int8_max_error": 0.005, "threads": 1})
+    export = peer._export(SMALL, cfg, tmp_path / "onnx", int8=True)
+    assert set(read_spec(export)["int8"]["last_steps"]) == {"4", "12"}
     result = cadence_worker({"case": SMALL, "steps": [4, 12], "chunks": 5, "threads": 1, "seed": 0,
-                             "runtimes": ["torch-eager", "torch-precond", "onnx-cpu", "onnx-cpu-precond"],
+                             "runtimes": ["torch-eager", "torch-precond", "onnx-cpu", "onnx-cpu-precond",
+                                          "onnx-cpu-int8"],
                              "export_dir": str(export), "train_batches": 2, "batch_size": 4})
     rows = {(r["runtime"], r["steps"]): r for r in result["rows"]}
     assert len(rows[("onnx-cpu", 4)]["ms_per_chunk"]) == 5 and len(rows[("onnx-cpu", 12)]["ms_per_chunk"]) == 1
     assert rows[("torch-eager", 4)]["max_error"] == 0.0                 # the reference against itself
     for (kind, steps), row in rows.items():
-        assert row["max_error"] < 1e-4 and row["mean_error"] <= row["max_error"], (kind, steps)
+        exact = kind != "onnx-cpu-int8"     # fitted on other windows than the one timed: near the bound, not under it
+        assert row["max_error"] < (1e-4 if exact else 0.05) and row["mean_error"] <= row["max_error"], (kind, steps)
         assert all(ms > 0 for ms in row["ms_per_chunk"])
     assert len(result["train_samples_per_s"]) == 2 and result["params"] > 0
 
