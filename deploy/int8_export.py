@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import torch
 from cadence.policies.policy import Policy
+from cadence.policies.processes.base import ProcessBase
 from tqdm.auto import tqdm
 
 from .budget import action_range
@@ -65,10 +66,12 @@ def quantize_matmuls(src: Path, dst: Path) -> None:
 
 def chunk_errors(policy: ExportedPolicy, windows: Sequence[Mapping[str, np.ndarray]], noises: Sequence[np.ndarray],
                  references: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
-    """The chunk for each (window, noise); minus ``references`` when given."""
+    """The chunk for each (window, noise), each from a fresh episode (a stateful policy is reset);
+    its absolute difference from ``references`` when given."""
     out = []
     with torch.no_grad():
         for i, (obs, noise) in enumerate(zip(windows, noises)):
+            policy.reset()
             chunk = policy.predict_chunk({k: torch.from_numpy(np.asarray(v)) for k, v in obs.items()},
                                          noise=torch.from_numpy(noise)).actions.numpy()
             out.append(chunk if references is None else np.abs(chunk - references[i]))
@@ -102,7 +105,11 @@ def fit_last_steps(policy: ExportedPolicy, windows: Sequence[Mapping[str, np.nda
 
 def check_int8_options(process, steps: Sequence[int] | None, max_error: float, windows: int) -> list[int]:
     """The step counts to fit (default the process's own), sorted; :class:`ExportError` naming the
-    option for no calibration window, a bound outside (0, 1) or a count the process cannot sample with."""
+    option for a stateful process (streaming), no calibration window, a bound outside (0, 1) or a
+    count the process cannot sample with."""
+    if type(process).reset is not ProcessBase.reset:
+        raise ExportError(f"int8: the {process.name} process keeps state from chunk to chunk; the int8 fit measures "
+                          "single chunks, so it is not offered for it")
     if windows < 1:
         raise ExportError(f"calibration: the int8 fit needs at least one observation window, got {windows}")
     if not 0 < max_error < 1:

@@ -8,13 +8,14 @@ import pytest
 
 from cadence.deploy.budget import action_range
 from cadence.deploy.exported_policy import INT8_FILE, SPEC_FILE, ExportFormatError, load_exported, read_spec
-from cadence.deploy.int8_export import chunk_errors, export_int8, fit_last_steps
-from cadence.deploy.onnx_export import export_policy_onnx
+from cadence.deploy.int8_export import check_int8_options, chunk_errors, export_int8, fit_last_steps
+from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 from cadence.deploy.runtimes import build_runtime
-from tests.deploy.onnx_cases import make_noise, make_obs, make_policy
+from tests.deploy.onnx_cases import CASES, IMAGE_SHAPE, make_noise, make_obs, make_policy
 
 STEPS = [3, 10]
 MAX_ERROR = 0.01
+STREAMING = {"down_dims": [16], "pred_horizon": 20, "exec_horizon": 8, "sample_steps": 2, "streaming": {"start_steps": 3}}
 
 
 def windows(n: int, seed: int) -> list[dict]:
@@ -107,6 +108,16 @@ def test_steps_without_a_fit_and_exports_without_int8_are_refused(int8_export, t
         build_runtime("onnx-cpu-int8", export_dir=plain)
 
 
+def test_options_are_checked_before_anything_is_written():
+    ddpm = make_policy("ddpm", down_dims=[16]).process
+    assert check_int8_options(ddpm, None, 0.005, 8) == [3] and check_int8_options(ddpm, [10, 2, 10], 0.1, 1) == [2, 10]
+    for args, match in [((ddpm, None, 0.0, 8), "int8_max_error"), ((ddpm, None, 1.5, 8), "int8_max_error"),
+                        ((ddpm, None, 0.005, 0), "calibration"), ((ddpm, [101], 0.005, 8), "int8_steps"),
+                        ((make_policy("streaming", **STREAMING).process, None, 0.005, 8), "keeps state")]:
+        with pytest.raises(ExportError, match=match):
+            check_int8_options(*args)
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda s: s["int8"]["last_steps"].update({"ten": 1}), "int8.last_steps' has key 'ten'"),
     (lambda s: s["int8"]["last_steps"].update({"10": 11}), r"int8.last_steps.10' must be an integer in 0..10"),
@@ -130,3 +141,23 @@ def test_a_tampered_int8_entry_is_one_error_naming_the_key(int8_export, tmp_path
     with pytest.raises(ExportFormatError, match=match) as info:
         read_spec(bad)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["flow_image", "mode", "anchor"])
+def test_every_stateless_process_and_network_gets_an_int8_denoiser(name, tmp_path):
+    process, overrides, image, _ = CASES[name]
+    policy = make_policy(process, image=image, **overrides)
+    shapes = {"state": (6,), **({"image": IMAGE_SHAPE} if image else {})}
+    out = export_policy_onnx(policy, tmp_path, obs_shapes=shapes, precond=False, echo=None)
+    entry = export_int8(policy, out, [make_obs(1, image, seed=40 + i) for i in range(3)], max_error=0.05, echo=None)
+    steps = int(policy.process.sample_steps)
+    assert set(entry["last_steps"]) == {str(steps)}
+    ops = {node.op_type for node in onnx.load(str(out / INT8_FILE)).graph.node}
+    assert "MatMulNBits" in ops
+    obs, noise = make_obs(1, image, seed=5), make_noise(1, seed=6)
+    fp32 = build_runtime("onnx-cpu", export_dir=out).predict(obs, noise)
+    runtime = build_runtime("onnx-cpu-int8", export_dir=out)
+    assert runtime.policy.denoiser.first_int8 == steps - entry["last_steps"][str(steps)]
+    runtime.policy.denoiser.first_int8 = 0
+    got = runtime.predict(obs, noise)
+    assert np.isfinite(got).all() and np.abs(got - fp32).max() < 0.5
