@@ -27,6 +27,8 @@ from cadence.policies.processes.edm import SAMPLERS
 from cadence.policies.processes.truncated_anchor import SELECT
 from cadence.policies.rl.exploration_noise import SCHEDULES
 from cadence.policies.rl.reinflow import REDUCTIONS
+from cadence.policies.search import METHODS as SEARCH_METHODS
+from cadence.policies.search import VERIFIERS
 from cadence.tracking import MODES as TRACKING_MODES
 
 
@@ -65,3 +67,5 @@ LogProbReduce = _choice("LogProbReduce", REDUCTIONS)
 ImportFormat = _choice("ImportFormat", ("robomimic", "robosuite", "lerobot", "rosbag"))
 MissingVideos = _choice("MissingVideos", MISSING_VIDEOS)
 Align = _choice("Align", ALIGNS)
+SearchMethod = _choice("SearchMethod", SEARCH_METHODS)
+SearchVerifier = _choice("SearchVerifier", tuple(VERIFIERS))

@@ -25,6 +25,8 @@ from cadence.choices import (
     NoiseSchedule,
     Normalization,
     Precision,
+    SearchMethod,
+    SearchVerifier,
     TrackingMode,
     VideoFormat,
 )
@@ -161,6 +163,16 @@ class TrainConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Inference-time search over start noises (cadence.policies.search)."""
+    candidates: int = 1                      # K chunks per prediction, one kept; 1: no search
+    method: SearchMethod = SearchMethod.best_of        # best_of | zero_order (rounds around the best noise)
+    verifier: SearchVerifier = SearchVerifier.consensus   # consensus (the medoid) | coherence (the last plan)
+    rounds: int = 2                          # zero_order: rounds after the first
+    radius: float = 0.5                      # zero_order: neighbour noise scale
+
+
+@dataclass
 class EvalConfig:
     episodes: int = 50
     seed: int = 100_000              # evaluation seeds are seed, seed + 1, ...
@@ -173,6 +185,7 @@ class EvalConfig:
     async_envs: bool = False         # step each episode's simulator in its own worker process (AsyncVectorEnv)
     offline_samples: int = 4         # offline validation: K chunks per window for the min-of-K error
     offline_plot_episodes: int = 3   # offline validation: held-out episodes plotted, predicted vs demonstrated
+    search: SearchConfig = field(default_factory=SearchConfig)   # eval.search.candidates=8: best of 8 chunks
 
 
 @dataclass

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from cadence import distributed
 from cadence.offline_eval import format_offline, offline_validate, write_offline
-from cadence.sim_eval import evaluate_policy, format_summary, set_sample_steps
+from cadence.sim_eval import evaluate_policy, format_summary, set_sample_steps, set_search
 
 
 def _offline(policy, train_cfg, meta: dict, cfg: DictConfig, out_dir: Path, device, title: str) -> dict:
@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> dict | None:
         ckpt = resolve_checkpoint_dir(cfg.checkpoint)
         policy, train_cfg, meta = load_policy(ckpt, ranks.device, block_cache=cfg.block_cache, env_id=cfg.env_id)
         set_sample_steps(policy, cfg.eval.sample_steps)
+        set_search(policy, cfg.eval.search)
         out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
         title = f"{train_cfg.policy.name} @ step {meta['step']}"
         summary = None

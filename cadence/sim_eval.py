@@ -43,6 +43,14 @@ def set_sample_steps(policy, steps: int | None) -> None:
     policy.process = policy.process.with_steps(steps)
 
 
+def set_search(policy, search_cfg) -> None:
+    """Search over start noises at every prediction when ``search_cfg.candidates`` > 1 (else none)."""
+    from cadence.policies.search import SearchSettings
+    policy.search = (SearchSettings(int(search_cfg.candidates), str(search_cfg.method), str(search_cfg.verifier),
+                                    int(search_cfg.rounds), float(search_cfg.radius))
+                     if search_cfg.candidates > 1 else None)
+
+
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:
     """Milliseconds per ``predict_chunk`` call at batch size 1 (median and 90th percentile)."""
     times = np.sort(time_calls(lambda i: policy.predict_chunk(obs), calls, warmup))
@@ -160,6 +168,11 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
         summary.update(measure_latency(policy, first_observation(task_cfg, policy_cfg.obs_horizon, seeds[0], device),
                                        eval_cfg.latency_calls))
     summary["sample_steps"] = policy.process.sample_steps
+    search = getattr(policy, "search", None)
+    if search is not None:
+        summary["search"] = {"candidates": search.candidates, "method": search.method, "rounds": search.rounds,
+                             "verifier": search.verifier if isinstance(search.verifier, str) else "custom",
+                             "radius": search.radius}
     cache = getattr(policy.denoiser, "branch_cache", None)
     if cache is not None and getattr(cache, "active", None) is not None:
         summary["block_cache"] = {"method": cache.active.method, "updates": cache.active.budget,

@@ -30,6 +30,7 @@ class Policy(nn.Module):
         self.process = process
         self.obs_horizon, self.pred_horizon, self.action_dim = obs_horizon, pred_horizon, action_dim
         self.action_key = action_key
+        self.search = None          # SearchSettings: inference-time search over start noises (policies/search.py)
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """``batch``: the observation keys (B, To, ...) and ``action_key`` (B, Tp, Da)."""
@@ -41,10 +42,18 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
-                      noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> ActionChunk:
+                      noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                      previous: torch.Tensor | None = None) -> ActionChunk:
         """``obs``: each observation key (B, To, ...). ``noise`` (B, Tp, Da) fixes the start sample.
         ``prefix`` (B, P, Da), task units: actions already committed from chunk index ``start`` on;
-        the chunk reproduces them and continues from them (inpainting)."""
+        the chunk reproduces them and continues from them (inpainting). With ``search``
+        (:class:`~cadence.policies.search.SearchSettings`, K > 1) K candidates are sampled and a
+        verifier keeps one; ``previous`` (B, P, Da): the last chunk's plan from ``start`` on, for
+        the coherence verifier."""
+        if self.search is not None and self.search.candidates > 1:
+            from .search import search_chunk
+            actions = search_chunk(self, obs, self.search, generator, noise, prefix, previous)
+            return ActionChunk(actions, start=self.obs_horizon - 1)
         cond = self.encoder(obs, self.normalizer)
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
         known = None if prefix is None else self._known(prefix, shape, cond.device)

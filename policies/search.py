@@ -1,0 +1,152 @@
+"""Inference-time search over start noises: K candidate chunks, one kept by a verifier.
+
+After "Inference-Time Scaling for Diffusion Models beyond Scaling Denoising Steps" (Ma et al.,
+2025): the start noise is the search variable. ``best_of`` samples K chunks in one batched call
+sequence (the observation is encoded once, its conditioning repeated K times) and keeps the one
+the verifier scores highest. ``zero_order`` then runs ``rounds`` more rounds around the best
+noise (the pivot): K - 1 neighbours ``(pivot + radius * e) / sqrt(1 + radius^2)`` (unit variance
+again), scored together with the pivot's own chunk, the best becoming the next pivot; since
+every round scores the pivot beside its neighbours, the result is never worse by the verifier
+than where the search started.
+
+A verifier scores (chunks (B, K, Tp, Da) in task units, :class:`SearchContext`) -> (B, K), higher
+better. Built in, needing no training:
+
+- ``consensus``: minus the candidate's mean distance to the other K - 1 (the medoid scores
+  highest): the mode most candidates agree on.
+- ``coherence``: minus the distance to ``previous``, the actions the last chunk planned for the
+  same times (what the control loop's blend keeps continuous); without ``previous`` every
+  candidate scores 0 and the first one (the plain policy's sample) is kept.
+
+Candidates of a stateful process (streaming: a rolling buffer per batch row) cannot be drawn
+side by side; search refuses it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .processes.base import ProcessBase
+
+METHODS = ("best_of", "zero_order")
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What a verifier may look at: the observation (each key (B, To, ...)), the index of the
+    action due now in the chunk, and the previous chunk's plan from there on (B, P, Da) or None."""
+    obs: Mapping[str, torch.Tensor]
+    start: int
+    previous: torch.Tensor | None = None
+
+
+Verifier = Callable[[torch.Tensor, SearchContext], torch.Tensor]
+
+
+def _rms(diff: torch.Tensor) -> torch.Tensor:
+    """Root mean square over the last two dimensions (time, action)."""
+    return diff.pow(2).mean(dim=(-2, -1)).sqrt()
+
+
+def consensus(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
+    k = chunks.shape[1]
+    if k == 1:
+        return chunks.new_zeros(chunks.shape[:2])
+    distances = _rms(chunks[:, :, None] - chunks[:, None])         # (B, K, K), zero diagonal
+    return -distances.sum(dim=2) / (k - 1)
+
+
+def coherence(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
+    if context.previous is None:
+        return chunks.new_zeros(chunks.shape[:2])
+    previous = context.previous.to(chunks)
+    p = min(previous.shape[1], chunks.shape[2] - context.start)
+    return -_rms(chunks[:, :, context.start: context.start + p] - previous[:, None, :p])
+
+
+VERIFIERS: dict[str, Verifier] = {"consensus": consensus, "coherence": coherence}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    candidates: int = 1                 # K: 1 is the policy without search
+    method: str = "best_of"             # best_of | zero_order
+    verifier: str | Verifier = "consensus"
+    rounds: int = 2                     # zero_order: rounds after the first
+    radius: float = 0.5                 # zero_order: neighbour noise scale around the pivot
+
+    def __post_init__(self):
+        if self.candidates < 1:
+            raise ValueError(f"search.candidates must be >= 1, got {self.candidates}")
+        if self.method not in METHODS:
+            raise ValueError(f"search.method must be one of {METHODS}, got {self.method!r}")
+        if isinstance(self.verifier, str) and self.verifier not in VERIFIERS:
+            raise ValueError(f"search.verifier must be one of {sorted(VERIFIERS)}, got {self.verifier!r}")
+        if self.rounds < 0 or not self.radius > 0:
+            raise ValueError(f"search.rounds must be >= 0 and search.radius > 0, got {self.rounds}, {self.radius}")
+
+    @property
+    def score(self) -> Verifier:
+        return VERIFIERS[self.verifier] if isinstance(self.verifier, str) else self.verifier
+
+
+def _pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, K, ...) at index (B,) -> (B, ...)."""
+    return values[torch.arange(values.shape[0], device=values.device), index]
+
+
+class CandidateSampler:
+    """Samples chunks for (B, K) start noises of one observation batch, encoding it once."""
+
+    def __init__(self, policy, obs: Mapping[str, torch.Tensor], prefix: torch.Tensor | None):
+        self.policy = policy
+        self.cond = policy.encoder(obs, policy.normalizer)
+        self.batch = self.cond.shape[0]
+        shape = (self.batch, policy.pred_horizon, policy.action_dim)
+        self.known = None if prefix is None else policy._known(prefix, shape, self.cond.device)
+        self.task = policy.task_kwargs(obs)
+
+    def __call__(self, noises: torch.Tensor) -> torch.Tensor:
+        """noises (B, K, Tp, Da) -> chunks (B, K, Tp, Da) in task units, in one batched call sequence."""
+        b, k = noises.shape[:2]
+        repeat = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731 - candidate rows follow their sample's
+        known = None if self.known is None else type(self.known)(repeat(self.known.values), self.known.mask)
+        task = {key: repeat(value) if isinstance(value, torch.Tensor) else value for key, value in self.task.items()}
+        self.policy.prepare_sampling()
+        x = self.policy.process.sample(self.policy.denoiser, repeat(self.cond), (b * k, *noises.shape[2:]),
+                                       noise=noises.reshape(b * k, *noises.shape[2:]), known=known, **task)
+        return self.policy.normalizer.unnormalize(self.policy.action_key, x).reshape(noises.shape)
+
+
+def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettings,
+                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                 prefix: torch.Tensor | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """The kept chunk (B, Tp, Da), task units. ``noise`` (B, Tp, Da), if given, is candidate 0's
+    start noise; the others are drawn from ``generator``."""
+    if type(policy.process).reset is not ProcessBase.reset:
+        raise ValueError(f"search: the {policy.process.name} process keeps state per batch row; its candidates "
+                         "cannot be sampled side by side")
+    sample = CandidateSampler(policy, obs, prefix)
+    k, device = settings.candidates, sample.cond.device
+    shape = (sample.batch, k, policy.pred_horizon, policy.action_dim)
+    noises = torch.randn(shape, generator=generator, device=device)
+    if noise is not None:
+        noises[:, 0] = noise.to(device)
+    context = SearchContext(obs, policy.obs_horizon - 1, previous)
+    chunks = sample(noises)
+    scores = settings.score(chunks, context)
+    best = scores.argmax(dim=1)
+    pivot_noise, pivot_chunk = _pick(noises, best), _pick(chunks, best)
+    if settings.method == "zero_order" and k > 1:
+        scale = 1.0 / math.sqrt(1.0 + settings.radius ** 2)
+        for _ in range(settings.rounds):
+            step = torch.randn((sample.batch, k - 1, *shape[2:]), generator=generator, device=device)
+            neighbours = (pivot_noise[:, None] + settings.radius * step) * scale
+            chunks = torch.cat([pivot_chunk[:, None], sample(neighbours)], dim=1)
+            noises = torch.cat([pivot_noise[:, None], neighbours], dim=1)
+            best = settings.score(chunks, context).argmax(dim=1)      # ties keep the pivot (index 0)
+            pivot_noise, pivot_chunk = _pick(noises, best), _pick(chunks, best)
+    return pivot_chunk
