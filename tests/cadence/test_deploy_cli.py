@@ -189,6 +189,14 @@ def test_a_process_of_your_own_trains_exports_and_runs_through_a_plugin(trained)
     assert refused.returncode == 1 and "--plugin MODULE" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_export_int8_refuses_a_bad_bound_before_writing(trained):
+    bad = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_max_error=2", "out_dir=bad", cwd=trained,
+                  check=False)
+    assert bad.returncode == 1 and "max_error" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (trained / "bad").exists()
+
+
+@pytest.mark.slow
 def test_export_int8_fits_its_steps_and_run_chooses_it(trained):
     proc = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_steps=[2,4]", "calibration=4", cwd=trained)
     spec = json.loads((trained / "runs" / "tiny" / "export-onnx" / "policy.json").read_text())
@@ -199,6 +207,3 @@ def test_export_int8_fits_its_steps_and_run_chooses_it(trained):
             "out_dir=deploy-int8", cwd=trained)
     summary = json.loads((trained / "deploy-int8" / "summary.json").read_text())
     assert summary["chosen"] == "onnx-cpu-int8/2 steps"
-    bad = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_max_error=2", "out_dir=bad", cwd=trained,
-                  check=False)
-    assert bad.returncode == 1 and "max_error" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -143,6 +143,7 @@ def test_a_tampered_int8_entry_is_one_error_naming_the_key(int8_export, tmp_path
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["flow_image", "mode", "anchor"])
 def test_every_stateless_process_and_network_gets_an_int8_denoiser(name, tmp_path):
     process, overrides, image, _ = CASES[name]
