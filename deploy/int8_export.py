@@ -24,7 +24,6 @@ import numpy as np
 import onnx
 import torch
 from cadence.policies.policy import Policy
-from cadence.policies.processes.base import ProcessBase
 from tqdm.auto import tqdm
 
 from .budget import action_range
@@ -107,7 +106,7 @@ def check_int8_options(process, steps: Sequence[int] | None, max_error: float, w
     """The step counts to fit (default the process's own), sorted; :class:`ExportError` naming the
     option for a stateful process (streaming), no calibration window, a bound outside (0, 1) or a
     count the process cannot sample with."""
-    if type(process).reset is not ProcessBase.reset:
+    if process.keeps_state:
         raise ExportError(f"int8: the {process.name} process keeps state from chunk to chunk; the int8 fit measures "
                           "single chunks, so it is not offered for it")
     if windows < 1:

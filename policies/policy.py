@@ -56,7 +56,7 @@ class Policy(nn.Module):
             return ActionChunk(actions, start=self.obs_horizon - 1)
         cond = self.encoder(obs, self.normalizer)
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
-        known = None if prefix is None else self._known(prefix, shape, cond.device)
+        known = None if prefix is None else self.known_actions(prefix, shape, cond.device)
         self.prepare_sampling()
         x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise, known=known,
                                 **self.task_kwargs(obs))
@@ -76,7 +76,8 @@ class Policy(nn.Module):
         ids = obs.get(TASK_ID_KEY)
         return {"task": None if ids is None else ids[:, -1].argmax(dim=-1)}
 
-    def _known(self, prefix: torch.Tensor, shape: tuple[int, int, int], device) -> KnownActions:
+    def known_actions(self, prefix: torch.Tensor, shape: tuple[int, int, int], device) -> KnownActions:
+        """The committed ``prefix`` (B, P, Da, task units) as known entries of a chunk of ``shape``, from ``start`` on."""
         start = self.obs_horizon - 1
         if prefix.ndim != 3 or prefix.shape[0] != shape[0] or prefix.shape[2] != shape[2] \
                 or not 0 < prefix.shape[1] <= shape[1] - start:

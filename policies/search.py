@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .processes.base import ProcessBase
 
 METHODS = ("best_of", "zero_order")
 
@@ -106,7 +105,7 @@ class CandidateSampler:
         self.cond = policy.encoder(obs, policy.normalizer)
         self.batch = self.cond.shape[0]
         shape = (self.batch, policy.pred_horizon, policy.action_dim)
-        self.known = None if prefix is None else policy._known(prefix, shape, self.cond.device)
+        self.known = None if prefix is None else policy.known_actions(prefix, shape, self.cond.device)
         self.task = policy.task_kwargs(obs)
 
     def __call__(self, noises: torch.Tensor) -> torch.Tensor:
@@ -126,7 +125,7 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
                  prefix: torch.Tensor | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
     """The kept chunk (B, Tp, Da), task units. ``noise`` (B, Tp, Da), if given, is candidate 0's
     start noise; the others are drawn from ``generator``."""
-    if type(policy.process).reset is not ProcessBase.reset:
+    if policy.process.keeps_state:
         raise ValueError(f"search: the {policy.process.name} process keeps state per batch row; its candidates "
                          "cannot be sampled side by side")
     sample = CandidateSampler(policy, obs, prefix)

@@ -160,6 +160,12 @@ class ProcessBase:
     def reset(self) -> None:
         """Forget per-episode state (none by default)."""
 
+    @property
+    def keeps_state(self) -> bool:
+        """Whether chunks depend on earlier ones (the process has its own ``reset``, e.g. streaming's
+        rolling buffer): such a process cannot be sampled side by side or judged one chunk at a time."""
+        return type(self).reset is not ProcessBase.reset
+
     def keep_rows(self, rows) -> None:
         """Keep the per-episode state of these batch rows only (none by default)."""
 
