@@ -162,3 +162,16 @@ def test_every_stateless_process_and_network_gets_an_int8_denoiser(name, tmp_pat
     runtime.policy.denoiser.first_int8 = 0
     got = runtime.predict(obs, noise)
     assert np.isfinite(got).all() and np.abs(got - fp32).max() < 0.5
+
+
+def test_a_truncated_int8_graph_is_one_error_naming_the_file(int8_export, tmp_path):
+    import shutil
+    _, out, _ = int8_export
+    bad = tmp_path / "export"
+    shutil.copytree(out, bad)
+    data = (bad / INT8_FILE).read_bytes()
+    (bad / INT8_FILE).write_bytes(data[: len(data) // 3])
+    with pytest.raises(ExportFormatError, match=INT8_FILE) as info:
+        build_runtime("onnx-cpu-int8", export_dir=bad, sample_steps=10)
+    assert "\n" not in str(info.value)
+    build_runtime("onnx-cpu", export_dir=bad, sample_steps=10)       # the fp32 kinds never open it
