@@ -30,6 +30,7 @@ CONTROL_HZ = 10
 SUBSTEPS = 10  # physics at 100 Hz
 MODES = ("left", "right")
 SIDES = ("either", *MODES)
+STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
 def _load_model() -> mujoco.MjModel:
@@ -110,6 +111,27 @@ class BimodalReachEnv(gym.Env):
         x, y = self.data.qpos
         if self._mode == "none" and y >= 0.0:
             self._mode = "left" if x < 0.0 else "right"
+
+    # --- lookahead (cadence.envs.lookahead) ---------------------------------------------
+    def snapshot(self) -> dict:
+        """The whole state: MuJoCo's integration state (positions, velocities, controls, warm
+        start, time), the goal and the episode's counters."""
+        physics = np.empty(mujoco.mj_stateSize(self.model, STATE_SPEC))
+        mujoco.mj_getState(self.model, self.data, physics, STATE_SPEC)
+        return {"physics": physics, "goal": self.goal.copy(), "steps": self._steps,
+                "collided": self._collided, "mode": self._mode}
+
+    def restore(self, state: dict) -> None:
+        """Put this env exactly in a :meth:`snapshot` of one of the same task."""
+        mujoco.mj_setState(self.model, self.data, np.asarray(state["physics"], np.float64), STATE_SPEC)
+        self.goal = np.array(state["goal"], dtype=float)
+        self.model.site_pos[self._goal_site, :2] = self.goal
+        mujoco.mj_forward(self.model, self.data)
+        self._steps, self._collided, self._mode = int(state["steps"]), bool(state["collided"]), str(state["mode"])
+
+    def progress(self) -> float:
+        """Minus the distance to the goal."""
+        return -float(np.linalg.norm(self.data.qpos - self.goal))
 
     # --- observation -------------------------------------------------------------------
     @property

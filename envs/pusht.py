@@ -97,6 +97,30 @@ class PushTTask(gym.Env):
             env.space.reindex_shapes_for_body(body)
         return self._obs(self._state())
 
+    def snapshot(self) -> dict:
+        """Both bodies' poses and velocities and the last action (cadence.envs.lookahead)."""
+        env = self._env
+        return {"agent": [*env.agent.position, *env.agent.velocity],
+                "block": [*env.block.position, *env.block.velocity, env.block.angle, env.block.angular_velocity],
+                "last_action": None if env._last_action is None else np.array(env._last_action, dtype=np.float64)}
+
+    def restore(self, state: dict) -> None:
+        """Put this env in a :meth:`snapshot`. pymunk's contact cache (its solver's warm start) is
+        not part of it, so while the agent pushes the block the next steps match the snapshotted
+        env's to within a few hundredths of a pixel, not bit for bit."""
+        env = self._env
+        agent, block = np.asarray(state["agent"], np.float64), np.asarray(state["block"], np.float64)
+        env.agent.position, env.agent.velocity = agent[:2].tolist(), agent[2:4].tolist()
+        env.block.angle, env.block.angular_velocity = float(block[4]), float(block[5])
+        env.block.position, env.block.velocity = block[:2].tolist(), block[2:4].tolist()
+        env._last_action = None if state["last_action"] is None else np.array(state["last_action"], np.float64)
+        for body in (env.agent, env.block):
+            env.space.reindex_shapes_for_body(body)
+
+    def progress(self) -> float:
+        """The reward now: coverage over the success threshold, at most 1."""
+        return min(self.coverage() / SUCCESS_COVERAGE, 1.0)
+
     def coverage(self) -> float:
         """Fraction of the goal area the block covers now."""
         return float(self._env._get_coverage())

@@ -44,6 +44,7 @@ from cadence.envs.robosuite_render import CameraRenderer, image_key
 
 CONTROL_HZ = 20
 ACTION_DIM = 7
+STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 MODEL_SEED = 0            # builds the (randomised) scene model identically in every instance
 LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
 
@@ -188,6 +189,41 @@ class RobosuiteTask(gym.Env):
         self._env.sim.forward()
         self._raw = self._env._get_observations(force_update=True)
         return self._observation()
+
+    # --- lookahead (cadence.envs.lookahead) ---------------------------------------------
+    def snapshot(self) -> dict:
+        """MuJoCo's integration state (positions, velocities, controls, warm start, time), the
+        grippers' commands (robosuite integrates them step by step) and the step counts."""
+        physics = np.empty(mujoco.mj_stateSize(self.mj_model, STATE_SPEC))
+        mujoco.mj_getState(self.mj_model, self.mj_data, physics, STATE_SPEC)
+        return {"physics": physics, "grippers": [np.array(g.current_action) for g in self._grippers()],
+                "steps": self._steps, "timestep": self._env.timestep, "cur_time": self._env.cur_time}
+
+    def restore(self, state: dict) -> None:
+        """Put this env in a :meth:`snapshot` of one of the same task (the delta end-effector
+        controller sets its goal from the pose at each step, told to re-read it here)."""
+        mujoco.mj_setState(self.mj_model, self.mj_data, np.asarray(state["physics"], np.float64), STATE_SPEC)
+        for gripper, command in zip(self._grippers(), state["grippers"], strict=True):
+            gripper.current_action = np.array(command, dtype=np.float64)
+        for robot in self._env.robots:              # controllers re-read the pose at the next step
+            for controller in robot.composite_controller.part_controllers.values():
+                controller.new_update = True
+        self._env.timestep, self._env.cur_time = int(state["timestep"]), float(state["cur_time"])
+        self._env.sim.forward()
+        self._raw = self._env._get_observations(force_update=True)
+        self._steps = int(state["steps"])
+
+    def _grippers(self) -> list:
+        return [gripper for robot in self._env.robots for gripper in robot.gripper.values()]
+
+    def progress(self) -> float:
+        """robosuite's shaped reward (reach, grasp, lift, hover stages; 1 when solved)."""
+        env, shaping = self._env, self._env.reward_shaping
+        env.reward_shaping = True
+        try:
+            return float(env.reward())
+        finally:
+            env.reward_shaping = shaping
 
     # --- episode -----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cadence.envs.lookahead import score_plans
+
 __all__ = ["RolloutResult", "rollout", "vector_env"]
 
 
@@ -116,13 +118,17 @@ def _as_dict(obs: Any) -> dict[str, np.ndarray]:
     return obs if isinstance(obs, dict) else {"obs": obs}
 
 
-class _Filmed(gym.Wrapper):
-    """``frame()``: the env's render as uint8 while ``filming`` is set, else None (nothing rendered).
-    A method of the env, so a vector env's ``call("frame")`` reaches it in a worker process too."""
+class _RolloutEnv(gym.Wrapper):
+    """A rollout's sub-env. ``frame()``: the env's render as uint8 while ``filming`` is set, else
+    None (nothing rendered). ``score_plans()``: the scores of ``plans`` (K, T, Da), each run in a
+    scratch env of the same task from this env's state (:mod:`cadence.envs.lookahead`; made on
+    first use). Methods of the env, so a vector env's ``call`` reaches them in a worker process too."""
 
-    def __init__(self, env: gym.Env, filming: bool):
-        super().__init__(env)
-        self.filming = filming
+    def __init__(self, make_env: Callable[[], gym.Env], filming: bool):
+        super().__init__(make_env())
+        self.make_env, self.filming = make_env, filming
+        self.plans: np.ndarray | None = None
+        self._scratch: gym.Env | None = None
 
     def frame(self) -> np.ndarray | None:
         if not self.filming:
@@ -135,9 +141,30 @@ class _Filmed(gym.Wrapper):
         frame = np.asarray(frame)
         return frame if frame.dtype == np.uint8 else np.clip(frame, 0, 255).astype(np.uint8)
 
+    def score_plans(self) -> np.ndarray | None:
+        if self.plans is None:
+            return None
+        if self._scratch is None:
+            self._scratch = self.make_env()
+            self._scratch.reset(seed=0)
+        plans, self.plans = self.plans, None
+        return score_plans(self.env, self._scratch, plans)
 
-def _filmed_env(make_env: Callable[[], gym.Env], filming: bool) -> gym.Env:
-    return _Filmed(make_env(), filming)
+    def close(self):
+        if self._scratch is not None:
+            self._scratch.close()
+        super().close()
+
+
+def _lookahead(envs: gym.vector.VectorEnv, rows: np.ndarray, plans: np.ndarray) -> np.ndarray:
+    """Scores (B, K) of plans (B, K, T, Da) for the sub-envs ``rows``, each scored in its own env
+    (in parallel in an async vector env's workers)."""
+    per_env: list[np.ndarray | None] = [None] * envs.num_envs
+    for j, i in enumerate(rows):
+        per_env[i] = plans[j]
+    envs.set_attr("plans", per_env)
+    scores = envs.call("score_plans")
+    return np.stack([scores[i] for i in rows])
 
 
 def vector_env(make_env: Callable[[], gym.Env], n: int, n_video: int = 0, async_envs: bool = False,
@@ -147,7 +174,7 @@ def vector_env(make_env: Callable[[], gym.Env], n: int, n_video: int = 0, async_
     ``async_envs``: one worker process per sub-env, forked from a server process that has
     imported the env code and the modules in ``preload`` once (they apply when that server
     starts: the first async vector env of the process)."""
-    fns = [partial(_filmed_env, make_env, i < n_video) for i in range(n)]
+    fns = [partial(_RolloutEnv, make_env, i < n_video) for i in range(n)]
     if async_envs:
         # Workers fork from a clean server process that has imported the env code once: fork from
         # this process can deadlock (its torch threads and GL contexts), spawn re-imports per worker.
@@ -181,6 +208,11 @@ def rollout(policy, make_env: Callable[[], gym.Env] | None, seeds: Sequence[int]
     showing its last frame). ``max_rewards`` is each episode's largest step reward (PushT's
     score in the Diffusion Policy paper); ``final_info[k]`` the number ``info[k]`` held at each
     episode's last step, for every ``k`` in ``info_metrics`` (NaN if the env never reported it).
+    A policy whose ``uses_lookahead`` is true (search with the ``oracle`` verifier) is also given
+    ``lookahead=``: a function scoring plans (B, K, T, Da) of the running envs, each in a copy of
+    its env from its current state (:mod:`cadence.envs.lookahead`), the envs themselves untouched.
+    One whose ``uses_previous`` is true (the coherence verifier) is given ``previous=``: the
+    actions its last chunk planned beyond those executed, for the rows still running.
     ``async_envs``: step the envs in worker processes (``make_env`` then runs there; it is
     cloudpickled, so a lambda works); the outcomes are the same as in this process.
     ``envs``: an open :func:`vector_env` to run in instead (``make_env`` and ``async_envs`` are
@@ -247,16 +279,27 @@ def rollout(policy, make_env: Callable[[], gym.Env] | None, seeds: Sequence[int]
         if callable(reset):
             reset()
         keep_rows = getattr(policy, "keep_rows", None)     # stateful policies follow the shrinking batch
-        previous = None
+        lookahead = getattr(policy, "uses_lookahead", False)  # search's oracle verifier: plans scored in copies
+        wants_plan = getattr(policy, "uses_previous", False)  # search's coherence verifier: the last plan
+        previous, plan = None, None
 
         with torch.no_grad():
             while not done.all():
                 running = np.flatnonzero(~done)
-                if previous is not None and len(running) != len(previous) and callable(keep_rows):
-                    keep_rows(np.searchsorted(previous, running))
+                kept = None if previous is None else np.searchsorted(previous, running)
+                if kept is not None and len(running) != len(previous) and callable(keep_rows):
+                    keep_rows(kept)
                 previous = running
                 batch = {k: _to_tensor(history[k][running], device) for k in obs_keys}
-                chunk = policy.predict_chunk(batch)
+                extra = {}
+                if lookahead:
+                    extra["lookahead"] = partial(_lookahead, envs, running)
+                if plan is not None:
+                    extra["previous"] = plan[kept]
+                chunk = policy.predict_chunk(batch, **extra)
+                if wants_plan:       # what this chunk planned beyond the actions about to run
+                    rest = chunk.actions[:, chunk.start + exec_horizon:]
+                    plan = rest if rest.shape[1] else None
                 actions = chunk.executable(exec_horizon).detach().to("cpu", torch.float32).numpy()
                 if actions.shape[0] != len(running):
                     raise ValueError(f"policy returned a chunk for {actions.shape[0]} envs, "

@@ -43,16 +43,17 @@ class Policy(nn.Module):
     @torch.no_grad()
     def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
                       noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
-                      previous: torch.Tensor | None = None) -> ActionChunk:
+                      previous: torch.Tensor | None = None, lookahead=None) -> ActionChunk:
         """``obs``: each observation key (B, To, ...). ``noise`` (B, Tp, Da) fixes the start sample.
         ``prefix`` (B, P, Da), task units: actions already committed from chunk index ``start`` on;
         the chunk reproduces them and continues from them (inpainting). With ``search``
         (:class:`~cadence.policies.search.SearchSettings`, K > 1) K candidates are sampled and a
         verifier keeps one; ``previous`` (B, P, Da): the last chunk's plan from ``start`` on, for
-        the coherence verifier."""
+        the coherence verifier; ``lookahead``: a simulated rollout's scorer, for the oracle
+        verifier (see :class:`~cadence.policies.search.SearchContext`)."""
         if self.search is not None and self.search.candidates > 1:
             from .search import search_chunk
-            actions = search_chunk(self, obs, self.search, generator, noise, prefix, previous)
+            actions = search_chunk(self, obs, self.search, generator, noise, prefix, previous, lookahead)
             return ActionChunk(actions, start=self.obs_horizon - 1)
         cond = self.encoder(obs, self.normalizer)
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
@@ -61,6 +62,16 @@ class Policy(nn.Module):
         x = self.process.sample(self.denoiser, cond, shape, generator=generator, noise=noise, known=known,
                                 **self.task_kwargs(obs))
         return ActionChunk(self.normalizer.unnormalize(self.action_key, x), start=self.obs_horizon - 1)
+
+    @property
+    def uses_lookahead(self) -> bool:
+        """Whether ``predict_chunk`` wants ``lookahead`` (search with the oracle verifier)."""
+        return self.search is not None and self.search.uses_lookahead
+
+    @property
+    def uses_previous(self) -> bool:
+        """Whether ``predict_chunk`` wants ``previous``, the last chunk's plan (search with the coherence verifier)."""
+        return self.search is not None and self.search.uses_previous
 
     def prepare_sampling(self) -> None:
         """Let a denoiser with step-indexed caches (MoDE's fused experts) build them for the

@@ -18,6 +18,11 @@ better. Built in, needing no training:
   same times (what the control loop's blend keeps continuous); without ``previous`` every
   candidate scores 0 and the first one (the plain policy's sample) is kept.
 
+And ``oracle``, not deployable (a robot has no copy of the world; it measures the headroom):
+each candidate's actions from ``start`` to the chunk's end run in a copy of the simulator from
+the current state, scored by the task (:mod:`cadence.envs.lookahead`: success, failure, else
+progress). It needs ``context.lookahead``, which a simulated rollout gives.
+
 Candidates of a stateful process (streaming: a rolling buffer per batch row) cannot be drawn
 side by side; search refuses it.
 """
@@ -27,6 +32,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -36,10 +42,12 @@ METHODS = ("best_of", "zero_order")
 @dataclass(frozen=True)
 class SearchContext:
     """What a verifier may look at: the observation (each key (B, To, ...)), the index of the
-    action due now in the chunk, and the previous chunk's plan from there on (B, P, Da) or None."""
+    action due now in the chunk, the previous chunk's plan from there on (B, P, Da) or None, and
+    in a simulated rollout ``lookahead``: plans (B, K, T, Da) -> scores (B, K) from copies of the simulator."""
     obs: Mapping[str, torch.Tensor]
     start: int
     previous: torch.Tensor | None = None
+    lookahead: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 Verifier = Callable[[torch.Tensor, SearchContext], torch.Tensor]
@@ -66,7 +74,19 @@ def coherence(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
     return -_rms(chunks[:, :, context.start: context.start + p] - previous[:, None, :p])
 
 
-VERIFIERS: dict[str, Verifier] = {"consensus": consensus, "coherence": coherence}
+def oracle(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
+    if context.lookahead is None:
+        raise ValueError("search.verifier=oracle runs each candidate in a copy of the simulator, so it works in a "
+                         "simulated rollout (cadence eval) only, never on a robot")
+    plans = chunks[:, :, context.start:].detach().to("cpu", torch.float32).numpy()
+    scores = np.asarray(context.lookahead(plans), dtype=np.float64)
+    if scores.shape != chunks.shape[:2]:
+        raise ValueError(f"lookahead returned scores of shape {scores.shape}, expected {tuple(chunks.shape[:2])}")
+    return torch.as_tensor(scores, dtype=chunks.dtype, device=chunks.device)
+
+
+VERIFIERS: dict[str, Verifier] = {"consensus": consensus, "coherence": coherence, "oracle": oracle}
+LOOKAHEAD_VERIFIERS = ("oracle",)
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,16 @@ class SearchSettings:
             raise ValueError(f"search.verifier must be one of {sorted(VERIFIERS)}, got {self.verifier!r}")
         if self.rounds < 0 or not self.radius > 0:
             raise ValueError(f"search.rounds must be >= 0 and search.radius > 0, got {self.rounds}, {self.radius}")
+
+    @property
+    def uses_lookahead(self) -> bool:
+        """Whether the verifier scores candidates in copies of the simulator (needs ``lookahead``)."""
+        return self.candidates > 1 and isinstance(self.verifier, str) and self.verifier in LOOKAHEAD_VERIFIERS
+
+    @property
+    def uses_previous(self) -> bool:
+        """Whether the verifier compares candidates with the last chunk's plan (needs ``previous``)."""
+        return self.candidates > 1 and self.verifier == "coherence"
 
     @property
     def score(self) -> Verifier:
@@ -122,9 +152,11 @@ class CandidateSampler:
 
 def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettings,
                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                 prefix: torch.Tensor | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+                 prefix: torch.Tensor | None = None, previous: torch.Tensor | None = None,
+                 lookahead: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
     """The kept chunk (B, Tp, Da), task units. ``noise`` (B, Tp, Da), if given, is candidate 0's
-    start noise; the others are drawn from ``generator``."""
+    start noise; the others are drawn from ``generator``. ``previous`` and ``lookahead``: see
+    :class:`SearchContext`."""
     if policy.process.keeps_state:
         raise ValueError(f"search: the {policy.process.name} process keeps state per batch row; its candidates "
                          "cannot be sampled side by side")
@@ -134,7 +166,7 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
     noises = torch.randn(shape, generator=generator, device=device)
     if noise is not None:
         noises[:, 0] = noise.to(device)
-    context = SearchContext(obs, policy.obs_horizon - 1, previous)
+    context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead)
     chunks = sample(noises)
     scores = settings.score(chunks, context)
     best = scores.argmax(dim=1)

@@ -315,3 +315,56 @@ def test_concatenated_waves_are_the_episodes_of_one_rollout():
     assert parts.summary() == whole.summary()
     with pytest.raises(ValueError, match="nothing"):
         RolloutResult.concat([])
+
+
+def test_oracle_search_scores_candidates_in_copies_of_each_running_env():
+    """A random-weight policy crashes into the obstacle within a few steps; searching 8 start
+    noises with the oracle (each candidate run in a copy of its env) steers around it. The same
+    in worker processes: the plans and scores travel through the vector env."""
+    from cadence.policies.search import SearchSettings
+    from tests.deploy.onnx_cases import make_policy
+
+    policy = make_policy("ddpm", down_dims=[16, 32])
+    outcomes = {}
+    for k, async_envs in ((1, False), (8, False), (8, True)):
+        policy.search = SearchSettings(candidates=k, verifier="oracle")
+        assert policy.uses_lookahead == (k > 1)
+        torch.manual_seed(0)
+        result = rollout(policy, make_env, [0, 1, 2, 3], TO, TA, ["state"], progress=False,
+                         info_metrics=["distance"], async_envs=async_envs)
+        outcomes[k, async_envs] = result
+    plain, oracle, workers = outcomes[1, False], outcomes[8, False], outcomes[8, True]
+    assert plain.success.sum() == 0 and oracle.success.sum() >= 2
+    assert (oracle.lengths > plain.lengths).all()
+    np.testing.assert_array_equal(workers.lengths, oracle.lengths)
+    np.testing.assert_array_equal(workers.final_info["distance"], oracle.final_info["distance"])
+
+
+class PlanRecorder:
+    """Wants the last plan (like search with the coherence verifier); records what it is given.
+    Its chunk's actions hold the env's goal (its identity) and the call count."""
+
+    uses_previous = True
+
+    def __init__(self):
+        self.calls = []           # (goal x per row, chunk, previous or None)
+
+    def predict_chunk(self, obs, previous=None):
+        goal_x = obs["state"][:, -1, 4]
+        b = goal_x.shape[0]
+        chunk = torch.zeros(b, TP, 2)
+        chunk[:, :, 0] = goal_x[:, None] * torch.linspace(1, 2, TP)                 # x target: near the goal's x
+        speed = torch.where(goal_x > 0, 0.1, 0.03)[:, None]       # y: creeps towards the obstacle, some faster
+        chunk[:, :, 1] = -0.6 + speed * len(self.calls) + torch.arange(TP) / 1000.0
+        self.calls.append((goal_x.clone(), chunk, previous))
+        return ActionChunk(chunk, start=TO - 1)
+
+
+def test_a_policy_that_wants_it_gets_the_rest_of_its_last_plan_for_the_rows_still_running():
+    policy = PlanRecorder()
+    rollout(policy, make_env, [0, 1, 2], TO, TA, ["state"], progress=False)
+    sizes = [len(goals) for goals, _, _ in policy.calls]
+    assert policy.calls[0][2] is None and sizes[0] > sizes[-1] > 0              # the batch shrinks on the way
+    for (goals_before, chunk_before, _), (goals, _, previous) in zip(policy.calls, policy.calls[1:]):
+        rows = [int(torch.nonzero(goals_before == g)[0, 0]) for g in goals]       # the same envs last time
+        assert torch.equal(previous, chunk_before[rows, TO - 1 + TA:])

@@ -114,3 +114,20 @@ def test_every_candidate_keeps_the_committed_prefix(policy):
     kept = search_chunk(policy, obs, SearchSettings(candidates=3), generator=torch.Generator().manual_seed(1),
                         prefix=prefix)
     assert torch.allclose(kept[:, 1:4], prefix, atol=1e-5)
+
+
+def test_the_oracle_scores_the_plans_from_start_given_by_the_rollout(policy):
+    obs, seen = obs_tensors(2), []
+
+    def lookahead(plans):              # stands in for the rollout's copies of the simulator: last action's x
+        seen.append(plans)
+        return plans[:, :, -1, 0]
+
+    settings = SearchSettings(candidates=5, verifier="oracle")
+    assert settings.uses_lookahead and not SearchSettings(candidates=1, verifier="oracle").uses_lookahead
+    kept = search_chunk(policy, obs, settings, generator=torch.Generator().manual_seed(3), lookahead=lookahead)
+    (plans,) = seen
+    assert plans.shape == (2, 5, 16 - 1, 2)                     # from start = To - 1 to the chunk's end
+    assert torch.allclose(kept[:, 1:], torch.from_numpy(plans[[0, 1], plans[:, :, -1, 0].argmax(axis=1)]))
+    with pytest.raises(ValueError, match="simulated rollout"):
+        search_chunk(policy, obs, settings)
