@@ -41,6 +41,7 @@ COMMANDS = {
     "bench eval": ("cadence.bench.eval", "bench_eval", "evaluation wall time: one process vs waves vs async envs vs ranks"),
     "bench finetune": ("cadence.bench.finetune", "bench_finetune", "ReinFlow (flow, shortcut) vs DPPO-style vs no fine-tuning"),
     "bench peer": ("cadence.bench.peer", "bench_peer", "cadence vs LeRobot's DiffusionPolicy at identical math: ms per chunk, action error, training samples/s"),
+    "bench search": ("cadence.bench.search", "bench_search", "inference-time search: success against K candidates per verifier, beside more steps"),
     "bench server": ("cadence.bench.server", "bench_server", "robot server under attack: valid round trips, peak RSS"),
 }
 GROUPS = {name.split()[0] for name in COMMANDS if " " in name}

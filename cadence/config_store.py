@@ -39,5 +39,6 @@ def register() -> None:
                        "finetune_schema": FinetuneApp, "bench_finetune_schema": bench.BenchFinetuneApp,
                        "bench_scale_schema": bench.BenchScaleApp, "bench_eval_schema": bench.BenchEvalApp,
                        "bench_server_schema": bench.BenchServerApp,
-                       "bench_record_schema": bench.BenchRecordApp, "bench_peer_schema": bench.BenchPeerApp}.items():
+                       "bench_record_schema": bench.BenchRecordApp, "bench_peer_schema": bench.BenchPeerApp,
+                       "bench_search_schema": bench.BenchSearchApp}.items():
         cs.store(name=name, node=node)

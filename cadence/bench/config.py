@@ -264,3 +264,20 @@ class BenchPeerApp:
     batch_size: int = 64
     seed: int = 0
     out_dir: str = "runs/bench-peer-${now:%Y%m%d-%H%M%S}"
+
+
+@dataclass
+class BenchSearchApp:
+    """``cadence bench search``: success against K candidates per verifier and method, beside more steps."""
+    checkpoint: str = "???"                  # a trained run (or its checkpoint folder)
+    candidates: list = field(default_factory=lambda: [1, 2, 4, 8, 16])   # K per row (1: the plain policy)
+    verifiers: list = field(default_factory=lambda: ["oracle", "consensus", "coherence"])
+    methods: list = field(default_factory=lambda: ["best_of"])            # and/or zero_order
+    rounds: int = 2                          # zero_order: rounds after the first
+    radius: float = 0.5                      # zero_order: neighbour noise scale
+    steps: list = field(default_factory=lambda: [20, 50, 100])   # K=1 rows sampling with more denoiser calls
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=50, video_episodes=0, latency_calls=0,
+                                                                plot=False, offline_plot_episodes=0))
+    timing_calls: int = 20                   # batch-1 chunks timed per row (median), rows interleaved
+    device: str = "auto"
+    out_dir: str = "runs/bench-search-${now:%Y%m%d-%H%M%S}"

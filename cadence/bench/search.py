@@ -1,0 +1,136 @@
+"""``cadence bench search``: inference-time search (more candidates) against more denoising steps.
+
+One trained checkpoint, one task, the same evaluation seeds for every row. Rows:
+
+- ``candidates``: the policy with search (:mod:`cadence.policies.search`) for every verifier x
+  method x K in ``candidates`` (K = 1 is the plain policy, one row shared by all);
+- ``steps``: the plain policy sampling with each of ``steps`` denoiser calls (DDIM), the other
+  way to spend more compute per chunk.
+
+Per row: ms per chunk at batch 1 (median, rows timed round-robin; the oracle's simulated
+lookahead is not timed, only its network share), success and score, and their change against
+the plain policy. ``results.json``, ``results.md`` and ``success_vs_ms.png`` (success against ms
+per chunk: the "more steps" curve and one "more candidates" curve per verifier and method) go to
+``out_dir``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from cadence.bench.common import write_results
+from cadence.bench.pair import variant
+from cadence.checkpoint import load_policy
+from cadence.deploy.budget import interleaved_ms
+from cadence.device import resolve_device
+from cadence.markdown_table import markdown_table
+from cadence.policies.search import SearchSettings
+from cadence.sim_eval import evaluate_policy, first_observation
+
+COLUMNS = ("row", "verifier", "method", "K", "steps", "ms / chunk", "success", "vs K=1", "score", "vs K=1 score")
+
+
+class NetworkOnly:
+    """Times a policy's chunk without the oracle's simulated lookahead (its scores are all zero)."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def predict_chunk(self, obs):
+        if getattr(self.policy, "uses_lookahead", False):
+            return self.policy.predict_chunk(obs, lookahead=lambda plans: np.zeros(plans.shape[:2]))
+        return self.policy.predict_chunk(obs)
+
+
+def row_specs(policy, cfg: DictConfig) -> list[tuple[dict, object]]:
+    """(row fields, policy variant) for every row; the plain policy first."""
+    steps = policy.process.sample_steps
+    specs = [({"row": "plain", "verifier": "-", "method": "-", "candidates": 1, "steps": steps}, policy)]
+    for verifier in cfg.verifiers:
+        for method in cfg.methods:
+            for k in (int(k) for k in cfg.candidates):
+                if k == 1:
+                    continue
+                searched = copy.copy(policy)          # shares the weights; only the search differs
+                searched.search = SearchSettings(k, str(method), str(verifier), int(cfg.rounds), float(cfg.radius))
+                specs.append(({"row": "candidates", "verifier": str(verifier), "method": str(method),
+                               "candidates": k, "steps": steps}, searched))
+    for s in (int(s) for s in cfg.steps):
+        if s != steps:
+            specs.append(({"row": "steps", "verifier": "-", "method": "-", "candidates": 1, "steps": s},
+                          variant(policy, s)))
+    return specs
+
+
+def table(rows: list[dict]) -> str:
+    cells = [[r["row"], r["verifier"], r["method"], str(r["candidates"]), str(r["steps"]), f"{r['ms_per_chunk']:.2f}",
+              f"{r['success']:.2f}", f"{r['success_vs_plain']:+.2f}", f"{r['score']:.3f}",
+              f"{r['score_vs_plain']:+.3f}"] for r in rows]
+    return markdown_table(COLUMNS, cells)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path:
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    plain = rows[0]
+    steps = sorted([plain] + [r for r in rows if r["row"] == "steps"], key=lambda r: r["ms_per_chunk"])
+    ax.plot([r["ms_per_chunk"] for r in steps], [r["success"] for r in steps], "k--o", label="more steps (K=1)")
+    curves = sorted({(r["verifier"], r["method"]) for r in rows if r["row"] == "candidates"})
+    for verifier, method in curves:
+        line = [plain] + [r for r in rows if (r["verifier"], r["method"]) == (verifier, method)]
+        ax.plot([r["ms_per_chunk"] for r in line], [r["success"] for r in line], "-o",
+                label=f"more candidates: {verifier}, {method}")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per chunk (batch 1)")
+    ax.set_ylabel("success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def run(cfg: DictConfig, progress: bool = True) -> dict:
+    for k in cfg.candidates:
+        if int(k) < 1:
+            raise ValueError(f"candidates must all be >= 1, got {list(cfg.candidates)}")
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    policy, train_cfg, meta = load_policy(cfg.checkpoint, device)
+    for verifier in cfg.verifiers:      # refuses an unknown verifier or method before any evaluation
+        for method in cfg.methods:
+            SearchSettings(2, str(method), str(verifier))
+    specs = row_specs(policy, cfg)
+    obs = first_observation(train_cfg.task, train_cfg.policy.obs_horizon, cfg.eval.seed, device)
+    with torch.no_grad():
+        ms = interleaved_ms([NetworkOnly(p) for _, p in specs], obs, int(cfg.timing_calls))
+    rows = []
+    for (fields, model), t in zip(specs, ms):
+        name = f"{fields['row']}-{fields['verifier']}-{fields['method']}-k{fields['candidates']}-s{fields['steps']}"
+        summary, _ = evaluate_policy(model, train_cfg.task, train_cfg.policy, cfg.eval, out_dir / f"eval-{name}",
+                                     device, progress=progress, title=name)
+        rows.append({**fields, "ms_per_chunk": round(t, 3), "success": summary["success_rate"],
+                     "score": summary.get("mean_max_reward", 0.0), "episodes": summary["n_episodes"]})
+    plain = rows[0]
+    for r in rows:
+        r["success_vs_plain"] = round(r["success"] - plain["success"], 4)
+        r["score_vs_plain"] = round(r["score"] - plain["score"], 4)
+    result = {"task": train_cfg.task.name, "checkpoint": str(cfg.checkpoint), "train_steps": meta["step"],
+              "episodes": int(cfg.eval.episodes), "seed": int(cfg.eval.seed), "rows": rows,
+              "plot": str(plot(rows, out_dir / "success_vs_ms.png", f"{train_cfg.task.name}: search vs steps"))}
+    text = (f"{table(rows)}\n\nTask {result['task']} (checkpoint step {meta['step']}), {cfg.eval.episodes} episodes "
+            f"per row from seed {cfg.eval.seed}; ms per chunk at batch 1 (median of {cfg.timing_calls}, rows "
+            "interleaved; the oracle's simulated lookahead not timed); 'vs K=1' against the plain policy. "
+            f"Plot: {result['plot']}")
+    write_results(out_dir, result, text)
+    return result
