@@ -68,4 +68,4 @@ ImportFormat = _choice("ImportFormat", ("robomimic", "robosuite", "lerobot", "ro
 MissingVideos = _choice("MissingVideos", MISSING_VIDEOS)
 Align = _choice("Align", ALIGNS)
 SearchMethod = _choice("SearchMethod", SEARCH_METHODS)
-SearchVerifier = _choice("SearchVerifier", tuple(VERIFIERS))
+SearchVerifier = _choice("SearchVerifier", (*VERIFIERS, "value"))   # value: a trained network (cadence verifier train)

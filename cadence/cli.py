@@ -22,6 +22,7 @@ COMMANDS = {
     "import": ("cadence.import_data", "import", "import a dataset (robomimic / Isaac Lab / robosuite HDF5, LeRobot, ROS 2 bags) into an episode store"),
     "finetune": ("cadence.finetune", "finetune", "RL fine-tuning in simulation: ReinFlow (flow / shortcut), DPPO-style (DDPM)"),
     "cache": ("cadence.cache", "cache", "calibrate block-wise caching (BAC) of a transformer policy, saved beside it"),
+    "verifier train": ("cadence.verifier_train", "verifier_train", "train the value verifier of inference-time search on a policy's candidates in simulation"),
     "export": ("cadence.export", "export", "export a checkpoint as ONNX graphs + policy.json"),
     "run": ("cadence.run", "run", "drive a robot (simulated or remote) in real time under a latency budget"),
     "task init": ("cadence.task_init", "task_init", "write a task YAML for your own episode store (no simulator)"),

@@ -167,9 +167,10 @@ class SearchConfig:
     """Inference-time search over start noises (cadence.policies.search)."""
     candidates: int = 1                      # K chunks per prediction, one kept; 1: no search
     method: SearchMethod = SearchMethod.best_of        # best_of | zero_order (rounds around the best noise)
-    verifier: SearchVerifier = SearchVerifier.consensus   # consensus (the medoid) | coherence (the last plan)
+    verifier: SearchVerifier = SearchVerifier.consensus   # consensus | coherence | oracle | value (docs/search.md)
     rounds: int = 2                          # zero_order: rounds after the first
     radius: float = 0.5                      # zero_order: neighbour noise scale
+    value: Optional[str] = None              # the value verifier's folder; default <run>/verifier (cadence verifier train)
 
 
 @dataclass
@@ -227,6 +228,25 @@ class EvalApp:
     block_cache: bool = True           # use the checkpoint's cache schedules (cadence cache), if any
     env_id: Optional[str] = None       # your own env (any id, module:id too) instead of the checkpoint's
     dataset: Optional[str] = None      # offline validation on this store instead of the checkpoint's task.dataset
+
+
+@dataclass
+class VerifierTrainApp:
+    """``cadence verifier train``: the value verifier of a trained policy (cadence.verifier_train)."""
+    checkpoint: str = "???"                  # a run directory or its checkpoint/ folder
+    episodes: int = 100                      # training episodes: seeds seed .. seed + episodes - 1
+    val_episodes: int = 10                   # the next seeds, held out for the ranking numbers
+    seed: int = 0
+    eval_seed: int = 100_000                 # evaluations start here: training seeds must stay below
+    candidates: int = 8                      # K candidates scored per prediction
+    batch_envs: int = 50                     # episodes rolled out side by side
+    async_envs: bool = False                 # simulators in worker processes
+    hidden: int = 256                        # the MLP's width
+    steps: int = 3000                        # optimizer steps
+    batch_size: int = 256                    # observations per step (each with its K candidates)
+    lr: float = 1e-3
+    device: str = "auto"
+    out_dir: Optional[str] = None            # default <run>/verifier
 
 
 @dataclass

@@ -20,6 +20,7 @@ from cadence.config import (
     RunApp,
     TaskInitApp,
     TrainApp,
+    VerifierTrainApp,
 )
 
 
@@ -40,5 +41,6 @@ def register() -> None:
                        "bench_scale_schema": bench.BenchScaleApp, "bench_eval_schema": bench.BenchEvalApp,
                        "bench_server_schema": bench.BenchServerApp,
                        "bench_record_schema": bench.BenchRecordApp, "bench_peer_schema": bench.BenchPeerApp,
-                       "bench_search_schema": bench.BenchSearchApp}.items():
+                       "bench_search_schema": bench.BenchSearchApp,
+                       "verifier_train_schema": VerifierTrainApp}.items():
         cs.store(name=name, node=node)

@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict | None:
         ckpt = resolve_checkpoint_dir(cfg.checkpoint)
         policy, train_cfg, meta = load_policy(ckpt, ranks.device, block_cache=cfg.block_cache, env_id=cfg.env_id)
         set_sample_steps(policy, cfg.eval.sample_steps)
-        set_search(policy, cfg.eval.search)
+        set_search(policy, cfg.eval.search, ckpt, range(cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes))
         out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / f"eval-{datetime.now():%Y%m%d-%H%M%S}"
         title = f"{train_cfg.policy.name} @ step {meta['step']}"
         summary = None

@@ -43,12 +43,26 @@ def set_sample_steps(policy, steps: int | None) -> None:
     policy.process = policy.process.with_steps(steps)
 
 
-def set_search(policy, search_cfg) -> None:
-    """Search over start noises at every prediction when ``search_cfg.candidates`` > 1 (else none)."""
+def set_search(policy, search_cfg, checkpoint_dir: Path | None = None, eval_seeds: range | None = None) -> None:
+    """Search over start noises at every prediction when ``search_cfg.candidates`` > 1 (else none).
+    The ``value`` verifier is loaded from ``search_cfg.value`` (default: the run's ``verifier/``
+    beside ``checkpoint_dir``) and refused if it was trained on any of ``eval_seeds``."""
     from cadence.policies.search import SearchSettings
-    policy.search = (SearchSettings(int(search_cfg.candidates), str(search_cfg.method), str(search_cfg.verifier),
-                                    int(search_cfg.rounds), float(search_cfg.radius))
-                     if search_cfg.candidates > 1 else None)
+
+    if search_cfg.candidates <= 1:
+        policy.search = None
+        return
+    verifier = str(search_cfg.verifier)
+    if verifier == "value":
+        from cadence.policies.value_verifier import VerifierError, load_value
+
+        if search_cfg.value is None and checkpoint_dir is None:
+            raise VerifierError("search.verifier=value needs search.value=<folder of `cadence verifier train`>")
+        verifier = load_value(search_cfg.value or checkpoint_dir.parent / "verifier")
+        if eval_seeds is not None:
+            verifier.check_unseen(eval_seeds)
+    policy.search = SearchSettings(int(search_cfg.candidates), str(search_cfg.method), verifier,
+                                   int(search_cfg.rounds), float(search_cfg.radius))
 
 
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:
@@ -173,7 +187,8 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     search = getattr(policy, "search", None)
     if search is not None:
         summary["search"] = {"candidates": search.candidates, "method": search.method, "rounds": search.rounds,
-                             "verifier": search.verifier if isinstance(search.verifier, str) else "custom",
+                             "verifier": search.verifier if isinstance(search.verifier, str)
+                             else getattr(search.verifier, "name", "custom"),
                              "radius": search.radius}
     cache = getattr(policy.denoiser, "branch_cache", None)
     if cache is not None and getattr(cache, "active", None) is not None:

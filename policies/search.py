@@ -42,12 +42,14 @@ METHODS = ("best_of", "zero_order")
 @dataclass(frozen=True)
 class SearchContext:
     """What a verifier may look at: the observation (each key (B, To, ...)), the index of the
-    action due now in the chunk, the previous chunk's plan from there on (B, P, Da) or None, and
-    in a simulated rollout ``lookahead``: plans (B, K, T, Da) -> scores (B, K) from copies of the simulator."""
+    action due now in the chunk, the previous chunk's plan from there on (B, P, Da) or None, in a
+    simulated rollout ``lookahead``: plans (B, K, T, Da) -> scores (B, K) from copies of the
+    simulator, and ``cond``: the policy's conditioning of the observation (B, C), computed once."""
     obs: Mapping[str, torch.Tensor]
     start: int
     previous: torch.Tensor | None = None
     lookahead: Callable[[np.ndarray], np.ndarray] | None = None
+    cond: torch.Tensor | None = None
 
 
 Verifier = Callable[[torch.Tensor, SearchContext], torch.Tensor]
@@ -166,7 +168,7 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
     noises = torch.randn(shape, generator=generator, device=device)
     if noise is not None:
         noises[:, 0] = noise.to(device)
-    context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead)
+    context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead, sample.cond)
     chunks = sample(noises)
     scores = settings.score(chunks, context)
     best = scores.argmax(dim=1)

@@ -271,7 +271,8 @@ class BenchSearchApp:
     """``cadence bench search``: success against K candidates per verifier and method, beside more steps."""
     checkpoint: str = "???"                  # a trained run (or its checkpoint folder)
     candidates: list = field(default_factory=lambda: [1, 2, 4, 8, 16])   # K per row (1: the plain policy)
-    verifiers: list = field(default_factory=lambda: ["oracle", "consensus", "coherence"])
+    verifiers: list = field(default_factory=lambda: ["oracle", "consensus", "coherence"])   # and value
+    value: Optional[str] = None              # the value verifier's folder; default <run>/verifier
     methods: list = field(default_factory=lambda: ["best_of"])            # and/or zero_order
     rounds: int = 2                          # zero_order: rounds after the first
     radius: float = 0.5                      # zero_order: neighbour noise scale

@@ -3,7 +3,8 @@
 One trained checkpoint, one task, the same evaluation seeds for every row. Rows:
 
 - ``candidates``: the policy with search (:mod:`cadence.policies.search`) for every verifier x
-  method x K in ``candidates`` (K = 1 is the plain policy, one row shared by all);
+  method x K in ``candidates`` (K = 1 is the plain policy, one row shared by all); ``value``
+  reads the run's ``verifier/`` (``cadence verifier train``) or ``value=``;
 - ``steps``: the plain policy sampling with each of ``steps`` denoiser calls (DDIM), the other
   way to spend more compute per chunk.
 
@@ -22,16 +23,15 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cadence.bench.common import write_results
 from cadence.bench.pair import variant
-from cadence.checkpoint import load_policy
+from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.deploy.budget import interleaved_ms
 from cadence.device import resolve_device
 from cadence.markdown_table import markdown_table
-from cadence.policies.search import SearchSettings
-from cadence.sim_eval import evaluate_policy, first_observation
+from cadence.sim_eval import evaluate_policy, first_observation, set_search
 
 COLUMNS = ("row", "verifier", "method", "K", "steps", "ms / chunk", "success", "vs K=1", "score", "vs K=1 score")
 
@@ -48,9 +48,11 @@ class NetworkOnly:
         return self.policy.predict_chunk(obs)
 
 
-def row_specs(policy, cfg: DictConfig) -> list[tuple[dict, object]]:
-    """(row fields, policy variant) for every row; the plain policy first."""
+def row_specs(policy, cfg: DictConfig, checkpoint_dir: Path) -> list[tuple[dict, object]]:
+    """(row fields, policy variant) for every row; the plain policy first. Every search setting is
+    checked here, before any evaluation (a value verifier trained on the evaluation seeds is refused)."""
     steps = policy.process.sample_steps
+    seeds = range(int(cfg.eval.seed), int(cfg.eval.seed) + int(cfg.eval.episodes))
     specs = [({"row": "plain", "verifier": "-", "method": "-", "candidates": 1, "steps": steps}, policy)]
     for verifier in cfg.verifiers:
         for method in cfg.methods:
@@ -58,7 +60,9 @@ def row_specs(policy, cfg: DictConfig) -> list[tuple[dict, object]]:
                 if k == 1:
                     continue
                 searched = copy.copy(policy)          # shares the weights; only the search differs
-                searched.search = SearchSettings(k, str(method), str(verifier), int(cfg.rounds), float(cfg.radius))
+                set_search(searched, OmegaConf.create({"candidates": k, "method": str(method), "verifier": str(verifier),
+                                                       "rounds": cfg.rounds, "radius": cfg.radius, "value": cfg.value}),
+                           checkpoint_dir, seeds)
                 specs.append(({"row": "candidates", "verifier": str(verifier), "method": str(method),
                                "candidates": k, "steps": steps}, searched))
     for s in (int(s) for s in cfg.steps):
@@ -106,11 +110,9 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    policy, train_cfg, meta = load_policy(cfg.checkpoint, device)
-    for verifier in cfg.verifiers:      # refuses an unknown verifier or method before any evaluation
-        for method in cfg.methods:
-            SearchSettings(2, str(method), str(verifier))
-    specs = row_specs(policy, cfg)
+    checkpoint_dir = resolve_checkpoint_dir(cfg.checkpoint)
+    policy, train_cfg, meta = load_policy(checkpoint_dir, device)
+    specs = row_specs(policy, cfg, checkpoint_dir)
     obs = first_observation(train_cfg.task, train_cfg.policy.obs_horizon, cfg.eval.seed, device)
     with torch.no_grad():
         ms = interleaved_ms([NetworkOnly(p) for _, p in specs], obs, int(cfg.timing_calls))

@@ -1,0 +1,183 @@
+"""``cadence verifier train checkpoint=RUN``: fit the ``value`` search verifier of a trained policy.
+
+1. Roll the policy out in simulation on *training* seeds (``seed`` .. ``seed + episodes +
+   val_episodes - 1``; refused if they reach ``eval_seed``, where evaluations start). At every
+   prediction K candidates are sampled from random start noises (the observation encoded once),
+   each candidate's actions from now to the chunk's end are scored in a copy of the simulator
+   (the oracle's lookahead: success, failure, else progress), and the policy's own first sample
+   is executed, so the states are the ones the plain policy visits.
+2. Fit :class:`~cadence.policies.value_verifier.ChunkValue` to order each observation's
+   candidates as their scores do (pairwise logistic loss over the candidates of one observation;
+   ties ignored), on the first ``episodes`` seeds; the last ``val_episodes`` are held out.
+3. Write ``<run>/verifier/`` (``model.safetensors``, ``verifier.json`` with the seeds and the
+   held-out numbers): pairwise accuracy, how often its pick is the lookahead's best, and the
+   lookahead score its pick gives up against the best (regret) beside a random pick's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from cadence.envs.rollout import rollout
+from cadence.envs.task_env import make_env
+from cadence.policies.action_chunk import ActionChunk
+from cadence.policies.search import CandidateSampler
+from cadence.policies.value_verifier import ChunkValue, VerifierError, save_value
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidates:
+    cond: torch.Tensor      # (N, C): the policy's conditioning of each observation
+    plans: torch.Tensor     # (N, K, P, Da): candidates from start, task units
+    scores: torch.Tensor    # (N, K): their lookahead scores
+
+    @classmethod
+    def concat(cls, parts: list["Candidates"]) -> "Candidates":
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("cond", "plans", "scores")))
+
+
+class CandidateRecorder:
+    """Takes the policy's place in a rollout: K candidates per observation, each scored by the
+    rollout's lookahead; records them and executes the first (the policy's own sample)."""
+
+    uses_lookahead = True
+
+    def __init__(self, policy, candidates: int, generator: torch.Generator):
+        self.policy, self.k, self.generator = policy, candidates, generator
+        self.parts: list[Candidates] = []
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def predict_chunk(self, obs, lookahead) -> ActionChunk:
+        sample = CandidateSampler(self.policy, obs, None)
+        shape = (sample.batch, self.k, self.policy.pred_horizon, self.policy.action_dim)
+        chunks = sample(torch.randn(shape, generator=self.generator).to(sample.cond.device))
+        start = self.policy.obs_horizon - 1
+        plans = chunks[:, :, start:].detach().to("cpu", torch.float32)
+        scores = torch.as_tensor(np.asarray(lookahead(plans.numpy())), dtype=torch.float32)
+        self.parts.append(Candidates(sample.cond.detach().cpu().float(), plans, scores))
+        return ActionChunk(chunks[:, 0], start)
+
+
+def collect(policy, train_cfg, seeds: list[int], candidates: int, batch_envs: int, async_envs: bool,
+            seed: int, progress: bool) -> tuple[Candidates, float]:
+    """The candidates of every prediction on ``seeds``, and the episodes' success rate."""
+    recorder = CandidateRecorder(policy, candidates, torch.Generator().manual_seed(seed))
+    p = train_cfg.policy
+    successes = []
+    waves = [seeds[i: i + batch_envs] for i in range(0, len(seeds), batch_envs)]
+    for wave in tqdm(waves, desc="verifier rollouts", unit="wave", disable=not progress):
+        result = rollout(recorder, lambda: make_env(train_cfg.task), wave, p.obs_horizon, p.exec_horizon,
+                         list(train_cfg.task.obs_keys), device=next(policy.parameters()).device, progress=False,
+                         async_envs=async_envs)
+        successes.extend(result.success.tolist())
+    return Candidates.concat(recorder.parts), float(np.mean(successes))
+
+
+def pairwise_loss(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Mean of softplus(-(v_i - v_j)) over the pairs of one observation's candidates with s_i > s_j."""
+    better = scores[:, :, None] > scores[:, None, :] + 1e-6
+    if not better.any():
+        return values.sum() * 0.0
+    return F.softplus(-(values[:, :, None] - values[:, None, :]))[better].mean()
+
+
+@torch.no_grad()
+def ranking_metrics(model: ChunkValue, data: Candidates) -> dict:
+    """Held-out numbers: pairwise accuracy (strict pairs), top-1 agreement with the lookahead's best
+    (observations whose candidates are not all tied) and regret of the pick against the best,
+    beside a uniformly random pick's."""
+    values = model(data.cond, data.plans)
+    scores = data.scores
+    better = scores[:, :, None] > scores[:, None, :] + 1e-6
+    right = (values[:, :, None] > values[:, None, :]) & better
+    pick = values.argmax(dim=1)
+    best = scores.max(dim=1).values
+    picked = scores[torch.arange(len(scores)), pick]
+    varied = (scores.max(dim=1).values - scores.min(dim=1).values) > 1e-6
+    return {"pairs": int(better.sum()), "pairwise_accuracy": float(right.sum() / better.sum().clamp_min(1)),
+            "top1_agreement": float((picked[varied] >= best[varied] - 1e-6).float().mean()) if varied.any() else None,
+            "regret": float((best - picked).mean()), "random_pick_regret": float((best - scores.mean(dim=1)).mean()),
+            "observations": len(scores)}
+
+
+def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, seed: int,
+        action_low: list[float], action_high: list[float], progress: bool) -> ChunkValue:
+    torch.manual_seed(seed)
+    n, _, p, da = train.plans.shape
+    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="fit value verifier", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(n, (min(batch_size, n),), generator=generator)
+        loss = pairwise_loss(model(train.cond[idx], train.plans[idx]), train.scores[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return model.eval()
+
+
+def check_seeds(cfg: DictConfig) -> tuple[list[int], list[int]]:
+    first, n_train, n_val = int(cfg.seed), int(cfg.episodes), int(cfg.val_episodes)
+    if first < 0 or n_train < 1 or n_val < 0:
+        raise VerifierError(f"need seed >= 0, episodes >= 1 and val_episodes >= 0, got {first}, {n_train}, {n_val}")
+    if first + n_train + n_val > int(cfg.eval_seed):
+        raise VerifierError(f"training seeds {first}..{first + n_train + n_val - 1} reach the evaluation seeds, which "
+                         f"start at eval_seed={cfg.eval_seed}: the value verifier is never trained on them")
+    return list(range(first, first + n_train)), list(range(first + n_train, first + n_train + n_val))
+
+
+def run(cfg: DictConfig, progress: bool = True) -> Path:
+    from cadence.checkpoint import load_policy, resolve_checkpoint_dir
+    from cadence.device import resolve_device
+
+    train_seeds, val_seeds = check_seeds(cfg)
+    if int(cfg.candidates) < 2:
+        raise VerifierError(f"candidates must be >= 2 (a ranking needs two), got {cfg.candidates}")
+    device = resolve_device(cfg.device)
+    ckpt = resolve_checkpoint_dir(cfg.checkpoint)
+    policy, train_cfg, meta = load_policy(ckpt, device)
+    if policy.process.keeps_state:
+        raise VerifierError(f"the {policy.process.name} process keeps state per batch row; search (and its value "
+                         "verifier) cannot use it")
+    if train_cfg.task.env_id is None:
+        raise VerifierError(f"{ckpt}: its task has no simulator; the value verifier is trained in simulation")
+    out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "verifier"
+    started = time.perf_counter()
+    with torch.no_grad():
+        train, train_success = collect(policy, train_cfg, train_seeds, int(cfg.candidates), int(cfg.batch_envs),
+                                       bool(cfg.async_envs), int(cfg.seed), progress)
+        val = collect(policy, train_cfg, val_seeds, int(cfg.candidates), int(cfg.batch_envs), bool(cfg.async_envs),
+                      int(cfg.seed) + 1, progress)[0] if val_seeds else None
+    collect_s = time.perf_counter() - started
+    norm = policy.normalizer
+    low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()
+                 for v in (-1.0, 1.0))
+    model = fit(train, int(cfg.hidden), int(cfg.steps), int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
+                low, high, progress)
+    info = {"train_seeds": [train_seeds[0], len(train_seeds) + len(val_seeds)], "checkpoint_step": meta["step"],
+            "candidates": int(cfg.candidates), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
+            "observations": len(train.scores), "policy_success_on_training_seeds": train_success,
+            "collect_seconds": round(collect_s, 1), "fit_seconds": round(time.perf_counter() - started - collect_s, 1),
+            "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None}
+    save_value(model, info, out)
+    held = info["held_out"] or info["train"]
+    print(f"value verifier: {len(train.scores)} observations x {cfg.candidates} candidates from {len(train_seeds)} "
+          f"episodes (policy success {train_success:.2f}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
+          f"regret {held['regret']:.3f} (random pick {held['random_pick_regret']:.3f}) -> {out}")
+    return out

@@ -1,0 +1,134 @@
+"""The ``value`` search verifier: a small network that ranks a policy's candidate chunks.
+
+``ChunkValue`` scores (the policy's observation conditioning, a candidate's actions from ``start``
+to the chunk's end) with an MLP. It is trained by ``cadence verifier train``
+(:mod:`cadence.verifier_train`) on the policy's own candidates in simulation, on training seeds
+only, to order the candidates of one observation as the simulator's lookahead ordered them
+(:mod:`cadence.envs.lookahead`): only the chunk-dependent part of a value decides which
+candidate to keep, and candidates of the same observation compared with each other carry it
+without the noise of the episode's other chance events. Deployable: it needs nothing but the
+observation and the candidates.
+
+Saved as ``model.safetensors`` + ``verifier.json`` (sizes, the action range it scales by, the
+seeds it was trained on); loading checks both and never unpickles.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cadence.errors import CadenceError
+from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_number, load_safetensors, read_json
+
+FORMAT = "cadence-chunk-value-1"
+
+
+class VerifierError(CadenceError, ValueError):
+    """A value verifier that cannot be trained or used as asked (e.g. on evaluation seeds)."""
+
+
+class ChunkValue(nn.Module):
+    """(cond (B, C), plans (B, K, P, Da) in task units) -> scores (B, K), higher better."""
+
+    def __init__(self, cond_dim: int, plan_steps: int, action_dim: int, hidden: int,
+                 action_low: list[float], action_high: list[float]):
+        super().__init__()
+        self.cond_dim, self.plan_steps, self.action_dim, self.hidden = cond_dim, plan_steps, action_dim, hidden
+        self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32), persistent=False)
+        self.net = nn.Sequential(nn.Linear(cond_dim + plan_steps * action_dim, hidden), nn.Mish(),
+                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+
+    def forward(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+        b, k = plans.shape[:2]
+        scaled = 2 * (plans - self.action_low) / (self.action_high - self.action_low).clamp_min(1e-6) - 1
+        x = torch.cat([cond.flatten(1)[:, None].expand(b, k, -1), scaled.flatten(2)], dim=-1)
+        return self.net(x).squeeze(-1)
+
+
+class ValueVerifier:
+    """The search verifier around a :class:`ChunkValue`: reads the conditioning the search has
+    already computed (``context.cond``) and the candidates from ``context.start``."""
+
+    name = "value"
+
+    def __init__(self, model: ChunkValue, info: dict):
+        self.model, self.info = model.eval(), info
+
+    @property
+    def train_seeds(self) -> range:
+        first, count = self.info["train_seeds"]
+        return range(first, first + count)
+
+    def check_unseen(self, seeds: range) -> None:
+        """Refuse evaluation ``seeds`` that the verifier was trained on."""
+        seen = self.train_seeds
+        if seeds.start < seen.stop and seen.start < seeds.stop:
+            raise VerifierError(f"the value verifier was trained on seeds {seen.start}..{seen.stop - 1}, which overlap "
+                                f"the evaluation seeds {seeds.start}..{seeds.stop - 1}; evaluate on other seeds")
+
+    @torch.no_grad()
+    def __call__(self, chunks: torch.Tensor, context) -> torch.Tensor:
+        if context.cond is None:
+            raise ValueError("the value verifier scores from the policy's conditioning; this search gave none")
+        plans = chunks[:, :, context.start:]
+        if plans.shape[2:] != (self.model.plan_steps, self.model.action_dim):
+            raise ValueError(f"the value verifier was trained on plans of {self.model.plan_steps} x "
+                             f"{self.model.action_dim} actions, the policy's are {tuple(plans.shape[2:])}")
+        model = self.model.to(chunks.device)
+        return model(context.cond.to(chunks), plans).to(chunks.dtype)
+
+
+def save_value(model: ChunkValue, info: dict, folder: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    spec = {"format": FORMAT, "cond_dim": model.cond_dim, "plan_steps": model.plan_steps,
+            "action_dim": model.action_dim, "hidden": model.hidden, "action_low": model.action_low.tolist(),
+            "action_high": model.action_high.tolist(), **info}
+    (folder / "verifier.json").write_text(json.dumps(spec, indent=2))
+    return folder
+
+
+def load_value(folder: str | Path) -> ValueVerifier:
+    """A saved value verifier, every field checked; raises :class:`UntrustedFileError` naming the file."""
+    folder = Path(folder)
+    where = folder / "verifier.json"
+    if not where.is_file():
+        raise UntrustedFileError(f"{where}: no value verifier here (train one with `cadence verifier train "
+                                 "checkpoint=...`)")
+    spec = read_json(where)
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise UntrustedFileError(f"{where}: not a cadence value verifier (format must be {FORMAT!r})")
+    sizes = {name: check_int(where, name, spec.get(name), 1, LIMITS[limit])
+             for name, limit in (("cond_dim", "width"), ("plan_steps", "horizon"), ("action_dim", "action_dim"),
+                                 ("hidden", "width"))}
+    bounds = []
+    for name in ("action_low", "action_high"):
+        values = spec.get(name)
+        if not isinstance(values, list) or len(values) != sizes["action_dim"]:
+            raise UntrustedFileError(f"{where}: '{name}' must be a list of {sizes['action_dim']} numbers")
+        bounds.append([check_number(where, f"{name}[{i}]", v) for i, v in enumerate(values)])
+    seeds = spec.get("train_seeds")
+    if not isinstance(seeds, list) or len(seeds) != 2:
+        raise UntrustedFileError(f"{where}: 'train_seeds' must be [first, count]")
+    check_int(where, "train_seeds[0]", seeds[0], 0, 2 ** 63)
+    check_int(where, "train_seeds[1]", seeds[1], 1, LIMITS["episodes"])
+    weights = sizes["hidden"] * (sizes["cond_dim"] + sizes["plan_steps"] * sizes["action_dim"] + sizes["hidden"] + 3)
+    if weights > LIMITS["parameters"] or not math.isfinite(weights):
+        raise UntrustedFileError(f"{where}: the sizes build {weights:,} parameters, more than {LIMITS['parameters']:,}")
+    model = ChunkValue(**sizes, action_low=bounds[0], action_high=bounds[1])
+    tensors = load_safetensors(folder / "model.safetensors")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != got:
+        raise UntrustedFileError(f"{folder / 'model.safetensors'}: tensors {sorted(got)} do not match the sizes in "
+                                 f"verifier.json")
+    model.load_state_dict(tensors)
+    return ValueVerifier(model, spec)

@@ -1,0 +1,85 @@
+"""cadence verifier train: candidates scored in simulation on training seeds only, a value
+network that learns their order, saved without pickles, loaded with checks, used by search."""
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cadence.config import SearchConfig, VerifierTrainApp
+from cadence.policies.search import SearchContext
+from cadence.policies.value_verifier import ChunkValue, VerifierError, load_value, save_value
+from cadence.sim_eval import set_search
+from cadence.untrusted import UntrustedFileError
+from cadence.verifier_train import Candidates, check_seeds, fit, ranking_metrics, run
+from tests.conftest import train_tiny_run
+
+
+def train_config(checkpoint, **overrides):
+    return OmegaConf.merge(OmegaConf.structured(VerifierTrainApp), {
+        "checkpoint": str(checkpoint), "episodes": 3, "val_episodes": 1, "candidates": 3, "batch_envs": 4,
+        "hidden": 16, "steps": 20, "batch_size": 8, "device": "cpu", **overrides})
+
+
+def synthetic(n: int, seed: int) -> Candidates:
+    """Scores that depend on both the observation and the plan: prefer plans whose first action
+    is near the conditioning's first feature."""
+    g = torch.Generator().manual_seed(seed)
+    cond, plans = torch.randn(n, 4, generator=g), torch.rand(n, 5, 3, 2, generator=g) * 2 - 1
+    return Candidates(cond, plans, -(plans[:, :, 0, 0] - cond[:, None, 0].clamp(-1, 1)).abs())
+
+
+def test_the_value_network_learns_the_order_of_candidates():
+    model = fit(synthetic(2048, 0), hidden=64, steps=400, batch_size=128, lr=3e-3, seed=0,
+                action_low=[-1.0, -1.0], action_high=[1.0, 1.0], progress=False)
+    held = ranking_metrics(model, synthetic(512, 1))
+    assert held["pairwise_accuracy"] > 0.85
+    assert held["regret"] < 0.5 * held["random_pick_regret"]
+
+
+def test_training_seeds_never_reach_the_evaluation_seeds():
+    assert check_seeds(train_config("x", seed=10, episodes=5, val_episodes=2)) == ([10, 11, 12, 13, 14], [15, 16])
+    with pytest.raises(VerifierError, match="reach the evaluation seeds"):
+        check_seeds(train_config("x", seed=99_995, episodes=5, val_episodes=1))
+
+
+def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
+    run_dir = train_tiny_run(tiny_store, tmp_path / "run")
+    out = run(train_config(run_dir), progress=False)
+    assert out == run_dir / "verifier" and "value verifier:" in capsys.readouterr().out
+    info = json.loads((out / "verifier.json").read_text())
+    assert info["train_seeds"] == [0, 4] and info["held_out"]["observations"] > 0
+    assert 0.0 <= info["held_out"]["pairwise_accuracy"] <= 1.0
+    verifier = load_value(out)
+
+    from cadence.checkpoint import load_policy
+    policy, _, _ = load_policy(run_dir)
+    search = OmegaConf.structured(SearchConfig(candidates=4, verifier="value"))
+    with pytest.raises(VerifierError, match="trained on seeds 0..3"):
+        set_search(policy, search, run_dir / "checkpoint", range(2, 12))
+    set_search(policy, search, run_dir / "checkpoint", range(100_000, 100_010))
+    assert policy.search.verifier.name == "value"
+    obs = {"state": torch.randn(2, policy.obs_horizon, 6)}
+    kept = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(0)).actions
+    # the kept chunk is the one the value network scores highest among the candidates drawn
+    from cadence.policies.search import CandidateSampler
+    sampler = CandidateSampler(policy, obs, None)
+    noises = torch.randn(2, 4, policy.pred_horizon, policy.action_dim, generator=torch.Generator().manual_seed(0))
+    chunks = sampler(noises)
+    best = verifier(chunks, SearchContext(obs, policy.obs_horizon - 1, cond=sampler.cond)).argmax(dim=1)
+    assert torch.allclose(kept, chunks[torch.arange(2), best], atol=1e-5)
+
+
+def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
+    model = ChunkValue(4, 3, 2, 8, [-1.0, -1.0], [1.0, 1.0])
+    folder = save_value(model, {"train_seeds": [0, 5]}, tmp_path / "v")
+    spec = json.loads((folder / "verifier.json").read_text())
+    for key, value, match in [("hidden", 9, "do not match"), ("hidden", 10 ** 9, "hidden"),
+                              ("action_low", [0.0], "action_low"), ("train_seeds", [0], "train_seeds"),
+                              ("format", "pickle", "format")]:
+        (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))
+        with pytest.raises(UntrustedFileError, match=match) as caught:
+            load_value(folder)
+        assert "verifier.json" in str(caught.value) or "model.safetensors" in str(caught.value)
+    with pytest.raises(UntrustedFileError, match="cadence verifier train"):
+        load_value(tmp_path / "nowhere")
