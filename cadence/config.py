@@ -167,7 +167,7 @@ class SearchConfig:
     """Inference-time search over start noises (cadence.policies.search)."""
     candidates: int = 1                      # K chunks per prediction, one kept; 1: no search
     method: SearchMethod = SearchMethod.best_of        # best_of | zero_order (rounds around the best noise)
-    verifier: SearchVerifier = SearchVerifier.consensus   # consensus | coherence | oracle | value (docs/search.md)
+    verifier: SearchVerifier = SearchVerifier.consensus   # consensus | coherence | confidence | oracle | value (docs/search.md)
     rounds: int = 2                          # zero_order: rounds after the first
     radius: float = 0.5                      # zero_order: neighbour noise scale
     value: Optional[str] = None              # the value verifier's folder; default <run>/verifier (cadence verifier train)

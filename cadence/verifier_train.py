@@ -47,8 +47,9 @@ class Candidates:
 
 
 class CandidateRecorder:
-    """Takes the policy's place in a rollout: K candidates per observation, each scored by the
-    rollout's lookahead; records them and executes the first (the policy's own sample)."""
+    """Takes the policy's place in a rollout: K candidates per observation (K x modes for an anchor
+    policy), each scored by the rollout's lookahead; records them and executes the policy's own
+    sample of the first noise."""
 
     uses_lookahead = True
 
@@ -67,7 +68,10 @@ class CandidateRecorder:
         plans = chunks[:, :, start:].detach().to("cpu", torch.float32)
         scores = torch.as_tensor(np.asarray(lookahead(plans.numpy())), dtype=torch.float32)
         self.parts.append(Candidates(sample.cond.detach().cpu().float(), plans, scores))
-        return ActionChunk(chunks[:, 0], start)
+        own = torch.zeros(sample.batch, dtype=torch.long, device=chunks.device)   # noise 0's sample, as the policy picks it
+        if sample.confidence is not None:
+            own = self.policy.process.choose(sample.confidence[:, :sample.modes])
+        return ActionChunk(chunks[torch.arange(sample.batch, device=chunks.device), own], start)
 
 
 def collect(policy, train_cfg, seeds: list[int], candidates: int, batch_envs: int, async_envs: bool,

@@ -18,6 +18,9 @@ better. Built in, needing no training:
   same times (what the control loop's blend keeps continuous); without ``previous`` every
   candidate scores 0 and the first one (the plain policy's sample) is kept.
 
+- ``confidence`` (anchor policies): the candidate's own mode logit. An anchor policy's
+  candidates are every mode (anchor) of every start noise, so search covers anchors and noise.
+
 And ``oracle``, not deployable (a robot has no copy of the world; it measures the headroom):
 each candidate's actions from ``start`` to the chunk's end run in a copy of the simulator from
 the current state, scored by the task (:mod:`cadence.envs.lookahead`: success, failure, else
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,12 +47,14 @@ class SearchContext:
     """What a verifier may look at: the observation (each key (B, To, ...)), the index of the
     action due now in the chunk, the previous chunk's plan from there on (B, P, Da) or None, in a
     simulated rollout ``lookahead``: plans (B, K, T, Da) -> scores (B, K) from copies of the
-    simulator, and ``cond``: the policy's conditioning of the observation (B, C), computed once."""
+    simulator, ``cond``: the policy's conditioning of the observation (B, C), computed once, and
+    for an anchor policy ``confidence``: each candidate's mode logit (B, K)."""
     obs: Mapping[str, torch.Tensor]
     start: int
     previous: torch.Tensor | None = None
     lookahead: Callable[[np.ndarray], np.ndarray] | None = None
     cond: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
 
 Verifier = Callable[[torch.Tensor, SearchContext], torch.Tensor]
@@ -87,7 +92,15 @@ def oracle(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
     return torch.as_tensor(scores, dtype=chunks.dtype, device=chunks.device)
 
 
-VERIFIERS: dict[str, Verifier] = {"consensus": consensus, "coherence": coherence, "oracle": oracle}
+def confidence(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
+    if context.confidence is None:
+        raise ValueError("search.verifier=confidence ranks by an anchor policy's own mode logits; this policy's "
+                         "process has none (use an anchor policy, or another verifier)")
+    return context.confidence.to(chunks)
+
+
+VERIFIERS: dict[str, Verifier] = {"consensus": consensus, "coherence": coherence, "oracle": oracle,
+                                  "confidence": confidence}
 LOOKAHEAD_VERIFIERS = ("oracle",)
 
 
@@ -130,7 +143,10 @@ def _pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class CandidateSampler:
-    """Samples chunks for (B, K) start noises of one observation batch, encoding it once."""
+    """Samples chunks for (B, K) start noises of one observation batch, encoding it once. An
+    anchor policy's process denoises every mode (anchor) of each noise at once: its candidates
+    are all M modes of all K noises (noise k's are k*M .. k*M + M - 1), with their confidence
+    logits in ``confidence`` after each call (None for processes without modes, M = 1)."""
 
     def __init__(self, policy, obs: Mapping[str, torch.Tensor], prefix: torch.Tensor | None):
         self.policy = policy
@@ -139,17 +155,26 @@ class CandidateSampler:
         shape = (self.batch, policy.pred_horizon, policy.action_dim)
         self.known = None if prefix is None else policy.known_actions(prefix, shape, self.cond.device)
         self.task = policy.task_kwargs(obs)
+        self.with_modes = callable(getattr(policy.process, "predict_modes", None))
+        self.modes = policy.process.num_anchors if self.with_modes else 1
+        self.confidence: torch.Tensor | None = None
 
     def __call__(self, noises: torch.Tensor) -> torch.Tensor:
-        """noises (B, K, Tp, Da) -> chunks (B, K, Tp, Da) in task units, in one batched call sequence."""
+        """noises (B, K, Tp, Da) -> chunks (B, K * M, Tp, Da) in task units, in one batched call sequence."""
         b, k = noises.shape[:2]
         repeat = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731 - candidate rows follow their sample's
         known = None if self.known is None else type(self.known)(repeat(self.known.values), self.known.mask)
         task = {key: repeat(value) if isinstance(value, torch.Tensor) else value for key, value in self.task.items()}
         self.policy.prepare_sampling()
-        x = self.policy.process.sample(self.policy.denoiser, repeat(self.cond), (b * k, *noises.shape[2:]),
-                                       noise=noises.reshape(b * k, *noises.shape[2:]), known=known, **task)
-        return self.policy.normalizer.unnormalize(self.policy.action_key, x).reshape(noises.shape)
+        process, args = self.policy.process, (self.policy.denoiser, repeat(self.cond), (b * k, *noises.shape[2:]))
+        flat = noises.reshape(b * k, *noises.shape[2:])
+        if self.with_modes:
+            x, logits = process.predict_modes(*args, noise=flat, known=known, **task)
+            self.confidence = logits.reshape(b, k * self.modes)
+        else:
+            x = process.sample(*args, noise=flat, known=known, **task)
+        x = self.policy.normalizer.unnormalize(self.policy.action_key, x)
+        return x.reshape(b, k * self.modes, *noises.shape[2:])
 
 
 def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettings,
@@ -163,23 +188,24 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
         raise ValueError(f"search: the {policy.process.name} process keeps state per batch row; its candidates "
                          "cannot be sampled side by side")
     sample = CandidateSampler(policy, obs, prefix)
-    k, device = settings.candidates, sample.cond.device
+    k, m, device = settings.candidates, sample.modes, sample.cond.device
     shape = (sample.batch, k, policy.pred_horizon, policy.action_dim)
     noises = torch.randn(shape, generator=generator, device=device)
     if noise is not None:
         noises[:, 0] = noise.to(device)
     context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead, sample.cond)
     chunks = sample(noises)
-    scores = settings.score(chunks, context)
-    best = scores.argmax(dim=1)
-    pivot_noise, pivot_chunk = _pick(noises, best), _pick(chunks, best)
+    noises, logits = noises.repeat_interleave(m, dim=1), sample.confidence     # one row per candidate
+    best = settings.score(chunks, replace(context, confidence=logits)).argmax(dim=1)
+    pivot = [_pick(t, best) if t is not None else None for t in (noises, chunks, logits)]
     if settings.method == "zero_order" and k > 1:
         scale = 1.0 / math.sqrt(1.0 + settings.radius ** 2)
         for _ in range(settings.rounds):
             step = torch.randn((sample.batch, k - 1, *shape[2:]), generator=generator, device=device)
-            neighbours = (pivot_noise[:, None] + settings.radius * step) * scale
-            chunks = torch.cat([pivot_chunk[:, None], sample(neighbours)], dim=1)
-            noises = torch.cat([pivot_noise[:, None], neighbours], dim=1)
-            best = settings.score(chunks, context).argmax(dim=1)      # ties keep the pivot (index 0)
-            pivot_noise, pivot_chunk = _pick(noises, best), _pick(chunks, best)
-    return pivot_chunk
+            neighbours = (pivot[0][:, None] + settings.radius * step) * scale
+            fresh = (neighbours.repeat_interleave(m, dim=1), sample(neighbours), sample.confidence)
+            noises, chunks, logits = (None if p is None else torch.cat([p[:, None], f], dim=1)
+                                          for p, f in zip(pivot, fresh))
+            best = settings.score(chunks, replace(context, confidence=logits)).argmax(dim=1)   # ties keep the pivot
+            pivot = [_pick(t, best) if t is not None else None for t in (noises, chunks, logits)]
+    return pivot[1]

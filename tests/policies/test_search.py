@@ -131,3 +131,22 @@ def test_the_oracle_scores_the_plans_from_start_given_by_the_rollout(policy):
     assert torch.allclose(kept[:, 1:], torch.from_numpy(plans[[0, 1], plans[:, :, -1, 0].argmax(axis=1)]))
     with pytest.raises(ValueError, match="simulated rollout"):
         search_chunk(policy, obs, settings)
+
+
+def test_an_anchor_policy_searches_every_mode_of_every_noise_and_confidence_keeps_the_top_logit():
+    anchor = make_policy("anchor", network="anchor_decoder",
+                         anchor={"num_anchors": 5, "d_model": 16, "n_heads": 2, "cond_tokens": 2, "ffn_mult": 2})
+    obs, seen = obs_tensors(2), []
+    recorder = lambda chunks, context: seen.append((chunks, context.confidence)) or chunks.new_zeros(chunks.shape[:2])  # noqa: E731
+    search_chunk(anchor, obs, SearchSettings(candidates=3, verifier=recorder), generator=torch.Generator().manual_seed(0))
+    (chunks, logits), = seen
+    assert chunks.shape == (2, 3 * 5, 16, 2) and logits.shape == (2, 15)    # K noises x M anchors
+    kept = search_chunk(anchor, obs, SearchSettings(candidates=3, verifier="confidence"),
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(kept, chunks[torch.arange(2), logits.argmax(dim=1)], atol=1e-6)
+    # noise 0's modes are candidates 0..4: the plain policy keeps its most confident one
+    first = torch.randn(2, 3, 16, 2, generator=torch.Generator().manual_seed(0))[:, 0]     # what the search drew
+    plain = anchor.predict_chunk(obs, noise=first).actions
+    assert torch.allclose(plain, chunks[torch.arange(2), logits[:, :5].argmax(dim=1)], atol=1e-5)
+    with pytest.raises(ValueError, match="anchor policy's own mode logits"):
+        search_chunk(make_policy("ddpm", down_dims=[16, 32]), obs, SearchSettings(candidates=2, verifier="confidence"))
