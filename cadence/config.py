@@ -319,6 +319,10 @@ class BudgetConfig:
     warmup: int = 3
     max_action_error: float = 0.25          # refuse candidates whose mean action error against the reference
                                             # exceeds this fraction of the action range (NaN/inf: always refused)
+    candidates: list = field(default_factory=lambda: [1])   # K chunks per inference to try, e.g. [1,4,16]: the
+                                            # largest K that fits is taken (inference-time search, docs/search.md)
+    verifier: SearchVerifier = SearchVerifier.consensus    # the search's verifier when K > 1 (never oracle)
+    value: Optional[str] = None             # the value verifier's folder; default <run>/verifier
 
 
 @dataclass

@@ -27,6 +27,7 @@ from cadence.deploy.inference_worker import InferenceWorker
 from cadence.deploy.runtime_selection import select_runtime
 from cadence.deploy.tick_log import TickLog
 from cadence.errors import CadenceError
+from cadence.policies.value_verifier import VerifierError, resolve_verifier
 from cadence.hardware.robot import RobotError
 from cadence.hardware.robot_config import safety_limits
 from cadence.hardware.robot_factory import make_robot
@@ -74,6 +75,17 @@ class RunFailed(CadenceError):
     """Episodes ran, but inference failed during them (the robot held instead): not a success."""
 
 
+def deployable_verifier(budget_cfg, ckpt: Path):
+    """The search verifier of the budget's K > 1 candidates (None when it tries none): never the
+    oracle, which needs a copy of the world."""
+    if max(int(k) for k in budget_cfg.candidates) <= 1:
+        return None
+    if str(budget_cfg.verifier) == "oracle":
+        raise VerifierError("budget.verifier=oracle scores candidates in a copy of the simulator: not deployable on "
+                            "a robot (use value, consensus, coherence or confidence)")
+    return resolve_verifier(str(budget_cfg.verifier), budget_cfg.value, ckpt)
+
+
 def run(cfg: DictConfig) -> dict:
     """Stop signals (SIGTERM, SIGINT, SIGHUP) unwind the run: the robot is held, the logs are
     written, one line says so and the exit status is 128 + the signal's number."""
@@ -106,7 +118,8 @@ def _run(cfg: DictConfig) -> dict:
         budget_ms = float(cfg.budget.inference_ms or 1e3 / rate)
         runtime, chosen, measured = select_runtime(
             policy, cfg.budget, budget_ms, calibration_observations(train_cfg, cfg.budget.calibration),
-            lambda: current_export(policy, ckpt, meta, train_cfg), cfg.device, threads=cfg.control.threads)
+            lambda: current_export(policy, ckpt, meta, train_cfg), cfg.device, threads=cfg.control.threads,
+            verifier=deployable_verifier(cfg.budget, ckpt))
         print(budget_mod.format_table(measured, chosen))
         out.mkdir(parents=True, exist_ok=True)
         (out / "budget.json").write_text(json.dumps({"budget_ms": budget_ms, "chosen": chosen.to_json(),

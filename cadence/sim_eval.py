@@ -44,23 +44,15 @@ def set_sample_steps(policy, steps: int | None) -> None:
 
 
 def set_search(policy, search_cfg, checkpoint_dir: Path | None = None, eval_seeds: range | None = None) -> None:
-    """Search over start noises at every prediction when ``search_cfg.candidates`` > 1 (else none).
-    The ``value`` verifier is loaded from ``search_cfg.value`` (default: the run's ``verifier/``
-    beside ``checkpoint_dir``) and refused if it was trained on any of ``eval_seeds``."""
+    """Search over start noises at every prediction when ``search_cfg.candidates`` > 1 (else none),
+    with the verifier ``resolve_verifier`` gives (a trained value verifier refused on its training seeds)."""
     from cadence.policies.search import SearchSettings
+    from cadence.policies.value_verifier import resolve_verifier
 
     if search_cfg.candidates <= 1:
         policy.search = None
         return
-    verifier = str(search_cfg.verifier)
-    if verifier == "value":
-        from cadence.policies.value_verifier import VerifierError, load_value
-
-        if search_cfg.value is None and checkpoint_dir is None:
-            raise VerifierError("search.verifier=value needs search.value=<folder of `cadence verifier train`>")
-        verifier = load_value(search_cfg.value or checkpoint_dir.parent / "verifier")
-        if eval_seeds is not None:
-            verifier.check_unseen(eval_seeds)
+    verifier = resolve_verifier(str(search_cfg.verifier), search_cfg.value, checkpoint_dir, eval_seeds)
     policy.search = SearchSettings(int(search_cfg.candidates), str(search_cfg.method), verifier,
                                    int(search_cfg.rounds), float(search_cfg.radius))
 

@@ -10,8 +10,10 @@ count the checkpoint has a cache schedule for. The chosen candidate is the most 
 whose p99 latency is within the budget and whose action error is finite and within the limit
 (``budget.max_action_error`` of the action range); candidates as accurate as it to within
 ``tie`` (``select_runtime``: :data:`SAME_ACCURACY` of the action range: the same steps on
-runtimes that compute the same thing) count as equal, and the fastest of them is taken. A
-candidate that fails to run is refused. If none qualifies, :class:`BudgetError` says what each
+runtimes that compute the same thing) count as equal, and of them the one searching the most
+candidates (``budget.candidates``: K chunks per inference, one kept by a verifier; a searching
+configuration shares its K = 1 twin's action error), then the fastest, is taken. A candidate
+that fails to run is refused. If none qualifies, :class:`BudgetError` says what each
 one measured.
 """
 from __future__ import annotations
@@ -36,10 +38,17 @@ class Candidate:
     kind: str            # a runtime kind, see cadence.deploy.runtimes
     sample_steps: int
     cache: str = "none"  # none, or the block cache's method (bac / shared / uniform) at these steps
+    candidates: int = 1  # K chunks per inference, one kept by the search's verifier (policies/search.py)
 
     @property
     def label(self) -> str:
-        return f"{self.kind}/{self.sample_steps} steps" + ("" if self.cache == "none" else f" + {self.cache}")
+        return (f"{self.kind}/{self.sample_steps} steps" + ("" if self.cache == "none" else f" + {self.cache}")
+                + ("" if self.candidates == 1 else f" x{self.candidates}"))
+
+    @property
+    def single(self) -> "Candidate":
+        """The same configuration without search (K = 1): whose action error this one shares."""
+        return Candidate(self.kind, self.sample_steps, self.cache)
 
 
 def cached_steps(policy) -> dict[int, str]:
@@ -60,12 +69,14 @@ def reference_steps(process, steps: int | None) -> int:
     return int(steps) if steps else int(process.reference_steps())
 
 
-def candidates(kinds: Sequence[str], steps: Sequence[int], cached: Mapping[int, str] | None = None) -> list[Candidate]:
+def candidates(kinds: Sequence[str], steps: Sequence[int], cached: Mapping[int, str] | None = None,
+               search: Sequence[int] = (1,)) -> list[Candidate]:
     """Every kind at every step count, uncached; plus, for the PyTorch kinds, every step count with
-    a block-cache schedule (``cached``: steps -> method) with its cache."""
+    a block-cache schedule (``cached``: steps -> method) with its cache; then each of those again
+    with every K > 1 in ``search`` (inference-time search), after all the K = 1 ones."""
     out = [Candidate(k, s) for k in kinds for s in steps]
     out += [Candidate(k, s, m) for k in kinds if k.startswith("torch-") for s, m in sorted((cached or {}).items())]
-    return out
+    return out + [Candidate(c.kind, c.sample_steps, c.cache, int(k)) for k in sorted(set(search)) if k > 1 for c in out]
 
 
 @dataclass
@@ -80,7 +91,7 @@ class Measurement:
 
     def to_json(self) -> dict:
         return {"kind": self.candidate.kind, "sample_steps": self.candidate.sample_steps,
-                "cache": self.candidate.cache, "p50_ms": _json_number(self.p50_ms),
+                "cache": self.candidate.cache, "candidates": self.candidate.candidates, "p50_ms": _json_number(self.p50_ms),
                 "p99_ms": _json_number(self.p99_ms), "action_error": _json_number(self.action_error),
                 "fits": self.fits, "failure": self.failure}
 
@@ -120,7 +131,9 @@ def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object
             max_error: float = math.inf) -> list[Measurement]:
     """``observations[i]`` each key (1, To, ...); ``noises[i]`` (1, Tp, Da). A candidate fits when
     its p99 is within ``budget_ms`` and its action error is finite and at most ``max_error``;
-    one that fails to build or to run is measured as never fitting (``failure`` says why)."""
+    one that fails to build or to run is measured as never fitting (``failure`` says why). A
+    searching candidate (K > 1) keeps another noise's chunk by design: it is timed, and its
+    accuracy is its K = 1 configuration's (the reference is unchanged), measured earlier in the list."""
     n = len(observations)
 
     def fresh(runtime, i):              # a stateful policy (streaming) compared from the same start
@@ -133,13 +146,19 @@ def measure(candidates: Sequence[Candidate], build: Callable[[Candidate], object
     if not all(np.isfinite(t).all() for t in targets):
         raise BudgetError("the reference configuration's actions are not finite: the policy is broken "
                           "(NaN or infinite weights or normalizer?)")
-    out = []
+    out: list[Measurement] = []
     for cand in tqdm(candidates, desc="timing inference configurations", disable=not progress):
         try:
+            single = None if cand.candidates == 1 else next((m for m in out if m.candidate == cand.single), None)
+            if cand.candidates > 1 and (single is None or not math.isfinite(single.action_error)):
+                raise BudgetError(f"its K = 1 configuration {cand.single.label} was not measured or failed")
             runtime = build(cand)
             ms = time_calls(lambda i, rt=runtime: rt.predict(observations[i % n], noise=noises[i % n]), calls, warmup)
-            with np.errstate(all="ignore"):
-                error = float(np.mean([np.abs(fresh(runtime, i) - targets[i]).mean() for i in range(n)]))
+            if single is not None:
+                error = single.action_error
+            else:
+                with np.errstate(all="ignore"):
+                    error = float(np.mean([np.abs(fresh(runtime, i) - targets[i]).mean() for i in range(n)]))
         except Exception as exc:          # noqa: BLE001 (a candidate that cannot run is refused, not fatal)
             out.append(Measurement(cand, math.inf, math.inf, math.inf, False,
                                    failure=" ".join(f"{type(exc).__name__}: {exc}".split())[:200]))
@@ -172,7 +191,8 @@ def choose(measurements: Sequence[Measurement], budget_ms: float, tie: float = 0
                           f"budget.inference_ms, lower the control rate, or add cheaper candidates (budget.steps, "
                           f"budget.runtimes).")
     best = min(m.action_error for m in fitting)
-    return min((m for m in fitting if m.action_error <= best + tie), key=lambda m: (m.p99_ms, m.action_error))
+    return min((m for m in fitting if m.action_error <= best + tie),
+               key=lambda m: (-m.candidate.candidates, m.p99_ms, m.action_error))
 
 
 def format_table(measurements: Sequence[Measurement], chosen: Measurement | None = None) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cadence.policies.search import SearchSettings
+
 from . import budget as budget_mod
 from .exported_policy import read_spec
 from .runtimes import available_runtime_kinds, build_runtime
@@ -28,12 +30,14 @@ def usable_kinds(requested) -> list[str]:
 
 
 def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[dict],
-                   export: Callable[[], Path], device: str, threads: int | None = None, progress: bool = True):
+                   export: Callable[[], Path], device: str, threads: int | None = None, progress: bool = True,
+                   verifier=None):
     """Measure the candidates and return (chosen runtime, chosen measurement, all measurements).
     ``budget_cfg``: the ``budget`` config group; ``observations``: calibration windows (each key
     (1, To, ...)); ``export()``: the ONNX export folder of these weights, called only when an ONNX
     runtime is a candidate; ``threads``: the CPU threads inference will have in deployment
-    (measured under the same)."""
+    (measured under the same); ``verifier``: the search verifier of the candidates with K > 1
+    (``budget.candidates``; a name or a callable such as a loaded value verifier)."""
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -44,13 +48,20 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
     if "onnx-cpu-int8" in kinds and "int8" not in read_spec(export_dir):
         log.info("onnx-cpu-int8 is not a candidate: %s has no int8 denoiser (cadence export int8=true)", export_dir)
         kinds.remove("onnx-cpu-int8")
-    build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
-                                    block_cache=c.cache != "none")
+    search = [int(k) for k in (getattr(budget_cfg, "candidates", None) or [1])]
+
+    def build(c):
+        runtime = build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,
+                                block_cache=c.cache != "none")
+        if c.candidates > 1:
+            runtime.policy.search = SearchSettings(c.candidates, "best_of", verifier or "consensus")
+        return runtime
+
     reference = build_runtime("torch-eager", policy, export_dir,
                               budget_mod.reference_steps(policy.process, budget_cfg.reference_steps), device,
                               block_cache=False)
     candidates = budget_mod.candidates(kinds, budget_mod.candidate_steps(policy.process, budget_cfg.steps),
-                                       budget_mod.cached_steps(policy))
+                                       budget_mod.cached_steps(policy), search)
     max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
                                   calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,

@@ -132,3 +132,16 @@ def load_value(folder: str | Path) -> ValueVerifier:
                                  f"verifier.json")
     model.load_state_dict(tensors)
     return ValueVerifier(model, spec)
+
+
+def resolve_verifier(name: str, value: str | Path | None, checkpoint_dir: Path | None, eval_seeds: range | None = None):
+    """A search verifier by name; ``value`` loads the trained one from ``value`` (default: the run's
+    ``verifier/`` beside ``checkpoint_dir``), refused if it was trained on any of ``eval_seeds``."""
+    if name != "value":
+        return name
+    if value is None and checkpoint_dir is None:
+        raise VerifierError("the value verifier needs its folder (search.value=... from `cadence verifier train`)")
+    verifier = load_value(value or Path(checkpoint_dir).parent / "verifier")
+    if eval_seeds is not None:
+        verifier.check_unseen(eval_seeds)
+    return verifier

@@ -96,3 +96,51 @@ def test_stateful_runtimes_are_compared_from_a_fresh_start():
     (same,) = measure([Candidate("torch-eager", 2)], build, reference, obs, noises, budget_ms=1e9, calls=3, warmup=1,
                       progress=False)
     assert same.action_error == 0.0          # although the candidate rolled its buffer while being timed
+
+
+def test_the_budget_searches_the_most_candidates_that_fit_with_the_accuracy_of_its_single_twin():
+    from cadence.deploy.budget import candidates
+    from cadence.policies.search import SearchSettings
+
+    listed = candidates(["torch-eager"], [10, 2], search=[1, 8])
+    assert [(c.sample_steps, c.candidates) for c in listed] == [(10, 1), (2, 1), (10, 8), (2, 8)]
+    assert listed[2].label == "torch-eager/10 steps x8" and listed[2].single == listed[0]
+
+    policy = make_policy("ddpm", sample_steps=10)
+    rng = np.random.default_rng(0)
+    obs = [{"state": rng.uniform(-1, 1, (1, 2, 6)).astype(np.float32)} for _ in range(2)]
+    noises = [rng.standard_normal((1, 16, 2)).astype(np.float32) for _ in obs]
+
+    def build(c):
+        runtime = TorchRuntime(policy, sample_steps=c.sample_steps)
+        if c.candidates > 1:
+            runtime.policy.search = SearchSettings(c.candidates, "best_of", "consensus")
+        return runtime
+
+    measured = measure(listed, build, TorchRuntime(policy, sample_steps=100), obs, noises, budget_ms=1e9,
+                       calls=5, warmup=1, progress=False)
+    single, searched = measured[0], measured[2]
+    assert searched.action_error == single.action_error          # the reference is unchanged: its twin's error
+    assert searched.p50_ms > single.p50_ms                       # eight chunks cost more than one
+    assert choose(measured, 1e9).candidate == listed[2]          # the most accurate, then the most candidates
+    between = (single.p99_ms + searched.p99_ms) / 2
+    if single.p99_ms < between < searched.p99_ms:                 # timing on a shared CPU: compare what was measured
+        assert choose(measured, between).candidate == listed[0]
+    assert measured[2].to_json()["candidates"] == 8
+
+
+def test_a_run_never_searches_with_the_oracle(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cadence.config import BudgetConfig
+    from cadence.policies.value_verifier import VerifierError
+    from cadence.run import deployable_verifier
+
+    budget = OmegaConf.structured(BudgetConfig(candidates=[1, 4], verifier="oracle"))
+    with pytest.raises(VerifierError, match="not deployable"):
+        deployable_verifier(budget, tmp_path / "checkpoint")
+    budget.verifier = "consensus"
+    assert deployable_verifier(budget, tmp_path / "checkpoint") == "consensus"
+    budget.candidates = [1]
+    budget.verifier = "oracle"
+    assert deployable_verifier(budget, tmp_path / "checkpoint") is None       # no search: nothing to verify
