@@ -247,6 +247,7 @@ class VerifierTrainApp:
     lr: float = 1e-3
     device: str = "auto"
     out_dir: Optional[str] = None            # default <run>/verifier
+    refit: bool = False                      # fit again on the candidates collected there before (no rollouts)
 
 
 @dataclass

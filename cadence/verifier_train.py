@@ -7,10 +7,11 @@
    (the oracle's lookahead: success, failure, else progress), and the policy's own first sample
    is executed, so the states are the ones the plain policy visits.
 2. Fit :class:`~cadence.policies.value_verifier.ChunkValue` to order each observation's
-   candidates as their scores do (pairwise logistic loss over the candidates of one observation;
-   ties ignored), on the first ``episodes`` seeds; the last ``val_episodes`` are held out.
+   candidates as their scores do (pairwise logistic loss over the candidates of one observation,
+   each pair weighted by its score gap up to 1; ties ignored), on the first ``episodes`` seeds; the last ``val_episodes`` are held out.
 3. Write ``<run>/verifier/`` (``model.safetensors``, ``verifier.json`` with the seeds and the
-   held-out numbers): pairwise accuracy, how often its pick is the lookahead's best, and the
+   held-out numbers, ``candidates.safetensors``: what was collected, so that ``refit=true`` fits
+   again without rolling out): pairwise accuracy, how often its pick is the lookahead's best, and the
    lookahead score its pick gives up against the best (regret) beside a random pick's.
 """
 from __future__ import annotations
@@ -90,11 +91,16 @@ def collect(policy, train_cfg, seeds: list[int], candidates: int, batch_envs: in
 
 
 def pairwise_loss(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Mean of softplus(-(v_i - v_j)) over the pairs of one observation's candidates with s_i > s_j."""
-    better = scores[:, :, None] > scores[:, None, :] + 1e-6
-    if not better.any():
+    """softplus(-(v_i - v_j)) over the pairs of one observation's candidates with s_i > s_j, each
+    weighted by min(s_i - s_j, 1): a success against a miss counts fully, a hundredth of progress
+    a hundredth (equal weights teach the network the many tiny progress differences and not the
+    few that decide an episode)."""
+    gap = scores[:, :, None] - scores[:, None, :]
+    weight = torch.where(gap > 1e-6, gap.clamp(max=1.0), torch.zeros_like(gap))
+    if not bool(weight.any()):
         return values.sum() * 0.0
-    return F.softplus(-(values[:, :, None] - values[:, None, :]))[better].mean()
+    loss = F.softplus(-(values[:, :, None] - values[:, None, :]))
+    return (loss * weight).sum() / weight.sum()
 
 
 @torch.no_grad()
@@ -136,6 +142,42 @@ def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, 
     return model.eval()
 
 
+CANDIDATES_FILE = "candidates.safetensors"
+
+
+def save_candidates(out: Path, train: Candidates, val: Candidates | None, success: float, cfg: DictConfig) -> None:
+    """The collected candidates beside the verifier, so ``refit=true`` fits again without rolling out."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{part}.{field}": getattr(data, field).contiguous() for part, data in (("train", train), ("val", val))
+               if data is not None for field in ("cond", "plans", "scores")}
+    save_file(tensors, str(out / CANDIDATES_FILE), metadata={
+        "seed": str(cfg.seed), "episodes": str(cfg.episodes), "val_episodes": str(cfg.val_episodes),
+        "candidates": str(cfg.candidates), "success": str(success)})
+
+
+def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int) -> tuple[Candidates, Candidates | None, float]:
+    from safetensors import safe_open
+
+    from cadence.untrusted import load_safetensors
+
+    path = out / CANDIDATES_FILE
+    if not path.is_file():
+        raise VerifierError(f"{path}: no collected candidates to refit on (run without refit=true first)")
+    tensors = load_safetensors(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    wanted = {"seed": str(cfg.seed), "episodes": str(n_train), "val_episodes": str(n_val),
+              "candidates": str(cfg.candidates)}
+    if any(meta.get(k) != v for k, v in wanted.items()):
+        raise VerifierError(f"{path}: collected with {meta}, not {wanted}; collect again (refit=false)")
+    parts = [Candidates(*(tensors.get(f"{part}.{f}") for f in ("cond", "plans", "scores"))) for part in ("train", "val")]
+    if parts[0].cond is None:
+        raise VerifierError(f"{path}: holds no training candidates")
+    return parts[0], parts[1] if parts[1].cond is not None else None, float(meta.get("success", "nan"))
+
+
 def check_seeds(cfg: DictConfig) -> tuple[list[int], list[int]]:
     first, n_train, n_val = int(cfg.seed), int(cfg.episodes), int(cfg.val_episodes)
     if first < 0 or n_train < 1 or n_val < 0:
@@ -163,11 +205,15 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
         raise VerifierError(f"{ckpt}: its task has no simulator; the value verifier is trained in simulation")
     out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "verifier"
     started = time.perf_counter()
-    with torch.no_grad():
-        train, train_success = collect(policy, train_cfg, train_seeds, int(cfg.candidates), int(cfg.batch_envs),
-                                       bool(cfg.async_envs), int(cfg.seed), progress)
-        val = collect(policy, train_cfg, val_seeds, int(cfg.candidates), int(cfg.batch_envs), bool(cfg.async_envs),
-                      int(cfg.seed) + 1, progress)[0] if val_seeds else None
+    if cfg.refit:
+        train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds))
+    else:
+        with torch.no_grad():
+            train, train_success = collect(policy, train_cfg, train_seeds, int(cfg.candidates), int(cfg.batch_envs),
+                                           bool(cfg.async_envs), int(cfg.seed), progress)
+            val = collect(policy, train_cfg, val_seeds, int(cfg.candidates), int(cfg.batch_envs),
+                          bool(cfg.async_envs), int(cfg.seed) + 1, progress)[0] if val_seeds else None
+        save_candidates(out, train, val, train_success, cfg)
     collect_s = time.perf_counter() - started
     norm = policy.normalizer
     low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()

@@ -37,6 +37,17 @@ def test_the_value_network_learns_the_order_of_candidates():
     assert held["regret"] < 0.5 * held["random_pick_regret"]
 
 
+def test_pairs_count_by_their_score_gap():
+    from cadence.verifier_train import pairwise_loss
+
+    scores = torch.tensor([[10.0, 0.01, 0.0]])
+    # only the near-tie is misordered: it weighs 0.01 against 1 + 1 + 0.01 for the rest
+    misordered = torch.tensor([[5.0, -1.0, 1.0]], requires_grad=True)
+    assert pairwise_loss(misordered, scores) < 0.05
+    assert pairwise_loss(torch.tensor([[-5.0, 1.0, 0.0]]), scores) > 2.0        # the success ranked last: costly
+    assert pairwise_loss(torch.zeros(1, 3), torch.ones(1, 3)) == 0.0             # all tied: nothing to learn
+
+
 def test_training_seeds_never_reach_the_evaluation_seeds():
     assert check_seeds(train_config("x", seed=10, episodes=5, val_episodes=2)) == ([10, 11, 12, 13, 14], [15, 16])
     with pytest.raises(VerifierError, match="reach the evaluation seeds"):
@@ -51,6 +62,11 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     assert info["train_seeds"] == [0, 4] and info["held_out"]["observations"] > 0
     assert 0.0 <= info["held_out"]["pairwise_accuracy"] <= 1.0
     verifier = load_value(out)
+    assert (out / "candidates.safetensors").is_file()
+    refit = run(train_config(run_dir, refit=True, steps=5), progress=False)          # no rollouts: the same data
+    assert json.loads((refit / "verifier.json").read_text())["observations"] == info["observations"]
+    with pytest.raises(VerifierError, match="collect again"):
+        run(train_config(run_dir, refit=True, episodes=5), progress=False)
 
     from cadence.checkpoint import load_policy
     policy, _, _ = load_policy(run_dir)
