@@ -17,6 +17,26 @@ def export_control(train_cfg) -> dict | None:
     return {"fps": float(fps), "exec_horizon": int(train_cfg.policy.exec_horizon)} if fps else None
 
 
+def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str], None] | None) -> None:
+    """The run's value verifier (``cadence verifier train``), if it has one, checked against this
+    policy and written to ``out_dir/verifier``: search with ``value`` then runs beside the exported
+    graphs (a small MLP on the host, like the sampling loop)."""
+    from cadence.policies.value_verifier import VerifierError, load_value, save_value
+
+    if not (source / "verifier.json").is_file():
+        return
+    verifier = load_value(source)
+    model, plan = verifier.model, policy.pred_horizon - policy.obs_horizon + 1
+    if (model.cond_dim, model.plan_steps, model.action_dim) != (getattr(policy.encoder, "out_dim", model.cond_dim), plan, policy.action_dim):
+        raise VerifierError(f"{source}: a value verifier for conditioning {model.cond_dim} and plans of "
+                            f"{model.plan_steps} x {model.action_dim}, not this policy's")
+    info = {k: v for k, v in verifier.info.items() if k not in ("format", "cond_dim", "plan_steps", "action_dim",
+                                                                   "hidden", "action_low", "action_high")}
+    save_value(model, info, out_dir / "verifier")
+    if echo:
+        echo(f"value verifier -> {out_dir / 'verifier'}")
+
+
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
                 echo: Callable[[str], None] | None = print, precond: bool = True, int8: Mapping | None = None) -> Path:
     """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``. ``int8``
@@ -31,6 +51,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
     export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta.get("step"),
                        weights_sha256=weights_sha256(ckpt), opset=opset, control=export_control(cfg), echo=echo,
                        precond=precond)
+    copy_value_verifier(ckpt.parent / "verifier", Path(out_dir), policy, echo)
     if int8 is not None:
         from cadence.calibration_data import calibration_observations
         windows = calibration_observations(cfg, int(int8["calibration"]))

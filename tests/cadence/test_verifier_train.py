@@ -99,3 +99,21 @@ def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
         assert "verifier.json" in str(caught.value) or "model.safetensors" in str(caught.value)
     with pytest.raises(UntrustedFileError, match="cadence verifier train"):
         load_value(tmp_path / "nowhere")
+
+
+def test_an_export_carries_the_value_verifier_and_searches_with_it(tiny_store, tmp_path):
+    from cadence.deploy.exported_policy import load_exported
+    from cadence.export import export_onnx
+    from cadence.policies.search import SearchSettings, search_chunk
+
+    run_dir = train_tiny_run(tiny_store, tmp_path / "run")
+    run(train_config(run_dir, episodes=2, val_episodes=0), progress=False)
+    export_dir = export_onnx(run_dir, tmp_path / "export", echo=None)
+    assert not (export_dir / "verifier" / "candidates.safetensors").exists()      # the model, not its data
+    onnx_policy = load_exported(export_dir)
+    from cadence.checkpoint import load_policy
+    policy, _, _ = load_policy(run_dir)
+    obs = {"state": torch.randn(2, policy.obs_horizon, 6)}
+    kept = [search_chunk(p, obs, SearchSettings(4, verifier=load_value(folder)), generator=torch.Generator().manual_seed(1))
+            for p, folder in ((onnx_policy, export_dir / "verifier"), (policy, run_dir / "verifier"))]
+    assert torch.allclose(kept[0], kept[1], atol=1e-4)
