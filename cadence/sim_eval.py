@@ -60,7 +60,9 @@ def set_search(policy, search_cfg, checkpoint_dir: Path | None = None, eval_seed
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:
     """Milliseconds per ``predict_chunk`` call at batch size 1 (median and 90th percentile). With
     the oracle verifier, the network's share only: its simulated lookahead scores nothing here."""
-    extra = {"lookahead": lambda plans: np.zeros(plans.shape[:2])} if getattr(policy, "uses_lookahead", False) else {}
+    from cadence.policies.search import zero_lookahead
+
+    extra = {"lookahead": zero_lookahead} if getattr(policy, "uses_lookahead", False) else {}
     times = np.sort(time_calls(lambda i: policy.predict_chunk(obs, **extra), calls, warmup))
     return {"ms_per_chunk": round(float(np.median(times)), 3),
             "ms_per_chunk_p90": round(float(times[min(len(times) - 1, int(0.9 * len(times)))]), 3)}

@@ -99,6 +99,11 @@ def confidence(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
     return context.confidence.to(chunks)
 
 
+def zero_lookahead(plans: np.ndarray) -> np.ndarray:
+    """A lookahead that scores every plan 0: times a search's network share without a simulator."""
+    return np.zeros(plans.shape[:2])
+
+
 VERIFIERS: dict[str, Verifier] = {"consensus": consensus, "coherence": coherence, "oracle": oracle,
                                   "confidence": confidence}
 LOOKAHEAD_VERIFIERS = ("oracle",)

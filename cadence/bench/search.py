@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -31,6 +30,7 @@ from cadence.checkpoint import load_policy, resolve_checkpoint_dir
 from cadence.deploy.budget import interleaved_ms
 from cadence.device import resolve_device
 from cadence.markdown_table import markdown_table
+from cadence.policies.search import zero_lookahead
 from cadence.sim_eval import evaluate_policy, first_observation, set_search
 
 COLUMNS = ("row", "verifier", "method", "K", "steps", "ms / chunk", "success", "vs K=1", "score", "vs K=1 score")
@@ -44,7 +44,7 @@ class NetworkOnly:
 
     def predict_chunk(self, obs):
         if getattr(self.policy, "uses_lookahead", False):
-            return self.policy.predict_chunk(obs, lookahead=lambda plans: np.zeros(plans.shape[:2]))
+            return self.policy.predict_chunk(obs, lookahead=zero_lookahead)
         return self.policy.predict_chunk(obs)
 
 
