@@ -97,6 +97,11 @@ def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
         with pytest.raises(UntrustedFileError, match=match) as caught:
             load_value(folder)
         assert "verifier.json" in str(caught.value) or "model.safetensors" in str(caught.value)
+    (folder / "verifier.json").write_text(json.dumps(spec))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])                             # truncated
+    with pytest.raises(UntrustedFileError, match="model.safetensors"):
+        load_value(folder)
     with pytest.raises(UntrustedFileError, match="cadence verifier train"):
         load_value(tmp_path / "nowhere")
 
