@@ -409,6 +409,8 @@ class ExportApp:
     int8_steps: Optional[list] = None       # step counts to fit it for; default the policy's own
     int8_max_error: float = 0.005           # fit bound: max action error / action range on calibration windows
     calibration: int = 32                   # observation windows the int8 fit runs on (from the training data)
+    loop_steps: list = field(default_factory=list)   # the whole sampling loop as one graph at these step counts
+                                                     # (onnx-cpu-loop / onnx-cuda-loop); none by default
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """``cadence export checkpoint=RUN format=onnx``: ONNX graphs for the encoder and one denoiser call,
-plus ``policy.json`` (sampling schedule, normaliser); the sampling loop runs on the host."""
+plus ``policy.json`` (sampling schedule, normaliser); the sampling loop runs on the host, or, with
+``loop_steps=[N]``, also as one graph of the whole loop at N steps."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -38,20 +39,28 @@ def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str
 
 
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
-                echo: Callable[[str], None] | None = print, precond: bool = True, int8: Mapping | None = None) -> Path:
+                echo: Callable[[str], None] | None = print, precond: bool = True, int8: Mapping | None = None,
+                loop_steps: Sequence[int] = ()) -> Path:
     """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``. ``int8``
     (``steps``, ``max_error``, ``calibration``): also the int8 denoiser, fitted on that many
-    observation windows of the checkpoint's training data (see cadence.deploy.int8_export)."""
+    observation windows of the checkpoint's training data (see cadence.deploy.int8_export).
+    ``loop_steps``: also the whole sampling loop as one graph at each of these step counts
+    (see cadence.deploy.loop_graph)."""
     from cadence.deploy.int8_export import check_int8_options, export_int8
+    from cadence.deploy.loop_export import check_loop_steps, export_loop
     from cadence.deploy.onnx_export import export_policy_onnx
     ckpt = resolve_checkpoint_dir(checkpoint)
     policy, cfg, meta = load_policy(ckpt, device="cpu")
     if int8 is not None:        # before anything is written
         check_int8_options(policy.process, int8.get("steps"), float(int8["max_error"]), int(int8["calibration"]))
+    if loop_steps:
+        check_loop_steps(policy.process, loop_steps)
     export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta.get("step"),
                        weights_sha256=weights_sha256(ckpt), opset=opset, control=export_control(cfg), echo=echo,
                        precond=precond)
     copy_value_verifier(ckpt.parent / "verifier", Path(out_dir), policy, echo)
+    if loop_steps:
+        export_loop(policy, out_dir, loop_steps, opset=opset, echo=echo)
     if int8 is not None:
         from cadence.calibration_data import calibration_observations
         windows = calibration_observations(cfg, int(int8["calibration"]))
@@ -66,6 +75,6 @@ def run(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir or ckpt.parent / "export-onnx")
     int8 = ({"steps": cfg.int8_steps, "max_error": cfg.int8_max_error, "calibration": cfg.calibration}
             if cfg.int8 else None)
-    path = export_onnx(ckpt, out, opset=cfg.opset, precond=cfg.precond, int8=int8)
+    path = export_onnx(ckpt, out, opset=cfg.opset, precond=cfg.precond, int8=int8, loop_steps=list(cfg.loop_steps))
     print(f"exported {ckpt} -> {path}")
     return path

@@ -33,6 +33,9 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
     film_dim         (with those graphs) the width of all FiLM outputs side by side
                      "denoiser_int8" (optional; ``cadence export int8=true``): the denoiser with 8-bit
                      weights (its convolutions as MatMul), the same inputs and outputs
+                     "loop_<N>" (optional, any number; ``cadence export loop_steps=[N]``): the whole sampling
+                     loop at N steps as one graph, ["cond", "noise", "known", "known_mask"] -> ["x"]
+                     (cadence.deploy.loop_graph)
     int8             (with denoiser_int8) {"bits", "block", "max_error", "windows", "last_steps":
                       {"<sampling steps>": j}}: at that many steps the int8 graph runs the last j of
                       them, fitted on calibration windows (cadence.deploy.int8_export)
@@ -64,6 +67,8 @@ from torch import nn
 from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_shape, read_json
 
 from .graph_files import open_graph
+from .loop_graph import (LOOP_INPUTS, LOOP_OUTPUTS, LoopSampled, OnnxLoop, exported_loop_steps, loop_graph_name,
+                         loop_steps_of)
 
 from cadence.errors import CadenceError
 
@@ -209,7 +214,9 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
         raise ExportFormatError(f"{where}: 'action_normalizer.scale' has a zero entry")
 
     graphs = spec["graphs"]
-    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, {*PRECOND_GRAPHS, INT8_GRAPH})
+    loops = {name: loop_steps_of(name) for name in (graphs if isinstance(graphs, dict) else ()) if
+             loop_steps_of(name) is not None}
+    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, {*PRECOND_GRAPHS, INT8_GRAPH, *loops})
     expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS),
                 "denoiser": (DENOISER_INPUTS, list(built.graph_outputs))}
     precond = set(PRECOND_GRAPHS) & set(graphs)
@@ -227,6 +234,11 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     if "int8" in spec:
         _validate_int8(where, spec["int8"], built)
         expected[INT8_GRAPH] = expected["denoiser"]
+    for name, steps in loops.items():
+        if not built.loop_graph or not built.allows_steps(steps):
+            raise ExportFormatError(f"{where}: 'graphs.{name}': the {built.name} process has no loop graph at "
+                                    f"{steps} steps")
+        expected[name] = (LOOP_INPUTS, LOOP_OUTPUTS)
     for name, (inputs, outputs) in expected.items():
         _keys(where, graphs[name], f"graphs.{name}", {"file", "inputs", "outputs"})
         _typed(where, graphs[name]["file"], f"graphs.{name}.file", str)
@@ -419,12 +431,13 @@ class ExportedPolicy(Policy):
 
 
 def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                  precond: bool = False, int8: bool = False) -> ExportedPolicy:
+                  precond: bool = False, int8: bool = False, loop_steps: int | None = None) -> ExportedPolicy:
     """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op
     threads; ``precond``: run the precomputed-conditioning graphs instead of ``denoiser``; ``int8``:
-    also open ``denoiser_int8`` (an :class:`OnnxInt8Denoiser`; its ``first_int8`` starts at never)."""
-    if precond and int8:
-        raise ValueError("precond and int8 are separate runtimes; choose one")
+    also open ``denoiser_int8`` (an :class:`OnnxInt8Denoiser`; its ``first_int8`` starts at never);
+    ``loop_steps``: sample with the whole-loop graph ``loop_<N>`` instead (at those N steps only)."""
+    if sum((precond, int8, loop_steps is not None)) > 1:
+        raise ValueError("precond, int8 and loop_steps are separate runtimes; choose one")
     export_dir = Path(out_dir)
     spec = read_spec(export_dir)
     To, Tp, Da, cond = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"], spec["cond_dim"]
@@ -450,16 +463,30 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
                                     "writes one)")
         shapes[INT8_GRAPH] = shapes["denoiser"]
         names.append(INT8_GRAPH)
+    if loop_steps is not None:
+        loop = loop_graph_name(loop_steps)
+        if loop not in spec["graphs"]:
+            have = exported_loop_steps(spec)
+            raise ExportFormatError(f"{export_dir / SPEC_FILE}: no loop graph for {loop_steps} steps (it has "
+                                    f"{have or 'none'}; `cadence export loop_steps=[{loop_steps}]` writes one)")
+        shapes[loop] = {"cond": [0, cond], "noise": [0, Tp, Da], "known": [0, Tp, Da], "known_mask": [Tp],
+                        "x": [0, Tp, Da]}
+        names = ["encoder", loop]
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
-                                 ExportFormatError, provider, threads, spinning=name.startswith("denoiser"))
+                                 ExportFormatError, provider, threads, spinning=name.startswith(("denoiser", "loop_")))
                 for name in names}   # only the graph run step after step spins (see create_session)
     used = sessions[names[-1]].get_providers()[0]
     outputs = spec["graphs"]["denoiser"]["outputs"]
-    if precond:
+    if loop_steps is not None:
+        denoiser = OnnxLoop(sessions[names[-1]], loop_steps)
+    elif precond:
         denoiser = OnnxPrecondDenoiser({n: sessions[n] for n in PRECOND_GRAPHS}, outputs)
     elif int8:
         denoiser = OnnxInt8Denoiser(sessions["denoiser"], sessions[INT8_GRAPH], outputs)
     else:
         denoiser = OnnxDenoiser(sessions["denoiser"], outputs)
-    return ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
-                          denoiser, provider=used)
+    policy = ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),
+                            denoiser, provider=used)
+    if loop_steps is not None:
+        policy.process = LoopSampled(policy.process, loop_steps)
+    return policy

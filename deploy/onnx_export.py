@@ -139,9 +139,10 @@ def _quiet():
 
 
 def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                  output_names: list[str], opset: int) -> None:
+                  output_names: list[str], opset: int, batched: Sequence[bool] | None = None) -> None:
+    """``batched``: which inputs have the (dynamic) batch as dimension 0; default all."""
     batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple = tuple({0: batch} for _ in args)
+    dynamic: tuple = tuple({0: batch} if b else {} for b in (batched or [True] * len(args)))
     if isinstance(module, _EncoderGraph):
         dynamic = (dynamic,)        # forward(*obs): one varargs parameter
     tmp = path.with_name(path.name + ".tmp")

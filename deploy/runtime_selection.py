@@ -13,7 +13,8 @@ from cadence.policies.search import SearchSettings
 
 from . import budget as budget_mod
 from .exported_policy import read_spec
-from .runtimes import available_runtime_kinds, build_runtime
+from .loop_graph import exported_loop_steps
+from .runtimes import LOOP_KINDS, available_runtime_kinds, build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
     if "onnx-cpu-int8" in kinds and "int8" not in read_spec(export_dir):
         log.info("onnx-cpu-int8 is not a candidate: %s has no int8 denoiser (cadence export int8=true)", export_dir)
         kinds.remove("onnx-cpu-int8")
+    loops = exported_loop_steps(read_spec(export_dir)) if export_dir is not None else []
+    for kind in [k for k in kinds if k in LOOP_KINDS and not loops]:
+        log.info("%s is not a candidate: %s has no loop graph (cadence export loop_steps=[...])", kind, export_dir)
+        kinds.remove(kind)
     search = [int(k) for k in (getattr(budget_cfg, "candidates", None) or [1])]
 
     def build(c):
@@ -62,6 +67,7 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
                               block_cache=False)
     candidates = budget_mod.candidates(kinds, budget_mod.candidate_steps(policy.process, budget_cfg.steps),
                                        budget_mod.cached_steps(policy), search)
+    candidates = [c for c in candidates if c.kind not in LOOP_KINDS or c.sample_steps in loops]   # a graph per count
     max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
                                   calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,

@@ -5,14 +5,18 @@ optionally the start sample ``noise`` (B, Tp, Da) and an action ``prefix`` (B, P
 committed at chunk indices ``start .. start + P - 1``, and returns the whole chunk
 (B, Tp, Da) float32 in task units; the actions due now start at index ``start = To - 1``.
 All of them run the same host sampling code (:meth:`Policy.predict_chunk`) on a private copy
-of the process, so they differ only in how the encoder and denoiser are evaluated.
+of the process, so they differ only in how the encoder and denoiser are evaluated; the loop kinds
+run the process's whole ``sample`` as one graph instead.
 
 Kinds (``build_runtime``): torch-eager, torch-precond (a UNet's conditioning precomputed per
 schedule and chunk, see :mod:`cadence.policies.networks.unet1d`), torch-compile, torch-cudagraph,
+torch-cudagraph-loop (the whole sampling loop captured as one CUDA graph),
 torch-fp16, torch-bf16, onnx-cpu, onnx-cpu-precond (the export's precomputed-conditioning graphs),
 onnx-cpu-int8 (the export's 8-bit denoiser for the last sampling steps it was fitted for, see
-:mod:`cadence.deploy.int8_export`), onnx-cuda. On a CPU: torch-eager, torch-precond, onnx-cpu,
-onnx-cpu-precond and onnx-cpu-int8 always (the export must have the graphs),
+:mod:`cadence.deploy.int8_export`), onnx-cpu-loop (the export's whole sampling loop as one graph,
+at a step count it has one for, see :mod:`cadence.deploy.loop_graph`), onnx-cuda, onnx-cuda-loop.
+On a CPU: torch-eager, torch-precond, onnx-cpu, onnx-cpu-precond, onnx-cpu-int8 and onnx-cpu-loop
+always (the export must have the graphs),
 torch-compile where a C++ compiler is present (inductor), torch-bf16 where the CPU has native
 bf16 (AVX512-BF16 or AMX); the other kinds need a CUDA GPU.
 """
@@ -29,14 +33,17 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from cadence.policies.policy import Policy
+from cadence.policies.processes import KnownActions
 from torch import nn
 
-from .exported_policy import ExportedPolicy, load_exported
+from .exported_policy import ExportedPolicy, build_process, load_exported, read_spec
+from .loop_graph import LoopSampled
 from .onnx_providers import CUDA, cuda_unavailable_reason
 
 KINDS = ("torch-eager", "torch-precond", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu",
-         "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cuda")
-MODES = ("eager", "compile", "cudagraph")
+         "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop", "onnx-cuda", "onnx-cuda-loop", "torch-cudagraph-loop")
+LOOP_KINDS = ("onnx-cpu-loop", "onnx-cuda-loop")     # the export's whole-loop graph, at the steps it has one for
+MODES = ("eager", "compile", "cudagraph", "cudagraph-loop")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 _SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -151,8 +158,6 @@ class _CudaGraph(nn.Module):
     """One denoiser call captured into a CUDA graph with static inputs, one graph per input signature
     (batch size). Inputs are copied into the static buffers, the graph is replayed, the output cloned."""
 
-    WARMUP = 3
-
     def __init__(self, net: nn.Module):
         super().__init__()
         self.inner = net
@@ -177,19 +182,58 @@ class _CudaGraph(nn.Module):
         graph.replay()
         return _each(static_out, torch.clone)
 
-    @torch.no_grad()
     def _capture(self, args, step):
-        static_in = tuple(a.detach().clone() for a in args)
-        side = torch.cuda.Stream(device=static_in[0].device)
-        side.wait_stream(torch.cuda.current_stream(static_in[0].device))
-        with torch.cuda.stream(side):            # warm up (cuDNN algorithm choice, allocator) off the capture
-            for _ in range(self.WARMUP):
-                self.inner(*static_in, step=step)
-        torch.cuda.current_stream(static_in[0].device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.inner(*static_in, step=step)
-        return static_in, static_out, graph
+        return _capture_cuda_graph(lambda *a: self.inner(*a, step=step), args)
+
+
+@torch.no_grad()
+def _capture_cuda_graph(fn, args, warmup: int = 3):
+    """``fn(*args)`` captured into a CUDA graph: (static inputs to copy into, static output, graph)."""
+    static_in = tuple(a.detach().clone() for a in args)
+    device = static_in[0].device
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):                # warm up (cuDNN algorithm choice, allocator) off the capture
+        for _ in range(warmup):
+            fn(*static_in)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(*static_in)
+    return static_in, static_out, graph
+
+
+class _CudaGraphLoop(nn.Module):
+    """The process's whole ``sample`` around the denoiser captured into one CUDA graph per input
+    signature (batch size): ``forward(cond, noise, known, known_mask) -> x``, the signature of an
+    exported loop graph, so :class:`~cadence.deploy.loop_graph.LoopSampled` drives it. One replay per
+    chunk: no host work between steps."""
+
+    def __init__(self, net: nn.Module, process):
+        super().__init__()
+        self.inner, self.process = net, process
+        self._graphs: dict[tuple, tuple] = {}
+
+    def prepare_sampling(self, levels) -> bool:
+        rebuilt = _prepare_inner(self.inner, levels)
+        if rebuilt:                 # captured graphs read the old cache tensors
+            self._graphs.clear()
+        return rebuilt
+
+    def _sample(self, cond, noise, known, known_mask):
+        return self.process.sample(self.inner, cond, tuple(noise.shape), noise=noise,
+                                   known=KnownActions(known, known_mask))
+
+    def forward(self, cond, noise, known, known_mask):
+        args = (cond, noise, known.to(noise), known_mask.to(noise.device))
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        if key not in self._graphs:
+            self._graphs[key] = _capture_cuda_graph(self._sample, args)
+        static_in, static_out, graph = self._graphs[key]
+        for buf, value in zip(static_in, args):
+            buf.copy_(value)
+        graph.replay()
+        return static_out.clone()
 
 
 def cpu_bf16_reason() -> str | None:
@@ -216,8 +260,10 @@ def _needs_cuda(device: torch.device, what: str) -> None:
 
 
 class TorchRuntime:
-    """The PyTorch policy on ``device``. float16 and ``mode="cudagraph"`` need CUDA; bfloat16 runs on
-    CUDA or on a CPU with native bf16; ``mode="compile"`` on CUDA or on a CPU with a C++ compiler.
+    """The PyTorch policy on ``device``. float16 and ``mode="cudagraph"`` (one graph per denoiser call)
+    or ``"cudagraph-loop"`` (the whole sampling loop as one graph, for processes with ``loop_graph``,
+    without a block cache) need CUDA; bfloat16 runs on CUDA or on a CPU with native bf16;
+    ``mode="compile"`` on CUDA or on a CPU with a C++ compiler.
     ``precompute_conditioning``: a UNet denoiser's FiLM terms computed once per schedule and chunk.
 
     Works on a private deep copy of the policy: the caller's modules, device and process are
@@ -288,6 +334,11 @@ class TorchRuntime:
             denoiser = _Compiled(denoiser, cuda=not cpu)
         elif mode == "cudagraph":
             denoiser = _CudaGraph(denoiser)
+        elif mode == "cudagraph-loop":
+            if getattr(private.denoiser, "branch_cache", None) is not None:
+                raise ValueError("mode 'cudagraph-loop' captures the uncached loop; build it with block_cache=False")
+            denoiser = _CudaGraphLoop(denoiser, private.process)
+            private.process = LoopSampled(private.process, private.process.sample_steps)
         private.denoiser = denoiser
         self.policy = private
         self.sample_steps = int(private.process.sample_steps)
@@ -317,15 +368,17 @@ class OnnxRuntime:
     """An ONNX export run by ONNX Runtime; the sampling loop runs on the host (CPU tensors)."""
 
     def __init__(self, export_dir: str | os.PathLike, provider: str = "auto", sample_steps: int | None = None,
-                 threads: int | None = None, seed: int | None = None, precond: bool = False, int8: bool = False):
+                 threads: int | None = None, seed: int | None = None, precond: bool = False, int8: bool = False,
+                 loop: bool = False):
+        loop_steps = (sample_steps or build_process(read_spec(export_dir)["process"]).sample_steps) if loop else None
         self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads, precond=precond,
-                                                    int8=int8)
+                                                    int8=int8, loop_steps=loop_steps)
         self.policy.process = self.policy.process.with_steps(sample_steps)
         self.provider = self.policy.provider
         self.sample_steps = int(self.policy.process.sample_steps)
         self.start = self.policy.obs_horizon - 1
         self.name = (("onnx-cuda" if self.provider == CUDA else "onnx-cpu") + ("-precond" if precond else "")
-                     + ("-int8" if int8 else ""))
+                     + ("-int8" if int8 else "") + ("-loop" if loop else ""))
         if int8:
             fitted = self.policy.spec["int8"]["last_steps"]
             if str(self.sample_steps) not in fitted:
@@ -352,15 +405,15 @@ def available_runtime_kinds() -> list[str]:
     if torch.cuda.is_available():
         if importlib.util.find_spec("triton") is not None:
             kinds.append("torch-compile")
-        kinds += ["torch-cudagraph", "torch-fp16"]
+        kinds += ["torch-cudagraph", "torch-cudagraph-loop", "torch-fp16"]
         if torch.cuda.is_bf16_supported():
             kinds.append("torch-bf16")
     else:
         kinds += [k for k, reason in (("torch-compile", cpu_compile_reason()), ("torch-bf16", cpu_bf16_reason()))
                   if reason is None]
-    kinds += ["onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8"]
+    kinds += ["onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop"]
     if cuda_unavailable_reason() is None:
-        kinds.append("onnx-cuda")
+        kinds += ["onnx-cuda", "onnx-cuda-loop"]
     return kinds
 
 
@@ -377,7 +430,8 @@ def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.
         if export_dir is None:
             raise ValueError(f"runtime {kind!r} needs export_dir (an ONNX export; `cadence export` writes one)")
         return OnnxRuntime(export_dir, provider=kind.split("-")[1], sample_steps=sample_steps, threads=threads,
-                           seed=seed, precond=kind.endswith("-precond"), int8=kind.endswith("-int8"))
+                           seed=seed, precond=kind.endswith("-precond"), int8=kind.endswith("-int8"),
+                           loop=kind in LOOP_KINDS)
     if policy is None:
         raise ValueError(f"runtime {kind!r} needs a PyTorch policy")
     if device is None:
@@ -385,5 +439,6 @@ def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.
         device = "cuda" if torch.cuda.is_available() or kind not in cpu_kinds else "cpu"
     options = {"torch-eager": {}, "torch-precond": {"precompute_conditioning": True},
                "torch-compile": {"mode": "compile"}, "torch-cudagraph": {"mode": "cudagraph"},
+               "torch-cudagraph-loop": {"mode": "cudagraph-loop"},
                "torch-fp16": {"dtype": "float16"}, "torch-bf16": {"dtype": "bfloat16"}}[kind]
     return TorchRuntime(policy, device=device, sample_steps=sample_steps, seed=seed, block_cache=block_cache, **options)

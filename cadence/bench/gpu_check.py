@@ -1,7 +1,8 @@
 """``make gpu-check``: every GPU path's parity and latency in one run, one JSON.
 
-On a machine with a CUDA GPU it times each runtime kind that needs one (ONNX Runtime's CUDA and,
-where onnxruntime-gpu has it, TensorRT provider; torch.compile; CUDA graphs; fp16; bf16) on the
+On a machine with a CUDA GPU it times each runtime kind that needs one (ONNX Runtime's CUDA, per
+denoiser call and the whole loop as one graph, and, where onnxruntime-gpu has it, TensorRT
+provider; torch.compile; CUDA graphs of one call and of the whole loop; fp16; bf16) on the
 low-dim PushT network of ``cadence bench peer`` (Diffusion Policy's UNet, random weights) at
 DDIM-10, batch 1, against fp32 eager PyTorch on the CPU with the same start noise, and runs the
 NCCL training step through ``cadence bench scale`` on the default task. A check that fails is
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIME_KINDS = ("torch-eager", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cuda")
+RUNTIME_KINDS = ("torch-eager", "torch-compile", "torch-cudagraph", "torch-cudagraph-loop", "torch-fp16", "torch-bf16",
+                 "onnx-cuda", "onnx-cuda-loop")
 TENSORRT = "TensorrtExecutionProvider"
 STEPS, CHUNKS = 10, 20
 
@@ -40,12 +42,14 @@ def _runtime_rows(out: Path) -> list[dict]:
     from cadence.bench.peer_cadence import chunk_ms
     from cadence.bench.peer_cases import CASES, cadence_policy, observation
     from cadence.deploy.budget import action_range
+    from cadence.deploy.loop_export import export_loop
     from cadence.deploy.onnx_export import export_policy_onnx
     from cadence.deploy.runtimes import build_runtime
 
     case = CASES["lowdim"]
     policy = cadence_policy(case, 0)
     export = export_policy_onnx(policy, out / "onnx-lowdim", echo=None)
+    export_loop(policy, export, [STEPS], echo=None)         # onnx-cuda-loop: the whole DDIM-10 loop, one graph
     obs = observation(case, 0)
     noise = np.random.default_rng(0).standard_normal((1, case["pred_horizon"], case["action_dim"])).astype(np.float32)
     reference = build_runtime("torch-eager", policy, sample_steps=STEPS, device="cpu").predict(obs, noise)

@@ -24,7 +24,9 @@ from omegaconf import DictConfig
 
 from cadence.bench.common import write_results
 from cadence.bench.peer_cases import CASES, cadence_policy, chunks_for, obs_shapes, observation
+from cadence.deploy.loop_graph import MAX_LOOP_STEPS
 from cadence.deploy.runtime_selection import usable_kinds
+from cadence.deploy.runtimes import LOOP_KINDS
 from cadence.errors import CadenceError
 from cadence.markdown_table import markdown_table
 
@@ -63,12 +65,17 @@ def case_spec(name: str, cfg: DictConfig) -> dict:
     return {**CASES[name], **({"down_dims": list(cfg.down_dims)} if cfg.down_dims else {})}
 
 
-def _export(case: dict, cfg: DictConfig, out: Path, int8: bool) -> Path:
-    """The case's policy exported; with ``int8``, its int8 denoiser fitted on windows other than the timed one."""
+def _export(case: dict, cfg: DictConfig, out: Path, int8: bool, loop: bool) -> Path:
+    """The case's policy exported; with ``int8``, its int8 denoiser fitted on windows other than the timed
+    one; with ``loop``, its whole-loop graphs at the step counts that may have one."""
     from cadence.deploy.int8_export import CALIBRATION_WINDOWS, export_int8
+    from cadence.deploy.loop_export import export_loop
     from cadence.deploy.onnx_export import export_policy_onnx
     policy = cadence_policy(case, cfg.seed)
     export_policy_onnx(policy, out, obs_shapes=obs_shapes(case), echo=None)
+    if loop and any(s <= MAX_LOOP_STEPS for s in cfg.steps):
+        log.info("exporting the whole-loop graphs of %s", out)
+        export_loop(policy, out, [s for s in cfg.steps if s <= MAX_LOOP_STEPS], echo=None)
     if int8:
         windows = [observation(case, cfg.seed + 1 + i) for i in range(CALIBRATION_WINDOWS)]
         log.info("fitting the int8 steps of %s on %d windows", out, len(windows))
@@ -83,7 +90,8 @@ def run(cfg: DictConfig) -> dict:
     peer_version = check_peer(cfg.peer_python)
     runtimes = usable_kinds(list(cfg.runtimes))
     out.mkdir(parents=True, exist_ok=True)
-    exports = {name: str(_export(case, cfg, out / f"onnx-{name}", "onnx-cpu-int8" in runtimes))
+    exports = {name: str(_export(case, cfg, out / f"onnx-{name}", "onnx-cpu-int8" in runtimes,
+                                 any(k in LOOP_KINDS for k in runtimes)))
                if any(k.startswith("onnx") for k in runtimes) else None for name, case in cases.items()}
     samples: dict[str, dict] = {name: {"peer": {}, "cadence": {}, "peer_train": [], "cadence_train": [],
                                        "errors": {}} for name in cases}

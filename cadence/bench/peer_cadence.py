@@ -12,7 +12,9 @@ import torch
 
 from cadence.bench.peer_cases import cadence_policy, chunks_for, observation
 from cadence.deploy.budget import action_range
-from cadence.deploy.runtimes import build_runtime
+from cadence.deploy.exported_policy import read_spec
+from cadence.deploy.loop_graph import exported_loop_steps
+from cadence.deploy.runtimes import LOOP_KINDS, build_runtime
 
 
 def chunk_ms(runtime, obs, noise, chunks: int) -> list[float]:
@@ -54,9 +56,12 @@ def main(args: dict) -> dict:
     result = {"cadence": metadata.version("cadence"), "torch": torch.__version__,
               "params": sum(p.numel() for p in policy.parameters()), "rows": []}
     scale = action_range(policy)
+    loops = exported_loop_steps(read_spec(args["export_dir"])) if args.get("export_dir") else []
     for steps in args["steps"]:
         reference = build_runtime("torch-eager", policy, sample_steps=steps, device="cpu").predict(obs, noise)
         for kind in args["runtimes"]:
+            if kind in LOOP_KINDS and steps not in loops:
+                continue                                # a loop graph is per step count, and not past 32 steps
             runtime = build_runtime(kind, policy, args.get("export_dir"), steps, "cpu", threads=args["threads"])
             times = chunk_ms(runtime, obs, noise, chunks_for(steps, args["chunks"]))
             error = np.abs(runtime.predict(obs, noise) - reference) / scale

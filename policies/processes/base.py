@@ -153,6 +153,9 @@ class ProcessBase:
     network: ClassVar[str | None] = None       # the one policy.network it runs with (None: any chunk denoiser)
     fits_data: ClassVar[bool] = False          # fit_data() runs on the training chunks before training
     extra_cond_dim: int = 0                    # width the process appends to the observation conditioning
+    loop_graph: ClassVar[bool] = False         # sample() is a fixed sequence of tensor operations given the start
+                                               # noise, cond and known entries (no draws, no state, no choices):
+                                               # the whole loop exports as one graph (cadence.deploy.loop_export)
     finetune_method: ClassVar[str | None] = None   # `cadence finetune`: "reinflow" (needs velocity(net, x, t,
                                                    # cond, steps, step)) | "dppo" (a DDIM chain); None: not fine-tunable
     sample_steps: int

@@ -31,6 +31,7 @@ def cosine_alphas_cumprod(num_steps: int, s: float = 0.008, max_beta: float = 0.
 @register
 class DDPMProcess(ProcessBase):
     name = "ddpm"
+    loop_graph = True
     finetune_method = "dppo"
     budget_steps = (100, 50, 20, 10, 5, 2)
     spec_fields = {"schedule": Const("cosine"), "train_steps": Int("diffusion_steps"),

@@ -42,6 +42,7 @@ LEVEL_RANGE = 100.0
 @register
 class EDMProcess(ProcessBase):
     name = "edm"
+    loop_graph = True
     budget_steps = (50, 20, 10, 5, 3)
     spec_fields = {"sample_steps": Int("sample_steps"), "sigma_min": Number(), "sigma_max": Number(),
                    "sigma_data": Number(), "sampler": Choice(*SAMPLERS), "clip_sample": Flag()}

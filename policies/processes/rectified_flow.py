@@ -29,6 +29,14 @@ def euler_integrate(velocity: Callable[[torch.Tensor, float, int], torch.Tensor]
     return x
 
 
+def scalar_tensor(value, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``value`` (a Python number, or a tensor) as a tensor on ``device``. A number is filled in on the
+    device rather than copied from the host, which a CUDA graph being captured does not allow."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype or value.dtype)
+    return torch.full((), value, device=device, dtype=dtype)
+
+
 def sample_straight_path(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], shape: tuple[int, ...], device,
                          steps: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                          known: KnownActions | None = None) -> torch.Tensor:
@@ -43,6 +51,7 @@ def sample_straight_path(velocity: Callable[[torch.Tensor, float, int], torch.Te
 @register
 class RectifiedFlowProcess(ProcessBase):
     name = "flow"
+    loop_graph = True
     finetune_method = "reinflow"
     budget_steps = (50, 20, 10, 5, 2, 1)
     spec_fields = {"sample_steps": Int("sample_steps"), "level_scale": Number()}
@@ -73,7 +82,7 @@ class RectifiedFlowProcess(ProcessBase):
     def velocity(self, net, x: torch.Tensor, t, cond: torch.Tensor, steps=None, step: int | None = None
                  ) -> torch.Tensor:
         """The network's velocity at time ``t`` (float or (B,)); ``steps`` is ignored (one velocity field)."""
-        level = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0]) * self.level_scale
+        level = scalar_tensor(t, x.device, x.dtype).expand(x.shape[0]) * self.level_scale
         return net(x, level, cond, step=step)
 
     @torch.no_grad()

@@ -20,12 +20,13 @@ import torch.nn.functional as F
 
 from .base import Int, Number, ProcessBase, register
 from .known_actions import KnownActions
-from .rectified_flow import sample_straight_path
+from .rectified_flow import sample_straight_path, scalar_tensor
 
 
 @register
 class ShortcutProcess(ProcessBase):
     name = "shortcut"
+    loop_graph = True
     finetune_method = "reinflow"
     budget_steps = (8, 4, 2, 1)
     spec_fields = {"sample_steps": Int("sample_steps"), "max_steps": Int("sample_steps", low=2),
@@ -63,14 +64,14 @@ class ShortcutProcess(ProcessBase):
 
     def code(self, steps: torch.Tensor | int, batch: int, device) -> torch.Tensor:
         """One-hot code of the step size ``1/steps`` (``steps``: int, or (B,) powers of 2) -> (B, extra_cond_dim)."""
-        steps = torch.as_tensor(steps, device=device).expand(batch)
+        steps = scalar_tensor(steps, device).expand(batch)
         index = torch.log2(steps.float()).round().long()
         return F.one_hot(index, self.extra_cond_dim).float()
 
     def velocity(self, net, x: torch.Tensor, t, cond: torch.Tensor, steps, step: int | None = None) -> torch.Tensor:
         """The network's velocity at time ``t`` (float or (B,)) for a jump of ``1/steps``."""
         b = x.shape[0]
-        level = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(b) * self.level_scale
+        level = scalar_tensor(t, x.device, x.dtype).expand(b) * self.level_scale
         return net(x, level, torch.cat([cond, self.code(steps, b, x.device)], dim=-1), step=step)
 
     def loss(self, net, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

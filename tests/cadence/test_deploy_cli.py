@@ -208,3 +208,23 @@ def test_export_int8_fits_its_steps_and_run_chooses_it(trained):
             "out_dir=deploy-int8", cwd=trained)
     summary = json.loads((trained / "deploy-int8" / "summary.json").read_text())
     assert summary["chosen"] == "onnx-cpu-int8/2 steps"
+
+
+@pytest.mark.slow
+def test_export_loop_graph_rows_in_bench_latency_and_run_chooses_it(trained):
+    proc = cadence("export", "checkpoint=runs/tiny", "loop_steps=[2]", "out_dir=loop-export", cwd=trained)
+    assert "loop_2.onnx" in proc.stdout and "2 steps in one graph" in proc.stdout
+    bad = cadence("export", "checkpoint=runs/tiny", "loop_steps=[64]", "out_dir=bad-loop", cwd=trained, check=False)
+    assert bad.returncode == 1 and "loop_steps: 64 steps" in bad.stderr and not (trained / "bad-loop").exists()
+    cadence("bench", "latency", "checkpoints=[runs/tiny]", "runtimes=[onnx-cpu,onnx-cpu-loop]", "steps=[2]",
+            "calls=3", "warmup=1", "calibration=2", "out_dir=bench-loop", cwd=trained)
+    rows = {(r["runtime"], r["steps"]): r for r in
+            json.loads((trained / "bench-loop" / "latency.json").read_text())["rows"]}
+    assert set(rows) == {("onnx-cpu", 100), ("onnx-cpu", 2), ("onnx-cpu-loop", 2)}    # no 100-step loop graph
+    assert abs(rows[("onnx-cpu-loop", 2)]["action_error"] - rows[("onnx-cpu", 2)]["action_error"]) < 1e-4
+    cadence("export", "checkpoint=runs/tiny", "loop_steps=[2]", cwd=trained)       # the export `run` reuses
+    cadence("run", "checkpoint=runs/tiny", "budget.runtimes=[onnx-cpu-loop]", "budget.steps=[4,2]", "budget.calls=2",
+            "budget.warmup=1", "budget.calibration=2", "control.episodes=1", "control.max_ticks=10",
+            "out_dir=deploy-loop", cwd=trained)
+    summary = json.loads((trained / "deploy-loop" / "summary.json").read_text())
+    assert summary["chosen"] == "onnx-cpu-loop/2 steps"

@@ -83,13 +83,29 @@ def test_bad_sample_steps():
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only errors")
 @pytest.mark.parametrize("options, what", [({"dtype": "float16"}, "dtype fp16"),
-                                           ({"mode": "cudagraph"}, "mode 'cudagraph'")])
+                                           ({"mode": "cudagraph"}, "mode 'cudagraph'"),
+                                           ({"mode": "cudagraph-loop"}, "mode 'cudagraph-loop'")])
 def test_gpu_only_options_are_clear_errors_on_cpu(options, what):
     policy = make_policy("flow", down_dims=[16])
     with pytest.raises(ValueError, match=f"{what} needs a CUDA device"):
         TorchRuntime(policy, device="cpu", **options)
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         TorchRuntime(policy, device="cuda", **options)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA-graph capture of the whole loop needs a CUDA GPU")
+@pytest.mark.parametrize("process", ["ddpm", "flow", "edm"])
+def test_the_whole_loop_as_one_cuda_graph_matches_eager(process):
+    policy = make_policy(process, down_dims=[16])
+    obs, noise = make_obs(2), make_noise(2)
+    runtime = TorchRuntime(policy, device="cuda", mode="cudagraph-loop")
+    eager = TorchRuntime(policy, device="cuda")
+    prefix = eager.predict(obs, noise)[:, 1:4] + 0.2
+    for _ in range(2):                      # captured on the first call, replayed on the second
+        assert np.abs(runtime.predict(obs, noise) - eager.predict(obs, noise)).max() < PARITY_ATOL
+        assert np.abs(runtime.predict(obs, noise, prefix) - eager.predict(obs, noise, prefix)).max() < PARITY_ATOL
+    with pytest.raises(ValueError, match="samples with 3 steps, not 5"):
+        runtime.policy.process.with_steps(5)
 
 
 def test_unknown_dtype_and_mode():
@@ -152,7 +168,8 @@ def test_available_kinds_and_factory(ddpm):
     if not HAS_CUDA:
         optional = [k for k, why in (("torch-compile", runtimes.cpu_compile_reason()),
                                      ("torch-bf16", runtimes.cpu_bf16_reason())) if why is None]
-        assert kinds == ["torch-eager", "torch-precond", *optional, "onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8"]
+        assert kinds == ["torch-eager", "torch-precond", *optional, "onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8",
+                         "onnx-cpu-loop"]
     eager = build_runtime("torch-eager", policy=ddpm.policy, sample_steps=2, device="cpu")
     onnx_rt = build_runtime("onnx-cpu", export_dir=ddpm.export_dir, sample_steps=2)
     assert (eager.name, eager.sample_steps) == ("torch-eager-cpu-fp32", 2)

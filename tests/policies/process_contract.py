@@ -92,6 +92,13 @@ def check_prefix(name: str) -> None:
     x = policy.process.sample(policy.denoiser, cond, (B, TP, DA), noise=noise, known=KnownActions(values, mask))
     err = (x[:, mask] - values[:, mask]).abs().max().item()
     assert err < 1e-5, f"{name}: the known prefix comes back {err:.2e} away"
+    if policy.process.loop_graph:       # its loop graph always takes known entries: none known must be no prefix
+        policy.process.reset()
+        none = policy.process.sample(policy.denoiser, cond, (B, TP, DA), noise=noise,
+                                     known=KnownActions(values, torch.zeros(TP, dtype=torch.bool)))
+        policy.process.reset()
+        plain = policy.process.sample(policy.denoiser, cond, (B, TP, DA), noise=noise)
+        assert torch.equal(none, plain), f"{name}: an empty known mask changes the chunk (loop_graph)"
 
 
 def check_steps(name: str) -> None:

@@ -21,6 +21,7 @@ def test_without_a_gpu_it_prints_the_plan_and_exits_0(tmp_path, flags):
 
 
 def test_the_plan_covers_every_kind_that_needs_a_gpu():
-    cpu_kinds = {"torch-precond", "onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8"}     # torch-eager: the GPU row's own baseline
+    # torch-eager: the GPU row's own baseline
+    cpu_kinds = {"torch-precond", "onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop"}
     assert set(runtimes.KINDS) - cpu_kinds == set(gpu_check.RUNTIME_KINDS)
     assert any("nccl" in line for line in gpu_check.plan()) and any(gpu_check.TENSORRT in line for line in gpu_check.plan())

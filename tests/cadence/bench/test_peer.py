@@ -21,7 +21,7 @@ PEER_PYTHON = Path(__file__).resolve().parents[3] / ".venv-peer" / "bin" / "pyth
 
 def test_cadence_worker_times_every_runtime_and_measures_its_error(tmp_path):
     cfg = OmegaConf.create({"seed": 0, "steps": [4, 12], "int8_max_error": 0.005, "threads": 1})
-    export = peer._export(SMALL, cfg, tmp_path / "onnx", int8=True)
+    export = peer._export(SMALL, cfg, tmp_path / "onnx", int8=True, loop=False)
     assert set(read_spec(export)["int8"]["last_steps"]) == {"4", "12"}
     result = cadence_worker({"case": SMALL, "steps": [4, 12], "chunks": 5, "threads": 1, "seed": 0,
                              "runtimes": ["torch-eager", "torch-precond", "onnx-cpu", "onnx-cpu-precond",
@@ -35,6 +35,19 @@ def test_cadence_worker_times_every_runtime_and_measures_its_error(tmp_path):
         assert row["max_error"] < (1e-4 if exact else 0.05) and row["mean_error"] <= row["max_error"], (kind, steps)
         assert all(ms > 0 for ms in row["ms_per_chunk"])
     assert len(result["train_samples_per_s"]) == 2 and result["params"] > 0
+
+
+@pytest.mark.slow
+def test_cadence_worker_times_the_loop_graph_at_the_steps_it_has_one_for(tmp_path):
+    cfg = OmegaConf.create({"seed": 0, "steps": [4, 40], "threads": 1})
+    export = peer._export(SMALL, cfg, tmp_path / "onnx", int8=False, loop=True)
+    assert sorted(read_spec(export)["graphs"]) == ["denoiser", "denoiser_film", "encoder", "film_cond", "film_level",
+                                                   "loop_4"]                   # none past 32 steps
+    result = cadence_worker({"case": SMALL, "steps": [4, 12], "chunks": 2, "threads": 1, "seed": 0,
+                             "runtimes": ["torch-eager", "onnx-cpu-loop"], "export_dir": str(export)})
+    rows = {(r["runtime"], r["steps"]): r for r in result["rows"]}
+    assert set(rows) == {("torch-eager", 4), ("torch-eager", 12), ("onnx-cpu-loop", 4)}
+    assert rows[("onnx-cpu-loop", 4)]["max_error"] < 1e-4
 
 
 def test_rows_divide_the_peers_median_by_each_runtimes():
