@@ -170,6 +170,8 @@ class SearchConfig:
     verifier: SearchVerifier = SearchVerifier.consensus   # consensus | coherence | confidence | oracle | value (docs/search.md)
     rounds: int = 2                          # zero_order: rounds after the first
     radius: float = 0.5                      # zero_order: neighbour noise scale
+    trust: float = 1.0                       # the verifier picks among this fraction of the candidates closest
+                                             # to the others (consensus's top); 1: among all
     value: Optional[str] = None              # the value verifier's folder; default <run>/verifier (cadence verifier train)
 
 

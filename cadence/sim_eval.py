@@ -54,7 +54,7 @@ def set_search(policy, search_cfg, checkpoint_dir: Path | None = None, eval_seed
         return
     verifier = resolve_verifier(str(search_cfg.verifier), search_cfg.value, checkpoint_dir, eval_seeds)
     policy.search = SearchSettings(int(search_cfg.candidates), str(search_cfg.method), verifier,
-                                   int(search_cfg.rounds), float(search_cfg.radius))
+                                   int(search_cfg.rounds), float(search_cfg.radius), float(search_cfg.get("trust", 1.0)))
 
 
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:

@@ -9,6 +9,11 @@ again), scored together with the pivot's own chunk, the best becoming the next p
 every round scores the pivot beside its neighbours, the result is never worse by the verifier
 than where the search started.
 
+``trust`` < 1 keeps a learned verifier near the policy's own modes: it picks only among that
+fraction of the candidates closest to the others (the top of ``consensus``), so a candidate the
+verifier overrates far from what the policy usually does cannot be kept (a trust region; the
+argmax of a verifier over many candidates otherwise finds where it is wrong).
+
 A verifier scores (chunks (B, K, Tp, Da) in task units, :class:`SearchContext`) -> (B, K), higher
 better. Built in, needing no training:
 
@@ -116,6 +121,8 @@ class SearchSettings:
     verifier: str | Verifier = "consensus"
     rounds: int = 2                     # zero_order: rounds after the first
     radius: float = 0.5                 # zero_order: neighbour noise scale around the pivot
+    trust: float = 1.0                  # the verifier picks among this fraction of the candidates, the ones
+                                        # closest to the others (consensus); 1: among all of them
 
     def __post_init__(self):
         if self.candidates < 1:
@@ -126,6 +133,8 @@ class SearchSettings:
             raise ValueError(f"search.verifier must be one of {sorted(VERIFIERS)}, got {self.verifier!r}")
         if self.rounds < 0 or not self.radius > 0:
             raise ValueError(f"search.rounds must be >= 0 and search.radius > 0, got {self.rounds}, {self.radius}")
+        if not 0 < self.trust <= 1:
+            raise ValueError(f"search.trust must be a fraction in (0, 1], got {self.trust}")
 
     @property
     def uses_lookahead(self) -> bool:
@@ -140,6 +149,21 @@ class SearchSettings:
     @property
     def score(self) -> Verifier:
         return VERIFIERS[self.verifier] if isinstance(self.verifier, str) else self.verifier
+
+    def trusted_score(self, chunks: torch.Tensor, context: SearchContext, pivot: bool = False) -> torch.Tensor:
+        """The verifier's scores with every candidate outside the trust region at -inf: the region is
+        the ``trust`` fraction of them closest to the others (the consensus' top), plus candidate 0
+        when it is a zero-order round's ``pivot``, so a round never ends worse than its start."""
+        scores = self.score(chunks, context)
+        k = chunks.shape[1]
+        kept = math.ceil(self.trust * k)
+        if kept >= k:
+            return scores
+        agreement = consensus(chunks, context)
+        outside = agreement < agreement.topk(kept, dim=1).values[:, -1:]
+        if pivot:
+            outside[:, 0] = False
+        return scores.masked_fill(outside, float("-inf"))
 
 
 def _pick(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -201,7 +225,7 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
     context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead, sample.cond)
     chunks = sample(noises)
     noises, logits = noises.repeat_interleave(m, dim=1), sample.confidence     # one row per candidate
-    best = settings.score(chunks, replace(context, confidence=logits)).argmax(dim=1)
+    best = settings.trusted_score(chunks, replace(context, confidence=logits)).argmax(dim=1)
     pivot = [_pick(t, best) if t is not None else None for t in (noises, chunks, logits)]
     if settings.method == "zero_order" and k > 1:
         scale = 1.0 / math.sqrt(1.0 + settings.radius ** 2)
@@ -211,6 +235,7 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
             fresh = (neighbours.repeat_interleave(m, dim=1), sample(neighbours), sample.confidence)
             noises, chunks, logits = (None if p is None else torch.cat([p[:, None], f], dim=1)
                                           for p, f in zip(pivot, fresh))
-            best = settings.score(chunks, replace(context, confidence=logits)).argmax(dim=1)   # ties keep the pivot
+            best = settings.trusted_score(chunks, replace(context, confidence=logits), pivot=True).argmax(dim=1)
+            # ties keep the pivot
             pivot = [_pick(t, best) if t is not None else None for t in (noises, chunks, logits)]
     return pivot[1]

@@ -33,7 +33,8 @@ from cadence.markdown_table import markdown_table
 from cadence.policies.search import zero_lookahead
 from cadence.sim_eval import evaluate_policy, first_observation, set_search
 
-COLUMNS = ("row", "verifier", "method", "K", "steps", "ms / chunk", "success", "vs K=1", "score", "vs K=1 score")
+COLUMNS = ("row", "verifier", "method", "K", "trust", "steps", "ms / chunk", "success", "vs K=1", "score",
+           "vs K=1 score")
 
 
 class NetworkOnly:
@@ -53,27 +54,30 @@ def row_specs(policy, cfg: DictConfig, checkpoint_dir: Path) -> list[tuple[dict,
     checked here, before any evaluation (a value verifier trained on the evaluation seeds is refused)."""
     steps = policy.process.sample_steps
     seeds = range(int(cfg.eval.seed), int(cfg.eval.seed) + int(cfg.eval.episodes))
-    specs = [({"row": "plain", "verifier": "-", "method": "-", "candidates": 1, "steps": steps}, policy)]
+    plain = {"verifier": "-", "method": "-", "candidates": 1, "trust": 1.0}
+    specs = [({"row": "plain", **plain, "steps": steps}, policy)]
     for verifier in cfg.verifiers:
         for method in cfg.methods:
-            for k in (int(k) for k in cfg.candidates):
-                if k == 1:
-                    continue
-                searched = copy.copy(policy)          # shares the weights; only the search differs
-                set_search(searched, OmegaConf.create({"candidates": k, "method": str(method), "verifier": str(verifier),
-                                                       "rounds": cfg.rounds, "radius": cfg.radius, "value": cfg.value}),
-                           checkpoint_dir, seeds)
-                specs.append(({"row": "candidates", "verifier": str(verifier), "method": str(method),
-                               "candidates": k, "steps": steps}, searched))
+            for trust in (float(t) for t in cfg.trust):
+                for k in (int(k) for k in cfg.candidates):
+                    if k == 1:
+                        continue
+                    searched = copy.copy(policy)          # shares the weights; only the search differs
+                    set_search(searched, OmegaConf.create({"candidates": k, "method": str(method),
+                                                           "verifier": str(verifier), "rounds": cfg.rounds,
+                                                           "radius": cfg.radius, "trust": trust, "value": cfg.value}),
+                               checkpoint_dir, seeds)
+                    specs.append(({"row": "candidates", "verifier": str(verifier), "method": str(method),
+                                   "candidates": k, "trust": trust, "steps": steps}, searched))
     for s in (int(s) for s in cfg.steps):
         if s != steps:
-            specs.append(({"row": "steps", "verifier": "-", "method": "-", "candidates": 1, "steps": s},
-                          variant(policy, s)))
+            specs.append(({"row": "steps", **plain, "steps": s}, variant(policy, s)))
     return specs
 
 
 def table(rows: list[dict]) -> str:
-    cells = [[r["row"], r["verifier"], r["method"], str(r["candidates"]), str(r["steps"]), f"{r['ms_per_chunk']:.2f}",
+    cells = [[r["row"], r["verifier"], r["method"], str(r["candidates"]), f"{r['trust']:g}", str(r["steps"]),
+              f"{r['ms_per_chunk']:.2f}",
               f"{r['success']:.2f}", f"{r['success_vs_plain']:+.2f}", f"{r['score']:.3f}",
               f"{r['score_vs_plain']:+.3f}"] for r in rows]
     return markdown_table(COLUMNS, cells)
@@ -86,11 +90,11 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     plain = rows[0]
     steps = sorted([plain] + [r for r in rows if r["row"] == "steps"], key=lambda r: r["ms_per_chunk"])
     ax.plot([r["ms_per_chunk"] for r in steps], [r["success"] for r in steps], "k--o", label="more steps (K=1)")
-    curves = sorted({(r["verifier"], r["method"]) for r in rows if r["row"] == "candidates"})
-    for verifier, method in curves:
-        line = [plain] + [r for r in rows if (r["verifier"], r["method"]) == (verifier, method)]
+    curves = sorted({(r["verifier"], r["method"], r["trust"]) for r in rows if r["row"] == "candidates"})
+    for verifier, method, trust in curves:
+        line = [plain] + [r for r in rows if (r["verifier"], r["method"], r["trust"]) == (verifier, method, trust)]
         ax.plot([r["ms_per_chunk"] for r in line], [r["success"] for r in line], "-o",
-                label=f"more candidates: {verifier}, {method}")
+                label=f"more candidates: {verifier}, {method}" + ("" if trust == 1 else f", trust {trust:g}"))
     ax.set_xscale("log")
     ax.set_xlabel("ms per chunk (batch 1)")
     ax.set_ylabel("success")
@@ -118,7 +122,8 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
         ms = interleaved_ms([NetworkOnly(p) for _, p in specs], obs, int(cfg.timing_calls))
     rows = []
     for (fields, model), t in zip(specs, ms):
-        name = f"{fields['row']}-{fields['verifier']}-{fields['method']}-k{fields['candidates']}-s{fields['steps']}"
+        name = (f"{fields['row']}-{fields['verifier']}-{fields['method']}-k{fields['candidates']}-s{fields['steps']}"
+                + ("" if fields["trust"] == 1 else f"-t{fields['trust']:g}"))
         summary, _ = evaluate_policy(model, train_cfg.task, train_cfg.policy, cfg.eval, out_dir / f"eval-{name}",
                                      device, progress=progress, title=name)
         rows.append({**fields, "ms_per_chunk": round(t, 3), "success": summary["success_rate"],

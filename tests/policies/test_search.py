@@ -1,6 +1,8 @@
 """Inference-time search over start noises: K = 1 is the plain policy, candidates are the
 policy's own samples, best-of keeps the verifier's argmax, zero-order never ends worse than it
 started, and the built-in verifiers score what they say."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -75,6 +77,35 @@ def test_zero_order_never_ends_worse_than_its_start(policy):
     assert (after > before + 1e-6).any()                       # and it does move for some sample
 
 
+def test_a_trust_region_keeps_the_verifiers_pick_among_the_candidates_closest_to_the_others(policy):
+    obs, k = obs_tensors(3), 8
+    outlier = lambda chunks, context: -consensus(chunks, context)      # noqa: E731 - prefers the odd one out
+    noises = torch.randn(3, k, 16, 2, generator=torch.Generator().manual_seed(4))   # what the search draws
+    chunks = CandidateSampler(policy, obs, None)(noises)
+    agreement = consensus(chunks, SearchContext(obs, 1))
+    order = agreement.argsort(dim=1, descending=True)                 # closest to the others first
+    rows = torch.arange(3)
+    free = search_chunk(policy, obs, SearchSettings(k, verifier=outlier), generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(free, chunks[rows, order[:, -1]], atol=1e-6)                # the farthest of all eight
+    kept = search_chunk(policy, obs, SearchSettings(k, verifier=outlier, trust=0.5),
+                        generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(kept, chunks[rows, order[:, 3]], atol=1e-6)                 # the farthest of the top four
+    one = search_chunk(policy, obs, SearchSettings(k, verifier=outlier, trust=0.01),
+                       generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(one, chunks[rows, order[:, 0]], atol=1e-6)                  # the medoid alone
+
+
+def test_zero_order_in_a_trust_region_never_ends_worse_than_its_start(policy):
+    obs, verifier = obs_tensors(4), target_verifier(-0.2)
+    context = SearchContext(obs, 1)
+    settings = SearchSettings(candidates=4, verifier=verifier, trust=0.5)
+    start = search_chunk(policy, obs, settings, generator=torch.Generator().manual_seed(2))
+    searched = search_chunk(policy, obs, replace(settings, method="zero_order", rounds=3),
+                            generator=torch.Generator().manual_seed(2))
+    before, after = verifier(start[:, None], context)[:, 0], verifier(searched[:, None], context)[:, 0]
+    assert (after >= before - 1e-6).all()
+
+
 def test_consensus_prefers_the_medoid_and_coherence_the_previous_plan():
     base = torch.zeros(1, 1, 16, 2)
     chunks = torch.cat([base + 1.0, base + 0.1, base, base - 0.1, base - 1.0], dim=1)   # (1, 5, 16, 2)
@@ -87,7 +118,8 @@ def test_consensus_prefers_the_medoid_and_coherence_the_previous_plan():
 
 def test_settings_and_stateful_processes_are_refused():
     for bad, match in [({"candidates": 0}, "candidates"), ({"method": "beam"}, "method"),
-                       ({"verifier": "oracle9"}, "verifier"), ({"radius": 0.0}, "radius")]:
+                       ({"verifier": "oracle9"}, "verifier"), ({"radius": 0.0}, "radius"), ({"trust": 0.0}, "trust"),
+                       ({"trust": 1.5}, "trust")]:
         with pytest.raises(ValueError, match=match):
             SearchSettings(**bad)
     streaming = make_policy("streaming", down_dims=[16], pred_horizon=20, exec_horizon=8, sample_steps=2,
