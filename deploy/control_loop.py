@@ -82,6 +82,9 @@ class ControlLoop:
         self.log = log or TickLog()
         self._heartbeat = getattr(robot, "heartbeat", lambda: None)   # the safety filter's watchdog
         self._chunk_id = 0
+        # search's coherence verifier compares candidates with the plan the robot is following
+        policy = getattr(getattr(worker, "runtime", None), "policy", None)
+        self._wants_plan = bool(getattr(policy, "uses_previous", False))
         self._episode = -1
 
     def _replan_due(self, now: float) -> bool:
@@ -100,8 +103,9 @@ class ControlLoop:
             ahead = now - latest.t_capture + self.cfg.latency_estimate_s + self.cfg.action_lead_s
             n = min(self.chunk_length, math.ceil(ahead / self.period) + 1)
             prefix = self.schedule.committed(latest.t_capture, n)
+        previous = self.schedule.committed(latest.t_capture, self.chunk_length) if self._wants_plan else None
         self._chunk_id += 1
-        return InferenceRequest(self.history.window(), latest.t_capture, self._chunk_id, prefix)
+        return InferenceRequest(self.history.window(), latest.t_capture, self._chunk_id, prefix, previous)
 
     def run_episode(self, seed: int | None = None, max_ticks: int = 1000) -> EpisodeResult:
         self._episode += 1

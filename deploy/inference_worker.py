@@ -23,6 +23,7 @@ class InferenceRequest:
     t_obs: float                       # capture time of the newest observation in the window
     chunk: int                         # request id
     prefix: np.ndarray | None = None   # (P, Da) committed actions due from t_obs on
+    previous: np.ndarray | None = None  # (P, Da) the current plan from t_obs on (search's coherence verifier)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class InferenceWorker:
             actions, error = None, None
             try:
                 prefix = None if request.prefix is None else request.prefix[None]
-                chunk = self.runtime.predict(request.obs, prefix=prefix)
+                extra = {} if request.previous is None else {"previous": request.previous[None]}
+                chunk = self.runtime.predict(request.obs, prefix=prefix, **extra)
                 actions = np.asarray(chunk[0, self.start:], dtype=np.float32)
                 if not np.all(np.isfinite(actions)):
                     actions, error = None, "non-finite actions"

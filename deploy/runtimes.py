@@ -1,8 +1,9 @@
 """Inference configurations behind one interface: ``Runtime.predict(obs, noise, prefix) -> actions``.
 
 Every runtime takes numpy observations (each key (B, To, ...), task units, uint8 images),
-optionally the start sample ``noise`` (B, Tp, Da) and an action ``prefix`` (B, P, Da) already
-committed at chunk indices ``start .. start + P - 1``, and returns the whole chunk
+optionally the start sample ``noise`` (B, Tp, Da), an action ``prefix`` (B, P, Da) already
+committed at chunk indices ``start .. start + P - 1`` and the current plan ``previous`` (B, P, Da)
+from ``start`` on (for search's coherence verifier), and returns the whole chunk
 (B, Tp, Da) float32 in task units; the actions due now start at index ``start = To - 1``.
 All of them run the same host sampling code (:meth:`Policy.predict_chunk`) on a private copy
 of the process, so they differ only in how the encoder and denoiser are evaluated; the loop kinds
@@ -55,7 +56,7 @@ class Runtime(Protocol):
     sample_steps: int
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
-                prefix: np.ndarray | None = None) -> np.ndarray: ...
+                prefix: np.ndarray | None = None, previous: np.ndarray | None = None) -> np.ndarray: ...
 
     def reset(self) -> None: ...
 
@@ -70,9 +71,10 @@ def _to_tensor(array, device: torch.device) -> torch.Tensor:
 
 
 def _run_policy(policy: Policy, obs: Mapping[str, np.ndarray], noise, prefix, generator: torch.Generator,
-                device: torch.device) -> np.ndarray:
+                device: torch.device, previous=None) -> np.ndarray:
     obs_t = {k: _to_tensor(v, device) for k, v in obs.items()}
     prefix_t = None if prefix is None else _to_tensor(np.asarray(prefix, dtype=np.float32), device)
+    extra = {} if previous is None else {"previous": _to_tensor(np.asarray(previous, dtype=np.float32), device)}
     noise_t = None if noise is None else _to_tensor(np.asarray(noise, dtype=np.float32), device)
     if noise_t is not None:
         b = next(iter(obs_t.values())).shape[0]
@@ -80,7 +82,7 @@ def _run_policy(policy: Policy, obs: Mapping[str, np.ndarray], noise, prefix, ge
         if tuple(noise_t.shape) != want:
             raise ValueError(f"noise must have shape {want} (B, Tp, Da), got {tuple(noise_t.shape)}")
     with torch.no_grad():
-        chunk = policy.predict_chunk(obs_t, generator=generator, noise=noise_t, prefix=prefix_t)
+        chunk = policy.predict_chunk(obs_t, generator=generator, noise=noise_t, prefix=prefix_t, **extra)
     return chunk.actions.float().cpu().numpy()
 
 
@@ -354,8 +356,8 @@ class TorchRuntime:
         return lambda: torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=False)
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
-                prefix: np.ndarray | None = None) -> np.ndarray:
-        return _run_policy(self.policy, obs, noise, prefix, self._generator, self.device)
+                prefix: np.ndarray | None = None, previous: np.ndarray | None = None) -> np.ndarray:
+        return _run_policy(self.policy, obs, noise, prefix, self._generator, self.device, previous)
 
     def reset(self) -> None:
         """Clear per-episode state (a streaming policy's buffer)."""
@@ -389,8 +391,8 @@ class OnnxRuntime:
         self._generator = _generator(torch.device("cpu"), seed)
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
-                prefix: np.ndarray | None = None) -> np.ndarray:
-        return _run_policy(self.policy, obs, noise, prefix, self._generator, torch.device("cpu"))
+                prefix: np.ndarray | None = None, previous: np.ndarray | None = None) -> np.ndarray:
+        return _run_policy(self.policy, obs, noise, prefix, self._generator, torch.device("cpu"), previous)
 
     def reset(self) -> None:
         """Clear per-episode state (a streaming policy's buffer)."""

@@ -8,6 +8,7 @@ from cadence.deploy.inference_worker import InferenceWorker
 from cadence.deploy.runtimes import TorchRuntime
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.sim_robot import SimRobot
+from cadence.policies.search import SearchSettings
 
 from ..policies.test_policy import STATS, make_policy
 
@@ -126,6 +127,39 @@ def test_freeze_keeps_what_the_robot_was_committed_to_across_seams():
                 np.testing.assert_allclose(executed[due], value, atol=1e-5)
                 checked += 1
     assert checked >= 3
+    assert all(r.request.previous is None for r in done)        # no verifier asked for the plan
+
+
+def test_a_coherence_search_is_given_the_plan_the_robot_is_following():
+    robot = SimRobot("cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
+    robot.connect()
+    runtime = TorchRuntime(hovering_policy())
+    runtime.policy.search = SearchSettings(4, "best_of", "coherence")
+    worker = InferenceWorker(runtime, start=1, inject_delay_s=(0.03, 0.05))
+    results = []
+    poll = worker.poll
+    worker.poll = lambda: results.append(poll()) or results[-1]
+    loop = ControlLoop(robot, worker, ["state"], 2, 15, LoopConfig(RATE, 8, "replace", latency_estimate_s=0.06))
+    try:
+        loop.run_episode(seed=0, max_ticks=50)
+    finally:
+        worker.stop()
+        robot.disconnect()
+    done = [r for r in results if r is not None]
+    assert len(done) >= 3 and all(r.error is None for r in done)
+    assert done[0].request.previous is None                     # the episode's first chunk: no plan yet
+    planned = [r for r in done if r.request.previous is not None]
+    assert len(planned) >= 2
+    sent = {round(t.due, 6): np.array(t.action) for t in loop.log.ticks if t.source == "chunk"}
+    checked = 0
+    for r in planned:
+        assert r.request.previous.shape[1] == 2 and len(r.request.previous) <= 15
+        for j, value in enumerate(r.request.previous):          # the plan: what the robot ran at those times
+            due = round(r.request.t_obs + j / RATE, 6)          # until this request's own chunk replaced it
+            if due in sent and due < r.t_done:
+                np.testing.assert_allclose(sent[due], value, atol=1e-6)
+                checked += 1
+    assert checked >= 2
 
 
 def test_failed_inferences_hold_the_robot_and_count_as_misses():
