@@ -30,6 +30,13 @@ def usable_kinds(requested) -> list[str]:
     return [k for k in requested if k in available]
 
 
+def kinds_for(policy, kinds: list[str]) -> list[str]:
+    """``kinds`` less the whole-loop ones (``*-loop``) when the policy's process has no loop graph."""
+    if getattr(policy.process, "loop_graph", False):
+        return list(kinds)
+    return [k for k in kinds if not k.endswith("-loop")]
+
+
 def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[dict],
                    export: Callable[[], Path], device: str, threads: int | None = None, progress: bool = True,
                    verifier=None):
@@ -44,7 +51,7 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
     rng = np.random.default_rng(0)
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32)
               for _ in observations]
-    kinds = usable_kinds(budget_cfg.runtimes)
+    kinds = kinds_for(policy, usable_kinds(budget_cfg.runtimes))
     export_dir = export() if any(k.startswith("onnx") for k in kinds) else None
     if "onnx-cpu-int8" in kinds and "int8" not in read_spec(export_dir):
         log.info("onnx-cpu-int8 is not a candidate: %s has no int8 denoiser (cadence export int8=true)", export_dir)

@@ -26,7 +26,7 @@ from cadence.deploy.loop_graph import MAX_LOOP_STEPS
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 from cadence.deploy.runtimes import LOOP_KINDS, build_runtime
 from cadence.device import resolve_device
-from cadence.deploy.runtime_selection import usable_kinds
+from cadence.deploy.runtime_selection import kinds_for, usable_kinds
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]:
     policy, train_cfg, meta = load_policy(ckpt, device)
     name = f"{train_cfg.policy.name} ({ckpt.parent.name})"
-    kinds = usable_kinds(cfg.runtimes)
+    kinds = kinds_for(policy, usable_kinds(cfg.runtimes))
     export_dir = out / f"onnx-{ckpt.parent.name}"
     if any(k.startswith("onnx") for k in kinds):
         export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"])
@@ -52,11 +52,7 @@ def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]
             kinds = [k for k in kinds if k != "onnx-cpu-int8"]
     loops = [s for s in steps if s <= MAX_LOOP_STEPS] if any(k in LOOP_KINDS for k in kinds) else []
     if loops:
-        try:
-            export_loop(policy, export_dir, loops, echo=None)
-        except ExportError as exc:      # a process with no loop graph (anchor, streaming, regression)
-            log.warning("no loop-graph rows for %s: %s", name, exc)
-            loops = []
+        export_loop(policy, export_dir, loops, echo=None)
     rng = np.random.default_rng(0)
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32) for _ in observations]
     threads = cfg.threads or None

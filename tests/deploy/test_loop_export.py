@@ -13,7 +13,7 @@ from cadence.deploy.exported_policy import SPEC_FILE, ExportFormatError, load_ex
 from cadence.deploy.loop_export import check_loop_steps, export_loop
 from cadence.deploy.loop_graph import MAX_LOOP_STEPS, LoopSampled, exported_loop_steps, loop_steps_of
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
-from cadence.deploy.runtime_selection import select_runtime
+from cadence.deploy.runtime_selection import kinds_for, select_runtime
 from cadence.deploy.runtimes import build_runtime
 from cadence.policies.search import SearchSettings
 
@@ -85,6 +85,8 @@ def test_processes_without_a_fixed_loop_and_long_loops_are_refused():
         policy = make_policy(process, **overrides)
         with pytest.raises(ExportError, match=f"loop_steps: the {process} process has no whole-loop graph"):
             check_loop_steps(policy.process, [1])
+        assert kinds_for(policy, ["onnx-cpu", "onnx-cpu-loop", "torch-cudagraph-loop"]) == ["onnx-cpu"]
+    assert kinds_for(make_policy("flow", down_dims=[16]), ["onnx-cpu-loop"]) == ["onnx-cpu-loop"]
     ddpm = make_policy("ddpm", down_dims=[16]).process
     with pytest.raises(ExportError, match=f"1..{MAX_LOOP_STEPS} steps"):
         check_loop_steps(ddpm, [MAX_LOOP_STEPS + 1])
