@@ -52,23 +52,40 @@ def check_compatible(spec, meta: dict, obs_keys, rate_hz: float) -> None:
         raise RobotError(f"robot action shape {tuple(spec.action.shape)} != the policy's ({meta['action_dim']},)")
 
 
-def current_export(policy, ckpt: Path, meta: dict, train_cfg) -> Path:
+def current_export(policy, ckpt: Path, meta: dict, train_cfg, loop_steps: list[int] = ()) -> Path:
     """``RUN/export-onnx`` for this checkpoint: exported now unless it records these very weights
     (the SHA-256 of model.safetensors; an export of other weights, or one without the hash, is
-    replaced)."""
+    replaced), with a whole-loop graph at each of ``loop_steps`` it does not have yet."""
     from cadence.cache_file import weights_sha256
     from cadence.deploy.exported_policy import read_spec
+    from cadence.deploy.loop_export import export_loop
+    from cadence.deploy.loop_graph import exported_loop_steps
     from cadence.deploy.onnx_export import export_policy_onnx
     from cadence.export import export_control
     export_dir, digest = ckpt.parent / "export-onnx", weights_sha256(ckpt)
     try:
-        if read_spec(export_dir)["source"].get("weights_sha256") == digest:
-            return export_dir
+        current = read_spec(export_dir)["source"].get("weights_sha256") == digest
     except (OSError, CadenceError):
-        pass
-    export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"],
-                       weights_sha256=digest, control=export_control(train_cfg))
+        current = False
+    if not current:
+        export_policy_onnx(policy, export_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta["step"],
+                           weights_sha256=digest, control=export_control(train_cfg))
+    missing = sorted(set(loop_steps) - set(exported_loop_steps(read_spec(export_dir))))
+    if missing:
+        export_loop(policy, export_dir, missing)
     return export_dir
+
+
+def requested_loop_steps(policy, budget_cfg) -> list[int]:
+    """The step counts to give whole-loop graphs when ``budget.runtimes`` names an ``onnx-*-loop``
+    kind (not with ``auto``: each graph costs an export of its own): the candidates' counts up to
+    the graphs' limit."""
+    from cadence.deploy.budget import candidate_steps
+    from cadence.deploy.loop_graph import MAX_LOOP_STEPS
+    from cadence.deploy.runtimes import LOOP_KINDS
+    if not any(str(k) in LOOP_KINDS for k in budget_cfg.runtimes) or not getattr(policy.process, "loop_graph", False):
+        return []
+    return [s for s in candidate_steps(policy.process, budget_cfg.steps) if s <= MAX_LOOP_STEPS]
 
 
 class RunFailed(CadenceError):
@@ -118,7 +135,8 @@ def _run(cfg: DictConfig) -> dict:
         budget_ms = float(cfg.budget.inference_ms or 1e3 / rate)
         runtime, chosen, measured = select_runtime(
             policy, cfg.budget, budget_ms, calibration_observations(train_cfg, cfg.budget.calibration),
-            lambda: current_export(policy, ckpt, meta, train_cfg), cfg.device, threads=cfg.control.threads,
+            lambda: current_export(policy, ckpt, meta, train_cfg, requested_loop_steps(policy, cfg.budget)),
+            cfg.device, threads=cfg.control.threads,
             verifier=deployable_verifier(cfg.budget, ckpt))
         print(budget_mod.format_table(measured, chosen))
         out.mkdir(parents=True, exist_ok=True)
