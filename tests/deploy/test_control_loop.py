@@ -99,22 +99,29 @@ def test_latency_longer_than_a_chunk_is_refused():
         LoopConfig(10.0, 8, blend="smooth")
 
 
-def test_freeze_keeps_what_the_robot_was_committed_to_across_seams():
-    """Every request carries the actions due while it is computed; the new chunk reproduces them,
-    so the robot runs the same action at a committed slot whichever chunk it comes from."""
+def run_recorded(runtime, delay, cfg: LoopConfig, ticks: int = 50):
+    """One episode; the loop and every inference result it received, in order."""
     robot = SimRobot("cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
     robot.connect()
-    worker = InferenceWorker(TorchRuntime(hovering_policy()), start=1, inject_delay_s=(0.06, 0.09))
+    worker = InferenceWorker(runtime, start=1, inject_delay_s=delay)
     results = []
     poll = worker.poll
     worker.poll = lambda: results.append(poll()) or results[-1]
-    loop = ControlLoop(robot, worker, ["state"], 2, 15, LoopConfig(RATE, 8, "freeze", latency_estimate_s=0.1))
+    loop = ControlLoop(robot, worker, ["state"], 2, 15, cfg)
     try:
-        loop.run_episode(seed=0, max_ticks=50)
+        loop.run_episode(seed=0, max_ticks=ticks)
     finally:
         worker.stop()
         robot.disconnect()
-    done = [r for r in results if r is not None and r.request.prefix is not None]
+    return loop, [r for r in results if r is not None]
+
+
+def test_freeze_keeps_what_the_robot_was_committed_to_across_seams():
+    """Every request carries the actions due while it is computed; the new chunk reproduces them,
+    so the robot runs the same action at a committed slot whichever chunk it comes from."""
+    loop, results = run_recorded(TorchRuntime(hovering_policy()), (0.06, 0.09),
+                                 LoopConfig(RATE, 8, "freeze", latency_estimate_s=0.1))
+    done = [r for r in results if r.request.prefix is not None]
     assert len(done) >= 3
     executed = {round(t.due, 6): np.array(t.action) for t in loop.log.ticks if t.source == "chunk"}
     checked = 0
@@ -131,21 +138,9 @@ def test_freeze_keeps_what_the_robot_was_committed_to_across_seams():
 
 
 def test_a_coherence_search_is_given_the_plan_the_robot_is_following():
-    robot = SimRobot("cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
-    robot.connect()
     runtime = TorchRuntime(hovering_policy())
     runtime.policy.search = SearchSettings(4, "best_of", "coherence")
-    worker = InferenceWorker(runtime, start=1, inject_delay_s=(0.03, 0.05))
-    results = []
-    poll = worker.poll
-    worker.poll = lambda: results.append(poll()) or results[-1]
-    loop = ControlLoop(robot, worker, ["state"], 2, 15, LoopConfig(RATE, 8, "replace", latency_estimate_s=0.06))
-    try:
-        loop.run_episode(seed=0, max_ticks=50)
-    finally:
-        worker.stop()
-        robot.disconnect()
-    done = [r for r in results if r is not None]
+    loop, done = run_recorded(runtime, (0.03, 0.05), LoopConfig(RATE, 8, "replace", latency_estimate_s=0.06))
     assert len(done) >= 3 and all(r.error is None for r in done)
     assert done[0].request.previous is None                     # the episode's first chunk: no plan yet
     planned = [r for r in done if r.request.previous is not None]
