@@ -81,11 +81,11 @@ def requested_loop_steps(policy, budget_cfg) -> list[int]:
     kind (not with ``auto``: each graph costs an export of its own): the candidates' counts up to
     the graphs' limit."""
     from cadence.deploy.budget import candidate_steps
-    from cadence.deploy.loop_graph import MAX_LOOP_STEPS
+    from cadence.deploy.loop_graph import loop_step_counts
     from cadence.deploy.runtimes import LOOP_KINDS
     if not any(str(k) in LOOP_KINDS for k in budget_cfg.runtimes) or not getattr(policy.process, "loop_graph", False):
         return []
-    return [s for s in candidate_steps(policy.process, budget_cfg.steps) if s <= MAX_LOOP_STEPS]
+    return loop_step_counts(candidate_steps(policy.process, budget_cfg.steps))
 
 
 class RunFailed(CadenceError):

@@ -478,7 +478,7 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
     used = sessions[names[-1]].get_providers()[0]
     outputs = spec["graphs"]["denoiser"]["outputs"]
     if loop_steps is not None:
-        denoiser = OnnxLoop(sessions[names[-1]], loop_steps)
+        denoiser = OnnxLoop(sessions[names[-1]])
     elif precond:
         denoiser = OnnxPrecondDenoiser({n: sessions[n] for n in PRECOND_GRAPHS}, outputs)
     elif int8:

@@ -38,6 +38,11 @@ def loop_steps_of(graph_name: str) -> int | None:
     return steps if 1 <= steps <= MAX_LOOP_STEPS else None
 
 
+def loop_step_counts(steps) -> list[int]:
+    """Those of ``steps`` a loop graph may be exported for (1..MAX_LOOP_STEPS)."""
+    return [int(s) for s in steps if 1 <= int(s) <= MAX_LOOP_STEPS]
+
+
 def exported_loop_steps(spec) -> list[int]:
     """The step counts a (checked) policy.json has loop graphs for, ascending."""
     return sorted(n for n in map(loop_steps_of, spec["graphs"]) if n is not None)
@@ -46,9 +51,9 @@ def exported_loop_steps(spec) -> list[int]:
 class OnnxLoop(nn.Module):
     """``forward(cond, noise, known, known_mask) -> x``: one run of a ``loop_<N>`` graph."""
 
-    def __init__(self, session, steps: int):
+    def __init__(self, session):
         super().__init__()
-        self.session, self.steps = session, steps
+        self.session = session
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor
                 ) -> torch.Tensor:
@@ -64,9 +69,9 @@ def _array(t: torch.Tensor, dtype) -> np.ndarray:
 
 class LoopSampled:
     """A process whose ``sample`` is one run of a whole-loop graph (the ``net`` passed in: an
-    :class:`OnnxLoop`, or torch-cudagraph-loop's captured loop), at the graph's step count only. The start noise is drawn as the process draws
-    it, so a seeded generator gives the same chunk as the host loop. Everything else (``levels``,
-    ``spec``, ``reset`` ...) is the process's own."""
+    :class:`OnnxLoop`, or torch-cudagraph-loop's captured loop), at the graph's step count only.
+    The start noise is drawn as the process draws it, so a seeded generator gives the same chunk as
+    the host loop. Everything else (``levels``, ``spec``, ``reset`` ...) is the process's own."""
 
     def __init__(self, process, steps: int):
         if not getattr(process, "loop_graph", False):

@@ -37,6 +37,11 @@ def kinds_for(policy, kinds: list[str]) -> list[str]:
     return [k for k in kinds if not k.endswith("-loop")]
 
 
+def with_loop_graphs(candidates: list, loops: list[int]) -> list:
+    """``candidates`` less the whole-loop ONNX ones at step counts the export has no graph for."""
+    return [c for c in candidates if c.kind not in LOOP_KINDS or c.sample_steps in loops]
+
+
 def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[dict],
                    export: Callable[[], Path], device: str, threads: int | None = None, progress: bool = True,
                    verifier=None):
@@ -74,7 +79,7 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
                               block_cache=False)
     candidates = budget_mod.candidates(kinds, budget_mod.candidate_steps(policy.process, budget_cfg.steps),
                                        budget_mod.cached_steps(policy), search)
-    candidates = [c for c in candidates if c.kind not in LOOP_KINDS or c.sample_steps in loops]   # a graph per count
+    candidates = with_loop_graphs(candidates, loops)     # a graph per step count
     max_error = budget_cfg.max_action_error * budget_mod.action_range(policy)
     measured = budget_mod.measure(candidates, build, reference, observations, noises, budget_ms,
                                   calls=budget_cfg.calls, warmup=budget_cfg.warmup, progress=progress,

@@ -22,11 +22,11 @@ from cadence.deploy.budget import cached_steps, candidate_steps, candidates, mea
 from cadence.calibration_data import calibration_observations
 from cadence.deploy.int8_export import export_int8
 from cadence.deploy.loop_export import export_loop
-from cadence.deploy.loop_graph import MAX_LOOP_STEPS
+from cadence.deploy.loop_graph import loop_step_counts
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 from cadence.deploy.runtimes import LOOP_KINDS, build_runtime
 from cadence.device import resolve_device
-from cadence.deploy.runtime_selection import kinds_for, usable_kinds
+from cadence.deploy.runtime_selection import kinds_for, usable_kinds, with_loop_graphs
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,14 @@ def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]
         except ExportError as exc:      # a process it is not offered for (streaming)
             log.warning("no onnx-cpu-int8 rows for %s: %s", name, exc)
             kinds = [k for k in kinds if k != "onnx-cpu-int8"]
-    loops = [s for s in steps if s <= MAX_LOOP_STEPS] if any(k in LOOP_KINDS for k in kinds) else []
+    loops = loop_step_counts(steps) if any(k in LOOP_KINDS for k in kinds) else []
     if loops:
         export_loop(policy, export_dir, loops, echo=None)
     rng = np.random.default_rng(0)
     noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32) for _ in observations]
     threads = cfg.threads or None
     reference = build_runtime("torch-eager", policy, export_dir, ref_steps, device, block_cache=False)
-    cands = [c for c in candidates(kinds, steps, cached_steps(policy)) if c.kind not in LOOP_KINDS
-             or c.sample_steps in loops]
+    cands = with_loop_graphs(candidates(kinds, steps, cached_steps(policy)), loops)
     build = lambda c: build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,  # noqa: E731
                                     block_cache=c.cache != "none")
     measured = measure(cands, build, reference, observations, noises, float("inf"), cfg.calls, cfg.warmup)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from cadence.bench.common import write_results
 from cadence.bench.peer_cases import CASES, cadence_policy, chunks_for, obs_shapes, observation
-from cadence.deploy.loop_graph import MAX_LOOP_STEPS
+from cadence.deploy.loop_graph import loop_step_counts
 from cadence.deploy.runtime_selection import usable_kinds
 from cadence.deploy.runtimes import LOOP_KINDS
 from cadence.errors import CadenceError
@@ -73,9 +73,9 @@ def _export(case: dict, cfg: DictConfig, out: Path, int8: bool, loop: bool) -> P
     from cadence.deploy.onnx_export import export_policy_onnx
     policy = cadence_policy(case, cfg.seed)
     export_policy_onnx(policy, out, obs_shapes=obs_shapes(case), echo=None)
-    if loop and any(s <= MAX_LOOP_STEPS for s in cfg.steps):
+    if loop and loop_step_counts(cfg.steps):
         log.info("exporting the whole-loop graphs of %s", out)
-        export_loop(policy, out, [s for s in cfg.steps if s <= MAX_LOOP_STEPS], echo=None)
+        export_loop(policy, out, loop_step_counts(cfg.steps), echo=None)
     if int8:
         windows = [observation(case, cfg.seed + 1 + i) for i in range(CALIBRATION_WINDOWS)]
         log.info("fitting the int8 steps of %s on %d windows", out, len(windows))

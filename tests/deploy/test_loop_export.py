@@ -119,6 +119,12 @@ def test_a_tampered_loop_entry_is_refused_naming_it(loop_export, tmp_path):
     out = _tampered(src, tmp_path / "c", lambda s: s["graphs"]["loop_3"].update(file="denoiser.onnx"))
     with pytest.raises(ExportFormatError, match="denoiser.onnx: graph takes"):
         load_exported(out, "cpu", loop_steps=STEPS)
+    out = tmp_path / "e"
+    shutil.copytree(src, out)
+    data = (out / "loop_3.onnx").read_bytes()
+    (out / "loop_3.onnx").write_bytes(data[: len(data) // 2])            # truncated
+    with pytest.raises(ExportFormatError, match="loop_3.onnx: not a valid ONNX model"):
+        load_exported(out, "cpu", loop_steps=STEPS)
     out = _tampered(src, tmp_path / "d", lambda s: s["process"].update(train_steps=2, sample_steps=2))
     with pytest.raises(ExportFormatError, match="'graphs.loop_3': the ddpm process has no loop graph at 3 steps"):
         read_spec(out)
