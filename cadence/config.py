@@ -410,7 +410,11 @@ class ExportApp:
     int8: bool = False                      # also an 8-bit denoiser for the last sampling steps (onnx-cpu-int8)
     int8_steps: Optional[list] = None       # step counts to fit it for; default the policy's own
     int8_max_error: float = 0.005           # fit bound: max action error / action range on calibration windows
-    calibration: int = 32                   # observation windows the int8 fit runs on (from the training data)
+    fp16: bool = False                      # also a float16 denoiser for the last sampling steps (onnx-cuda-fp16,
+                                            # onnx-tensorrt-fp16), fitted like int8 on ONNX Runtime's CPU provider
+    fp16_steps: Optional[list] = None
+    fp16_max_error: float = 0.005
+    calibration: int = 32                   # observation windows the int8 / fp16 fits run on (from the training data)
     loop_steps: list = field(default_factory=list)   # the whole sampling loop as one graph at these step counts
                                                      # (onnx-cpu-loop / onnx-cuda-loop); none by default
 

@@ -39,20 +39,23 @@ def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str
 
 
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset: int = 18,
-                echo: Callable[[str], None] | None = print, precond: bool = True, int8: Mapping | None = None,
+                echo: Callable[[str], None] | None = print, precond: bool = True,
+                reduced: Mapping[str, Mapping] | None = None, calibration: int = 32,
                 loop_steps: Sequence[int] = ()) -> Path:
-    """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``. ``int8``
-    (``steps``, ``max_error``, ``calibration``): also the int8 denoiser, fitted on that many
-    observation windows of the checkpoint's training data (see cadence.deploy.int8_export).
-    ``loop_steps``: also the whole sampling loop as one graph at each of these step counts
-    (see cadence.deploy.loop_graph)."""
-    from cadence.deploy.int8_export import check_int8_options, export_int8
+    """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``. ``reduced``
+    ({"int8" | "fp16": {"steps", "max_error"}}): also those reduced-precision denoisers, fitted on
+    ``calibration`` observation windows of the checkpoint's training data (see
+    cadence.deploy.reduced_precision). ``loop_steps``: also the whole sampling loop as one graph at
+    each of these step counts (see cadence.deploy.loop_graph)."""
     from cadence.deploy.loop_export import check_loop_steps, export_loop
     from cadence.deploy.onnx_export import export_policy_onnx
+    from cadence.deploy.reduced_precision import check_reduced_options, export_reduced
     ckpt = resolve_checkpoint_dir(checkpoint)
     policy, cfg, meta = load_policy(ckpt, device="cpu")
-    if int8 is not None:        # before anything is written
-        check_int8_options(policy.process, int8.get("steps"), float(int8["max_error"]), int(int8["calibration"]))
+    reduced = dict(reduced or {})
+    for precision, options in reduced.items():      # before anything is written
+        check_reduced_options(policy.process, precision, options.get("steps"), float(options["max_error"]),
+                              calibration)
     if loop_steps:
         check_loop_steps(policy.process, loop_steps)
     export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta.get("step"),
@@ -61,11 +64,12 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
     copy_value_verifier(ckpt.parent / "verifier", Path(out_dir), policy, echo)
     if loop_steps:
         export_loop(policy, out_dir, loop_steps, opset=opset, echo=echo)
-    if int8 is not None:
+    if reduced:
         from cadence.calibration_data import calibration_observations
-        windows = calibration_observations(cfg, int(int8["calibration"]))
-        export_int8(policy, out_dir, windows, steps=int8.get("steps"), max_error=float(int8["max_error"]),
-                    opset=opset, echo=echo)
+        windows = calibration_observations(cfg, calibration)
+        for precision, options in reduced.items():
+            export_reduced(policy, out_dir, precision, windows, steps=options.get("steps"),
+                           max_error=float(options["max_error"]), opset=opset, echo=echo)
     return Path(out_dir)
 
 
@@ -73,8 +77,8 @@ def run(cfg: DictConfig) -> Path:
     """The only format is ONNX; the schema refuses any other (``ExportFormat``)."""
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     out = Path(cfg.out_dir or ckpt.parent / "export-onnx")
-    int8 = ({"steps": cfg.int8_steps, "max_error": cfg.int8_max_error, "calibration": cfg.calibration}
-            if cfg.int8 else None)
-    path = export_onnx(ckpt, out, opset=cfg.opset, precond=cfg.precond, int8=int8, loop_steps=list(cfg.loop_steps))
+    reduced = {p: {"steps": cfg[f"{p}_steps"], "max_error": cfg[f"{p}_max_error"]} for p in ("int8", "fp16") if cfg[p]}
+    path = export_onnx(ckpt, out, opset=cfg.opset, precond=cfg.precond, reduced=reduced, calibration=cfg.calibration,
+                       loop_steps=list(cfg.loop_steps))
     print(f"exported {ckpt} -> {path}")
     return path

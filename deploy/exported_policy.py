@@ -33,12 +33,15 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
     film_dim         (with those graphs) the width of all FiLM outputs side by side
                      "denoiser_int8" (optional; ``cadence export int8=true``): the denoiser with 8-bit
                      weights (its convolutions as MatMul), the same inputs and outputs
+                     "denoiser_fp16" (optional; ``cadence export fp16=true``): the denoiser in float16
+                     (float32 inputs and outputs), for GPUs
                      "loop_<N>" (optional, any number; ``cadence export loop_steps=[N]``): the whole sampling
                      loop at N steps as one graph, ["cond", "noise", "known", "known_mask"] -> ["x"]
                      (cadence.deploy.loop_graph)
     int8             (with denoiser_int8) {"bits", "block", "max_error", "windows", "last_steps":
                       {"<sampling steps>": j}}: at that many steps the int8 graph runs the last j of
-                      them, fitted on calibration windows (cadence.deploy.int8_export)
+                      them, fitted on calibration windows (cadence.deploy.reduced_precision)
+    fp16             (with denoiser_fp16) {"max_error", "windows", "last_steps"}: the same for float16
     source           {"checkpoint": path or "", "step": int or null, "weights_sha256" (optional): hash of
                       the model.safetensors exported, which ``cadence run`` checks before reusing it}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
@@ -79,8 +82,10 @@ ENCODER_OUTPUTS = ["cond"]
 DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
 # Precomputed conditioning (UNet denoisers): the FiLM terms of the levels and of cond, and the
 # network taking their sum; all three or none, with the top-level "film_dim".
-INT8_GRAPH, INT8_FILE = "denoiser_int8", "denoiser_int8.onnx"
-INT8_KEYS = {"bits", "block", "max_error", "windows", "last_steps"}
+# Reduced-precision denoisers run for the last sampling steps: graph "denoiser_<p>" in "denoiser_<p>.onnx",
+# with the top-level entry "<p>" holding these keys.
+REDUCED_KEYS = {"int8": {"bits", "block", "max_error", "windows", "last_steps"},
+                "fp16": {"max_error", "windows", "last_steps"}}
 PRECOND_GRAPHS = {"film_level": ("film_level.onnx", ["level"], ["terms"]),
                   "film_cond": ("film_cond.onnx", ["cond"], ["terms"]),
                   "denoiser_film": ("denoiser_film.onnx", ["x", "film"], None)}   # outputs: the denoiser's
@@ -88,7 +93,7 @@ OBS_DTYPES = ("float32", "uint8")
 
 _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", "action_dim", "action_key",
              "cond_dim", "action_normalizer", "graphs", "source", "versions"}
-_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control", "film_dim", "int8"}   # control: {fps, exec_horizon} the policy runs at
+_OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control", "film_dim", *REDUCED_KEYS}   # control: {fps, exec_horizon} the policy runs at
 class ExportFormatError(CadenceError, ValueError):
     """A policy.json (or the graphs beside it) that this version cannot run."""
 
@@ -216,7 +221,8 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     graphs = spec["graphs"]
     loops = {name: loop_steps_of(name) for name in (graphs if isinstance(graphs, dict) else ()) if
              loop_steps_of(name) is not None}
-    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, {*PRECOND_GRAPHS, INT8_GRAPH, *loops})
+    reduced = {reduced_graph(p): p for p in REDUCED_KEYS}
+    _keys(where, graphs, "graphs", {"encoder", "denoiser"}, {*PRECOND_GRAPHS, *reduced, *loops})
     expected = {"encoder": (sorted(obs), ENCODER_OUTPUTS),
                 "denoiser": (DENOISER_INPUTS, list(built.graph_outputs))}
     precond = set(PRECOND_GRAPHS) & set(graphs)
@@ -229,11 +235,12 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
                          for name, (_, inputs, outputs) in PRECOND_GRAPHS.items()})
     elif "film_dim" in spec:
         raise ExportFormatError(f"{where}: 'film_dim' without the graphs {sorted(PRECOND_GRAPHS)}")
-    if (INT8_GRAPH in graphs) != ("int8" in spec):
-        raise ExportFormatError(f"{where}: 'graphs.{INT8_GRAPH}' and 'int8' come together")
-    if "int8" in spec:
-        _validate_int8(where, spec["int8"], built)
-        expected[INT8_GRAPH] = expected["denoiser"]
+    for graph, precision in reduced.items():
+        if (graph in graphs) != (precision in spec):
+            raise ExportFormatError(f"{where}: 'graphs.{graph}' and '{precision}' come together")
+        if precision in spec:
+            _validate_reduced(where, precision, spec[precision], built)
+            expected[graph] = expected["denoiser"]
     for name, steps in loops.items():
         if not built.loop_graph or not built.allows_steps(steps):
             raise ExportFormatError(f"{where}: 'graphs.{name}': the {built.name} process has no loop graph at "
@@ -261,22 +268,28 @@ def write_spec(export_dir: Path, spec: Mapping[str, Any]) -> None:
     tmp.replace(export_dir / SPEC_FILE)
 
 
-def _validate_int8(where: str, int8: Any, process) -> None:
-    _keys(where, int8, "int8", INT8_KEYS)
-    for key in ("bits", "block", "windows"):
-        _bounded(where, int8[key], f"int8.{key}", 1, "width")
-    if not 0 < _finite(where, int8["max_error"], "int8.max_error") < 1:
-        raise ExportFormatError(f"{where}: 'int8.max_error' must be a fraction in (0, 1), got {int8['max_error']!r}")
-    last = int8["last_steps"]
+def reduced_graph(precision: str) -> str:
+    """The graph name (and, with ``.onnx``, the file) of an export's ``precision`` denoiser."""
+    return f"denoiser_{precision}"
+
+
+def _validate_reduced(where: str, precision: str, entry: Any, process) -> None:
+    _keys(where, entry, precision, REDUCED_KEYS[precision])
+    for key in sorted({"bits", "block", "windows"} & REDUCED_KEYS[precision]):
+        _bounded(where, entry[key], f"{precision}.{key}", 1, "width")
+    if not 0 < _finite(where, entry["max_error"], f"{precision}.max_error") < 1:
+        raise ExportFormatError(f"{where}: '{precision}.max_error' must be a fraction in (0, 1), "
+                                f"got {entry['max_error']!r}")
+    last = entry["last_steps"]
     if not isinstance(last, dict) or len(last) > LIMITS["horizon"]:
-        raise ExportFormatError(f"{where}: 'int8.last_steps' must be an object of at most {LIMITS['horizon']} "
-                                "entries")
+        raise ExportFormatError(f"{where}: '{precision}.last_steps' must be an object of at most "
+                                f"{LIMITS['horizon']} entries")
     for steps, count in last.items():
         if not (isinstance(steps, str) and steps.isdigit() and len(steps) <= 6 and process.allows_steps(int(steps))):
-            raise ExportFormatError(f"{where}: 'int8.last_steps' has key {steps!r}, not a step count this "
+            raise ExportFormatError(f"{where}: '{precision}.last_steps' has key {steps!r}, not a step count this "
                                     "process samples with")
         if not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= int(steps)):
-            raise ExportFormatError(f"{where}: 'int8.last_steps.{steps}' must be an integer in 0..{steps}, "
+            raise ExportFormatError(f"{where}: '{precision}.last_steps.{steps}' must be an integer in 0..{steps}, "
                                     f"got {count!r}")
 
 
@@ -353,17 +366,19 @@ class OnnxDenoiser(nn.Module):
         return out[0] if len(out) == 1 else out
 
 
-class OnnxInt8Denoiser(OnnxDenoiser):
-    """The fp32 denoiser for the first sampling steps and the 8-bit one (``denoiser_int8``) from
-    step ``first_int8`` on; a call without a step index (training-style use) runs fp32."""
+class OnnxReducedDenoiser(OnnxDenoiser):
+    """The fp32 denoiser for the first sampling steps and a reduced-precision one (``denoiser_int8``,
+    ``denoiser_fp16``) from step ``first_reduced`` on; a call without a step index (training-style
+    use) runs fp32."""
 
-    def __init__(self, session, int8_session, outputs: list[str] = DENOISER_OUTPUTS):
+    def __init__(self, session, reduced_session, outputs: list[str] = DENOISER_OUTPUTS):
         super().__init__(session, outputs)
-        self.fp32_session, self.int8_session = session, int8_session
-        self.first_int8 = math.inf
+        self.fp32_session, self.reduced_session = session, reduced_session
+        self.first_reduced = math.inf
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None):
-        self.session = self.int8_session if step is not None and step >= self.first_int8 else self.fp32_session
+        late = step is not None and step >= self.first_reduced
+        self.session = self.reduced_session if late else self.fp32_session
         return super().forward(x, level, cond, step)
 
 
@@ -431,13 +446,17 @@ class ExportedPolicy(Policy):
 
 
 def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                  precond: bool = False, int8: bool = False, loop_steps: int | None = None) -> ExportedPolicy:
+                  precond: bool = False, precision: str | None = None, loop_steps: int | None = None
+                  ) -> ExportedPolicy:
     """Open an export folder; ``provider``: "auto" | "cpu" | "cuda"; ``threads``: ONNX Runtime intra-op
-    threads; ``precond``: run the precomputed-conditioning graphs instead of ``denoiser``; ``int8``:
-    also open ``denoiser_int8`` (an :class:`OnnxInt8Denoiser`; its ``first_int8`` starts at never);
+    threads; ``precond``: run the precomputed-conditioning graphs instead of ``denoiser``; ``precision``
+    ("int8" | "fp16"): also open ``denoiser_<precision>`` (an :class:`OnnxReducedDenoiser`; its
+    ``first_reduced`` starts at never);
     ``loop_steps``: sample with the whole-loop graph ``loop_<N>`` instead (at those N steps only)."""
-    if sum((precond, int8, loop_steps is not None)) > 1:
-        raise ValueError("precond, int8 and loop_steps are separate runtimes; choose one")
+    if sum((precond, precision is not None, loop_steps is not None)) > 1:
+        raise ValueError("precond, precision and loop_steps are separate runtimes; choose one")
+    if precision is not None and precision not in REDUCED_KEYS:
+        raise ValueError(f"precision must be one of {sorted(REDUCED_KEYS)} or None, got {precision!r}")
     export_dir = Path(out_dir)
     spec = read_spec(export_dir)
     To, Tp, Da, cond = spec["obs_horizon"], spec["pred_horizon"], spec["action_dim"], spec["cond_dim"]
@@ -457,12 +476,12 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
                        "film_cond": {"cond": shapes["denoiser"]["cond"], "terms": [0, film]},
                        "denoiser_film": {"x": [0, *chunk], "film": [0, film], "out": [0, *chunk]}})
         names = ["encoder", *PRECOND_GRAPHS]
-    if int8:
-        if INT8_GRAPH not in spec["graphs"]:
-            raise ExportFormatError(f"{export_dir / SPEC_FILE}: no int8 denoiser (`cadence export int8=true` "
-                                    "writes one)")
-        shapes[INT8_GRAPH] = shapes["denoiser"]
-        names.append(INT8_GRAPH)
+    if precision is not None:
+        if reduced_graph(precision) not in spec["graphs"]:
+            raise ExportFormatError(f"{export_dir / SPEC_FILE}: no {precision} denoiser (`cadence export "
+                                    f"{precision}=true` writes one)")
+        shapes[reduced_graph(precision)] = shapes["denoiser"]
+        names.append(reduced_graph(precision))
     if loop_steps is not None:
         loop = loop_graph_name(loop_steps)
         if loop not in spec["graphs"]:
@@ -473,7 +492,8 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
                         "x": [0, Tp, Da]}
         names = ["encoder", loop]
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
-                                 ExportFormatError, provider, threads, spinning=name.startswith(("denoiser", "loop_")))
+                                 ExportFormatError, provider, threads, spinning=name.startswith(("denoiser", "loop_")),
+                                 fp16=name == reduced_graph("fp16"))
                 for name in names}   # only the graph run step after step spins (see create_session)
     used = sessions[names[-1]].get_providers()[0]
     outputs = spec["graphs"]["denoiser"]["outputs"]
@@ -481,8 +501,8 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
         denoiser = OnnxLoop(sessions[names[-1]])
     elif precond:
         denoiser = OnnxPrecondDenoiser({n: sessions[n] for n in PRECOND_GRAPHS}, outputs)
-    elif int8:
-        denoiser = OnnxInt8Denoiser(sessions["denoiser"], sessions[INT8_GRAPH], outputs)
+    elif precision is not None:
+        denoiser = OnnxReducedDenoiser(sessions["denoiser"], sessions[reduced_graph(precision)], outputs)
     else:
         denoiser = OnnxDenoiser(sessions["denoiser"], outputs)
     policy = ExportedPolicy(spec, export_dir, OnnxEncoder(sessions["encoder"], spec["obs"], spec["obs_horizon"]),

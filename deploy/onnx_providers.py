@@ -3,17 +3,28 @@
 ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` even on machines without a GPU, and a
 session asked for it there fills stderr with library-loading errors before falling back to
 the CPU. So "auto" takes CUDA only when ONNX Runtime lists it *and* torch sees a GPU.
+"tensorrt" (never chosen by "auto") also needs TensorRT's own library (``libnvinfer``, from the
+``tensorrt`` package or the system); its engines are built on first use and cached in
+``$XDG_CACHE_HOME/cadence/tensorrt/<sha256 of the graph file>`` (``~/.cache`` by default): the user's
+own folder, never the export's (an engine is native code for the GPU: one from elsewhere is not
+loaded), and one folder per graph *content*, because ONNX Runtime names an engine after the graph's
+path and structure, not its weights (a retrained export at the same path would find the old engine).
 """
 from __future__ import annotations
 
+import ctypes
+import glob
+import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-PROVIDERS = ("auto", "cpu", "cuda")
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+NVINFER = "libnvinfer.so.10"       # the TensorRT major version onnxruntime-gpu 1.2x/1.3x is built against
 QUIET = 3            # ONNX Runtime log severity: 0 verbose .. 3 error, 4 fatal
 
 _dlls_preloaded = False
@@ -28,12 +39,48 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def _nvinfer_loadable() -> bool:
+    """Whether TensorRT's runtime library loads: from the ``tensorrt_libs`` wheel or the system's path."""
+    spec = importlib.util.find_spec("tensorrt_libs")
+    candidates = glob.glob(os.path.join(os.path.dirname(spec.origin), "libnvinfer.so*")) if spec and spec.origin else []
+    for name in [*candidates, NVINFER]:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when ONNX Runtime can run on TensorRT here, else why not."""
+    reason = cuda_unavailable_reason()
+    if reason:
+        return reason
+    if TENSORRT not in ort.get_available_providers():
+        return f"this onnxruntime build ({ort.__version__}) has no {TENSORRT}"
+    if not _nvinfer_loadable():
+        return f"TensorRT's library ({NVINFER}) is not installed (pip install tensorrt)"
+    return None
+
+
+def tensorrt_cache_dir() -> Path:
+    """Where TensorRT engines built for this user's graphs are kept."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cadence" / "tensorrt"
+
+
 def resolve_provider(provider: str = "auto") -> str:
-    """"auto" | "cpu" | "cuda" -> the ONNX Runtime provider name to ask for."""
+    """"auto" | "cpu" | "cuda" | "tensorrt" -> the ONNX Runtime provider name to ask for."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
     if provider == "cpu":
         return CPU
+    if provider == "tensorrt":
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise RuntimeError(f"provider 'tensorrt' requested but {reason}; use provider='cuda' or 'cpu'")
+        return TENSORRT
     reason = cuda_unavailable_reason()
     if provider == "cuda" and reason:
         raise RuntimeError(f"provider 'cuda' requested but {reason}; use provider='cpu' or 'auto'")
@@ -49,7 +96,7 @@ def _preload_cuda_dlls() -> None:
 
 
 def create_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                   spinning: bool = True) -> ort.InferenceSession:
+                   spinning: bool = True, fp16: bool = False) -> ort.InferenceSession:
     """An inference session on the resolved provider, logging errors only.
 
     ``spinning=False``: the session's threads sleep as soon as a run ends instead of spinning for
@@ -60,8 +107,11 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
     two denoiser graphs taking turns (``onnx-cpu-int8``) would otherwise fight over the cores
     (image PushT, int8 for the last 4 of 10 steps: 146 -> 95 ms per chunk).
 
-    ``session.get_providers()[0]`` is the provider actually used. A forced "cuda" that
-    ONNX Runtime silently demotes to the CPU raises instead.
+    ``fp16`` (TensorRT only): let TensorRT build float16 kernels (for a float16 graph; the fp32
+    graphs keep float32 arithmetic).
+
+    ``session.get_providers()[0]`` is the provider actually used. A forced "cuda" or "tensorrt"
+    that ONNX Runtime silently demotes raises instead.
     """
     name = resolve_provider(provider)
     ort.set_default_logger_severity(QUIET)
@@ -75,12 +125,24 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
             raise ValueError(f"threads must be >= 1 or None, got {threads}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    if name == CUDA:
+    if name in (CUDA, TENSORRT):
         _preload_cuda_dlls()
-    providers = [CUDA, CPU] if name == CUDA else [CPU]
+    trt = [(TENSORRT, _tensorrt_options(Path(path), fp16))] if name == TENSORRT else []
+    providers = {CPU: [CPU], CUDA: [CUDA, CPU], TENSORRT: [*trt, CUDA, CPU]}[name]
     session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
     used = session.get_providers()[0]
-    if provider == "cuda" and used != CUDA:
-        raise RuntimeError(f"{path}: ONNX Runtime could not start {CUDA} (it fell back to {used}); "
-                           "check the CUDA/cuDNN versions onnxruntime-gpu needs")
+    if provider in ("cuda", "tensorrt") and used != name:
+        raise RuntimeError(f"{path}: ONNX Runtime could not start {name} (it fell back to {used}); "
+                           "check the CUDA/cuDNN/TensorRT versions onnxruntime-gpu needs")
     return session
+
+
+def _tensorrt_options(path: Path, fp16: bool) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    cache = tensorrt_cache_dir() / digest.hexdigest()
+    cache.mkdir(parents=True, exist_ok=True)
+    return {"trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}

@@ -14,7 +14,7 @@ from cadence.policies.search import SearchSettings
 from . import budget as budget_mod
 from .exported_policy import read_spec
 from .loop_graph import exported_loop_steps
-from .runtimes import LOOP_KINDS, available_runtime_kinds, build_runtime
+from .runtimes import LOOP_KINDS, REDUCED_KINDS, available_runtime_kinds, build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
               for _ in observations]
     kinds = kinds_for(policy, usable_kinds(budget_cfg.runtimes))
     export_dir = export() if any(k.startswith("onnx") for k in kinds) else None
-    if "onnx-cpu-int8" in kinds and "int8" not in read_spec(export_dir):
-        log.info("onnx-cpu-int8 is not a candidate: %s has no int8 denoiser (cadence export int8=true)", export_dir)
-        kinds.remove("onnx-cpu-int8")
+    for kind in [k for k in kinds if k in REDUCED_KINDS and REDUCED_KINDS[k] not in read_spec(export_dir)]:
+        log.info("%s is not a candidate: %s has no %s denoiser (cadence export %s=true)", kind, export_dir,
+                 REDUCED_KINDS[kind], REDUCED_KINDS[kind])
+        kinds.remove(kind)
     loops = exported_loop_steps(read_spec(export_dir)) if export_dir is not None else []
     for kind in [k for k in kinds if k in LOOP_KINDS and not loops]:
         log.info("%s is not a candidate: %s has no loop graph (cadence export loop_steps=[...])", kind, export_dir)

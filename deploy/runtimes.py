@@ -14,12 +14,15 @@ schedule and chunk, see :mod:`cadence.policies.networks.unet1d`), torch-compile,
 torch-cudagraph-loop (the whole sampling loop captured as one CUDA graph),
 torch-fp16, torch-bf16, onnx-cpu, onnx-cpu-precond (the export's precomputed-conditioning graphs),
 onnx-cpu-int8 (the export's 8-bit denoiser for the last sampling steps it was fitted for, see
-:mod:`cadence.deploy.int8_export`), onnx-cpu-loop (the export's whole sampling loop as one graph,
-at a step count it has one for, see :mod:`cadence.deploy.loop_graph`), onnx-cuda, onnx-cuda-loop.
+:mod:`cadence.deploy.reduced_precision`), onnx-cpu-loop (the export's whole sampling loop as one graph,
+at a step count it has one for, see :mod:`cadence.deploy.loop_graph`), onnx-cuda, onnx-cuda-fp16 (the
+export's float16 denoiser for its fitted last steps), onnx-cuda-loop, onnx-tensorrt and
+onnx-tensorrt-fp16 (the fp32 graphs, and the float16 one for its last steps, through ONNX Runtime's
+TensorRT provider).
 On a CPU: torch-eager, torch-precond, onnx-cpu, onnx-cpu-precond, onnx-cpu-int8 and onnx-cpu-loop
 always (the export must have the graphs),
 torch-compile where a C++ compiler is present (inductor), torch-bf16 where the CPU has native
-bf16 (AVX512-BF16 or AMX); the other kinds need a CUDA GPU.
+bf16 (AVX512-BF16 or AMX); the other kinds need a CUDA GPU (and the TensorRT ones TensorRT's libraries).
 """
 from __future__ import annotations
 
@@ -39,11 +42,13 @@ from torch import nn
 
 from .exported_policy import ExportedPolicy, build_process, load_exported, read_spec
 from .loop_graph import LoopSampled
-from .onnx_providers import CUDA, cuda_unavailable_reason
+from .onnx_providers import CUDA, TENSORRT, cuda_unavailable_reason, tensorrt_unavailable_reason
 
 KINDS = ("torch-eager", "torch-precond", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu",
-         "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop", "onnx-cuda", "onnx-cuda-loop", "torch-cudagraph-loop")
+         "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop", "onnx-cuda", "onnx-cuda-fp16", "onnx-cuda-loop",
+         "onnx-tensorrt", "onnx-tensorrt-fp16", "torch-cudagraph-loop")
 LOOP_KINDS = ("onnx-cpu-loop", "onnx-cuda-loop")     # the export's whole-loop graph, at the steps it has one for
+REDUCED_KINDS = {"onnx-cpu-int8": "int8", "onnx-cuda-fp16": "fp16", "onnx-tensorrt-fp16": "fp16"}   # kind -> precision
 MODES = ("eager", "compile", "cudagraph", "cudagraph-loop")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -370,24 +375,24 @@ class OnnxRuntime:
     """An ONNX export run by ONNX Runtime; the sampling loop runs on the host (CPU tensors)."""
 
     def __init__(self, export_dir: str | os.PathLike, provider: str = "auto", sample_steps: int | None = None,
-                 threads: int | None = None, seed: int | None = None, precond: bool = False, int8: bool = False,
-                 loop: bool = False):
+                 threads: int | None = None, seed: int | None = None, precond: bool = False,
+                 precision: str | None = None, loop: bool = False):
         loop_steps = (sample_steps or build_process(read_spec(export_dir)["process"]).sample_steps) if loop else None
         self.policy: ExportedPolicy = load_exported(export_dir, provider=provider, threads=threads, precond=precond,
-                                                    int8=int8, loop_steps=loop_steps)
+                                                    precision=precision, loop_steps=loop_steps)
         self.policy.process = self.policy.process.with_steps(sample_steps)
         self.provider = self.policy.provider
         self.sample_steps = int(self.policy.process.sample_steps)
         self.start = self.policy.obs_horizon - 1
-        self.name = (("onnx-cuda" if self.provider == CUDA else "onnx-cpu") + ("-precond" if precond else "")
-                     + ("-int8" if int8 else "") + ("-loop" if loop else ""))
-        if int8:
-            fitted = self.policy.spec["int8"]["last_steps"]
+        self.name = ({CUDA: "onnx-cuda", TENSORRT: "onnx-tensorrt"}.get(self.provider, "onnx-cpu")
+                     + ("-precond" if precond else "") + (f"-{precision}" if precision else "") + ("-loop" if loop else ""))
+        if precision is not None:
+            fitted = self.policy.spec[precision]["last_steps"]
             if str(self.sample_steps) not in fitted:
-                raise ValueError(f"{export_dir}: the int8 denoiser has fitted steps for {sorted(map(int, fitted))} "
-                                 f"sampling steps, not {self.sample_steps} (cadence export int8=true "
-                                 f"int8_steps=[{self.sample_steps}])")
-            self.policy.denoiser.first_int8 = self.sample_steps - fitted[str(self.sample_steps)]
+                raise ValueError(f"{export_dir}: the {precision} denoiser has fitted steps for "
+                                 f"{sorted(map(int, fitted))} sampling steps, not {self.sample_steps} (cadence export "
+                                 f"{precision}=true {precision}_steps=[{self.sample_steps}])")
+            self.policy.denoiser.first_reduced = self.sample_steps - fitted[str(self.sample_steps)]
         self._generator = _generator(torch.device("cpu"), seed)
 
     def predict(self, obs: Mapping[str, np.ndarray], noise: np.ndarray | None = None,
@@ -415,7 +420,9 @@ def available_runtime_kinds() -> list[str]:
                   if reason is None]
     kinds += ["onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop"]
     if cuda_unavailable_reason() is None:
-        kinds += ["onnx-cuda", "onnx-cuda-loop"]
+        kinds += ["onnx-cuda", "onnx-cuda-fp16", "onnx-cuda-loop"]
+    if tensorrt_unavailable_reason() is None:
+        kinds += ["onnx-tensorrt", "onnx-tensorrt-fp16"]
     return kinds
 
 
@@ -432,7 +439,7 @@ def build_runtime(kind: str, policy: Policy | None = None, export_dir: str | os.
         if export_dir is None:
             raise ValueError(f"runtime {kind!r} needs export_dir (an ONNX export; `cadence export` writes one)")
         return OnnxRuntime(export_dir, provider=kind.split("-")[1], sample_steps=sample_steps, threads=threads,
-                           seed=seed, precond=kind.endswith("-precond"), int8=kind.endswith("-int8"),
+                           seed=seed, precond=kind.endswith("-precond"), precision=REDUCED_KINDS.get(kind),
                            loop=kind in LOOP_KINDS)
     if policy is None:
         raise ValueError(f"runtime {kind!r} needs a PyTorch policy")

@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 from cadence.checkpoint import CheckpointError, load_policy, resolve_checkpoint_dir
 from cadence.deploy.budget import cached_steps, candidate_steps, candidates, measure, reference_steps
 from cadence.calibration_data import calibration_observations
-from cadence.deploy.int8_export import export_int8
 from cadence.deploy.loop_export import export_loop
 from cadence.deploy.loop_graph import loop_step_counts
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
-from cadence.deploy.runtimes import LOOP_KINDS, build_runtime
+from cadence.deploy.reduced_precision import export_reduced
+from cadence.deploy.runtimes import LOOP_KINDS, REDUCED_KINDS, build_runtime
 from cadence.device import resolve_device
 from cadence.deploy.runtime_selection import kinds_for, usable_kinds, with_loop_graphs
 
@@ -43,13 +43,13 @@ def _rows_for(ckpt: Path, cfg: DictConfig, out: Path, device: str) -> list[dict]
     ref_steps = reference_steps(policy.process, None)
     if train_cfg.policy.process == "ddpm" and ref_steps not in steps:
         steps = [ref_steps, *steps]
-    if "onnx-cpu-int8" in kinds:        # fitted on other windows than the ones timed
-        try:
-            export_int8(policy, export_dir, calibration_observations(train_cfg, cfg.calibration, seed=1),
-                        steps=steps)
+    for precision in sorted({REDUCED_KINDS[k] for k in kinds if k in REDUCED_KINDS}):
+        try:                            # fitted on other windows than the ones timed
+            export_reduced(policy, export_dir, precision, calibration_observations(train_cfg, cfg.calibration, seed=1),
+                           steps=steps)
         except ExportError as exc:      # a process it is not offered for (streaming)
-            log.warning("no onnx-cpu-int8 rows for %s: %s", name, exc)
-            kinds = [k for k in kinds if k != "onnx-cpu-int8"]
+            log.warning("no %s rows for %s: %s", precision, name, exc)
+            kinds = [k for k in kinds if REDUCED_KINDS.get(k) != precision]
     loops = loop_step_counts(steps) if any(k in LOOP_KINDS for k in kinds) else []
     if loops:
         export_loop(policy, export_dir, loops, echo=None)

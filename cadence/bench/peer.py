@@ -68,7 +68,7 @@ def case_spec(name: str, cfg: DictConfig) -> dict:
 def _export(case: dict, cfg: DictConfig, out: Path, int8: bool, loop: bool) -> Path:
     """The case's policy exported; with ``int8``, its int8 denoiser fitted on windows other than the timed
     one; with ``loop``, its whole-loop graphs at the step counts that may have one."""
-    from cadence.deploy.int8_export import CALIBRATION_WINDOWS, export_int8
+    from cadence.deploy.reduced_precision import CALIBRATION_WINDOWS, export_reduced
     from cadence.deploy.loop_export import export_loop
     from cadence.deploy.onnx_export import export_policy_onnx
     policy = cadence_policy(case, cfg.seed)
@@ -79,8 +79,8 @@ def _export(case: dict, cfg: DictConfig, out: Path, int8: bool, loop: bool) -> P
     if int8:
         windows = [observation(case, cfg.seed + 1 + i) for i in range(CALIBRATION_WINDOWS)]
         log.info("fitting the int8 steps of %s on %d windows", out, len(windows))
-        export_int8(policy, out, windows, steps=cfg.steps, max_error=cfg.int8_max_error, threads=cfg.threads,
-                    echo=None)
+        export_reduced(policy, out, "int8", windows, steps=cfg.steps, max_error=cfg.int8_max_error,
+                       threads=cfg.threads, echo=None)
     return out
 
 

@@ -190,19 +190,22 @@ def test_a_process_of_your_own_trains_exports_and_runs_through_a_plugin(trained)
     assert refused.returncode == 1 and "--plugin MODULE" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_export_int8_refuses_a_bad_bound_before_writing(trained):
-    bad = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_max_error=2", "out_dir=bad", cwd=trained,
-                  check=False)
-    assert bad.returncode == 1 and "max_error" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    assert not (trained / "bad").exists()
+def test_export_int8_and_fp16_refuse_a_bad_bound_before_writing(trained):
+    for precision in ("int8", "fp16"):
+        bad = cadence("export", "checkpoint=runs/tiny", f"{precision}=true", f"{precision}_max_error=2", "out_dir=bad",
+                      cwd=trained, check=False)
+        assert bad.returncode == 1 and f"{precision}_max_error" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and not (trained / "bad").exists()
 
 
 @pytest.mark.slow
 def test_export_int8_fits_its_steps_and_run_chooses_it(trained):
-    proc = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_steps=[2,4]", "calibration=4", cwd=trained)
+    proc = cadence("export", "checkpoint=runs/tiny", "int8=true", "int8_steps=[2,4]", "fp16=true", "fp16_steps=[4]",
+                   "calibration=4", cwd=trained)
     spec = json.loads((trained / "runs" / "tiny" / "export-onnx" / "policy.json").read_text())
     assert set(spec["int8"]["last_steps"]) == {"2", "4"} and spec["int8"]["windows"] == 4
-    assert "denoiser_int8.onnx" in proc.stdout and "of 4 steps" in proc.stdout
+    assert set(spec["fp16"]["last_steps"]) == {"4"} and spec["fp16"]["windows"] == 4
+    assert "denoiser_int8.onnx" in proc.stdout and "of 4 steps" in proc.stdout and "denoiser_fp16.onnx" in proc.stdout
     cadence("run", "checkpoint=runs/tiny", "budget.runtimes=[onnx-cpu-int8]", "budget.steps=[2]", "budget.calls=2",
             "budget.warmup=1", "budget.calibration=2", "control.episodes=1", "control.max_ticks=10",
             "out_dir=deploy-int8", cwd=trained)

@@ -77,7 +77,7 @@ def test_a_step_count_without_its_graph_is_refused_with_the_command(loop_export)
     with pytest.raises(ValueError, match="samples with 3 steps, not 4"):
         sampled.with_steps(4)
     with pytest.raises(ValueError, match="separate runtimes"):
-        load_exported(out, "cpu", int8=True, loop_steps=STEPS)
+        load_exported(out, "cpu", precision="int8", loop_steps=STEPS)
 
 
 def test_processes_without_a_fixed_loop_and_long_loops_are_refused():

@@ -1,9 +1,10 @@
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cadence.deploy import runtimes
+from cadence.deploy import onnx_providers, runtimes
 from cadence.deploy.runtimes import (
     OnnxRuntime,
     Runtime,
@@ -158,8 +159,28 @@ def test_auto_provider_picks_cpu_without_noise(ddpm, capfd, caplog):
 def test_forced_cuda_provider_without_gpu_is_a_clear_error(ddpm):
     with pytest.raises(RuntimeError, match="provider 'cuda' requested but"):
         OnnxRuntime(ddpm.export_dir, provider="cuda")
-    with pytest.raises(ValueError, match="provider must be one of"):
+    with pytest.raises(RuntimeError, match="provider 'tensorrt' requested but no CUDA GPU is visible"):
         OnnxRuntime(ddpm.export_dir, provider="tensorrt")
+    with pytest.raises(RuntimeError, match="provider 'tensorrt' requested but"):
+        build_runtime("onnx-tensorrt", export_dir=ddpm.export_dir)
+    with pytest.raises(ValueError, match="provider must be one of"):
+        OnnxRuntime(ddpm.export_dir, provider="rocm")
+
+
+def test_tensorrt_engines_are_cached_per_graph_content(tmp_path, monkeypatch):
+    """ONNX Runtime names an engine after the graph's path and structure, not its weights: a retrained
+    export at the same path must not find the old engine, so each content gets its own folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    graph = tmp_path / "denoiser.onnx"
+    graph.write_bytes(b"weights one")
+    first = onnx_providers._tensorrt_options(graph, fp16=False)
+    graph.write_bytes(b"weights two")
+    second = onnx_providers._tensorrt_options(graph, fp16=True)
+    assert first["trt_engine_cache_path"] != second["trt_engine_cache_path"]
+    assert Path(first["trt_engine_cache_path"]).parent == tmp_path / "cache" / "cadence" / "tensorrt"
+    assert (first["trt_fp16_enable"], second["trt_fp16_enable"]) == (False, True)
+    graph.write_bytes(b"weights one")
+    assert onnx_providers._tensorrt_options(graph, fp16=False) == first
 
 
 def test_available_kinds_and_factory(ddpm):

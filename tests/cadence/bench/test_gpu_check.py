@@ -24,4 +24,4 @@ def test_the_plan_covers_every_kind_that_needs_a_gpu():
     # torch-eager: the GPU row's own baseline
     cpu_kinds = {"torch-precond", "onnx-cpu", "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop"}
     assert set(runtimes.KINDS) - cpu_kinds == set(gpu_check.RUNTIME_KINDS)
-    assert any("nccl" in line for line in gpu_check.plan()) and any(gpu_check.TENSORRT in line for line in gpu_check.plan())
+    assert any("nccl" in line for line in gpu_check.plan()) and any("float16" in line for line in gpu_check.plan())
