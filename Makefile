@@ -20,11 +20,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cadence demo
 
+# One pytest worker per core (most tests use one); a test file stays on one worker, so its module fixtures
+# are built once. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Every GPU path's parity and latency in one JSON (gpu-check.json); on a CUDA machine install the
 # CUDA build first (`make TORCH=torch gpu-check`). Without a GPU it prints what it would run.
