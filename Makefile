@@ -20,14 +20,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cadence demo
 
-# One pytest worker per core (most tests use one); a test file stays on one worker, so its module fixtures
-# are built once. TEST_WORKERS=0 runs them in this process.
+# One pytest worker per core (most tests use one), an idle worker taking tests queued for the other
+# (a module fixture may then be built in both). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Every GPU path's parity and latency in one JSON (gpu-check.json); on a CUDA machine install the
 # CUDA build first (`make TORCH=torch gpu-check`). Without a GPU it prints what it would run.

@@ -148,6 +148,7 @@ def test_run_drives_the_robot_with_a_streaming_policy(trained):
     assert summary["episodes"] == 2 and summary["timing"]["late_sends"] == 0 and "success" in proc.stdout
 
 
+@pytest.mark.slow           # 30-50 s; make test-all runs it
 def test_a_shortcut_policy_exports_and_joins_the_budget(trained):
     """Trained, exported to ONNX (parity checked by the export) and driven by `cadence run`: every
     power-of-2 step count up to max_steps is a candidate, the reference is the finest step."""

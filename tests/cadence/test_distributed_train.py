@@ -94,6 +94,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_step_count(tiny_store, tm
     assert steps[-1] == 400
 
 
+@pytest.mark.slow           # 30-50 s; make test-all runs it
 def test_bench_scale_table_for_one_and_two_processes(tiny_store, tmp_path):
     from .bench.test_anchor import _list
     from .test_cli import cadence
@@ -140,6 +141,7 @@ def test_the_documented_slurm_sweep_composes(tmp_path):
     assert launcher_cfg["submitit_folder"].startswith("${hydra.sweep.dir}")    # logs beside the sweep's runs
 
 
+@pytest.mark.slow           # 30-50 s; make test-all runs it
 def test_evaluation_over_two_ranks_and_in_workers_matches_one_process(tiny_store, tmp_path):
     _run(train_cmd(f"task.dataset={tiny_store}", "policy=diffusion", "train.steps=4", f"run_dir={tmp_path / 'run'}"),
          tmp_path)

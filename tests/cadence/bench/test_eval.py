@@ -9,6 +9,7 @@ from ..test_distributed_train import TINY
 pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.mark.slow           # 30-50 s; make test-all runs it
 def test_every_setup_with_waves_gives_the_same_episodes(tiny_store, tmp_path):
     cadence("train", f"task.dataset={tiny_store}", *TINY, "train.steps=4", "tracking=none", "run_dir=run", cwd=tmp_path)
     out = cadence("bench", "eval", "checkpoint=run", "episodes=4", "batch_size=2", "out_dir=b", cwd=tmp_path).stdout
