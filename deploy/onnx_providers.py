@@ -143,6 +143,10 @@ def _tensorrt_options(path: Path, fp16: bool) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     cache = tensorrt_cache_dir() / digest.hexdigest()
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:          # the machine's settings, not the graph's fault
+        raise RuntimeError(f"cannot create TensorRT's engine cache {cache} ({exc.strerror}); set XDG_CACHE_HOME "
+                           "to a writable folder") from None
     return {"trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}

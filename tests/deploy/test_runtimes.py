@@ -181,6 +181,10 @@ def test_tensorrt_engines_are_cached_per_graph_content(tmp_path, monkeypatch):
     assert (first["trt_fp16_enable"], second["trt_fp16_enable"]) == (False, True)
     graph.write_bytes(b"weights one")
     assert onnx_providers._tensorrt_options(graph, fp16=False) == first
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+    with pytest.raises(RuntimeError, match="cannot create TensorRT's engine cache .*a-file.*XDG_CACHE_HOME"):
+        onnx_providers._tensorrt_options(graph, fp16=False)
 
 
 def test_available_kinds_and_factory(ddpm):
