@@ -414,7 +414,10 @@ class ExportApp:
                                             # onnx-tensorrt-fp16), fitted like int8 on ONNX Runtime's CPU provider
     fp16_steps: Optional[list] = None
     fp16_max_error: float = 0.005
-    calibration: int = 32                   # observation windows the int8 / fp16 fits run on (from the training data)
+    int8_qdq: bool = False                  # also int8 convolutions in QDQ form for the last steps (onnx-tensorrt-int8)
+    int8_qdq_steps: Optional[list] = None
+    int8_qdq_max_error: float = 0.005
+    calibration: int = 32                   # observation windows the reduced-precision fits run on (training data)
     loop_steps: list = field(default_factory=list)   # the whole sampling loop as one graph at these step counts
                                                      # (onnx-cpu-loop / onnx-cuda-loop); none by default
 

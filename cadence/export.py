@@ -43,7 +43,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
                 reduced: Mapping[str, Mapping] | None = None, calibration: int = 32,
                 loop_steps: Sequence[int] = ()) -> Path:
     """Export a checkpoint folder (or a run folder holding ``checkpoint/``) to ``out_dir``. ``reduced``
-    ({"int8" | "fp16": {"steps", "max_error"}}): also those reduced-precision denoisers, fitted on
+    ({"int8" | "fp16" | "int8_qdq": {"steps", "max_error"}}): also those reduced-precision denoisers, fitted on
     ``calibration`` observation windows of the checkpoint's training data (see
     cadence.deploy.reduced_precision). ``loop_steps``: also the whole sampling loop as one graph at
     each of these step counts (see cadence.deploy.loop_graph)."""
@@ -77,7 +77,8 @@ def run(cfg: DictConfig) -> Path:
     """The only format is ONNX; the schema refuses any other (``ExportFormat``)."""
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     out = Path(cfg.out_dir or ckpt.parent / "export-onnx")
-    reduced = {p: {"steps": cfg[f"{p}_steps"], "max_error": cfg[f"{p}_max_error"]} for p in ("int8", "fp16") if cfg[p]}
+    reduced = {p: {"steps": cfg[f"{p}_steps"], "max_error": cfg[f"{p}_max_error"]} for p in ("int8", "fp16", "int8_qdq")
+               if cfg[p]}
     path = export_onnx(ckpt, out, opset=cfg.opset, precond=cfg.precond, reduced=reduced, calibration=cfg.calibration,
                        loop_steps=list(cfg.loop_steps))
     print(f"exported {ckpt} -> {path}")

@@ -35,6 +35,8 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                      weights (its convolutions as MatMul), the same inputs and outputs
                      "denoiser_fp16" (optional; ``cadence export fp16=true``): the denoiser in float16
                      (float32 inputs and outputs), for GPUs
+                     "denoiser_int8_qdq" (optional; ``cadence export int8_qdq=true``): int8 convolutions in
+                     QDQ form, for TensorRT
                      "loop_<N>" (optional, any number; ``cadence export loop_steps=[N]``): the whole sampling
                      loop at N steps as one graph, ["cond", "noise", "known", "known_mask"] -> ["x"]
                      (cadence.deploy.loop_graph)
@@ -42,6 +44,7 @@ tensors live on the CPU; ONNX Runtime moves each call's inputs to its provider.
                       {"<sampling steps>": j}}: at that many steps the int8 graph runs the last j of
                       them, fitted on calibration windows (cadence.deploy.reduced_precision)
     fp16             (with denoiser_fp16) {"max_error", "windows", "last_steps"}: the same for float16
+    int8_qdq         (with denoiser_int8_qdq) the same keys as fp16
     source           {"checkpoint": path or "", "step": int or null, "weights_sha256" (optional): hash of
                       the model.safetensors exported, which ``cadence run`` checks before reusing it}
     versions         {"cadence", "torch", "onnx", "onnxscript", "opset"}
@@ -85,7 +88,8 @@ DENOISER_INPUTS, DENOISER_OUTPUTS = ["x", "level", "cond"], ["out"]
 # Reduced-precision denoisers run for the last sampling steps: graph "denoiser_<p>" in "denoiser_<p>.onnx",
 # with the top-level entry "<p>" holding these keys.
 REDUCED_KEYS = {"int8": {"bits", "block", "max_error", "windows", "last_steps"},
-                "fp16": {"max_error", "windows", "last_steps"}}
+                "fp16": {"max_error", "windows", "last_steps"},
+                "int8_qdq": {"max_error", "windows", "last_steps"}}
 PRECOND_GRAPHS = {"film_level": ("film_level.onnx", ["level"], ["terms"]),
                   "film_cond": ("film_cond.onnx", ["cond"], ["terms"]),
                   "denoiser_film": ("denoiser_film.onnx", ["x", "film"], None)}   # outputs: the denoiser's
@@ -493,7 +497,7 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
         names = ["encoder", loop]
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
                                  ExportFormatError, provider, threads, spinning=name.startswith(("denoiser", "loop_")),
-                                 fp16=name == reduced_graph("fp16"))
+                                 precision=precision if precision and name == reduced_graph(precision) else None)
                 for name in names}   # only the graph run step after step spins (see create_session)
     used = sessions[names[-1]].get_providers()[0]
     outputs = spec["graphs"]["denoiser"]["outputs"]

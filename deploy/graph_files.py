@@ -19,7 +19,7 @@ from .onnx_providers import create_session
 
 def open_graph(export_dir: Path, spec_path: Path, name: str, graph: Mapping, shapes: Mapping[str, Sequence[int]],
                error: type[Exception], provider: str = "auto", threads: int | None = None, spinning: bool = True,
-               fp16: bool = False):
+               precision: str | None = None):
     """An ONNX Runtime session for ``graphs.<name>`` of the spec. ``shapes``: the full shape each
     input and output must have, batch first (the batch is not compared)."""
     try:
@@ -38,7 +38,7 @@ def open_graph(export_dir: Path, spec_path: Path, name: str, graph: Mapping, sha
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise error(f"{path}: the graph keeps weights in external files; an export's graphs must hold their own")
     try:
-        session = create_session(path, provider, threads, spinning, fp16)
+        session = create_session(path, provider, threads, spinning, precision)
     except (RuntimeError, ValueError):
         raise                       # the machine or the caller's settings (no GPU for "cuda"), not the file
     except Exception as exc:        # ONNX Runtime's own errors: it refuses the model (bad graph, operator, ...)

@@ -96,7 +96,7 @@ def _preload_cuda_dlls() -> None:
 
 
 def create_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                   spinning: bool = True, fp16: bool = False) -> ort.InferenceSession:
+                   spinning: bool = True, precision: str | None = None) -> ort.InferenceSession:
     """An inference session on the resolved provider, logging errors only.
 
     ``spinning=False``: the session's threads sleep as soon as a run ends instead of spinning for
@@ -107,8 +107,8 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
     two denoiser graphs taking turns (``onnx-cpu-int8``) would otherwise fight over the cores
     (image PushT, int8 for the last 4 of 10 steps: 146 -> 95 ms per chunk).
 
-    ``fp16`` (TensorRT only): let TensorRT build float16 kernels (for a float16 graph; the fp32
-    graphs keep float32 arithmetic).
+    ``precision`` (TensorRT only; "fp16" | "int8_qdq"): the reduced-precision graph this is, whose
+    kernels TensorRT may then build in float16 / int8 (the fp32 graphs keep float32 arithmetic).
 
     ``session.get_providers()[0]`` is the provider actually used. A forced "cuda" or "tensorrt"
     that ONNX Runtime silently demotes raises instead.
@@ -127,7 +127,7 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
         opts.inter_op_num_threads = 1
     if name in (CUDA, TENSORRT):
         _preload_cuda_dlls()
-    trt = [(TENSORRT, _tensorrt_options(Path(path), fp16))] if name == TENSORRT else []
+    trt = [(TENSORRT, _tensorrt_options(Path(path), precision))] if name == TENSORRT else []
     providers = {CPU: [CPU], CUDA: [CUDA, CPU], TENSORRT: [*trt, CUDA, CPU]}[name]
     session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
     used = session.get_providers()[0]
@@ -137,7 +137,7 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
     return session
 
 
-def _tensorrt_options(path: Path, fp16: bool) -> dict:
+def _tensorrt_options(path: Path, precision: str | None) -> dict:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -148,5 +148,6 @@ def _tensorrt_options(path: Path, fp16: bool) -> dict:
     except OSError as exc:          # the machine's settings, not the graph's fault
         raise RuntimeError(f"cannot create TensorRT's engine cache {cache} ({exc.strerror}); set XDG_CACHE_HOME "
                            "to a writable folder") from None
-    return {"trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+    return {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8_qdq",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}

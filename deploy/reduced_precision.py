@@ -13,14 +13,17 @@ calibration windows and their start noises (maximum over every action, window an
 run it, and the latency budget weighs them like any other kind.
 
 The precisions (:data:`PRECISIONS`): ``int8`` (:mod:`cadence.deploy.int8_export`: ONNX Runtime's
-``MatMulNBits``, the CPU's) and ``fp16`` (:mod:`cadence.deploy.fp16_export`: a float16 graph, a
-GPU's; fitted on ONNX Runtime's CPU provider by default, which runs it with float32 arithmetic
-between float16 tensors, so a GPU's own numbers may differ a little: the budget measures them there).
+``MatMulNBits``, the CPU's), ``fp16`` (:mod:`cadence.deploy.fp16_export`: a float16 graph, a
+GPU's) and ``int8_qdq`` (:mod:`cadence.deploy.int8_qdq_export`: int8 convolutions in QDQ form,
+TensorRT's, calibrated on the denoiser's inputs over the calibration windows). The GPU ones are
+fitted on ONNX Runtime's CPU provider by default, whose arithmetic is not a GPU's, so a GPU's own
+numbers may differ a little: the budget measures them there.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +37,51 @@ from .exported_policy import (DENOISER_INPUTS, ExportedPolicy, build_process, lo
                               reduced_graph, write_spec)
 from .fp16_export import to_fp16
 from .int8_export import BITS, BLOCK, quantize_matmuls
+from .int8_qdq_export import to_int8_qdq
 from .onnx_export import (CHECK_BATCH, PARITY_TOLERANCE, TRACE_BATCH, ExportError, denoiser_inputs, export_graph,
                           max_abs_err)
 from .onnx_providers import create_session
 
 CALIBRATION_WINDOWS = 32    # what `cadence export int8=true` fits on
 MAX_ERROR = 0.005       # default: the 0.5%-of-range bound `cadence bench peer` holds an accurate runtime to
-# precision -> (the fp32 network to export before converting, the converter src.onnx -> dst.onnx,
-#               the entry's fields besides the fit)
-PRECISIONS: dict[str, tuple[Callable, Callable[[Path, Path], None], dict]] = {
-    "int8": (convs_as_matmul, quantize_matmuls, {"bits": BITS, "block": BLOCK}),
-    "fp16": (lambda net: net, to_fp16, {}),
-}
+
+
+@dataclass(frozen=True)
+class Precision:
+    convert: Callable           # (src.onnx, dst.onnx[, feeds]) -> None
+    network: Callable = lambda net: net     # the fp32 network exported before converting
+    fields: dict = field(default_factory=dict)   # the entry's fields besides the fit
+    calibrated: bool = False    # convert also takes the denoiser's inputs on the calibration windows
+
+
+PRECISIONS = {"int8": Precision(quantize_matmuls, convs_as_matmul, {"bits": BITS, "block": BLOCK}),
+              "fp16": Precision(to_fp16),
+              "int8_qdq": Precision(to_int8_qdq, calibrated=True)}
+
+
+class _Recorded:
+    """An ONNX Runtime session that keeps a copy of every feed it runs."""
+
+    def __init__(self, session):
+        self.session, self.feeds = session, []
+
+    def run(self, outputs, feeds):
+        self.feeds.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        return self.session.run(outputs, feeds)
+
+
+def denoiser_feeds(out: Path, windows: Sequence[Mapping[str, np.ndarray]], steps: Sequence[int],
+                   seed: int = 0) -> list[dict]:
+    """The fp32 denoiser's inputs at every sampling step of each window's chunk (start noises as in
+    :func:`fit_last_steps`), for each step count."""
+    policy = load_exported(out, "cpu")
+    recorded = policy.denoiser.session = _Recorded(policy.denoiser.session)
+    for s in steps:
+        policy.process = policy.process.with_steps(s)
+        rng = np.random.default_rng(seed)
+        noises = [rng.standard_normal((1, policy.pred_horizon, policy.action_dim)).astype(np.float32) for _ in windows]
+        chunk_errors(policy, windows, noises)
+    return recorded.feeds
 
 
 def chunk_errors(policy: ExportedPolicy, windows: Sequence[Mapping[str, np.ndarray]], noises: Sequence[np.ndarray],
@@ -119,8 +155,8 @@ def export_reduced(policy: Policy, out_dir: str | Path, precision: str, windows:
     spec = read_spec(out)
     process = build_process(spec["process"])
     steps = check_reduced_options(process, precision, steps, max_error, len(windows))
-    network, convert, fields = PRECISIONS[precision]
-    net = network(copy.deepcopy(policy.denoiser).cpu().float().eval())
+    kind = PRECISIONS[precision]
+    net = kind.network(copy.deepcopy(policy.denoiser).cpu().float().eval())
     gen = torch.Generator().manual_seed(0)
     dims = (spec["pred_horizon"], spec["action_dim"], spec["cond_dim"])
     trace = tuple(denoiser_inputs(process, *dims, TRACE_BATCH, gen).values())
@@ -138,11 +174,14 @@ def export_reduced(policy: Policy, out_dir: str | Path, precision: str, windows:
         if not error <= PARITY_TOLERANCE * scale:
             raise ExportError(f"{fp32_file}: the graph to convert differs from PyTorch by {error:.3g}; "
                               f"no {precision} graph")
-        convert(fp32_file, out / file)
+        if kind.calibrated:
+            kind.convert(fp32_file, out / file, denoiser_feeds(out, windows, steps))
+        else:
+            kind.convert(fp32_file, out / file)
     finally:
         fp32_file.unlink(missing_ok=True)
     spec["graphs"][graph] = {"file": file, "inputs": DENOISER_INPUTS, "outputs": outputs}
-    spec[precision] = {**fields, "max_error": float(max_error), "windows": len(windows), "last_steps": {}}
+    spec[precision] = {**kind.fields, "max_error": float(max_error), "windows": len(windows), "last_steps": {}}
     write_spec(out, spec)           # valid with no fitted step count yet: the runtime then refuses every one
     exported = load_exported(out, provider, threads, precision=precision)
     for s in tqdm(steps, desc=f"fitting {precision} steps", disable=echo is None):

@@ -16,9 +16,9 @@ torch-fp16, torch-bf16, onnx-cpu, onnx-cpu-precond (the export's precomputed-con
 onnx-cpu-int8 (the export's 8-bit denoiser for the last sampling steps it was fitted for, see
 :mod:`cadence.deploy.reduced_precision`), onnx-cpu-loop (the export's whole sampling loop as one graph,
 at a step count it has one for, see :mod:`cadence.deploy.loop_graph`), onnx-cuda, onnx-cuda-fp16 (the
-export's float16 denoiser for its fitted last steps), onnx-cuda-loop, onnx-tensorrt and
-onnx-tensorrt-fp16 (the fp32 graphs, and the float16 one for its last steps, through ONNX Runtime's
-TensorRT provider).
+export's float16 denoiser for its fitted last steps), onnx-cuda-loop, onnx-tensorrt,
+onnx-tensorrt-fp16 and onnx-tensorrt-int8 (the fp32 graphs, and the float16 / QDQ int8 one for its
+last steps, through ONNX Runtime's TensorRT provider).
 On a CPU: torch-eager, torch-precond, onnx-cpu, onnx-cpu-precond, onnx-cpu-int8 and onnx-cpu-loop
 always (the export must have the graphs),
 torch-compile where a C++ compiler is present (inductor), torch-bf16 where the CPU has native
@@ -46,9 +46,10 @@ from .onnx_providers import CUDA, TENSORRT, cuda_unavailable_reason, tensorrt_un
 
 KINDS = ("torch-eager", "torch-precond", "torch-compile", "torch-cudagraph", "torch-fp16", "torch-bf16", "onnx-cpu",
          "onnx-cpu-precond", "onnx-cpu-int8", "onnx-cpu-loop", "onnx-cuda", "onnx-cuda-fp16", "onnx-cuda-loop",
-         "onnx-tensorrt", "onnx-tensorrt-fp16", "torch-cudagraph-loop")
+         "onnx-tensorrt", "onnx-tensorrt-fp16", "onnx-tensorrt-int8", "torch-cudagraph-loop")
 LOOP_KINDS = ("onnx-cpu-loop", "onnx-cuda-loop")     # the export's whole-loop graph, at the steps it has one for
-REDUCED_KINDS = {"onnx-cpu-int8": "int8", "onnx-cuda-fp16": "fp16", "onnx-tensorrt-fp16": "fp16"}   # kind -> precision
+REDUCED_KINDS = {"onnx-cpu-int8": "int8", "onnx-cuda-fp16": "fp16", "onnx-tensorrt-fp16": "fp16",   # kind -> precision
+                 "onnx-tensorrt-int8": "int8_qdq"}
 MODES = ("eager", "compile", "cudagraph", "cudagraph-loop")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -422,7 +423,7 @@ def available_runtime_kinds() -> list[str]:
     if cuda_unavailable_reason() is None:
         kinds += ["onnx-cuda", "onnx-cuda-fp16", "onnx-cuda-loop"]
     if tensorrt_unavailable_reason() is None:
-        kinds += ["onnx-tensorrt", "onnx-tensorrt-fp16"]
+        kinds += ["onnx-tensorrt", "onnx-tensorrt-fp16", "onnx-tensorrt-int8"]
     return kinds
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 RUNTIME_KINDS = ("torch-eager", "torch-compile", "torch-cudagraph", "torch-cudagraph-loop", "torch-fp16", "torch-bf16",
-                 "onnx-cuda", "onnx-cuda-fp16", "onnx-cuda-loop", "onnx-tensorrt", "onnx-tensorrt-fp16")
+                 "onnx-cuda", "onnx-cuda-fp16", "onnx-cuda-loop", "onnx-tensorrt", "onnx-tensorrt-fp16",
+                 "onnx-tensorrt-int8")
 STEPS, CHUNKS = 10, 20
 
 
@@ -35,7 +36,8 @@ def plan() -> list[str]:
     """What a run checks, one line each (what the dry run prints)."""
     return [*(f"runtime {k}: DDIM-{STEPS} chunk, batch 1, {CHUNKS} timed, action error vs CPU fp32 eager"
               for k in RUNTIME_KINDS),
-            "the float16 denoiser's last steps fitted on the GPU (0.5% of the action range, 8 windows) first",
+            "the float16 denoiser's last steps fitted on the GPU, the QDQ int8 one's on the CPU (0.5% of the "
+            "action range, 8 windows) first",
             "nccl: `cadence bench scale` on the default task, one process per GPU (up to 2), fp32 and bf16"]
 
 
@@ -53,8 +55,9 @@ def _runtime_rows(out: Path) -> list[dict]:
     policy = cadence_policy(case, 0)
     export = export_policy_onnx(policy, out / "onnx-lowdim", echo=None)
     export_loop(policy, export, [STEPS], echo=None)         # onnx-cuda-loop: the whole DDIM-10 loop, one graph
-    export_reduced(policy, export, "fp16", [observation(case, 1 + i) for i in range(8)], steps=[STEPS],
-                   provider="cuda", echo=print)             # onnx-*-fp16: fitted on the GPU's own numbers
+    windows = [observation(case, 1 + i) for i in range(8)]
+    export_reduced(policy, export, "fp16", windows, steps=[STEPS], provider="cuda", echo=print)   # the GPU's numbers
+    export_reduced(policy, export, "int8_qdq", windows, steps=[STEPS], echo=print)
     obs = observation(case, 0)
     noise = np.random.default_rng(0).standard_normal((1, case["pred_horizon"], case["action_dim"])).astype(np.float32)
     reference = build_runtime("torch-eager", policy, sample_steps=STEPS, device="cpu").predict(obs, noise)

@@ -192,7 +192,7 @@ def test_a_process_of_your_own_trains_exports_and_runs_through_a_plugin(trained)
 
 
 def test_export_int8_and_fp16_refuse_a_bad_bound_before_writing(trained):
-    for precision in ("int8", "fp16"):
+    for precision in ("int8", "fp16", "int8_qdq"):
         bad = cadence("export", "checkpoint=runs/tiny", f"{precision}=true", f"{precision}_max_error=2", "out_dir=bad",
                       cwd=trained, check=False)
         assert bad.returncode == 1 and f"{precision}_max_error" in bad.stderr

@@ -173,18 +173,19 @@ def test_tensorrt_engines_are_cached_per_graph_content(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     graph = tmp_path / "denoiser.onnx"
     graph.write_bytes(b"weights one")
-    first = onnx_providers._tensorrt_options(graph, fp16=False)
+    first = onnx_providers._tensorrt_options(graph, None)
     graph.write_bytes(b"weights two")
-    second = onnx_providers._tensorrt_options(graph, fp16=True)
+    second = onnx_providers._tensorrt_options(graph, "fp16")
     assert first["trt_engine_cache_path"] != second["trt_engine_cache_path"]
     assert Path(first["trt_engine_cache_path"]).parent == tmp_path / "cache" / "cadence" / "tensorrt"
-    assert (first["trt_fp16_enable"], second["trt_fp16_enable"]) == (False, True)
+    assert (first["trt_fp16_enable"], second["trt_fp16_enable"], second["trt_int8_enable"]) == (False, True, False)
+    assert onnx_providers._tensorrt_options(graph, "int8_qdq")["trt_int8_enable"]
     graph.write_bytes(b"weights one")
-    assert onnx_providers._tensorrt_options(graph, fp16=False) == first
+    assert onnx_providers._tensorrt_options(graph, None) == first
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
     with pytest.raises(RuntimeError, match="cannot create TensorRT's engine cache .*a-file.*XDG_CACHE_HOME"):
-        onnx_providers._tensorrt_options(graph, fp16=False)
+        onnx_providers._tensorrt_options(graph, None)
 
 
 def test_available_kinds_and_factory(ddpm):
