@@ -18,10 +18,12 @@ def export_control(train_cfg) -> dict | None:
     return {"fps": float(fps), "exec_horizon": int(train_cfg.policy.exec_horizon)} if fps else None
 
 
-def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str], None] | None) -> None:
+def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str], None] | None,
+                        opset: int = 18) -> None:
     """The run's value verifier (``cadence verifier train``), if it has one, checked against this
-    policy and written to ``out_dir/verifier``: search with ``value`` then runs beside the exported
-    graphs (a small MLP on the host, like the sampling loop)."""
+    policy and written to ``out_dir/verifier`` with its network as an ONNX graph (``value.onnx``):
+    search with ``value`` then runs beside the exported graphs (cadence.deploy.value_graph)."""
+    from cadence.deploy.value_graph import export_value_graph
     from cadence.policies.value_verifier import VerifierError, load_value, save_value
 
     if not (source / "verifier.json").is_file():
@@ -34,6 +36,7 @@ def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str
     info = {k: v for k, v in verifier.info.items() if k not in ("format", "cond_dim", "plan_steps", "action_dim",
                                                                    "hidden", "action_low", "action_high")}
     save_value(model, info, out_dir / "verifier")
+    export_value_graph(model, out_dir / "verifier", opset)
     if echo:
         echo(f"value verifier -> {out_dir / 'verifier'}")
 
@@ -61,7 +64,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, opset
     export_policy_onnx(policy, out_dir, source=str(ckpt), obs_shapes=meta["obs_shapes"], step=meta.get("step"),
                        weights_sha256=weights_sha256(ckpt), opset=opset, control=export_control(cfg), echo=echo,
                        precond=precond)
-    copy_value_verifier(ckpt.parent / "verifier", Path(out_dir), policy, echo)
+    copy_value_verifier(ckpt.parent / "verifier", Path(out_dir), policy, echo, opset)
     if loop_steps:
         export_loop(policy, out_dir, loop_steps, opset=opset, echo=echo)
     if reduced:

@@ -139,10 +139,14 @@ def _quiet():
 
 
 def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                  output_names: list[str], opset: int, batched: Sequence[bool] | None = None) -> None:
-    """``batched``: which inputs have the (dynamic) batch as dimension 0; default all."""
-    batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple = tuple({0: batch} if b else {} for b in (batched or [True] * len(args)))
+                  output_names: list[str], opset: int, batched: Sequence[bool] | None = None,
+                  dims: Sequence[Mapping[int, str]] | None = None) -> None:
+    """``batched``: which inputs have the (dynamic) batch as dimension 0; default all. ``dims``
+    instead: each input's dynamic dimensions by name (one name, one size across inputs)."""
+    if dims is None:
+        dims = [{0: "batch"} if b else {} for b in (batched or [True] * len(args))]
+    named = {name: torch.export.Dim(name, min=1) for d in dims for name in d.values()}
+    dynamic: tuple = tuple({axis: named[name] for axis, name in d.items()} for d in dims)
     if isinstance(module, _EncoderGraph):
         dynamic = (dynamic,)        # forward(*obs): one varargs parameter
     tmp = path.with_name(path.name + ".tmp")

@@ -15,6 +15,7 @@ from . import budget as budget_mod
 from .exported_policy import read_spec
 from .loop_graph import exported_loop_steps
 from .runtimes import LOOP_KINDS, REDUCED_KINDS, available_runtime_kinds, build_runtime
+from .value_graph import for_runtime
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def select_runtime(policy, budget_cfg, budget_ms: float, observations: Sequence[
         runtime = build_runtime(c.kind, policy, export_dir, c.sample_steps, device, threads=threads,
                                 block_cache=c.cache != "none")
         if c.candidates > 1:
-            runtime.policy.search = SearchSettings(c.candidates, "best_of", verifier or "consensus")
+            runtime.policy.search = SearchSettings(c.candidates, "best_of",
+                                                   for_runtime(verifier, runtime, export_dir, threads) or "consensus")
         return runtime
 
     reference = build_runtime("torch-eager", policy, export_dir,

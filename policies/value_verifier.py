@@ -79,8 +79,11 @@ class ValueVerifier:
         if plans.shape[2:] != (self.model.plan_steps, self.model.action_dim):
             raise ValueError(f"the value verifier was trained on plans of {self.model.plan_steps} x "
                              f"{self.model.action_dim} actions, the policy's are {tuple(plans.shape[2:])}")
-        model = self.model.to(chunks.device)
-        return model(context.cond.to(chunks), plans).to(chunks.dtype)
+        return self.score(context.cond.to(chunks), plans).to(chunks.dtype)
+
+    def score(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+        """cond (B, C), plans (B, K, P, Da) -> (B, K), on the tensors' device."""
+        return self.model.to(plans.device)(cond, plans)
 
 
 def save_value(model: ChunkValue, info: dict, folder: str | Path) -> Path:

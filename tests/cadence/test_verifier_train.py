@@ -119,6 +119,8 @@ def test_an_export_carries_the_value_verifier_and_searches_with_it(tiny_store, t
     from cadence.checkpoint import load_policy
     policy, _, _ = load_policy(run_dir)
     obs = {"state": torch.randn(2, policy.obs_horizon, 6)}
-    kept = [search_chunk(p, obs, SearchSettings(4, verifier=load_value(folder)), generator=torch.Generator().manual_seed(1))
-            for p, folder in ((onnx_policy, export_dir / "verifier"), (policy, run_dir / "verifier"))]
-    assert torch.allclose(kept[0], kept[1], atol=1e-4)
+    from cadence.deploy.value_graph import load_value_graph
+    kept = [search_chunk(p, obs, SearchSettings(4, verifier=verifier), generator=torch.Generator().manual_seed(1))
+            for p, verifier in ((onnx_policy, load_value(export_dir / "verifier")), (policy, load_value(run_dir / "verifier")),
+                                (onnx_policy, load_value_graph(export_dir / "verifier", "cpu")))]
+    assert torch.allclose(kept[0], kept[1], atol=1e-4) and torch.allclose(kept[2], kept[1], atol=1e-4)
