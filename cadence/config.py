@@ -244,6 +244,7 @@ class VerifierTrainApp:
     batch_envs: int = 50                     # episodes rolled out side by side
     async_envs: bool = False                 # simulators in worker processes
     hidden: int = 256                        # the MLP's width
+    centered: bool = False                   # also give each candidate minus the mean of the K
     steps: int = 3000                        # optimizer steps
     batch_size: int = 256                    # observations per step (each with its K candidates)
     lr: float = 1e-3

@@ -34,7 +34,8 @@ def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str
         raise VerifierError(f"{source}: a value verifier for conditioning {model.cond_dim} and plans of "
                             f"{model.plan_steps} x {model.action_dim}, not this policy's")
     info = {k: v for k, v in verifier.info.items() if k not in ("format", "cond_dim", "plan_steps", "action_dim",
-                                                                   "hidden", "action_low", "action_high")}
+                                                                   "hidden", "centered", "action_low",
+                                                                   "action_high")}
     save_value(model, info, out_dir / "verifier")
     export_value_graph(model, out_dir / "verifier", opset)
     if echo:

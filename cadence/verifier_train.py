@@ -123,10 +123,10 @@ def ranking_metrics(model: ChunkValue, data: Candidates) -> dict:
 
 
 def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, seed: int,
-        action_low: list[float], action_high: list[float], progress: bool) -> ChunkValue:
+        action_low: list[float], action_high: list[float], progress: bool, centered: bool = False) -> ChunkValue:
     torch.manual_seed(seed)
     n, _, p, da = train.plans.shape
-    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high)
+    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high, centered)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
@@ -219,7 +219,7 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()
                  for v in (-1.0, 1.0))
     model = fit(train, int(cfg.hidden), int(cfg.steps), int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
-                low, high, progress)
+                low, high, progress, bool(cfg.centered))
     info = {"train_seeds": [train_seeds[0], len(train_seeds) + len(val_seeds)], "checkpoint_step": meta["step"],
             "candidates": int(cfg.candidates), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
             "observations": len(train.scores), "policy_success_on_training_seeds": train_success,

@@ -32,22 +32,28 @@ class VerifierError(CadenceError, ValueError):
 
 
 class ChunkValue(nn.Module):
-    """(cond (B, C), plans (B, K, P, Da) in task units) -> scores (B, K), higher better."""
+    """(cond (B, C), plans (B, K, P, Da) in task units) -> scores (B, K), higher better. ``centered``:
+    each candidate is also given as its difference from the mean of the K (what sets it apart
+    from the others, the only part that decides which one is kept)."""
 
     def __init__(self, cond_dim: int, plan_steps: int, action_dim: int, hidden: int,
-                 action_low: list[float], action_high: list[float]):
+                 action_low: list[float], action_high: list[float], centered: bool = False):
         super().__init__()
         self.cond_dim, self.plan_steps, self.action_dim, self.hidden = cond_dim, plan_steps, action_dim, hidden
+        self.centered = centered
         self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32), persistent=False)
-        self.net = nn.Sequential(nn.Linear(cond_dim + plan_steps * action_dim, hidden), nn.Mish(),
+        plan = plan_steps * action_dim * (2 if centered else 1)
+        self.net = nn.Sequential(nn.Linear(cond_dim + plan, hidden), nn.Mish(),
                                  nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
 
     def forward(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         b, k = plans.shape[:2]
-        scaled = 2 * (plans - self.action_low) / (self.action_high - self.action_low).clamp_min(1e-6) - 1
-        x = torch.cat([cond.flatten(1)[:, None].expand(b, k, -1), scaled.flatten(2)], dim=-1)
-        return self.net(x).squeeze(-1)
+        scaled = (2 * (plans - self.action_low) / (self.action_high - self.action_low).clamp_min(1e-6) - 1).flatten(2)
+        parts = [cond.flatten(1)[:, None].expand(b, k, -1), scaled]
+        if self.centered:
+            parts.append(scaled - scaled.mean(dim=1, keepdim=True))
+        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
 class ValueVerifier:
@@ -93,7 +99,8 @@ def save_value(model: ChunkValue, info: dict, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     spec = {"format": FORMAT, "cond_dim": model.cond_dim, "plan_steps": model.plan_steps,
-            "action_dim": model.action_dim, "hidden": model.hidden, "action_low": model.action_low.tolist(),
+            "action_dim": model.action_dim, "hidden": model.hidden, "centered": model.centered,
+            "action_low": model.action_low.tolist(),
             "action_high": model.action_high.tolist(), **info}
     (folder / "verifier.json").write_text(json.dumps(spec, indent=2))
     return folder
@@ -118,15 +125,19 @@ def load_value(folder: str | Path) -> ValueVerifier:
         if not isinstance(values, list) or len(values) != sizes["action_dim"]:
             raise UntrustedFileError(f"{where}: '{name}' must be a list of {sizes['action_dim']} numbers")
         bounds.append([check_number(where, f"{name}[{i}]", v) for i, v in enumerate(values)])
+    centered = spec.get("centered", False)          # verifiers written before the option were not centered
+    if not isinstance(centered, bool):
+        raise UntrustedFileError(f"{where}: 'centered' must be true or false")
     seeds = spec.get("train_seeds")
     if not isinstance(seeds, list) or len(seeds) != 2:
         raise UntrustedFileError(f"{where}: 'train_seeds' must be [first, count]")
     check_int(where, "train_seeds[0]", seeds[0], 0, 2 ** 63)
     check_int(where, "train_seeds[1]", seeds[1], 1, LIMITS["episodes"])
-    weights = sizes["hidden"] * (sizes["cond_dim"] + sizes["plan_steps"] * sizes["action_dim"] + sizes["hidden"] + 3)
+    plan = sizes["plan_steps"] * sizes["action_dim"] * (2 if centered else 1)
+    weights = sizes["hidden"] * (sizes["cond_dim"] + plan + sizes["hidden"] + 3)
     if weights > LIMITS["parameters"] or not math.isfinite(weights):
         raise UntrustedFileError(f"{where}: the sizes build {weights:,} parameters, more than {LIMITS['parameters']:,}")
-    model = ChunkValue(**sizes, action_low=bounds[0], action_high=bounds[1])
+    model = ChunkValue(**sizes, action_low=bounds[0], action_high=bounds[1], centered=centered)
     tensors = load_safetensors(folder / "model.safetensors")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}

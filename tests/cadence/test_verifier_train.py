@@ -37,6 +37,24 @@ def test_the_value_network_learns_the_order_of_candidates():
     assert held["regret"] < 0.5 * held["random_pick_regret"]
 
 
+def test_a_centered_network_sees_what_sets_a_candidate_apart_from_the_others():
+    """Prefer the candidate nearest the mean of its K, around an offset the conditioning does not
+    hold: only the candidate's difference from the others tells."""
+    def near_the_mean(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        offset = torch.rand(n, 1, 1, 1, generator=g) * 1.6 - 0.8
+        plans = offset + (torch.rand(n, 5, 3, 2, generator=g) * 0.4 - 0.2)
+        first = plans[:, :, 0, 0]
+        return Candidates(torch.zeros(n, 4), plans, -(first - first.mean(dim=1, keepdim=True)).abs())
+
+    accuracy = {}
+    for centered in (False, True):
+        model = fit(near_the_mean(2048, 0), hidden=64, steps=400, batch_size=128, lr=3e-3, seed=0,
+                    action_low=[-1.0, -1.0], action_high=[1.0, 1.0], progress=False, centered=centered)
+        accuracy[centered] = ranking_metrics(model, near_the_mean(512, 1))["pairwise_accuracy"]
+    assert accuracy[True] > 0.85 and accuracy[False] < 0.75, accuracy
+
+
 def test_pairs_count_by_their_score_gap():
     from cadence.verifier_train import pairwise_loss
 
@@ -92,7 +110,8 @@ def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
     spec = json.loads((folder / "verifier.json").read_text())
     for key, value, match in [("hidden", 9, "do not match"), ("hidden", 10 ** 9, "hidden"),
                               ("action_low", [0.0], "action_low"), ("train_seeds", [0], "train_seeds"),
-                              ("format", "pickle", "format")]:
+                              ("format", "pickle", "format"), ("centered", "yes", "centered"),
+                              ("centered", True, "do not match")]:      # the weights are for uncentered inputs
         (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))
         with pytest.raises(UntrustedFileError, match=match) as caught:
             load_value(folder)

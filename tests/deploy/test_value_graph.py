@@ -18,9 +18,9 @@ from tests.policies.test_search import obs_tensors
 LOW, HIGH = [-1.5, -1.0], [1.5, 1.5]          # the test policies' action range
 
 
-def write_verifier(folder, cond_dim: int, plan_steps: int = 15, seed: int = 0) -> ChunkValue:
+def write_verifier(folder, cond_dim: int, plan_steps: int = 15, seed: int = 0, centered: bool = False) -> ChunkValue:
     torch.manual_seed(seed)
-    model = ChunkValue(cond_dim, plan_steps, 2, 32, LOW, HIGH)
+    model = ChunkValue(cond_dim, plan_steps, 2, 32, LOW, HIGH, centered)
     save_value(model, {"train_seeds": [0, 10]}, folder)
     export_value_graph(model, folder)
     return model
@@ -31,9 +31,11 @@ def policy():
     return make_policy("ddpm", down_dims=[16, 32])
 
 
-def test_the_graph_scores_like_the_network_at_any_batch_and_candidate_count(tmp_path, policy):
-    model = write_verifier(tmp_path, policy.encoder.out_dim)
+@pytest.mark.parametrize("centered", [False, True])
+def test_the_graph_scores_like_the_network_at_any_batch_and_candidate_count(tmp_path, policy, centered):
+    model = write_verifier(tmp_path, policy.encoder.out_dim, centered=centered)
     graph = load_value_graph(tmp_path, "cpu")
+    assert graph.model.centered is centered
     assert isinstance(graph, OnnxValueVerifier) and graph.provider == "CPUExecutionProvider"
     for batch, k in ((1, 1), (2, 16), (5, 3)):
         cond = torch.randn(batch, model.cond_dim)
