@@ -95,8 +95,10 @@ def for_runtime(verifier, runtime, export_dir: Path | None, threads: int | None 
     from .onnx_providers import CPU
     from .runtimes import OnnxRuntime
 
-    folder = Path(export_dir) / "verifier" if export_dir is not None else None
-    if not isinstance(verifier, ValueVerifier) or not isinstance(runtime, OnnxRuntime) or not has_value_graph(folder):
+    if not isinstance(verifier, ValueVerifier) or not isinstance(runtime, OnnxRuntime) or export_dir is None:
+        return verifier
+    folder = Path(export_dir) / "verifier"
+    if not has_value_graph(folder):
         return verifier
     graph = load_value_graph(folder, "cpu" if runtime.provider == CPU else "cuda", threads)
     mine, theirs = verifier.model.state_dict(), graph.model.state_dict()

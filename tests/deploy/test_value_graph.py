@@ -80,3 +80,4 @@ def test_an_onnx_runtime_searches_with_the_exports_graph_of_the_same_verifier(tm
     assert for_runtime(other, onnx_runtime, export_dir) is other      # not the verifier the export carries
     assert for_runtime("consensus", onnx_runtime, export_dir) == "consensus"
     assert for_runtime(None, onnx_runtime, export_dir) is None
+    assert for_runtime(same, onnx_runtime, None) is same                  # no export to take a graph from
