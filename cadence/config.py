@@ -172,6 +172,7 @@ class SearchConfig:
     radius: float = 0.5                      # zero_order: neighbour noise scale
     trust: float = 1.0                       # the verifier picks among this fraction of the candidates closest
                                              # to the others (consensus's top); 1: among all
+    lookahead_chunks: int = 0                # oracle: also run this many of the policy's own chunks after each candidate
     value: Optional[str] = None              # the value verifier's folder; default <run>/verifier (cadence verifier train)
 
 
@@ -241,6 +242,7 @@ class VerifierTrainApp:
     seed: int = 0
     eval_seed: int = 100_000                 # evaluations start here: training seeds must stay below
     candidates: int = 8                      # K candidates scored per prediction
+    continue_chunks: int = 0                 # label: the candidate's executed actions, then this many of the policy's chunks
     batch_envs: int = 50                     # episodes rolled out side by side
     async_envs: bool = False                 # simulators in worker processes
     hidden: int = 256                        # the MLP's width

@@ -54,7 +54,8 @@ def set_search(policy, search_cfg, checkpoint_dir: Path | None = None, eval_seed
         return
     verifier = resolve_verifier(str(search_cfg.verifier), search_cfg.value, checkpoint_dir, eval_seeds)
     policy.search = SearchSettings(int(search_cfg.candidates), str(search_cfg.method), verifier,
-                                   int(search_cfg.rounds), float(search_cfg.radius), float(search_cfg.get("trust", 1.0)))
+                                   int(search_cfg.rounds), float(search_cfg.radius), float(search_cfg.get("trust", 1.0)),
+                                   int(search_cfg.get("lookahead_chunks", 0)))
 
 
 def measure_latency(policy, obs: dict[str, torch.Tensor], calls: int, warmup: int = 3) -> dict:
@@ -183,7 +184,7 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
         summary["search"] = {"candidates": search.candidates, "method": search.method, "rounds": search.rounds,
                              "verifier": search.verifier if isinstance(search.verifier, str)
                              else getattr(search.verifier, "name", "custom"),
-                             "radius": search.radius}
+                             "radius": search.radius, "trust": search.trust, "lookahead_chunks": search.lookahead_chunks}
     cache = getattr(policy.denoiser, "branch_cache", None)
     if cache is not None and getattr(cache, "active", None) is not None:
         summary["block_cache"] = {"method": cache.active.method, "updates": cache.active.budget,

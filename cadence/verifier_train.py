@@ -5,7 +5,10 @@
    prediction K candidates are sampled from random start noises (the observation encoded once),
    each candidate's actions from now to the chunk's end are scored in a copy of the simulator
    (the oracle's lookahead: success, failure, else progress), and the policy's own first sample
-   is executed, so the states are the ones the plain policy visits.
+   is executed, so the states are the ones the plain policy visits. With ``continue_chunks`` = M
+   > 0 the label looks further: the candidate's first ``exec_horizon`` actions (those the
+   controller runs of it) and then M chunks of the policy itself (the candidates of one
+   observation continued from the same start noises), scored where the last leaves the episode.
 2. Fit :class:`~cadence.policies.value_verifier.ChunkValue` to order each observation's
    candidates as their scores do (pairwise logistic loss over the candidates of one observation,
    each pair weighted by its score gap up to 1; ties ignored), on the first ``episodes`` seeds; the last ``val_episodes`` are held out.
@@ -30,7 +33,7 @@ from tqdm.auto import tqdm
 from cadence.envs.rollout import rollout
 from cadence.envs.task_env import make_env
 from cadence.policies.action_chunk import ActionChunk
-from cadence.policies.search import CandidateSampler
+from cadence.policies.search import CandidateSampler, continuation
 from cadence.policies.value_verifier import ChunkValue, VerifierError, save_value
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,11 @@ class CandidateRecorder:
 
     uses_lookahead = True
 
-    def __init__(self, policy, candidates: int, generator: torch.Generator):
+    def __init__(self, policy, candidates: int, generator: torch.Generator, continue_chunks: int = 0):
         self.policy, self.k, self.generator = policy, candidates, generator
+        self.continue_chunks = continue_chunks
+        # continuations draw from their own stream: the candidates and the executed samples stay those of continue_chunks=0
+        self.follow = continuation(policy, torch.Generator().manual_seed(generator.initial_seed() + 2 ** 32))
         self.parts: list[Candidates] = []
 
     def reset(self) -> None:
@@ -67,7 +73,8 @@ class CandidateRecorder:
         chunks = sample(torch.randn(shape, generator=self.generator).to(sample.cond.device))
         start = self.policy.obs_horizon - 1
         plans = chunks[:, :, start:].detach().to("cpu", torch.float32)
-        scores = torch.as_tensor(np.asarray(lookahead(plans.numpy())), dtype=torch.float32)
+        more = {"continue_with": self.follow, "chunks": self.continue_chunks} if self.continue_chunks else {}
+        scores = torch.as_tensor(np.asarray(lookahead(plans.numpy(), **more)), dtype=torch.float32)
         self.parts.append(Candidates(sample.cond.detach().cpu().float(), plans, scores))
         own = torch.zeros(sample.batch, dtype=torch.long, device=chunks.device)   # noise 0's sample, as the policy picks it
         if sample.confidence is not None:
@@ -76,10 +83,10 @@ class CandidateRecorder:
 
 
 def collect(policy, train_cfg, seeds: list[int], candidates: int, batch_envs: int, async_envs: bool,
-            seed: int, progress: bool) -> tuple[Candidates, float]:
+            seed: int, progress: bool, continue_chunks: int = 0) -> tuple[Candidates, float]:
     """The candidates of every prediction on ``seeds``, and the episodes' success rate."""
-    recorder = CandidateRecorder(policy, candidates, torch.Generator().manual_seed(seed))
     p = train_cfg.policy
+    recorder = CandidateRecorder(policy, candidates, torch.Generator().manual_seed(seed), continue_chunks)
     successes = []
     waves = [seeds[i: i + batch_envs] for i in range(0, len(seeds), batch_envs)]
     for wave in tqdm(waves, desc="verifier rollouts", unit="wave", disable=not progress):
@@ -154,7 +161,7 @@ def save_candidates(out: Path, train: Candidates, val: Candidates | None, succes
                if data is not None for field in ("cond", "plans", "scores")}
     save_file(tensors, str(out / CANDIDATES_FILE), metadata={
         "seed": str(cfg.seed), "episodes": str(cfg.episodes), "val_episodes": str(cfg.val_episodes),
-        "candidates": str(cfg.candidates), "success": str(success)})
+        "candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks), "success": str(success)})
 
 
 def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int) -> tuple[Candidates, Candidates | None, float]:
@@ -169,8 +176,8 @@ def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int) -> tup
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     wanted = {"seed": str(cfg.seed), "episodes": str(n_train), "val_episodes": str(n_val),
-              "candidates": str(cfg.candidates)}
-    if any(meta.get(k) != v for k, v in wanted.items()):
+              "candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks)}
+    if any(meta.get(k, "0" if k == "continue_chunks" else None) != v for k, v in wanted.items()):
         raise VerifierError(f"{path}: collected with {meta}, not {wanted}; collect again (refit=false)")
     parts = [Candidates(*(tensors.get(f"{part}.{f}") for f in ("cond", "plans", "scores"))) for part in ("train", "val")]
     if parts[0].cond is None:
@@ -195,6 +202,8 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     train_seeds, val_seeds = check_seeds(cfg)
     if int(cfg.candidates) < 2:
         raise VerifierError(f"candidates must be >= 2 (a ranking needs two), got {cfg.candidates}")
+    if int(cfg.continue_chunks) < 0:
+        raise VerifierError(f"continue_chunks must be >= 0, got {cfg.continue_chunks}")
     device = resolve_device(cfg.device)
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     policy, train_cfg, meta = load_policy(ckpt, device)
@@ -209,10 +218,11 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
         train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds))
     else:
         with torch.no_grad():
-            train, train_success = collect(policy, train_cfg, train_seeds, int(cfg.candidates), int(cfg.batch_envs),
-                                           bool(cfg.async_envs), int(cfg.seed), progress)
-            val = collect(policy, train_cfg, val_seeds, int(cfg.candidates), int(cfg.batch_envs),
-                          bool(cfg.async_envs), int(cfg.seed) + 1, progress)[0] if val_seeds else None
+            how = (int(cfg.candidates), int(cfg.batch_envs), bool(cfg.async_envs))
+            train, train_success = collect(policy, train_cfg, train_seeds, *how, int(cfg.seed), progress,
+                                           int(cfg.continue_chunks))
+            val = collect(policy, train_cfg, val_seeds, *how, int(cfg.seed) + 1, progress,
+                          int(cfg.continue_chunks))[0] if val_seeds else None
         save_candidates(out, train, val, train_success, cfg)
     collect_s = time.perf_counter() - started
     norm = policy.normalizer
@@ -221,7 +231,7 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     model = fit(train, int(cfg.hidden), int(cfg.steps), int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
                 low, high, progress, bool(cfg.centered))
     info = {"train_seeds": [train_seeds[0], len(train_seeds) + len(val_seeds)], "checkpoint_step": meta["step"],
-            "candidates": int(cfg.candidates), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
+            "candidates": int(cfg.candidates), "continue_chunks": int(cfg.continue_chunks), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
             "observations": len(train.scores), "policy_success_on_training_seeds": train_success,
             "collect_seconds": round(collect_s, 1), "fit_seconds": round(time.perf_counter() - started - collect_s, 1),
             "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None}

@@ -13,8 +13,16 @@ An env that supports lookahead has three methods:
 (the real env is never stepped, so the episode goes on exactly as before) and scores it
 :data:`SUCCESS` if the episode succeeds during the plan, :data:`FAILURE` if it ends otherwise
 (e.g. a collision), else the progress where the plan leaves it.
+
+:func:`run_branches` is the step under it: each plan run from a snapshot, returning its score, whether
+the episode ended, its last observations and its state after, so that a caller can go on from
+there (the policy's own next chunks after a candidate: :func:`cadence.envs.rollout.rollout`'s
+``lookahead(plans, continue_with=..., chunks=...)``).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -39,24 +47,61 @@ def lookahead_base(env: gym.Env) -> gym.Env:
     return base
 
 
+@dataclass
+class Branch:
+    """Where one plan left a scratch env: its score (:data:`SUCCESS`, :data:`FAILURE` or the progress),
+    whether the episode ended during it, the last observations of ``obs_keys`` (key -> (n, ...), n <=
+    ``keep``, oldest first) and the env's state after it (None if it ended)."""
+    score: float
+    ended: bool
+    obs: dict[str, np.ndarray]
+    state: Any
+
+
 def score_plans(env: gym.Env, scratch: gym.Env, plans: np.ndarray) -> np.ndarray:
     """``plans`` (K, T, Da) in the task's units -> scores (K,), each plan run in ``scratch`` from ``env``'s state."""
     state = lookahead_base(env).snapshot()
-    scratch = lookahead_base(scratch)
-    scores = np.empty(len(plans))
-    for k, plan in enumerate(np.asarray(plans)):
-        scratch.restore(state)
-        scores[k] = _score(scratch, plan)
-    return scores
+    return np.array([b.score for b in run_branches(scratch, [state] * len(plans), plans)])
 
 
-def _score(env: gym.Env, plan: np.ndarray) -> float:
-    for action in plan:
-        _, _, terminated, truncated, info = env.step(action)
-        if info.get("is_success", False):
-            return SUCCESS
-        if terminated:
-            return FAILURE
-        if truncated:
-            break
-    return float(env.progress())
+def run_branches(scratch: gym.Env, states: Sequence[Any], plans: np.ndarray, obs_keys: Sequence[str] = (),
+                 keep: int = 0) -> list[Branch]:
+    """Plan k (of (K, T, Da), task units) run in ``scratch`` from snapshot ``states[k]``; keeps the last
+    ``keep`` observations of ``obs_keys`` and the state each plan ends in."""
+    base = lookahead_base(scratch)
+    wrappers = _observation_wrappers(scratch)
+    branches = []
+    for state, plan in zip(states, np.asarray(plans)):
+        base.restore(state)
+        tail: list[dict] = []
+        score, ended = None, False
+        for action in plan:
+            obs, _, terminated, truncated, info = base.step(action)
+            if keep:
+                for wrapper in wrappers:
+                    obs = wrapper.observation(obs)
+                obs = obs if isinstance(obs, dict) else {"obs": obs}
+                tail = (tail + [{k: np.asarray(obs[k]) for k in obs_keys}])[-keep:]
+            if info.get("is_success", False):
+                score, ended = SUCCESS, True
+            elif terminated:
+                score, ended = FAILURE, True
+            if ended or truncated:
+                ended = True
+                break
+        obs_tail = {k: np.stack([o[k] for o in tail]) for k in obs_keys} if tail else {}
+        branches.append(Branch(float(base.progress()) if score is None else score, ended, obs_tail,
+                               None if ended else base.snapshot()))
+    return branches
+
+
+def _observation_wrappers(env: gym.Env) -> list[gym.ObservationWrapper]:
+    """``env``'s observation wrappers, innermost first: the base env is stepped directly (its own
+    wrappers keep state, e.g. a time limit's step count, that a snapshot does not hold), and its
+    observations are passed through these as ``env.step`` would."""
+    wrappers = []
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.ObservationWrapper):
+            wrappers.append(env)
+        env = env.env
+    return wrappers[::-1]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cadence.envs.lookahead import score_plans
+from cadence.envs.lookahead import lookahead_base, run_branches, score_plans
 
 __all__ = ["RolloutResult", "rollout", "vector_env"]
 
@@ -122,12 +122,15 @@ class _RolloutEnv(gym.Wrapper):
     """A rollout's sub-env. ``frame()``: the env's render as uint8 while ``filming`` is set, else
     None (nothing rendered). ``score_plans()``: the scores of ``plans`` (K, T, Da), each run in a
     scratch env of the same task from this env's state (:mod:`cadence.envs.lookahead`; made on
-    first use). Methods of the env, so a vector env's ``call`` reaches them in a worker process too."""
+    first use); ``run_branches()`` the :class:`~cadence.envs.lookahead.Branch` of each of ``branches``'
+    plans, from their snapshots (None: this env's state). Methods of the env, so a vector env's
+    ``call`` reaches them in a worker process too."""
 
     def __init__(self, make_env: Callable[[], gym.Env], filming: bool):
         super().__init__(make_env())
         self.make_env, self.filming = make_env, filming
         self.plans: np.ndarray | None = None
+        self.branches: tuple | None = None      # (states, plans, obs_keys, keep) for run_branches
         self._scratch: gym.Env | None = None
 
     def frame(self) -> np.ndarray | None:
@@ -141,14 +144,25 @@ class _RolloutEnv(gym.Wrapper):
         frame = np.asarray(frame)
         return frame if frame.dtype == np.uint8 else np.clip(frame, 0, 255).astype(np.uint8)
 
-    def score_plans(self) -> np.ndarray | None:
-        if self.plans is None:
-            return None
+    def scratch(self) -> gym.Env:
         if self._scratch is None:
             self._scratch = self.make_env()
             self._scratch.reset(seed=0)
+        return self._scratch
+
+    def score_plans(self) -> np.ndarray | None:
+        if self.plans is None:
+            return None
         plans, self.plans = self.plans, None
-        return score_plans(self.env, self._scratch, plans)
+        return score_plans(self.env, self.scratch(), plans)
+
+    def run_branches(self) -> list | None:
+        if self.branches is None:
+            return None
+        (states, plans, obs_keys, keep), self.branches = self.branches, None
+        if states is None:
+            states = [lookahead_base(self.env).snapshot()] * len(plans)
+        return run_branches(self.scratch(), states, plans, obs_keys, keep)
 
     def close(self):
         if self._scratch is not None:
@@ -156,15 +170,60 @@ class _RolloutEnv(gym.Wrapper):
         super().close()
 
 
-def _lookahead(envs: gym.vector.VectorEnv, rows: np.ndarray, plans: np.ndarray) -> np.ndarray:
+def _lookahead(envs: gym.vector.VectorEnv, rows: np.ndarray, history: dict[str, np.ndarray], exec_horizon: int,
+               device: torch.device, plans: np.ndarray, continue_with: Callable | None = None,
+               chunks: int = 0) -> np.ndarray:
     """Scores (B, K) of plans (B, K, T, Da) for the sub-envs ``rows``, each scored in its own env
-    (in parallel in an async vector env's workers)."""
-    per_env: list[np.ndarray | None] = [None] * envs.num_envs
-    for j, i in enumerate(rows):
-        per_env[i] = plans[j]
-    envs.set_attr("plans", per_env)
-    scores = envs.call("score_plans")
-    return np.stack([scores[i] for i in rows])
+    (in parallel in an async vector env's workers). With ``chunks`` > 0 a plan's first
+    ``exec_horizon`` actions run (those the rollout runs of a chunk), then ``chunks`` chunks of
+    ``continue_with`` (a ``predict_chunk``-like callable of the observations (N, To, ...) and ``group``
+    (N,): the row b of ``plans`` each continuation follows; returns an ActionChunk), ``exec_horizon``
+    actions of each; the score is where the last leaves the episode. ``history``: the rows'
+    observations (B, To, ...) now."""
+    if chunks <= 0:
+        per_env: list[np.ndarray | None] = [None] * envs.num_envs
+        for j, i in enumerate(rows):
+            per_env[i] = plans[j]
+        envs.set_attr("plans", per_env)
+        scores = envs.call("score_plans")
+        return np.stack([scores[i] for i in rows])
+    keys = list(history)
+    to = next(iter(history.values())).shape[1]
+    b, k = plans.shape[:2]
+    branches = _branch(envs, rows, {j: (None, plans[j, :, :exec_horizon]) for j in range(b)}, keys, to)
+    seen = [[{key: history[key][j] for key in keys}] * k for j in range(b)]    # each branch's last To observations
+    for _ in range(chunks):
+        alive = [(j, c) for j in range(b) for c in range(k) if not branches[j][c].ended]
+        if not alive:
+            break
+        for j, c in alive:
+            tail = branches[j][c].obs
+            seen[j][c] = {key: np.concatenate([seen[j][c][key], tail[key]])[-to:] for key in keys} if tail else seen[j][c]
+        batch = {key: _to_tensor(np.stack([seen[j][c][key] for j, c in alive]), device) for key in keys}
+        chunk = continue_with(batch, group=np.array([j for j, _ in alive]))
+        actions = chunk.executable(exec_horizon).detach().to("cpu", torch.float32).numpy()
+        work: dict[int, list[int]] = {}
+        for j, c in alive:
+            work.setdefault(j, []).append(c)
+        at = {pair: i for i, pair in enumerate(alive)}
+        ran = _branch(envs, rows, {j: ([branches[j][c].state for c in cs], actions[[at[j, c] for c in cs]])
+                                   for j, cs in work.items()}, keys, to)
+        for j, cs in work.items():
+            for c, branch in zip(cs, ran[j]):
+                branches[j][c] = branch
+    return np.array([[branch.score for branch in branches[j]] for j in range(b)])
+
+
+def _branch(envs: gym.vector.VectorEnv, rows: np.ndarray, work: dict[int, tuple], keys: list[str],
+            keep: int) -> dict[int, list]:
+    """``work``: plan row j -> (snapshots or None for the env's state, plans (n, T, Da)), run in sub-env
+    ``rows[j]``; returns row j -> its branches."""
+    per_env: list[tuple | None] = [None] * envs.num_envs
+    for j, (states, plans) in work.items():
+        per_env[rows[j]] = (states, plans, keys, keep)
+    envs.set_attr("branches", per_env)
+    ran = envs.call("run_branches")
+    return {j: ran[rows[j]] for j in work}
 
 
 def vector_env(make_env: Callable[[], gym.Env], n: int, n_video: int = 0, async_envs: bool = False,
@@ -293,7 +352,8 @@ def rollout(policy, make_env: Callable[[], gym.Env] | None, seeds: Sequence[int]
                 batch = {k: _to_tensor(history[k][running], device) for k in obs_keys}
                 extra = {}
                 if lookahead:
-                    extra["lookahead"] = partial(_lookahead, envs, running)
+                    extra["lookahead"] = partial(_lookahead, envs, running, {k: history[k][running] for k in obs_keys},
+                                                 exec_horizon, device)
                 if plan is not None:
                     extra["previous"] = plan[kept]
                 chunk = policy.predict_chunk(batch, **extra)

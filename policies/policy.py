@@ -55,6 +55,12 @@ class Policy(nn.Module):
             from .search import search_chunk
             actions = search_chunk(self, obs, self.search, generator, noise, prefix, previous, lookahead)
             return ActionChunk(actions, start=self.obs_horizon - 1)
+        return self.sample_chunk(obs, generator, noise, prefix)
+
+    @torch.no_grad()
+    def sample_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+                     noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> ActionChunk:
+        """One chunk sampled without search (what ``predict_chunk`` does when ``search`` is off)."""
         cond = self.encoder(obs, self.normalizer)
         shape = (cond.shape[0], self.pred_horizon, self.action_dim)
         known = None if prefix is None else self.known_actions(prefix, shape, cond.device)

@@ -29,7 +29,11 @@ better. Built in, needing no training:
 And ``oracle``, not deployable (a robot has no copy of the world; it measures the headroom):
 each candidate's actions from ``start`` to the chunk's end run in a copy of the simulator from
 the current state, scored by the task (:mod:`cadence.envs.lookahead`: success, failure, else
-progress). It needs ``context.lookahead``, which a simulated rollout gives.
+progress). It needs ``context.lookahead``, which a simulated rollout gives. With
+``lookahead_chunks`` = M > 0 it looks further: each candidate's first actions (those the rollout
+runs of a chunk), then M chunks of the policy's own sampling (the candidates of one observation
+continued from the same start noises, so that they differ by the candidate, not by the
+continuation's luck), scored where the last leaves the episode.
 
 Candidates of a stateful process (streaming: a rolling buffer per batch row) cannot be drawn
 side by side; search refuses it.
@@ -60,6 +64,8 @@ class SearchContext:
     lookahead: Callable[[np.ndarray], np.ndarray] | None = None
     cond: torch.Tensor | None = None
     confidence: torch.Tensor | None = None
+    lookahead_chunks: int = 0
+    continue_with: Callable | None = None      # the policy's own chunks after a candidate (see continuation)
 
 
 Verifier = Callable[[torch.Tensor, SearchContext], torch.Tensor]
@@ -91,7 +97,8 @@ def oracle(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
         raise ValueError("search.verifier=oracle runs each candidate in a copy of the simulator, so it works in a "
                          "simulated rollout (cadence eval) only, never on a robot")
     plans = chunks[:, :, context.start:].detach().to("cpu", torch.float32).numpy()
-    scores = np.asarray(context.lookahead(plans), dtype=np.float64)
+    more = {"continue_with": context.continue_with, "chunks": context.lookahead_chunks} if context.lookahead_chunks else {}
+    scores = np.asarray(context.lookahead(plans, **more), dtype=np.float64)
     if scores.shape != chunks.shape[:2]:
         raise ValueError(f"lookahead returned scores of shape {scores.shape}, expected {tuple(chunks.shape[:2])}")
     return torch.as_tensor(scores, dtype=chunks.dtype, device=chunks.device)
@@ -104,7 +111,18 @@ def confidence(chunks: torch.Tensor, context: SearchContext) -> torch.Tensor:
     return context.confidence.to(chunks)
 
 
-def zero_lookahead(plans: np.ndarray) -> np.ndarray:
+def continuation(policy, generator: torch.Generator | None = None) -> Callable:
+    """``follow(obs, group)``: the policy's own chunk (no search) after each candidate of a lookahead
+    (observations (N, To, ...)); rows of one ``group`` (the same observation's candidates) start from
+    the same noise, rows of different groups from independent ones."""
+    def follow(obs: Mapping[str, torch.Tensor], group: np.ndarray):
+        shape = (int(group.max()) + 1, policy.pred_horizon, policy.action_dim)
+        noise = torch.randn(shape, generator=generator)[torch.as_tensor(group)]
+        return policy.sample_chunk(obs, noise=noise.to(next(iter(obs.values())).device))
+    return follow
+
+
+def zero_lookahead(plans: np.ndarray, **_) -> np.ndarray:
     """A lookahead that scores every plan 0: times a search's network share without a simulator."""
     return np.zeros(plans.shape[:2])
 
@@ -123,6 +141,7 @@ class SearchSettings:
     radius: float = 0.5                 # zero_order: neighbour noise scale around the pivot
     trust: float = 1.0                  # the verifier picks among this fraction of the candidates, the ones
                                         # closest to the others (consensus); 1: among all of them
+    lookahead_chunks: int = 0           # oracle: the policy's own chunks run after each candidate before scoring
 
     def __post_init__(self):
         if self.candidates < 1:
@@ -135,6 +154,10 @@ class SearchSettings:
             raise ValueError(f"search.rounds must be >= 0 and search.radius > 0, got {self.rounds}, {self.radius}")
         if not 0 < self.trust <= 1:
             raise ValueError(f"search.trust must be a fraction in (0, 1], got {self.trust}")
+        if self.lookahead_chunks < 0 or (self.lookahead_chunks and self.verifier not in LOOKAHEAD_VERIFIERS):
+            raise ValueError(f"search.lookahead_chunks must be >= 0, and > 0 only with the oracle verifier (it runs "
+                             f"the policy after each candidate in a copy of the simulator), got {self.lookahead_chunks} "
+                             f"with {self.verifier!r}")
 
     @property
     def uses_lookahead(self) -> bool:
@@ -222,7 +245,9 @@ def search_chunk(policy, obs: Mapping[str, torch.Tensor], settings: SearchSettin
     noises = torch.randn(shape, generator=generator, device=device)
     if noise is not None:
         noises[:, 0] = noise.to(device)
-    context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead, sample.cond)
+    follow = continuation(policy, generator) if settings.lookahead_chunks else None
+    context = SearchContext(obs, policy.obs_horizon - 1, previous, lookahead, sample.cond,
+                            lookahead_chunks=settings.lookahead_chunks, continue_with=follow)
     chunks = sample(noises)
     noises, logits = noises.repeat_interleave(m, dim=1), sample.confidence     # one row per candidate
     best = settings.trusted_score(chunks, replace(context, confidence=logits)).argmax(dim=1)

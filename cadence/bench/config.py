@@ -277,6 +277,7 @@ class BenchSearchApp:
     rounds: int = 2                          # zero_order: rounds after the first
     radius: float = 0.5                      # zero_order: neighbour noise scale
     trust: list = field(default_factory=lambda: [1.0])   # search.trust per row (1: the verifier picks among all)
+    lookahead_chunks: list = field(default_factory=lambda: [0])   # oracle rows: the policy's chunks run after each candidate
     steps: list = field(default_factory=lambda: [20, 50, 100])   # K=1 rows sampling with more denoiser calls
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=50, video_episodes=0, latency_calls=0,
                                                                 plot=False, offline_plot_episodes=0))

@@ -3,8 +3,9 @@
 One trained checkpoint, one task, the same evaluation seeds for every row. Rows:
 
 - ``candidates``: the policy with search (:mod:`cadence.policies.search`) for every verifier x
-  method x K in ``candidates`` (K = 1 is the plain policy, one row shared by all); ``value``
-  reads the run's ``verifier/`` (``cadence verifier train``) or ``value=``;
+  method x trust x K in ``candidates`` (K = 1 is the plain policy, one row shared by all), the
+  oracle's also for every ``lookahead_chunks`` (the policy's own chunks run after each candidate
+  before scoring it); ``value`` reads the run's ``verifier/`` (``cadence verifier train``) or ``value=``;
 - ``steps``: the plain policy sampling with each of ``steps`` denoiser calls (DDIM), the other
   way to spend more compute per chunk.
 
@@ -17,6 +18,7 @@ per chunk: the "more steps" curve and one "more candidates" curve per verifier a
 from __future__ import annotations
 
 import copy
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ from cadence.markdown_table import markdown_table
 from cadence.policies.search import zero_lookahead
 from cadence.sim_eval import evaluate_policy, first_observation, set_search
 
-COLUMNS = ("row", "verifier", "method", "K", "trust", "steps", "ms / chunk", "success", "vs K=1", "score",
+COLUMNS = ("row", "verifier", "method", "K", "trust", "lookahead", "steps", "ms / chunk", "success", "vs K=1", "score",
            "vs K=1 score")
 
 
@@ -54,21 +56,21 @@ def row_specs(policy, cfg: DictConfig, checkpoint_dir: Path) -> list[tuple[dict,
     checked here, before any evaluation (a value verifier trained on the evaluation seeds is refused)."""
     steps = policy.process.sample_steps
     seeds = range(int(cfg.eval.seed), int(cfg.eval.seed) + int(cfg.eval.episodes))
-    plain = {"verifier": "-", "method": "-", "candidates": 1, "trust": 1.0}
+    plain = {"verifier": "-", "method": "-", "candidates": 1, "trust": 1.0, "lookahead": 0}
     specs = [({"row": "plain", **plain, "steps": steps}, policy)]
     for verifier in cfg.verifiers:
         for method in cfg.methods:
-            for trust in (float(t) for t in cfg.trust):
-                for k in (int(k) for k in cfg.candidates):
-                    if k == 1:
-                        continue
-                    searched = copy.copy(policy)          # shares the weights; only the search differs
-                    set_search(searched, OmegaConf.create({"candidates": k, "method": str(method),
-                                                           "verifier": str(verifier), "rounds": cfg.rounds,
-                                                           "radius": cfg.radius, "trust": trust, "value": cfg.value}),
-                               checkpoint_dir, seeds)
-                    specs.append(({"row": "candidates", "verifier": str(verifier), "method": str(method),
-                                   "candidates": k, "trust": trust, "steps": steps}, searched))
+            looks = [int(n) for n in cfg.lookahead_chunks] if verifier == "oracle" else [0]
+            for trust, look, k in product((float(t) for t in cfg.trust), looks, (int(k) for k in cfg.candidates)):
+                if k == 1:
+                    continue
+                searched = copy.copy(policy)          # shares the weights; only the search differs
+                set_search(searched, OmegaConf.create({"candidates": k, "method": str(method), "verifier": str(verifier),
+                                                       "rounds": cfg.rounds, "radius": cfg.radius, "trust": trust,
+                                                       "lookahead_chunks": look, "value": cfg.value}),
+                           checkpoint_dir, seeds)
+                specs.append(({"row": "candidates", "verifier": str(verifier), "method": str(method),
+                               "candidates": k, "trust": trust, "lookahead": look, "steps": steps}, searched))
     for s in (int(s) for s in cfg.steps):
         if s != steps:
             specs.append(({"row": "steps", **plain, "steps": s}, variant(policy, s)))
@@ -76,7 +78,8 @@ def row_specs(policy, cfg: DictConfig, checkpoint_dir: Path) -> list[tuple[dict,
 
 
 def table(rows: list[dict]) -> str:
-    cells = [[r["row"], r["verifier"], r["method"], str(r["candidates"]), f"{r['trust']:g}", str(r["steps"]),
+    cells = [[r["row"], r["verifier"], r["method"], str(r["candidates"]), f"{r['trust']:g}", str(r["lookahead"]),
+              str(r["steps"]),
               f"{r['ms_per_chunk']:.2f}",
               f"{r['success']:.2f}", f"{r['success_vs_plain']:+.2f}", f"{r['score']:.3f}",
               f"{r['score_vs_plain']:+.3f}"] for r in rows]
@@ -90,11 +93,12 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     plain = rows[0]
     steps = sorted([plain] + [r for r in rows if r["row"] == "steps"], key=lambda r: r["ms_per_chunk"])
     ax.plot([r["ms_per_chunk"] for r in steps], [r["success"] for r in steps], "k--o", label="more steps (K=1)")
-    curves = sorted({(r["verifier"], r["method"], r["trust"]) for r in rows if r["row"] == "candidates"})
-    for verifier, method, trust in curves:
-        line = [plain] + [r for r in rows if (r["verifier"], r["method"], r["trust"]) == (verifier, method, trust)]
+    curve = lambda r: (r["verifier"], r["method"], r["trust"], r["lookahead"])  # noqa: E731
+    for verifier, method, trust, look in sorted({curve(r) for r in rows if r["row"] == "candidates"}):
+        line = [plain] + [r for r in rows if r["row"] == "candidates" and curve(r) == (verifier, method, trust, look)]
         ax.plot([r["ms_per_chunk"] for r in line], [r["success"] for r in line], "-o",
-                label=f"more candidates: {verifier}, {method}" + ("" if trust == 1 else f", trust {trust:g}"))
+                label=f"more candidates: {verifier}, {method}" + ("" if trust == 1 else f", trust {trust:g}")
+                + (f", +{look} chunks" if look else ""))
     ax.set_xscale("log")
     ax.set_xlabel("ms per chunk (batch 1)")
     ax.set_ylabel("success")
@@ -123,7 +127,8 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     rows = []
     for (fields, model), t in zip(specs, ms):
         name = (f"{fields['row']}-{fields['verifier']}-{fields['method']}-k{fields['candidates']}-s{fields['steps']}"
-                + ("" if fields["trust"] == 1 else f"-t{fields['trust']:g}"))
+                + ("" if fields["trust"] == 1 else f"-t{fields['trust']:g}")
+                + (f"-l{fields['lookahead']}" if fields["lookahead"] else ""))
         summary, _ = evaluate_policy(model, train_cfg.task, train_cfg.policy, cfg.eval, out_dir / f"eval-{name}",
                                      device, progress=progress, title=name)
         rows.append({**fields, "ms_per_chunk": round(t, 3), "success": summary["success_rate"],

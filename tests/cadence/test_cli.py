@@ -56,10 +56,10 @@ def test_collect_train_eval_end_to_end(tmp_path):
     assert f"success {result['success_rate']:.2f} over 4 episodes" in proc.stdout
     cadence("eval", "checkpoint=runs/tiny", "out_dir=evals/b", "eval.episodes=2", "eval.video_episodes=0",
             "eval.sample_steps=2", "eval.search.candidates=3", "eval.search.method=zero_order", "eval.search.rounds=1",
-            "eval.search.verifier=oracle", cwd=tmp_path)
+            "eval.search.verifier=oracle", "eval.search.lookahead_chunks=1", cwd=tmp_path)
     searched = json.loads((tmp_path / "evals" / "b" / "eval.json").read_text())
     assert searched["search"] == {"candidates": 3, "method": "zero_order", "rounds": 1, "verifier": "oracle",
-                                  "radius": 0.5} and searched["n_episodes"] == 2
+                                  "radius": 0.5, "trust": 1.0, "lookahead_chunks": 1} and searched["n_episodes"] == 2
     assert "search" not in result
     bad = cadence("eval", "checkpoint=runs/tiny", "eval.search.verifier=psychic", cwd=tmp_path, check=False)
     assert bad.returncode != 0 and "oracle" in bad.stderr

@@ -104,6 +104,24 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     assert torch.allclose(kept, chunks[torch.arange(2), best], atol=1e-5)
 
 
+def test_a_continued_label_runs_the_policys_own_chunks_after_each_candidate(tiny_store, tmp_path):
+    """continue_chunks=M: recorded in verifier.json and the collection (a refit asking for another M is
+    refused). What the label runs: tests/envs/test_rollout.py and tests/policies/test_search.py."""
+    run_dir = train_tiny_run(tiny_store, tmp_path / "run")
+    out = run(train_config(run_dir, continue_chunks=1, episodes=2, val_episodes=0), progress=False)
+    info = json.loads((out / "verifier.json").read_text())
+    assert info["continue_chunks"] == 1 and info["observations"] > 0
+    plain = run(train_config(run_dir, episodes=2, val_episodes=0, out_dir=str(tmp_path / "plain")), progress=False)
+    from cadence.untrusted import load_safetensors
+    further, nearer = (load_safetensors(d / "candidates.safetensors") for d in (out, plain))
+    assert torch.equal(further["train.plans"], nearer["train.plans"])         # the same candidates, other labels
+    assert not torch.equal(further["train.scores"], nearer["train.scores"])
+    with pytest.raises(VerifierError, match="collect again"):
+        run(train_config(run_dir, refit=True, episodes=2, val_episodes=0), progress=False)
+    with pytest.raises(VerifierError, match="continue_chunks must be >= 0"):
+        run(train_config(run_dir, continue_chunks=-1), progress=False)
+
+
 def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
     model = ChunkValue(4, 3, 2, 8, [-1.0, -1.0], [1.0, 1.0])
     folder = save_value(model, {"train_seeds": [0, 5]}, tmp_path / "v")

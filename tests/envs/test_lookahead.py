@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cadence.envs  # noqa: F401
-from cadence.envs.lookahead import FAILURE, SUCCESS, LookaheadError, score_plans
+from cadence.envs.lookahead import FAILURE, SUCCESS, LookaheadError, run_branches, score_plans
 
 
 def reach_env(**options):
@@ -87,3 +87,24 @@ def test_an_env_without_snapshot_is_refused_by_name():
     env.reset(seed=0)
     with pytest.raises(LookaheadError, match="CartPoleEnv has no snapshot/restore/progress"):
         score_plans(env, env, np.zeros((1, 2, 1)))
+
+
+def test_a_branch_keeps_the_wrapped_observations_and_goes_on_from_its_state():
+    """run_branches steps the base env but hands back observations as the wrapped env gives them (a task
+    id added by its wrapper), the last ``keep`` of them; a second plan from the branch's state ends
+    where both plans run one after the other end."""
+    from cadence.envs.task_id import TaskIdObservation
+
+    env = TaskIdObservation(reach_env(), [0.0, 1.0])
+    scratch = TaskIdObservation(reach_env(), [0.0, 1.0])
+    first, second = np.tile([0.3, -0.6], (5, 1)), np.tile([0.5, -0.4], (4, 1))
+    start = env.unwrapped.snapshot()
+    (branch,) = run_branches(scratch, [start], first[None], ["state", "task_id"], keep=2)
+    stepped = [env.step(a)[0] for a in first]
+    assert not branch.ended and set(branch.obs) == {"state", "task_id"}
+    np.testing.assert_array_equal(branch.obs["state"], np.stack([o["state"] for o in stepped[-2:]]))
+    np.testing.assert_array_equal(branch.obs["task_id"], [[0.0, 1.0]] * 2)
+    (then,) = run_branches(scratch, [branch.state], second[None])
+    for a in second:
+        env.step(a)
+    assert then.score == env.unwrapped.progress() and then.obs == {}

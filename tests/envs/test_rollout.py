@@ -368,3 +368,67 @@ def test_a_policy_that_wants_it_gets_the_rest_of_its_last_plan_for_the_rows_stil
     for (goals_before, chunk_before, _), (goals, _, previous) in zip(policy.calls, policy.calls[1:]):
         rows = [int(torch.nonzero(goals_before == g)[0, 0]) for g in goals]       # the same envs last time
         assert torch.equal(previous, chunk_before[rows, TO - 1 + TA:])
+
+
+class ContinuedLookahead:
+    """At its first call (the reset) scores ``plans`` each followed by ``chunks`` chunks of the carrot
+    policy in copies of the envs, and records the scores and the rows each continuation follows; then
+    drives on as the carrot."""
+
+    uses_lookahead = True
+
+    def __init__(self, plans: np.ndarray, chunks: int):
+        self.plans, self.chunks, self.carrot = plans, chunks, CarrotPolicy()
+        self.scores, self.groups = None, []
+
+    def predict_chunk(self, obs, lookahead):
+        if self.scores is None:
+            plans = np.broadcast_to(self.plans, (obs["state"].shape[0], *self.plans.shape))
+            self.scores = lookahead(np.ascontiguousarray(plans), continue_with=self.follow, chunks=self.chunks)
+        return self.carrot.predict_chunk(obs)
+
+    def follow(self, obs, group):
+        self.groups.append(group)
+        return self.carrot.predict_chunk(obs)
+
+
+def _by_hand(seed: int, plan: np.ndarray, chunks: int) -> float:
+    """A plan then ``chunks`` carrot chunks, run in an env of its own from the reset of ``seed``."""
+    from cadence.envs.lookahead import FAILURE, SUCCESS
+
+    env = make_env()
+    obs, _ = env.reset(seed=seed)
+    seen = [obs["state"]] * TO
+    carrot = CarrotPolicy()
+    for actions in [plan] + [None] * chunks:
+        if actions is None:
+            history = torch.from_numpy(np.stack(seen[-TO:]))[None].float()
+            actions = carrot.predict_chunk({"state": history}).executable(TA)[0].numpy()
+        for action in actions:
+            obs, _, terminated, truncated, info = env.step(action)
+            seen.append(obs["state"])
+            if info["is_success"]:
+                return SUCCESS
+            if terminated:
+                return FAILURE
+    return env.unwrapped.progress()
+
+
+@pytest.mark.parametrize("async_envs", [False, True], ids=["this_process", "workers"])
+def test_a_continued_lookahead_scores_what_running_the_plan_then_the_policy_would_give(async_envs):
+    """The candidate's actions, then the policy's own chunks (each fed the branch's latest observations,
+    the env's history before it), scored where the last leaves the episode - as running them in an env
+    of its own would; a plan that ends the episode is not continued; the real episodes go on untouched."""
+    plans = np.stack([np.tile([0.0, -0.7], (TA, 1)),        # hold still-ish below the obstacle
+                      np.tile([-0.6, -0.5], (TA, 1)),       # towards the left lane
+                      np.tile([0.0, 0.0], (TA, 1))])        # into the obstacle: a collision
+    seeds = [0, 3]
+    policy = ContinuedLookahead(plans, chunks=2)
+    result = _run(policy, seeds=seeds, async_envs=async_envs)
+    expected = np.array([[_by_hand(seed, plan, 2) for plan in plans] for seed in seeds])
+    np.testing.assert_allclose(policy.scores, expected, rtol=0, atol=1e-9)
+    assert (policy.scores[:, 2] == -10.0).all() and (policy.scores[:, :2] > -10.0).all()
+    assert [g.tolist() for g in policy.groups] == [[0, 0, 1, 1]] * 2           # the collided plan is not continued
+    plain = _run(CarrotPolicy(), seeds=seeds)
+    np.testing.assert_array_equal(result.lengths, plain.lengths)
+    np.testing.assert_array_equal(result.success, plain.success)

@@ -3,11 +3,12 @@ policy's own samples, best-of keeps the verifier's argmax, zero-order never ends
 started, and the built-in verifiers score what they say."""
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from cadence.policies.search import (CandidateSampler, SearchContext, SearchSettings, coherence, consensus,
-                                     search_chunk)
+                                     continuation, search_chunk)
 from tests.deploy.onnx_cases import make_obs, make_policy
 
 
@@ -119,7 +120,8 @@ def test_consensus_prefers_the_medoid_and_coherence_the_previous_plan():
 def test_settings_and_stateful_processes_are_refused():
     for bad, match in [({"candidates": 0}, "candidates"), ({"method": "beam"}, "method"),
                        ({"verifier": "oracle9"}, "verifier"), ({"radius": 0.0}, "radius"), ({"trust": 0.0}, "trust"),
-                       ({"trust": 1.5}, "trust")]:
+                       ({"trust": 1.5}, "trust"), ({"lookahead_chunks": -1}, "lookahead_chunks"),
+                       ({"lookahead_chunks": 1, "verifier": "consensus"}, "only with the oracle")]:
         with pytest.raises(ValueError, match=match):
             SearchSettings(**bad)
     streaming = make_policy("streaming", down_dims=[16], pred_horizon=20, exec_horizon=8, sample_steps=2,
@@ -182,3 +184,30 @@ def test_an_anchor_policy_searches_every_mode_of_every_noise_and_confidence_keep
     assert torch.allclose(plain, chunks[torch.arange(2), logits[:, :5].argmax(dim=1)], atol=1e-5)
     with pytest.raises(ValueError, match="anchor policy's own mode logits"):
         search_chunk(make_policy("ddpm", down_dims=[16, 32]), obs, SearchSettings(candidates=2, verifier="confidence"))
+
+
+def test_an_oracle_that_looks_further_continues_each_candidate_with_the_policys_own_chunks(policy):
+    """lookahead_chunks=M: the rollout's lookahead gets M and a continuation that samples the policy
+    without search (predict_chunk's sample for the same noise), the candidates of one observation from
+    the same start noise."""
+    obs, calls = obs_tensors(2), []
+
+    def lookahead(plans, continue_with=None, chunks=0):
+        calls.append((continue_with, chunks))
+        return plans[:, :, -1, 0]
+
+    settings = SearchSettings(candidates=3, verifier="oracle", lookahead_chunks=2)
+    search_chunk(policy, obs, settings, generator=torch.Generator().manual_seed(3), lookahead=lookahead)
+    ((given, chunks),) = calls
+    assert chunks == 2 and callable(given)
+    follow = continuation(policy, torch.Generator().manual_seed(7))
+    rows = {k: v[[0, 0, 1]] for k, v in obs.items()}              # two candidates of observation 0, one of 1
+    got = follow(rows, np.array([0, 0, 1])).actions
+    noise = torch.randn(2, policy.pred_horizon, policy.action_dim, generator=torch.Generator().manual_seed(7))[[0, 0, 1]]
+    policy.search = settings                                        # the continuation never searches
+    try:
+        assert torch.equal(got, policy.sample_chunk(rows, noise=noise).actions)
+    finally:
+        policy.search = None
+    assert torch.equal(got, policy.predict_chunk(rows, noise=noise).actions)
+    assert torch.equal(got[0], got[1]) and not torch.allclose(got[0], got[2])

@@ -1,5 +1,5 @@
-"""cadence bench search: one checkpoint, rows for K candidates per verifier and for more steps,
-on the same seeds; table, JSON and plot."""
+"""cadence bench search: one checkpoint, rows for K candidates per verifier (the oracle's per lookahead)
+and for more steps, on the same seeds; table, JSON and plot."""
 import json
 
 import pytest
@@ -18,11 +18,13 @@ def bench_config(checkpoint, out_dir, **overrides):
 
 def test_rows_for_candidates_per_verifier_and_for_more_steps(tiny_store, tmp_path):
     run_dir = train_tiny_run(tiny_store, tmp_path / "run")
-    result = run(bench_config(run_dir, tmp_path / "b", trust=[1.0, 0.5]), progress=False)
+    result = run(bench_config(run_dir, tmp_path / "b", trust=[1.0, 0.5], lookahead_chunks=[0, 1]), progress=False)
     rows = result["rows"]
-    assert [(r["row"], r["verifier"], r["candidates"], r["trust"], r["steps"]) for r in rows] == [
-        ("plain", "-", 1, 1.0, 4), ("candidates", "oracle", 4, 1.0, 4), ("candidates", "oracle", 4, 0.5, 4),
-        ("candidates", "consensus", 4, 1.0, 4), ("candidates", "consensus", 4, 0.5, 4), ("steps", "-", 1, 1.0, 8)]
+    assert [(r["row"], r["verifier"], r["candidates"], r["trust"], r["lookahead"], r["steps"]) for r in rows] == [
+        ("plain", "-", 1, 1.0, 0, 4), ("candidates", "oracle", 4, 1.0, 0, 4), ("candidates", "oracle", 4, 1.0, 1, 4),
+        ("candidates", "oracle", 4, 0.5, 0, 4), ("candidates", "oracle", 4, 0.5, 1, 4),
+        ("candidates", "consensus", 4, 1.0, 0, 4), ("candidates", "consensus", 4, 0.5, 0, 4),
+        ("steps", "-", 1, 1.0, 0, 8)]
     plain = rows[0]
     for r in rows:
         assert r["episodes"] == 4 and r["ms_per_chunk"] > 0
