@@ -57,7 +57,8 @@ class SearchContext:
     action due now in the chunk, the previous chunk's plan from there on (B, P, Da) or None, in a
     simulated rollout ``lookahead``: plans (B, K, T, Da) -> scores (B, K) from copies of the
     simulator, ``cond``: the policy's conditioning of the observation (B, C), computed once, and
-    for an anchor policy ``confidence``: each candidate's mode logit (B, K)."""
+    for an anchor policy ``confidence``: each candidate's mode logit (B, K); for an oracle that looks
+    further, ``lookahead_chunks`` and ``continue_with`` (:func:`continuation`), passed to ``lookahead``."""
     obs: Mapping[str, torch.Tensor]
     start: int
     previous: torch.Tensor | None = None
@@ -65,7 +66,7 @@ class SearchContext:
     cond: torch.Tensor | None = None
     confidence: torch.Tensor | None = None
     lookahead_chunks: int = 0
-    continue_with: Callable | None = None      # the policy's own chunks after a candidate (see continuation)
+    continue_with: Callable | None = None
 
 
 Verifier = Callable[[torch.Tensor, SearchContext], torch.Tensor]
