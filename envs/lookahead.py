@@ -61,13 +61,13 @@ class Branch:
 def score_plans(env: gym.Env, scratch: gym.Env, plans: np.ndarray) -> np.ndarray:
     """``plans`` (K, T, Da) in the task's units -> scores (K,), each plan run in ``scratch`` from ``env``'s state."""
     state = lookahead_base(env).snapshot()
-    return np.array([b.score for b in run_branches(scratch, [state] * len(plans), plans)])
+    return np.array([b.score for b in run_branches(scratch, [state] * len(plans), plans, with_state=False)])
 
 
 def run_branches(scratch: gym.Env, states: Sequence[Any], plans: np.ndarray, obs_keys: Sequence[str] = (),
-                 keep: int = 0) -> list[Branch]:
+                 keep: int = 0, with_state: bool = True) -> list[Branch]:
     """Plan k (of (K, T, Da), task units) run in ``scratch`` from snapshot ``states[k]``; keeps the last
-    ``keep`` observations of ``obs_keys`` and the state each plan ends in."""
+    ``keep`` observations of ``obs_keys`` and (``with_state``) the state each plan ends in."""
     base = lookahead_base(scratch)
     wrappers = _observation_wrappers(scratch)
     branches = []
@@ -91,7 +91,7 @@ def run_branches(scratch: gym.Env, states: Sequence[Any], plans: np.ndarray, obs
                 break
         obs_tail = {k: np.stack([o[k] for o in tail]) for k in obs_keys} if tail else {}
         branches.append(Branch(float(base.progress()) if score is None else score, ended, obs_tail,
-                               None if ended else base.snapshot()))
+                               base.snapshot() if with_state and not ended else None))
     return branches
 
 
