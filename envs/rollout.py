@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cadence.envs.lookahead import lookahead_base, run_branches, score_plans
+from cadence.envs.lookahead import lookahead_base, run_branches
 
 __all__ = ["RolloutResult", "rollout", "vector_env"]
 
@@ -120,17 +120,15 @@ def _as_dict(obs: Any) -> dict[str, np.ndarray]:
 
 class _RolloutEnv(gym.Wrapper):
     """A rollout's sub-env. ``frame()``: the env's render as uint8 while ``filming`` is set, else
-    None (nothing rendered). ``score_plans()``: the scores of ``plans`` (K, T, Da), each run in a
-    scratch env of the same task from this env's state (:mod:`cadence.envs.lookahead`; made on
-    first use); ``run_branches()`` the :class:`~cadence.envs.lookahead.Branch` of each of ``branches``'
-    plans, from their snapshots (None: this env's state). Methods of the env, so a vector env's
-    ``call`` reaches them in a worker process too."""
+    None (nothing rendered). ``run_branches()``: the :class:`~cadence.envs.lookahead.Branch` of each
+    of ``branches``' plans, run in a scratch env of the same task (made on first use) from their
+    snapshots (None: this env's state; :mod:`cadence.envs.lookahead`). Methods of the env, so a
+    vector env's ``call`` reaches them in a worker process too."""
 
     def __init__(self, make_env: Callable[[], gym.Env], filming: bool):
         super().__init__(make_env())
         self.make_env, self.filming = make_env, filming
-        self.plans: np.ndarray | None = None
-        self.branches: tuple | None = None      # (states, plans, obs_keys, keep) for run_branches
+        self.branches: tuple | None = None      # (states, plans, obs_keys, keep, with_state) for run_branches
         self._scratch: gym.Env | None = None
 
     def frame(self) -> np.ndarray | None:
@@ -150,19 +148,13 @@ class _RolloutEnv(gym.Wrapper):
             self._scratch.reset(seed=0)
         return self._scratch
 
-    def score_plans(self) -> np.ndarray | None:
-        if self.plans is None:
-            return None
-        plans, self.plans = self.plans, None
-        return score_plans(self.env, self.scratch(), plans)
-
     def run_branches(self) -> list | None:
         if self.branches is None:
             return None
-        (states, plans, obs_keys, keep), self.branches = self.branches, None
+        (states, plans, obs_keys, keep, with_state), self.branches = self.branches, None
         if states is None:
             states = [lookahead_base(self.env).snapshot()] * len(plans)
-        return run_branches(self.scratch(), states, plans, obs_keys, keep)
+        return run_branches(self.scratch(), states, plans, obs_keys, keep, with_state)
 
     def close(self):
         if self._scratch is not None:
@@ -180,19 +172,15 @@ def _lookahead(envs: gym.vector.VectorEnv, rows: np.ndarray, history: dict[str, 
     (N,): the row b of ``plans`` each continuation follows; returns an ActionChunk), ``exec_horizon``
     actions of each; the score is where the last leaves the episode. ``history``: the rows'
     observations (B, To, ...) now."""
+    b, k = plans.shape[:2]
     if chunks <= 0:
-        per_env: list[np.ndarray | None] = [None] * envs.num_envs
-        for j, i in enumerate(rows):
-            per_env[i] = plans[j]
-        envs.set_attr("plans", per_env)
-        scores = envs.call("score_plans")
-        return np.stack([scores[i] for i in rows])
+        branches = _branch(envs, rows, {j: (None, plans[j]) for j in range(b)}, [], 0, False)
+        return np.array([[branch.score for branch in branches[j]] for j in range(b)])
     keys = list(history)
     to = next(iter(history.values())).shape[1]
-    b, k = plans.shape[:2]
-    branches = _branch(envs, rows, {j: (None, plans[j, :, :exec_horizon]) for j in range(b)}, keys, to)
+    branches = _branch(envs, rows, {j: (None, plans[j, :, :exec_horizon]) for j in range(b)}, keys, to, True)
     seen = [[{key: history[key][j] for key in keys}] * k for j in range(b)]    # each branch's last To observations
-    for _ in range(chunks):
+    for round_ in range(chunks):
         alive = [(j, c) for j in range(b) for c in range(k) if not branches[j][c].ended]
         if not alive:
             break
@@ -207,7 +195,7 @@ def _lookahead(envs: gym.vector.VectorEnv, rows: np.ndarray, history: dict[str, 
             work.setdefault(j, []).append(c)
         at = {pair: i for i, pair in enumerate(alive)}
         ran = _branch(envs, rows, {j: ([branches[j][c].state for c in cs], actions[[at[j, c] for c in cs]])
-                                   for j, cs in work.items()}, keys, to)
+                                   for j, cs in work.items()}, keys, to, round_ < chunks - 1)
         for j, cs in work.items():
             for c, branch in zip(cs, ran[j]):
                 branches[j][c] = branch
@@ -215,12 +203,12 @@ def _lookahead(envs: gym.vector.VectorEnv, rows: np.ndarray, history: dict[str, 
 
 
 def _branch(envs: gym.vector.VectorEnv, rows: np.ndarray, work: dict[int, tuple], keys: list[str],
-            keep: int) -> dict[int, list]:
+            keep: int, with_state: bool) -> dict[int, list]:
     """``work``: plan row j -> (snapshots or None for the env's state, plans (n, T, Da)), run in sub-env
-    ``rows[j]``; returns row j -> its branches."""
+    ``rows[j]``; returns row j -> its branches (with the state each ends in if ``with_state``)."""
     per_env: list[tuple | None] = [None] * envs.num_envs
     for j, (states, plans) in work.items():
-        per_env[rows[j]] = (states, plans, keys, keep)
+        per_env[rows[j]] = (states, plans, keys, keep, with_state)
     envs.set_attr("branches", per_env)
     ran = envs.call("run_branches")
     return {j: ran[rows[j]] for j in work}
