@@ -253,6 +253,7 @@ class VerifierTrainApp:
     device: str = "auto"
     out_dir: Optional[str] = None            # default <run>/verifier
     refit: bool = False                      # fit again on the candidates collected there before (no rollouts)
+    merge: list = field(default_factory=list)  # more collections (verifier folders) to fit on: same policy, K and continue_chunks
 
 
 @dataclass

@@ -16,9 +16,15 @@
    held-out numbers, ``candidates.safetensors``: what was collected, so that ``refit=true`` fits
    again without rolling out): pairwise accuracy, how often its pick is the lookahead's best, and the
    lookahead score its pick gives up against the best (regret) beside a random pick's.
+
+``merge=[DIR, ...]`` fits on other collections too (each folder's ``candidates.safetensors``, its
+held-out part included): collected from the same policy (its weights' fingerprint), with the same
+K and ``continue_chunks``, on seeds that overlap no other collection's; ``verifier.json`` then
+lists every collection's seeds.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -152,7 +158,17 @@ def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, 
 CANDIDATES_FILE = "candidates.safetensors"
 
 
-def save_candidates(out: Path, train: Candidates, val: Candidates | None, success: float, cfg: DictConfig) -> None:
+def policy_fingerprint(checkpoint: Path) -> str:
+    """What identifies the policy a collection came from: the hash of its weights file."""
+    digest = hashlib.sha256()
+    with open(checkpoint / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def save_candidates(out: Path, train: Candidates, val: Candidates | None, success: float, cfg: DictConfig,
+                    policy: str) -> None:
     """The collected candidates beside the verifier, so ``refit=true`` fits again without rolling out."""
     from safetensors.torch import save_file
 
@@ -161,28 +177,81 @@ def save_candidates(out: Path, train: Candidates, val: Candidates | None, succes
                if data is not None for field in ("cond", "plans", "scores")}
     save_file(tensors, str(out / CANDIDATES_FILE), metadata={
         "seed": str(cfg.seed), "episodes": str(cfg.episodes), "val_episodes": str(cfg.val_episodes),
-        "candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks), "success": str(success)})
+        "candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks), "success": str(success),
+        "policy": policy})
 
 
-def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int) -> tuple[Candidates, Candidates | None, float]:
+def read_collection(path: Path) -> tuple[Candidates, Candidates | None, dict]:
+    """A ``candidates.safetensors``: its training and held-out parts and its metadata."""
     from safetensors import safe_open
 
     from cadence.untrusted import load_safetensors
 
-    path = out / CANDIDATES_FILE
-    if not path.is_file():
-        raise VerifierError(f"{path}: no collected candidates to refit on (run without refit=true first)")
     tensors = load_safetensors(path)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    wanted = {"seed": str(cfg.seed), "episodes": str(n_train), "val_episodes": str(n_val),
-              "candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks)}
-    if any(meta.get(k, "0" if k == "continue_chunks" else None) != v for k, v in wanted.items()):
-        raise VerifierError(f"{path}: collected with {meta}, not {wanted}; collect again (refit=false)")
     parts = [Candidates(*(tensors.get(f"{part}.{f}") for f in ("cond", "plans", "scores"))) for part in ("train", "val")]
     if parts[0].cond is None:
         raise VerifierError(f"{path}: holds no training candidates")
-    return parts[0], parts[1] if parts[1].cond is not None else None, float(meta.get("success", "nan"))
+    for name, part in zip(("train", "val"), parts):
+        fields = (part.cond, part.plans, part.scores)
+        if any(f is None for f in fields) and any(f is not None for f in fields) or part.cond is not None and (
+                part.cond.ndim != 2 or part.plans.ndim != 4 or part.scores.shape != part.plans.shape[:2]
+                or len(part.cond) != len(part.plans)):
+            raise VerifierError(f"{path}: its {name} cond, plans and scores do not fit together")
+    return parts[0], parts[1] if parts[1].cond is not None else None, meta
+
+
+def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int,
+                    policy: str) -> tuple[Candidates, Candidates | None, float]:
+    path = out / CANDIDATES_FILE
+    if not path.is_file():
+        raise VerifierError(f"{path}: no collected candidates to refit on (run without refit=true first)")
+    train, val, meta = read_collection(path)
+    wanted = {"seed": str(cfg.seed), "episodes": str(n_train), "val_episodes": str(n_val),
+              "candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks), "policy": policy}
+    # collections written before continue_chunks (or the policy's fingerprint) was recorded: 0 (unknown)
+    found = {k: meta.get(k, {"continue_chunks": "0", "policy": policy}.get(k)) for k in wanted}
+    if found != wanted:
+        raise VerifierError(f"{path}: collected with {found}, not {wanted}; collect again (refit=false)")
+    return train, val, float(meta.get("success", "nan"))
+
+
+def load_merged(folders, cfg: DictConfig, policy: str, own: list[int],
+                like: Candidates) -> tuple[list[Candidates], list[list[int]]]:
+    """The collections in ``folders`` (training and held-out parts alike) and their seeds ``[first,
+    count]``, each checked against this fit: the same policy, K and continue_chunks, the same sizes,
+    seeds below ``eval_seed`` and overlapping no other collection's (``own``: this one's)."""
+    parts, ranges = [], [own]
+    for folder in folders:
+        path = Path(folder) / CANDIDATES_FILE
+        if not path.is_file():
+            raise VerifierError(f"merge: {path} does not exist (a folder written by `cadence verifier train`)")
+        train, val, meta = read_collection(path)
+        wanted = {"candidates": str(cfg.candidates), "continue_chunks": str(cfg.continue_chunks), "policy": policy}
+        found = {k: meta.get(k, "0" if k == "continue_chunks" else None) for k in wanted}
+        if found != wanted:
+            raise VerifierError(f"merge: {path} was collected with {found}, this fit needs {wanted}")
+        for part in (train, val):
+            if part is not None and (part.cond.shape[1:], part.plans.shape[1:]) != (like.cond.shape[1:], like.plans.shape[1:]):
+                raise VerifierError(f"merge: {path} holds conditioning {tuple(part.cond.shape[1:])} and plans "
+                                    f"{tuple(part.plans.shape[1:])}, this fit {tuple(like.cond.shape[1:])} and "
+                                    f"{tuple(like.plans.shape[1:])}")
+        try:
+            first = int(meta["seed"])
+            seeds = [first, int(meta["episodes"]) + int(meta["val_episodes"])]
+        except (KeyError, ValueError):
+            raise VerifierError(f"merge: {path} does not record the seeds it was collected on") from None
+        if first + seeds[1] > int(cfg.eval_seed):
+            raise VerifierError(f"merge: {path} was collected on seeds {first}..{first + seeds[1] - 1}, which reach "
+                                f"the evaluation seeds (eval_seed={cfg.eval_seed})")
+        for start, count in ranges:
+            if first < start + count and start < first + seeds[1]:
+                raise VerifierError(f"merge: {path} was collected on seeds {first}..{first + seeds[1] - 1}, which "
+                                    f"overlap another collection's {start}..{start + count - 1}")
+        ranges.append(seeds)
+        parts.extend(p for p in (train, val) if p is not None)
+    return parts, ranges
 
 
 def check_seeds(cfg: DictConfig) -> tuple[list[int], list[int]]:
@@ -213,9 +282,10 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     if train_cfg.task.env_id is None:
         raise VerifierError(f"{ckpt}: its task has no simulator; the value verifier is trained in simulation")
     out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "verifier"
+    fingerprint = policy_fingerprint(ckpt)
     started = time.perf_counter()
     if cfg.refit:
-        train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds))
+        train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds), fingerprint)
     else:
         with torch.no_grad():
             how = (int(cfg.candidates), int(cfg.batch_envs), bool(cfg.async_envs))
@@ -223,21 +293,26 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
                                            int(cfg.continue_chunks))
             val = collect(policy, train_cfg, val_seeds, *how, int(cfg.seed) + 1, progress,
                           int(cfg.continue_chunks))[0] if val_seeds else None
-        save_candidates(out, train, val, train_success, cfg)
+        save_candidates(out, train, val, train_success, cfg, fingerprint)
+    seeds = [train_seeds[0], len(train_seeds) + len(val_seeds)]
+    if cfg.merge:
+        more, ranges = load_merged(list(cfg.merge), cfg, fingerprint, seeds, train)
+        train, seeds = Candidates.concat([train, *more]), ranges
     collect_s = time.perf_counter() - started
     norm = policy.normalizer
     low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()
                  for v in (-1.0, 1.0))
     model = fit(train, int(cfg.hidden), int(cfg.steps), int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
                 low, high, progress, bool(cfg.centered))
-    info = {"train_seeds": [train_seeds[0], len(train_seeds) + len(val_seeds)], "checkpoint_step": meta["step"],
+    info = {"train_seeds": seeds, "checkpoint_step": meta["step"],
             "candidates": int(cfg.candidates), "continue_chunks": int(cfg.continue_chunks), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
             "observations": len(train.scores), "policy_success_on_training_seeds": train_success,
             "collect_seconds": round(collect_s, 1), "fit_seconds": round(time.perf_counter() - started - collect_s, 1),
             "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None}
     save_value(model, info, out)
     held = info["held_out"] or info["train"]
+    merged = f" and {len(cfg.merge)} merged collection(s)" if cfg.merge else ""
     print(f"value verifier: {len(train.scores)} observations x {cfg.candidates} candidates from {len(train_seeds)} "
-          f"episodes (policy success {train_success:.2f}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
+          f"episodes{merged} (policy success {train_success:.2f}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
           f"regret {held['regret']:.3f} (random pick {held['random_pick_regret']:.3f}) -> {out}")
     return out

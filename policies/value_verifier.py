@@ -66,16 +66,16 @@ class ValueVerifier:
         self.model, self.info = model.eval(), info
 
     @property
-    def train_seeds(self) -> range:
-        first, count = self.info["train_seeds"]
-        return range(first, first + count)
+    def train_seeds(self) -> list[range]:
+        """The seeds its candidates were collected on (one range per collection it was fitted on)."""
+        return [range(first, first + count) for first, count in seed_ranges(self.info["train_seeds"])]
 
     def check_unseen(self, seeds: range) -> None:
         """Refuse evaluation ``seeds`` that the verifier was trained on."""
-        seen = self.train_seeds
-        if seeds.start < seen.stop and seen.start < seeds.stop:
-            raise VerifierError(f"the value verifier was trained on seeds {seen.start}..{seen.stop - 1}, which overlap "
-                                f"the evaluation seeds {seeds.start}..{seeds.stop - 1}; evaluate on other seeds")
+        for seen in self.train_seeds:
+            if seeds.start < seen.stop and seen.start < seeds.stop:
+                raise VerifierError(f"the value verifier was trained on seeds {seen.start}..{seen.stop - 1}, which "
+                                    f"overlap the evaluation seeds {seeds.start}..{seeds.stop - 1}; evaluate on other seeds")
 
     @torch.no_grad()
     def __call__(self, chunks: torch.Tensor, context) -> torch.Tensor:
@@ -90,6 +90,11 @@ class ValueVerifier:
     def score(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         """cond (B, C), plans (B, K, P, Da) -> (B, K), on the tensors' device."""
         return self.model.to(plans.device)(cond, plans)
+
+
+def seed_ranges(value) -> list[list[int]]:
+    """``train_seeds`` as written: ``[first, count]`` (one collection) or a list of them."""
+    return [value] if value and not isinstance(value[0], list) else value
 
 
 def save_value(model: ChunkValue, info: dict, folder: str | Path) -> Path:
@@ -129,10 +134,14 @@ def load_value(folder: str | Path) -> ValueVerifier:
     if not isinstance(centered, bool):
         raise UntrustedFileError(f"{where}: 'centered' must be true or false")
     seeds = spec.get("train_seeds")
-    if not isinstance(seeds, list) or len(seeds) != 2:
-        raise UntrustedFileError(f"{where}: 'train_seeds' must be [first, count]")
-    check_int(where, "train_seeds[0]", seeds[0], 0, 2 ** 63)
-    check_int(where, "train_seeds[1]", seeds[1], 1, LIMITS["episodes"])
+    if not isinstance(seeds, list) or not seeds:
+        raise UntrustedFileError(f"{where}: 'train_seeds' must be [first, count] or a list of them")
+    ranges = seed_ranges(seeds)
+    if len(ranges) > LIMITS["episodes"] or not all(isinstance(r, list) and len(r) == 2 for r in ranges):
+        raise UntrustedFileError(f"{where}: 'train_seeds' must be [first, count] or a list of them")
+    for first, count in ranges:
+        check_int(where, "train_seeds first", first, 0, 2 ** 63)
+        check_int(where, "train_seeds count", count, 1, LIMITS["episodes"])
     plan = sizes["plan_steps"] * sizes["action_dim"] * (2 if centered else 1)
     weights = sizes["hidden"] * (sizes["cond_dim"] + plan + sizes["hidden"] + 3)
     if weights > LIMITS["parameters"] or not math.isfinite(weights):

@@ -122,12 +122,62 @@ def test_a_continued_label_runs_the_policys_own_chunks_after_each_candidate(tiny
         run(train_config(run_dir, continue_chunks=-1), progress=False)
 
 
+def test_merged_collections_fit_together_and_keep_every_seed_range(tiny_store, tmp_path):
+    """merge=[...]: other collections of the same policy, K and label join the fit (their held-out part
+    too); every collection's seeds are recorded and refused for evaluation; a collection that
+    overlaps, or was collected otherwise, is refused naming its file."""
+    run_dir = train_tiny_run(tiny_store, tmp_path / "run")
+    first = run(train_config(run_dir, episodes=2, val_episodes=1, out_dir=str(tmp_path / "a")), progress=False)
+    second = run(train_config(run_dir, seed=10, episodes=2, val_episodes=1, out_dir=str(tmp_path / "b")), progress=False)
+    sizes = [json.loads((d / "verifier.json").read_text()) for d in (first, second)]
+    merged = run(train_config(run_dir, episodes=2, val_episodes=1, out_dir=str(first), refit=True,
+                              merge=[str(second)]), progress=False)
+    info = json.loads((merged / "verifier.json").read_text())
+    held_b = sizes[1]["held_out"]["observations"]
+    assert info["observations"] == sizes[0]["observations"] + sizes[1]["observations"] + held_b
+    assert info["held_out"]["observations"] == sizes[0]["held_out"]["observations"]     # its own held-out part only
+    assert info["train_seeds"] == [[0, 3], [10, 3]]
+    verifier = load_value(merged)
+    assert verifier.train_seeds == [range(0, 3), range(10, 13)]
+    verifier.check_unseen(range(3, 10))
+    with pytest.raises(VerifierError, match="trained on seeds 10..12"):
+        verifier.check_unseen(range(12, 20))
+
+    refit = dict(episodes=2, val_episodes=1, out_dir=str(first), refit=True)
+    with pytest.raises(VerifierError, match="overlap another collection's 0..2"):
+        run(train_config(run_dir, **refit, merge=[str(first)]), progress=False)
+    with pytest.raises(VerifierError, match="does not exist"):
+        run(train_config(run_dir, **refit, merge=[str(tmp_path / "nowhere")]), progress=False)
+    other = run(train_config(run_dir, seed=20, episodes=1, val_episodes=0, candidates=2,
+                             out_dir=str(tmp_path / "c")), progress=False)
+    with pytest.raises(VerifierError, match="c/candidates.safetensors was collected with"):
+        run(train_config(run_dir, **refit, merge=[str(other)]), progress=False)
+    with pytest.raises(VerifierError, match="reach the evaluation seeds"):
+        run(train_config(run_dir, **refit, eval_seed=12, merge=[str(second)]), progress=False)
+
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    changed = tmp_path / "changed"                   # the same run with other weights: another policy
+    shutil.copytree(run_dir, changed)
+    weights = load_file(str(changed / "checkpoint" / "model.safetensors"))
+    name = next(iter(weights))
+    save_file({**weights, name: weights[name] + 0.01}, str(changed / "checkpoint" / "model.safetensors"))
+    with pytest.raises(VerifierError, match="collect again"):
+        run(train_config(changed, **refit), progress=False)
+    with pytest.raises(VerifierError, match="b/candidates.safetensors was collected with"):
+        run(train_config(changed, episodes=2, val_episodes=1, out_dir=str(tmp_path / "d"), merge=[str(second)]),
+            progress=False)
+
+
 def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
     model = ChunkValue(4, 3, 2, 8, [-1.0, -1.0], [1.0, 1.0])
     folder = save_value(model, {"train_seeds": [0, 5]}, tmp_path / "v")
     spec = json.loads((folder / "verifier.json").read_text())
     for key, value, match in [("hidden", 9, "do not match"), ("hidden", 10 ** 9, "hidden"),
                               ("action_low", [0.0], "action_low"), ("train_seeds", [0], "train_seeds"),
+                              ("train_seeds", [[0, 5], [9]], "train_seeds"), ("train_seeds", [[0, 5], 9], "train_seeds"),
+                              ("train_seeds", [[0, 5], [-1, 2]], "train_seeds"),
                               ("format", "pickle", "format"), ("centered", "yes", "centered"),
                               ("centered", True, "do not match")]:      # the weights are for uncentered inputs
         (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))

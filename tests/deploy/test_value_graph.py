@@ -46,7 +46,7 @@ def test_the_graph_scores_like_the_network_at_any_batch_and_candidate_count(tmp_
     kept = [search_chunk(policy, obs, SearchSettings(8, verifier=v), generator=torch.Generator().manual_seed(2))
             for v in (graph, torch_verifier)]
     assert torch.equal(kept[0], kept[1])
-    assert graph.train_seeds == range(0, 10)             # the same refusal of its training seeds
+    assert graph.train_seeds == [range(0, 10)]           # the same refusal of its training seeds
 
 
 def test_a_missing_or_tampered_graph_is_refused_naming_the_file(tmp_path):
