@@ -24,7 +24,6 @@ lists every collection's seeds.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -158,15 +157,6 @@ def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, 
 CANDIDATES_FILE = "candidates.safetensors"
 
 
-def policy_fingerprint(checkpoint: Path) -> str:
-    """What identifies the policy a collection came from: the hash of its weights file."""
-    digest = hashlib.sha256()
-    with open(checkpoint / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def save_candidates(out: Path, train: Candidates, val: Candidates | None, success: float, cfg: DictConfig,
                     policy: str) -> None:
     """The collected candidates beside the verifier, so ``refit=true`` fits again without rolling out."""
@@ -265,6 +255,7 @@ def check_seeds(cfg: DictConfig) -> tuple[list[int], list[int]]:
 
 
 def run(cfg: DictConfig, progress: bool = True) -> Path:
+    from cadence.cache_file import weights_sha256
     from cadence.checkpoint import load_policy, resolve_checkpoint_dir
     from cadence.device import resolve_device
 
@@ -282,7 +273,7 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     if train_cfg.task.env_id is None:
         raise VerifierError(f"{ckpt}: its task has no simulator; the value verifier is trained in simulation")
     out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "verifier"
-    fingerprint = policy_fingerprint(ckpt)
+    fingerprint = weights_sha256(ckpt)         # which policy a collection came from
     started = time.perf_counter()
     if cfg.refit:
         train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds), fingerprint)

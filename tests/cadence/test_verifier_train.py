@@ -157,7 +157,23 @@ def test_merged_collections_fit_together_and_keep_every_seed_range(tiny_store, t
 
     import shutil
 
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
+    for name, damage in (("truncated", "cut"), ("misfit", "scores")):   # a merged file from elsewhere, damaged
+        folder = tmp_path / name
+        shutil.copytree(second, folder)
+        path = folder / "candidates.safetensors"
+        if damage == "cut":
+            path.write_bytes(path.read_bytes()[:-64])
+            expected = (UntrustedFileError, "candidates.safetensors")
+        else:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
+            tensors = load_file(str(path))
+            save_file({**tensors, "train.scores": tensors["train.scores"][:1]}, str(path), metadata=meta)
+            expected = (VerifierError, "do not fit together")
+        with pytest.raises(expected[0], match=expected[1]):
+            run(train_config(run_dir, **refit, merge=[str(folder)]), progress=False)
     changed = tmp_path / "changed"                   # the same run with other weights: another policy
     shutil.copytree(run_dir, changed)
     weights = load_file(str(changed / "checkpoint" / "model.safetensors"))
