@@ -245,9 +245,14 @@ class VerifierTrainApp:
     continue_chunks: int = 0                 # label: the candidate's executed actions, then this many of the policy's chunks
     batch_envs: int = 50                     # episodes rolled out side by side
     async_envs: bool = False                 # simulators in worker processes
-    hidden: int = 256                        # the MLP's width
-    centered: bool = False                   # also give each candidate minus the mean of the K
-    steps: int = 3000                        # optimizer steps
+    features: str = "auto"                   # the MLP's input: denoiser (the policy's UNet run on each candidate) |
+                                             # plan (conditioning + actions) | auto (denoiser where the policy allows)
+    noise: list = field(default_factory=lambda: [0.05, 0.2, 0.5])   # denoiser: where along the process it runs
+    hidden: Optional[int] = None             # the MLP's width (default: 64 on denoiser features, 256 on plans)
+    dropout: Optional[float] = None          # denoiser: before each hidden layer (default 0.3)
+    weight_decay: Optional[float] = None     # default: 0.1 on denoiser features, 1e-4 on plans
+    centered: bool = False                   # plan: also give each candidate minus the mean of the K
+    steps: Optional[int] = None              # optimizer steps (default: 1500 on denoiser features, 3000 on plans)
     batch_size: int = 256                    # observations per step (each with its K candidates)
     lr: float = 1e-3
     device: str = "auto"

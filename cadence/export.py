@@ -33,9 +33,7 @@ def copy_value_verifier(source: Path, out_dir: Path, policy, echo: Callable[[str
     if (model.cond_dim, model.plan_steps, model.action_dim) != (getattr(policy.encoder, "out_dim", model.cond_dim), plan, policy.action_dim):
         raise VerifierError(f"{source}: a value verifier for conditioning {model.cond_dim} and plans of "
                             f"{model.plan_steps} x {model.action_dim}, not this policy's")
-    info = {k: v for k, v in verifier.info.items() if k not in ("format", "cond_dim", "plan_steps", "action_dim",
-                                                                   "hidden", "centered", "action_low",
-                                                                   "action_high")}
+    info = {k: v for k, v in verifier.info.items() if k != "format" and k not in model.spec()}
     save_value(model, info, out_dir / "verifier")
     export_value_graph(model, out_dir / "verifier", opset)
     if echo:

@@ -39,6 +39,7 @@ from cadence.envs.rollout import rollout
 from cadence.envs.task_env import make_env
 from cadence.policies.action_chunk import ActionChunk
 from cadence.policies.search import CandidateSampler, continuation
+from cadence.policies.denoiser_features import DenoiserFeatures
 from cadence.policies.value_verifier import ChunkValue, VerifierError, save_value
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,20 @@ def pairwise_loss(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def in_batches(fn, data: Candidates, device="cpu", desc: str | None = None, progress: bool = False,
+               rows: int = 64) -> torch.Tensor:
+    """``fn(cond, plans)`` over ``data`` a few observations at a time on ``device``; the result on the CPU."""
+    out = [fn(data.cond[i:i + rows].to(device), data.plans[i:i + rows].to(device)).cpu()
+           for i in tqdm(range(0, len(data.cond), rows), desc=desc, unit="batch", disable=not progress or desc is None)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def ranking_metrics(model: ChunkValue, data: Candidates) -> dict:
     """Held-out numbers: pairwise accuracy (strict pairs), top-1 agreement with the lookahead's best
     (observations whose candidates are not all tied) and regret of the pick against the best,
     beside a uniformly random pick's."""
-    values = model(data.cond, data.plans)
+    values = in_batches(model.eval(), data)
     scores = data.scores
     better = scores[:, :, None] > scores[:, None, :] + 1e-6
     right = (values[:, :, None] > values[:, None, :]) & better
@@ -135,17 +145,31 @@ def ranking_metrics(model: ChunkValue, data: Candidates) -> dict:
 
 
 def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, seed: int,
-        action_low: list[float], action_high: list[float], progress: bool, centered: bool = False) -> ChunkValue:
+        action_low: list[float], action_high: list[float], progress: bool, centered: bool = False,
+        features: DenoiserFeatures | None = None, dropout: float = 0.0, weight_decay: float = 1e-4) -> ChunkValue:
+    """A :class:`ChunkValue` fitted to ``train``. Its input is computed once for every candidate
+    (``features``: the policy's denoiser run on each, standardized over them), then the MLP alone
+    is trained."""
     torch.manual_seed(seed)
     n, _, p, da = train.plans.shape
-    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high, centered)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    if features is not None:
+        x = in_batches(features.raw, train, features.mean.device, "denoiser features", progress)
+        features.cpu()
+        flat = x.flatten(0, 1)
+        features.mean.copy_(flat.mean(dim=0))
+        features.std.copy_(flat.std(dim=0) + 1e-5)
+        x.sub_(features.mean).div_(features.std)
+    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high, centered, features, dropout)
+    if features is None:
+        x = in_batches(model.inputs, train)
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(range(steps), desc="fit value verifier", disable=not progress)
+    model.train()
     for _ in bar:
         idx = torch.randint(n, (min(batch_size, n),), generator=generator)
-        loss = pairwise_loss(model(train.cond[idx], train.plans[idx]), train.scores[idx])
+        loss = pairwise_loss(model.net(x[idx]).squeeze(-1), train.scores[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -244,6 +268,38 @@ def load_merged(folders, cfg: DictConfig, policy: str, own: list[int],
     return parts, ranges
 
 
+# what the MLP is fitted with on each input unless the command line says otherwise
+FIT_DEFAULTS = {"plan": {"hidden": 256, "steps": 3000, "dropout": 0.0, "weight_decay": 1e-4},
+                "denoiser": {"hidden": 64, "steps": 1500, "dropout": 0.3, "weight_decay": 0.1}}
+
+
+def choose_features(cfg: DictConfig, policy) -> tuple[DenoiserFeatures | None, dict]:
+    """The verifier's input (``features``: denoiser | plan | auto) and the fit's settings."""
+    kind = str(cfg.features)
+    if kind not in ("auto", "denoiser", "plan"):
+        raise VerifierError(f"features must be auto, denoiser or plan, got {kind!r}")
+    features = None
+    if kind != "plan":
+        noise = [float(v) for v in cfg.noise]
+        if not noise or not all(0.0 <= v <= 1.0 for v in noise):
+            raise VerifierError(f"noise must be fractions in [0, 1] (0 clean, 1 pure noise), got {list(cfg.noise)}")
+        try:
+            features = DenoiserFeatures.from_policy(policy, noise)
+        except ValueError as exc:
+            if kind == "denoiser":
+                raise VerifierError(str(exc)) from None
+            log.info("value verifier on plans: %s", exc)
+    name = "plan" if features is None else "denoiser"
+    fitting = {k: v if cfg[k] is None else type(v)(cfg[k]) for k, v in FIT_DEFAULTS[name].items()}
+    if features is not None and cfg.centered:
+        raise VerifierError("centered applies to features=plan; the denoiser features are not centered")
+    if features is None and fitting["dropout"]:
+        raise VerifierError(f"dropout applies to features=denoiser; this verifier reads plans (dropout={cfg.dropout})")
+    if fitting["hidden"] < 1 or fitting["steps"] < 1 or not 0.0 <= fitting["dropout"] < 1.0 or fitting["weight_decay"] < 0:
+        raise VerifierError(f"need hidden >= 1, steps >= 1, 0 <= dropout < 1 and weight_decay >= 0, got {fitting}")
+    return features, fitting
+
+
 def check_seeds(cfg: DictConfig) -> tuple[list[int], list[int]]:
     first, n_train, n_val = int(cfg.seed), int(cfg.episodes), int(cfg.val_episodes)
     if first < 0 or n_train < 1 or n_val < 0:
@@ -272,6 +328,7 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
                          "verifier) cannot use it")
     if train_cfg.task.env_id is None:
         raise VerifierError(f"{ckpt}: its task has no simulator; the value verifier is trained in simulation")
+    features, fitting = choose_features(cfg, policy)
     out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "verifier"
     fingerprint = weights_sha256(ckpt)         # which policy a collection came from
     started = time.perf_counter()
@@ -293,17 +350,17 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     norm = policy.normalizer
     low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()
                  for v in (-1.0, 1.0))
-    model = fit(train, int(cfg.hidden), int(cfg.steps), int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
-                low, high, progress, bool(cfg.centered))
+    model = fit(train, fitting["hidden"], fitting["steps"], int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
+                low, high, progress, bool(cfg.centered), features, fitting["dropout"], fitting["weight_decay"])
     info = {"train_seeds": seeds, "checkpoint_step": meta["step"],
             "candidates": int(cfg.candidates), "continue_chunks": int(cfg.continue_chunks), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
-            "observations": len(train.scores), "policy_success_on_training_seeds": train_success,
+            "observations": len(train.scores), "fit": fitting, "policy_success_on_training_seeds": train_success,
             "collect_seconds": round(collect_s, 1), "fit_seconds": round(time.perf_counter() - started - collect_s, 1),
             "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None}
     save_value(model, info, out)
     held = info["held_out"] or info["train"]
     merged = f" and {len(cfg.merge)} merged collection(s)" if cfg.merge else ""
-    print(f"value verifier: {len(train.scores)} observations x {cfg.candidates} candidates from {len(train_seeds)} "
+    print(f"value verifier ({model.spec()['features']} features): {len(train.scores)} observations x {cfg.candidates} candidates from {len(train_seeds)} "
           f"episodes{merged} (policy success {train_success:.2f}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
           f"regret {held['regret']:.3f} (random pick {held['random_pick_regret']:.3f}) -> {out}")
     return out

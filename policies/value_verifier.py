@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cadence.errors import CadenceError
+from cadence.policies.denoiser_features import DenoiserFeatures
 from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_number, load_safetensors, read_json
 
 FORMAT = "cadence-chunk-value-1"
@@ -32,28 +33,52 @@ class VerifierError(CadenceError, ValueError):
 
 
 class ChunkValue(nn.Module):
-    """(cond (B, C), plans (B, K, P, Da) in task units) -> scores (B, K), higher better. ``centered``:
-    each candidate is also given as its difference from the mean of the K (what sets it apart
-    from the others, the only part that decides which one is kept)."""
+    """(cond (B, C), plans (B, K, P, Da) in task units) -> scores (B, K), higher better, by an MLP on
+    one of two inputs. ``features=None`` ("plan"): the conditioning beside the candidate's actions
+    scaled to [-1, 1] (``centered``: also each candidate minus the mean of the K, what sets it apart
+    from the others). A :class:`DenoiserFeatures`: what the policy's own denoiser computes on the
+    candidate (``dropout`` before each hidden layer)."""
 
     def __init__(self, cond_dim: int, plan_steps: int, action_dim: int, hidden: int,
-                 action_low: list[float], action_high: list[float], centered: bool = False):
+                 action_low: list[float], action_high: list[float], centered: bool = False,
+                 features: DenoiserFeatures | None = None, dropout: float = 0.0):
         super().__init__()
         self.cond_dim, self.plan_steps, self.action_dim, self.hidden = cond_dim, plan_steps, action_dim, hidden
-        self.centered = centered
+        self.centered, self.features, self.dropout = centered, features, dropout
         self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32), persistent=False)
-        plan = plan_steps * action_dim * (2 if centered else 1)
-        self.net = nn.Sequential(nn.Linear(cond_dim + plan, hidden), nn.Mish(),
-                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+        if features is None:
+            width = cond_dim + plan_steps * action_dim * (2 if centered else 1)
+            self.net = nn.Sequential(nn.Linear(width, hidden), nn.Mish(),
+                                     nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(features.width, hidden), nn.Mish(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
 
-    def forward(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+    def inputs(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+        """What the MLP reads of each candidate: (B, K, width)."""
+        if self.features is not None:
+            return self.features(cond, plans)
         b, k = plans.shape[:2]
         scaled = (2 * (plans - self.action_low) / (self.action_high - self.action_low).clamp_min(1e-6) - 1).flatten(2)
         parts = [cond.flatten(1)[:, None].expand(b, k, -1), scaled]
         if self.centered:
             parts.append(scaled - scaled.mean(dim=1, keepdim=True))
-        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+        return self.net(self.inputs(cond, plans)).squeeze(-1)
+
+    def spec(self) -> dict:
+        """Its sizes as ``verifier.json`` records them."""
+        out = {"cond_dim": self.cond_dim, "plan_steps": self.plan_steps, "action_dim": self.action_dim,
+               "hidden": self.hidden, "centered": self.centered, "action_low": self.action_low.tolist(),
+               "action_high": self.action_high.tolist(), "features": "plan" if self.features is None else "denoiser"}
+        if self.features is not None:
+            f = self.features
+            out.update(unet={k: v for k, v in f.unet.spec.items() if k not in ("action_dim", "cond_dim")},
+                       pred_horizon=f.pred_horizon, noise_points=f.points, dropout=self.dropout)
+        return out
 
 
 class ValueVerifier:
@@ -103,10 +128,7 @@ def save_value(model: ChunkValue, info: dict, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    spec = {"format": FORMAT, "cond_dim": model.cond_dim, "plan_steps": model.plan_steps,
-            "action_dim": model.action_dim, "hidden": model.hidden, "centered": model.centered,
-            "action_low": model.action_low.tolist(),
-            "action_high": model.action_high.tolist(), **info}
+    spec = {"format": FORMAT, **model.spec(), **info}
     (folder / "verifier.json").write_text(json.dumps(spec, indent=2))
     return folder
 
@@ -142,19 +164,59 @@ def load_value(folder: str | Path) -> ValueVerifier:
     for first, count in ranges:
         check_int(where, "train_seeds first", first, 0, 2 ** 63)
         check_int(where, "train_seeds count", count, 1, LIMITS["episodes"])
-    plan = sizes["plan_steps"] * sizes["action_dim"] * (2 if centered else 1)
-    weights = sizes["hidden"] * (sizes["cond_dim"] + plan + sizes["hidden"] + 3)
-    if weights > LIMITS["parameters"] or not math.isfinite(weights):
-        raise UntrustedFileError(f"{where}: the sizes build {weights:,} parameters, more than {LIMITS['parameters']:,}")
-    model = ChunkValue(**sizes, action_low=bounds[0], action_high=bounds[1], centered=centered)
+    trunk, dropout = read_features(where, spec, sizes)
+
+    def build() -> ChunkValue:
+        features = DenoiserFeatures(**trunk) if trunk else None
+        return ChunkValue(**sizes, action_low=bounds[0], action_high=bounds[1], centered=centered,
+                          features=features, dropout=dropout)
+
+    with torch.device("meta"):              # sizes first, nothing allocated
+        try:
+            skeleton = build()
+        except (ValueError, RuntimeError) as exc:
+            raise UntrustedFileError(f"{where}: its sizes build no network: {exc}") from None
+    count = sum(t.numel() for t in skeleton.state_dict().values())
+    if count > LIMITS["parameters"]:
+        raise UntrustedFileError(f"{where}: the sizes build {count:,} parameters, more than {LIMITS['parameters']:,}")
+    model = build()
     tensors = load_safetensors(folder / "model.safetensors")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if expected != got:
-        raise UntrustedFileError(f"{folder / 'model.safetensors'}: tensors {sorted(got)} do not match the sizes in "
-                                 f"verifier.json")
+        differ = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        raise UntrustedFileError(f"{folder / 'model.safetensors'}: tensors do not match the sizes in verifier.json "
+                                 f"({len(differ)} differ, e.g. {', '.join(f'{k} {got.get(k)} not {expected.get(k)}' for k in differ[:3])})")
     model.load_state_dict(tensors)
     return ValueVerifier(model, spec)
+
+
+def read_features(where: Path, spec: dict, sizes: dict) -> tuple[dict | None, float]:
+    """``verifier.json``'s input: (the :class:`DenoiserFeatures` arguments or None for "plan", dropout)."""
+    kind = spec.get("features", "plan")         # verifiers written before the option read plans
+    if kind == "plan":
+        return None, 0.0
+    if kind != "denoiser":
+        raise UntrustedFileError(f"{where}: 'features' must be 'plan' or 'denoiser', got {kind!r}"[:300])
+    unet = spec.get("unet")
+    if not isinstance(unet, dict) or set(unet) != {"down_dims", "kernel_size", "n_groups", "level_embed_dim"}:
+        raise UntrustedFileError(f"{where}: 'unet' must hold down_dims, kernel_size, n_groups and level_embed_dim")
+    dims = unet["down_dims"]
+    if not isinstance(dims, list) or not 1 <= len(dims) <= 8:
+        raise UntrustedFileError(f"{where}: 'unet.down_dims' must be a list of 1 to 8 widths")
+    down_dims = [check_int(where, "unet.down_dims[]", d, 1, LIMITS["width"]) for d in dims]
+    horizon = check_int(where, "pred_horizon", spec.get("pred_horizon"), sizes["plan_steps"], LIMITS["horizon"])
+    if horizon % 2 ** (len(down_dims) - 1):
+        raise UntrustedFileError(f"{where}: 'pred_horizon' {horizon} is not divisible by the UNet's "
+                                 f"{2 ** (len(down_dims) - 1)}")
+    trunk = {"unet": {"action_dim": sizes["action_dim"], "cond_dim": sizes["cond_dim"], "down_dims": down_dims,
+                      "kernel_size": check_int(where, "unet.kernel_size", unet["kernel_size"], 1, 255),
+                      "n_groups": check_int(where, "unet.n_groups", unet["n_groups"], 1, LIMITS["width"]),
+                      "level_embed_dim": check_int(where, "unet.level_embed_dim", unet["level_embed_dim"], 2,
+                                                   LIMITS["width"])},
+             "pred_horizon": horizon, "plan_steps": sizes["plan_steps"],
+             "points": check_int(where, "noise_points", spec.get("noise_points"), 1, 64)}
+    return trunk, check_number(where, "dropout", spec.get("dropout"), 0.0, 0.99)
 
 
 def resolve_verifier(name: str, value: str | Path | None, checkpoint_dir: Path | None, eval_seeds: range | None = None):

@@ -63,6 +63,8 @@ class ConditionalUnet1D(nn.Module):
     def __init__(self, action_dim: int, cond_dim: int, down_dims: Sequence[int] = (32, 64, 128),
                  kernel_size: int = 5, n_groups: int = 8, level_embed_dim: int = 64):
         super().__init__()
+        self.spec = {"action_dim": action_dim, "cond_dim": cond_dim, "down_dims": [int(d) for d in down_dims],
+                     "kernel_size": kernel_size, "n_groups": n_groups, "level_embed_dim": level_embed_dim}
         self.down_factor = 2 ** (len(down_dims) - 1)
         self.level_embed = nn.Sequential(SinusoidalEmbedding(level_embed_dim),
                                          nn.Linear(level_embed_dim, 4 * level_embed_dim), nn.Mish(),
@@ -150,24 +152,39 @@ class ConditionalUnet1D(nn.Module):
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor, step: int | None = None
                 ) -> torch.Tensor:
-        b, tp = x.shape[:2]
-        if tp % self.down_factor:
-            raise ValueError(f"chunk length {tp} must be divisible by {self.down_factor}")
+        self._check_length(x)
         precomputed = self._precomputed(level, cond, step)
         if precomputed is not None:
             return self.modulated(x, precomputed)
+        return self._body(x, self._film_input(x, level, cond), itertools.repeat(None))
+
+    def taps(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor
+             ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The forward pass with what it computes on the way: (the output (B, Tp, Da), each down stage's
+        output before downsampling (B, C_i, T_i), the middle blocks' output (B, C, T / down_factor))."""
+        self._check_length(x)
+        taps: list[torch.Tensor] = []
+        out = self._body(x, self._film_input(x, level, cond), itertools.repeat(None), taps)
+        return out, taps[:-1], taps[-1]
+
+    def _check_length(self, x: torch.Tensor) -> None:
+        if x.shape[1] % self.down_factor:
+            raise ValueError(f"chunk length {x.shape[1]} must be divisible by {self.down_factor}")
+
+    def _film_input(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """[level embedding, cond]: (B, F), or (B, F, Tp) with per-step levels."""
+        b, tp = x.shape[:2]
         if level.ndim == 2:
             if tuple(level.shape) != (b, tp):
                 raise ValueError(f"per-step levels must be (B, Tp) = {(b, tp)}, got {tuple(level.shape)}")
-            film = torch.cat([self.level_embed(level), cond[:, None].expand(-1, tp, -1)], dim=-1).transpose(1, 2)
-        elif level.ndim <= 1:
-            film = torch.cat([self.level_embed(level.expand(b)), cond], dim=-1)
-        else:
-            raise ValueError(f"level must be (B,) or (B, Tp), got {tuple(level.shape)}")
-        return self._body(x, film, itertools.repeat(None))
+            return torch.cat([self.level_embed(level), cond[:, None].expand(-1, tp, -1)], dim=-1).transpose(1, 2)
+        if level.ndim <= 1:
+            return torch.cat([self.level_embed(level.expand(b)), cond], dim=-1)
+        raise ValueError(f"level must be (B,) or (B, Tp), got {tuple(level.shape)}")
 
-    def _body(self, x: torch.Tensor, film: torch.Tensor | None, mods) -> torch.Tensor:
-        """The blocks, each modulated by ``film`` (the FiLM input) or by its precomputed output from ``mods``."""
+    def _body(self, x: torch.Tensor, film: torch.Tensor | None, mods, taps: list | None = None) -> torch.Tensor:
+        """The blocks, each modulated by ``film`` (the FiLM input) or by its precomputed output from
+        ``mods``; ``taps``: appended each down stage's output and the middle blocks' output."""
         h = x.transpose(1, 2)
         skips = []
         for res1, res2, downsample in self.down:
@@ -176,6 +193,8 @@ class ConditionalUnet1D(nn.Module):
             h = downsample(h)
         for res in self.mid:
             h = res(h, film, next(mods))
+        if taps is not None:
+            taps.extend([*skips, h])
         for res1, res2, upsample in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
             h = upsample(res2(res1(h, film, next(mods)), film, next(mods)))

@@ -208,6 +208,13 @@ class ProcessBase:
         """Largest level the network sees (export traces levels in [0, this]): 100 unless overridden."""
         return 100.0
 
+    def clean_input(self, noise: float) -> tuple[float, float] | None:
+        """How the network sees a chunk ``x0`` with no noise drawn at the fraction ``noise`` (0 clean, 1
+        pure noise) of the way along the process: ``(s, level)``, the input being ``s * x0`` at
+        ``level``. None: this process has no such input (the ``denoiser`` features of the value
+        verifier, :mod:`cadence.policies.denoiser_features`, are then not available)."""
+        return None
+
     # --- policy.json ---------------------------------------------------------------------------
 
     def spec(self) -> dict[str, Any]:

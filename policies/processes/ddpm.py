@@ -60,6 +60,10 @@ class DDPMProcess(ProcessBase):
     def level_range(self) -> float:
         return float(self.train_steps)
 
+    def clean_input(self, noise: float) -> tuple[float, float]:
+        t = min(max(round(noise * self.train_steps), 0), self.train_steps - 1)
+        return float(self.alphas_cumprod[t].sqrt()), float(t)
+
     def timesteps(self) -> list[int]:
         stride = self.train_steps // self.sample_steps
         return [k * stride for k in reversed(range(self.sample_steps))]

@@ -72,6 +72,10 @@ class RectifiedFlowProcess(ProcessBase):
     def level_range(self) -> float:
         return float(self.level_scale)
 
+    def clean_input(self, noise: float) -> tuple[float, float]:
+        t = min(max(1.0 - noise, 0.0), 1.0)           # x_t = (1 - t) noise + t x0
+        return t, t * self.level_scale
+
     def loss(self, net, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         b = x0.shape[0]
         t = torch.rand((b,), generator=generator, device=x0.device, dtype=x0.dtype)

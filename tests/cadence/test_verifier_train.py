@@ -75,7 +75,7 @@ def test_training_seeds_never_reach_the_evaluation_seeds():
 def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     run_dir = train_tiny_run(tiny_store, tmp_path / "run")
     out = run(train_config(run_dir), progress=False)
-    assert out == run_dir / "verifier" and "value verifier:" in capsys.readouterr().out
+    assert out == run_dir / "verifier" and "value verifier (denoiser features):" in capsys.readouterr().out
     info = json.loads((out / "verifier.json").read_text())
     assert info["train_seeds"] == [0, 4] and info["held_out"]["observations"] > 0
     assert 0.0 <= info["held_out"]["pairwise_accuracy"] <= 1.0
@@ -102,6 +102,35 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     chunks = sampler(noises)
     best = verifier(chunks, SearchContext(obs, policy.obs_horizon - 1, cond=sampler.cond)).argmax(dim=1)
     assert torch.allclose(kept, chunks[torch.arange(2), best], atol=1e-5)
+    # the default input for a UNet policy is its denoiser's features; plans on request, from the same collection
+    assert info["features"] == "denoiser" and info["fit"] == {"hidden": 16, "steps": 20, "dropout": 0.3,
+                                                               "weight_decay": 0.1}
+    run(train_config(run_dir, refit=True, features="plan", hidden=None), progress=False)
+    on_plans = load_value(out)
+    assert on_plans.model.features is None and on_plans.info["fit"]["hidden"] == 256
+
+
+def test_the_verifiers_input_and_its_fit_settings_are_checked_before_any_rollout():
+    from cadence.policies.denoiser_features import DenoiserFeatures
+    from cadence.verifier_train import choose_features
+    from tests.deploy.onnx_cases import make_policy
+
+    unet, transformer = make_policy("ddpm", down_dims=[16, 32]), make_policy("ddpm", network="transformer")
+    features, fitting = choose_features(train_config("x", hidden=None, steps=None), unet)
+    assert isinstance(features, DenoiserFeatures) and fitting == {"hidden": 64, "steps": 1500, "dropout": 0.3,
+                                                                  "weight_decay": 0.1}
+    features, fitting = choose_features(train_config("x", hidden=None, steps=None), transformer)    # auto: plans
+    assert features is None and fitting == {"hidden": 256, "steps": 3000, "dropout": 0.0, "weight_decay": 1e-4}
+    assert choose_features(train_config("x", features="plan", weight_decay=0.5), unet)[1]["weight_decay"] == 0.5
+    for overrides, policy, match in [({"features": "denoiser"}, transformer, "UNet denoiser.*TransformerDenoiser"),
+                                     ({"features": "pixels"}, unet, "features must be"),
+                                     ({"noise": [0.1, 1.5]}, unet, "noise must be fractions"),
+                                     ({"noise": []}, unet, "noise must be fractions"),
+                                     ({"centered": True}, unet, "centered applies to features=plan"),
+                                     ({"features": "plan", "dropout": 0.2}, unet, "dropout applies"),
+                                     ({"dropout": 1.0}, unet, "dropout < 1")]:
+        with pytest.raises(VerifierError, match=match):
+            choose_features(train_config("x", **overrides), policy)
 
 
 def test_a_continued_label_runs_the_policys_own_chunks_after_each_candidate(tiny_store, tmp_path):
@@ -202,11 +231,39 @@ def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
         assert "verifier.json" in str(caught.value) or "model.safetensors" in str(caught.value)
     (folder / "verifier.json").write_text(json.dumps(spec))
     weights = folder / "model.safetensors"
+    assert torch.equal(load_value(folder).model.net[0].weight, model.net[0].weight)
     weights.write_bytes(weights.read_bytes()[:-40])                             # truncated
     with pytest.raises(UntrustedFileError, match="model.safetensors"):
         load_value(folder)
     with pytest.raises(UntrustedFileError, match="cadence verifier train"):
         load_value(tmp_path / "nowhere")
+
+
+def test_a_tampered_denoiser_verifier_is_refused_before_anything_is_allocated(tmp_path):
+    from cadence.policies.denoiser_features import DenoiserFeatures
+    from tests.deploy.onnx_cases import make_policy
+
+    policy = make_policy("ddpm", down_dims=[16, 32])
+    features = DenoiserFeatures.from_policy(policy)
+    model = ChunkValue(features.unet.spec["cond_dim"], 15, 2, 8, [-1.0, -1.0], [1.0, 1.0], features=features, dropout=0.3)
+    folder = save_value(model, {"train_seeds": [0, 5]}, tmp_path / "v")
+    spec = json.loads((folder / "verifier.json").read_text())
+    loaded = load_value(folder).model
+    assert loaded.features is not None and torch.equal(loaded.features.unet.head[-1].weight, policy.denoiser.head[-1].weight)
+    unet = spec["unet"]
+    for key, value, match in [("unet", {**unet, "down_dims": [65_536, 65_536]}, "parameters, more than"),
+                              ("unet", {**unet, "n_groups": 5}, "build no network"),
+                              ("pred_horizon", 17, "not divisible"),
+                              ("unet", {**unet, "down_dims": [16, 64]}, "do not match"),
+                              ("unet", {k: v for k, v in unet.items() if k != "n_groups"}, "'unet' must hold"),
+                              ("unet", {**unet, "kernel_size": 2.5}, "kernel_size"),
+                              ("pred_horizon", 8, "pred_horizon"), ("noise_points", 2, "do not match"),
+                              ("noise_points", 10 ** 6, "noise_points"), ("dropout", 1.5, "dropout"),
+                              ("features", "pickle", "'features' must be")]:
+        (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))
+        with pytest.raises(UntrustedFileError, match=match) as caught:
+            load_value(folder)
+        assert "verifier.json" in str(caught.value) or "model.safetensors" in str(caught.value)
 
 
 def test_an_export_carries_the_value_verifier_and_searches_with_it(tiny_store, tmp_path):

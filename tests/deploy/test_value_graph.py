@@ -10,6 +10,7 @@ import torch
 from cadence.deploy.exported_policy import ExportFormatError
 from cadence.deploy.runtimes import build_runtime
 from cadence.deploy.value_graph import OnnxValueVerifier, export_value_graph, for_runtime, load_value_graph
+from cadence.policies.denoiser_features import DenoiserFeatures
 from cadence.policies.search import SearchSettings, search_chunk
 from cadence.policies.value_verifier import ChunkValue, load_value, save_value
 from tests.deploy.onnx_cases import exported, make_policy
@@ -18,9 +19,16 @@ from tests.policies.test_search import obs_tensors
 LOW, HIGH = [-1.5, -1.0], [1.5, 1.5]          # the test policies' action range
 
 
-def write_verifier(folder, cond_dim: int, plan_steps: int = 15, seed: int = 0, centered: bool = False) -> ChunkValue:
+def write_verifier(folder, cond_dim: int, plan_steps: int = 15, seed: int = 0, centered: bool = False,
+                   denoiser=None) -> ChunkValue:
+    """``denoiser``: a policy whose UNet gives the verifier its input (standardized by made-up statistics)."""
     torch.manual_seed(seed)
-    model = ChunkValue(cond_dim, plan_steps, 2, 32, LOW, HIGH, centered)
+    features = None
+    if denoiser is not None:
+        features = DenoiserFeatures.from_policy(denoiser)
+        features.mean.normal_()
+        features.std.uniform_(0.5, 2.0)
+    model = ChunkValue(cond_dim, plan_steps, 2, 32, LOW, HIGH, centered, features, dropout=0.3 if features else 0.0)
     save_value(model, {"train_seeds": [0, 10]}, folder)
     export_value_graph(model, folder)
     return model
@@ -31,11 +39,12 @@ def policy():
     return make_policy("ddpm", down_dims=[16, 32])
 
 
-@pytest.mark.parametrize("centered", [False, True])
-def test_the_graph_scores_like_the_network_at_any_batch_and_candidate_count(tmp_path, policy, centered):
-    model = write_verifier(tmp_path, policy.encoder.out_dim, centered=centered)
+@pytest.mark.parametrize("kind", ["plan", "centered", "denoiser"])
+def test_the_graph_scores_like_the_network_at_any_batch_and_candidate_count(tmp_path, policy, kind):
+    model = write_verifier(tmp_path, policy.encoder.out_dim, centered=kind == "centered",
+                           denoiser=policy if kind == "denoiser" else None)
     graph = load_value_graph(tmp_path, "cpu")
-    assert graph.model.centered is centered
+    assert graph.model.centered is (kind == "centered") and graph.model.spec()["features"] == kind.replace("centered", "plan")
     assert isinstance(graph, OnnxValueVerifier) and graph.provider == "CPUExecutionProvider"
     for batch, k in ((1, 1), (2, 16), (5, 3)):
         cond = torch.randn(batch, model.cond_dim)
