@@ -1,7 +1,9 @@
 """The ``value`` search verifier: a small network that ranks a policy's candidate chunks.
 
 ``ChunkValue`` scores (the policy's observation conditioning, a candidate's actions from ``start``
-to the chunk's end) with an MLP. It is trained by ``cadence verifier train``
+to the chunk's end) with an MLP, on what the policy's own denoiser computes on the candidate
+(:mod:`cadence.policies.denoiser_features`, a frozen copy of its UNet) or on the conditioning and
+the actions themselves. It is trained by ``cadence verifier train``
 (:mod:`cadence.verifier_train`) on the policy's own candidates in simulation, on training seeds
 only, to order the candidates of one observation as the simulator's lookahead ordered them
 (:mod:`cadence.envs.lookahead`): only the chunk-dependent part of a value decides which
@@ -9,13 +11,13 @@ candidate to keep, and candidates of the same observation compared with each oth
 without the noise of the episode's other chance events. Deployable: it needs nothing but the
 observation and the candidates.
 
-Saved as ``model.safetensors`` + ``verifier.json`` (sizes, the action range it scales by, the
-seeds it was trained on); loading checks both and never unpickles.
+Saved as ``model.safetensors`` + ``verifier.json`` (sizes, the input, the action range it scales
+by, the seeds it was trained on); loading checks both, bounds the network's size before building
+it, and never unpickles.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
