@@ -39,6 +39,9 @@ def open_graph(export_dir: Path, spec_path: Path, name: str, graph: Mapping, sha
         raise error(f"{path}: the graph keeps weights in external files; an export's graphs must hold their own")
     try:
         session = create_session(path, provider, threads, spinning, precision)
+    except UnicodeError as exc:     # ONNX Runtime quoting the file's damaged text in its message
+        raise error(f"{path}: ONNX Runtime cannot load it (a name or operator in it is not UTF-8 text: "
+                    f"{exc.reason})") from None
     except (RuntimeError, ValueError):
         raise                       # the machine or the caller's settings (no GPU for "cuda"), not the file
     except Exception as exc:        # ONNX Runtime's own errors: it refuses the model (bad graph, operator, ...)
