@@ -28,13 +28,13 @@ DEFAULT_NOISE = (0.05, 0.2, 0.5)
 class DenoiserFeatures(nn.Module):
     """(cond (B, C), plans (B, K, P, Da) in task units) -> (B, K, width) standardized features."""
 
-    def __init__(self, unet: dict, pred_horizon: int, plan_steps: int, points: int):
+    def __init__(self, unet: dict, pred_horizon: int, points: int):
         super().__init__()
         self.unet = ConditionalUnet1D(**unet).requires_grad_(False)
-        self.pred_horizon, self.plan_steps, self.points = pred_horizon, plan_steps, points
+        self.pred_horizon, self.points = pred_horizon, points
         da, dims = unet["action_dim"], unet["down_dims"]
-        self.per_point = sum(dims[:-1]) + dims[-1] * (pred_horizon // self.unet.down_factor) + pred_horizon * da
-        self.width = points * self.per_point
+        per_point = sum(dims[:-1]) + dims[-1] * (pred_horizon // self.unet.down_factor) + pred_horizon * da
+        self.width = points * per_point
         for name, size in (("action_scale", da), ("action_offset", da), ("signal", points), ("level", points),
                            ("mean", self.width), ("std", self.width)):
             self.register_buffer(name, torch.ones(size) if name in ("action_scale", "std") else torch.zeros(size))
@@ -51,8 +51,7 @@ class DenoiserFeatures(nn.Module):
         if not noise or None in points:
             raise ValueError(f"denoiser features need a process with a clean input (ddpm, flow); this policy's "
                              f"is {process.name!r}: use features=plan")
-        plan = policy.pred_horizon - policy.obs_horizon + 1
-        features = cls(net.spec, policy.pred_horizon, plan, len(points))
+        features = cls(net.spec, policy.pred_horizon, len(points))
         features.unet.load_state_dict(net.state_dict())
         scale, offset = policy.normalizer.params(policy.action_key)
         features.action_scale.copy_(scale.flatten())

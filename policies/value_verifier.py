@@ -216,8 +216,7 @@ def read_features(where: Path, spec: dict, sizes: dict) -> tuple[dict | None, fl
                       "n_groups": check_int(where, "unet.n_groups", unet["n_groups"], 1, LIMITS["width"]),
                       "level_embed_dim": check_int(where, "unet.level_embed_dim", unet["level_embed_dim"], 2,
                                                    LIMITS["width"])},
-             "pred_horizon": horizon, "plan_steps": sizes["plan_steps"],
-             "points": check_int(where, "noise_points", spec.get("noise_points"), 1, 64)}
+             "pred_horizon": horizon, "points": check_int(where, "noise_points", spec.get("noise_points"), 1, 64)}
     return trunk, check_number(where, "dropout", spec.get("dropout"), 0.0, 0.99)
 
 
