@@ -34,6 +34,7 @@ from cadence.envs.rollout import RolloutResult, rollout, vector_env
 from cadence.envs.trajectory_plot import plot_trajectories
 from cadence.deploy.budget import time_calls
 from cadence.envs.video import check_video_format, save_video
+from cadence.envs.worker_memory import check_worker_memory
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,11 @@ def _evaluate_task(policy, task_cfg, policy_cfg, eval_cfg, out_dir: Path | None,
     pools = EnvPools() if own_pools else pools
     envs = None
     if eval_cfg.async_envs and my_waves:
-        envs = pools.get(key, partial(vector_env, partial(make_env, task_cfg, video > 0), len(waves[0]),
-                                      n_video=video, async_envs=True,
-                                      preload=[m for m in [env_module(task_cfg)] if m]))
+        def start_workers():
+            check_worker_memory(task_cfg, len(waves[0]), f"eval.async_envs with eval.batch_size={eval_cfg.batch_size}")
+            return vector_env(partial(make_env, task_cfg, video > 0), len(waves[0]), n_video=video, async_envs=True,
+                              preload=[m for m in [env_module(task_cfg)] if m])
+        envs = pools.get(key, start_workers)
     try:
         for k in my_waves:
             filmed = video if k == 0 else 0            # the video shows the first episodes (rank 0's first wave)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cadence.envs.rollout import rollout
 from cadence.envs.task_env import make_env
+from cadence.envs.worker_memory import check_worker_memory
 from cadence.policies.action_chunk import ActionChunk
 from cadence.policies.search import CandidateSampler, continuation
 from cadence.policies.denoiser_features import DenoiserFeatures
@@ -323,6 +324,8 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
         raise VerifierError(f"candidates must be >= 2 (a ranking needs two), got {cfg.candidates}")
     if int(cfg.continue_chunks) < 0:
         raise VerifierError(f"continue_chunks must be >= 0, got {cfg.continue_chunks}")
+    if int(cfg.batch_envs) < 1:
+        raise VerifierError(f"batch_envs must be >= 1, got {cfg.batch_envs}")
     device = resolve_device(cfg.device)
     ckpt = resolve_checkpoint_dir(cfg.checkpoint)
     policy, train_cfg, meta = load_policy(ckpt, device)
@@ -332,6 +335,9 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     if train_cfg.task.env_id is None:
         raise VerifierError(f"{ckpt}: its task has no simulator; the value verifier is trained in simulation")
     features, fitting = choose_features(cfg, policy)
+    if cfg.async_envs and not cfg.refit:
+        check_worker_memory(train_cfg.task, min(int(cfg.batch_envs), len(train_seeds)),
+                            f"batch_envs={cfg.batch_envs} with async_envs=true")
     out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "verifier"
     fingerprint = weights_sha256(ckpt)         # which policy a collection came from
     started = time.perf_counter()

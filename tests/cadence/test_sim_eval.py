@@ -1,4 +1,5 @@
 import copy
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from cadence.checkpoint import load_policy
 from cadence.envs.env_pools import EnvPools
+from cadence.envs.worker_memory import WorkerMemoryError
 from cadence.sim_eval import evaluate_policy, evaluation_waves, set_sample_steps, wave_seed
 from tests.conftest import train_tiny_run
 
@@ -71,6 +73,15 @@ def test_waves_cover_the_seeds_in_order():
     assert evaluation_waves(seeds, 20, world=2) == [seeds]
     with pytest.raises(ValueError, match="eval.batch_size"):
         evaluation_waves(seeds, -1)
+
+
+def test_more_workers_than_the_memory_holds_are_refused_before_any_starts(tiny_policy):
+    policy, cfg, _ = tiny_policy
+    cfg.eval.episodes, cfg.eval.batch_size, cfg.eval.async_envs, cfg.eval.latency_calls = 10**6, 0, True, 0
+    before = multiprocessing.active_children()
+    with pytest.raises(WorkerMemoryError, match="eval.async_envs with eval.batch_size=0 starts 1000000 simulator"):
+        evaluate_policy(policy, cfg.task, cfg.policy, cfg.eval, None, "cpu", progress=False)
+    assert multiprocessing.active_children() == before
 
 
 def test_waves_in_worker_processes_match_waves_here(tiny_policy):

@@ -110,6 +110,17 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     assert on_plans.model.features is None and on_plans.info["fit"]["hidden"] == 256
 
 
+def test_more_workers_than_the_memory_holds_are_refused_before_any_rollout(tiny_store, tmp_path):
+    from cadence.envs.worker_memory import WorkerMemoryError
+
+    run_dir = train_tiny_run(tiny_store, tmp_path / "run")
+    with pytest.raises(WorkerMemoryError, match="batch_envs=90000 with async_envs=true starts 90000"):
+        run(train_config(run_dir, episodes=90_000, batch_envs=90_000, async_envs=True), progress=False)
+    with pytest.raises(VerifierError, match="batch_envs must be >= 1"):
+        run(train_config(run_dir, batch_envs=0), progress=False)
+    assert not (run_dir / "verifier").exists()
+
+
 def test_the_verifiers_input_and_its_fit_settings_are_checked_before_any_rollout():
     from cadence.policies.denoiser_features import DenoiserFeatures
     from cadence.verifier_train import choose_features
