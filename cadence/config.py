@@ -259,6 +259,8 @@ class VerifierTrainApp:
     out_dir: Optional[str] = None            # default <run>/verifier
     refit: bool = False                      # fit again on the candidates collected there before (no rollouts)
     merge: list = field(default_factory=list)  # more collections (verifier folders) to fit on: same policy, K and continue_chunks
+    cv_folds: int = 0                        # >= 2: also score each of this many folds of the training data by a
+                                             # verifier fitted on the others (cross_validation in verifier.json)
 
 
 @dataclass

@@ -27,6 +27,7 @@ lists every collection's seeds.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ class Candidates:
     @classmethod
     def concat(cls, parts: list["Candidates"]) -> "Candidates":
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("cond", "plans", "scores")))
+
+    def rows(self, start: int, stop: int) -> "Candidates":
+        return Candidates(self.cond[start:stop], self.plans[start:stop], self.scores[start:stop])
 
 
 class CandidateRecorder:
@@ -131,11 +135,14 @@ def in_batches(fn, data: Candidates, device="cpu", desc: str | None = None, prog
 
 @torch.no_grad()
 def ranking_metrics(model: ChunkValue, data: Candidates) -> dict:
-    """Held-out numbers: pairwise accuracy (strict pairs), top-1 agreement with the lookahead's best
-    (observations whose candidates are not all tied) and regret of the pick against the best,
-    beside a uniformly random pick's."""
-    values = in_batches(model.eval(), data)
-    scores = data.scores
+    """Held-out numbers of ``model`` on ``data`` (:func:`ranking_numbers`)."""
+    return ranking_numbers(in_batches(model.eval(), data), data.scores)
+
+
+def ranking_numbers(values: torch.Tensor, scores: torch.Tensor) -> dict:
+    """Pairwise accuracy of ``values`` (N, K) against ``scores`` (strict pairs), top-1 agreement with
+    the lookahead's best (observations whose candidates are not all tied) and regret of the pick
+    against the best, beside a uniformly random pick's."""
     better = scores[:, :, None] > scores[:, None, :] + 1e-6
     right = (values[:, :, None] > values[:, None, :]) & better
     pick = values.argmax(dim=1)
@@ -180,6 +187,22 @@ def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, 
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return model.eval()
+
+
+def cross_validate(train: Candidates, folds: int, fit_fold, progress: bool) -> dict:
+    """``train`` in ``folds`` contiguous folds in collection order (the observations of a wave of
+    episodes are recorded together, so a fold larger than a wave holds whole waves but at its two
+    edges); each fold scored by ``fit_fold(rest)``, a verifier fitted on the other folds; the
+    numbers over every observation so scored."""
+    n = len(train.scores)
+    if not 2 <= folds <= n:
+        raise VerifierError(f"cv_folds must be 0 (none) or 2..{n} (the training observations), got {folds}")
+    edges = [round(i * n / folds) for i in range(folds + 1)]
+    values = []
+    for a, b in tqdm(list(zip(edges, edges[1:])), desc="cross-validation", unit="fold", disable=not progress):
+        model = fit_fold(Candidates.concat([train.rows(0, a), train.rows(b, n)]))
+        values.append(in_batches(model.eval(), train.rows(a, b)))
+    return {"folds": folds, **ranking_numbers(torch.cat(values), train.scores)}
 
 
 CANDIDATES_FILE = "candidates.safetensors"
@@ -324,6 +347,8 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
         raise VerifierError(f"candidates must be >= 2 (a ranking needs two), got {cfg.candidates}")
     if int(cfg.continue_chunks) < 0:
         raise VerifierError(f"continue_chunks must be >= 0, got {cfg.continue_chunks}")
+    if int(cfg.cv_folds) < 0 or int(cfg.cv_folds) == 1:
+        raise VerifierError(f"cv_folds must be 0 (none) or >= 2, got {cfg.cv_folds}")
     if int(cfg.batch_envs) < 1:
         raise VerifierError(f"batch_envs must be >= 1, got {cfg.batch_envs}")
     device = resolve_device(cfg.device)
@@ -359,17 +384,26 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     norm = policy.normalizer
     low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()
                  for v in (-1.0, 1.0))
-    model = fit(train, fitting["hidden"], fitting["steps"], int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
-                low, high, progress, bool(cfg.centered), features, fitting["dropout"], fitting["weight_decay"])
+
+    def fit_on(data: Candidates, show: bool) -> ChunkValue:   # a fresh copy of the features: fit standardizes them
+        return fit(data, fitting["hidden"], fitting["steps"], int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
+                   low, high, show, bool(cfg.centered), copy.deepcopy(features), fitting["dropout"],
+                   fitting["weight_decay"])
+    folds = int(cfg.cv_folds)
+    cv = cross_validate(train, folds, lambda rest: fit_on(rest, False), progress) if folds else None
+    model = fit_on(train, progress)
     info = {"train_seeds": seeds, "checkpoint_step": meta["step"],
             "candidates": int(cfg.candidates), "continue_chunks": int(cfg.continue_chunks), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
             "observations": len(train.scores), "fit": fitting, "policy_success_on_training_seeds": train_success,
             "collect_seconds": round(collect_s, 1), "fit_seconds": round(time.perf_counter() - started - collect_s, 1),
-            "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None}
+            "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None,
+            "cross_validation": cv}
     save_value(model, info, out)
     held = info["held_out"] or info["train"]
     merged = f" and {len(cfg.merge)} merged collection(s)" if cfg.merge else ""
     print(f"value verifier ({model.spec()['features']} features): {len(train.scores)} observations x {cfg.candidates} candidates from {len(train_seeds)} "
           f"episodes{merged} (policy success {train_success:.2f}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
-          f"regret {held['regret']:.3f} (random pick {held['random_pick_regret']:.3f}) -> {out}")
+          f"regret {held['regret']:.3f} (random pick {held['random_pick_regret']:.3f})"
+          + (f"; {folds}-fold cross-validation: pairwise accuracy {cv['pairwise_accuracy']:.3f}, regret "
+             f"{cv['regret']:.3f} (random pick {cv['random_pick_regret']:.3f})" if cv else "") + f" -> {out}")
     return out

@@ -11,7 +11,7 @@ from cadence.policies.search import SearchContext
 from cadence.policies.value_verifier import ChunkValue, VerifierError, load_value, save_value
 from cadence.sim_eval import set_search
 from cadence.untrusted import UntrustedFileError
-from cadence.verifier_train import Candidates, check_seeds, fit, ranking_metrics, run
+from cadence.verifier_train import Candidates, check_seeds, cross_validate, fit, ranking_metrics, run
 from tests.conftest import train_tiny_run
 
 
@@ -35,6 +35,27 @@ def test_the_value_network_learns_the_order_of_candidates():
     held = ranking_metrics(model, synthetic(512, 1))
     assert held["pairwise_accuracy"] > 0.85
     assert held["regret"] < 0.5 * held["random_pick_regret"]
+
+
+def test_cross_validation_scores_each_fold_by_a_verifier_that_never_saw_it():
+    data, seen = synthetic(1000, 0), []
+
+    def fit_fold(rest):
+        seen.append(rest)
+        return fit(rest, hidden=64, steps=300, batch_size=128, lr=3e-3, seed=0,
+                   action_low=[-1.0, -1.0], action_high=[1.0, 1.0], progress=False)
+    cv = cross_validate(data, 4, fit_fold, progress=False)
+    assert [len(r.scores) for r in seen] == [750] * 4 and cv["folds"] == 4 and cv["observations"] == 1000
+    for k, rest in enumerate(seen):           # fold k (rows 250k..250k+249) is exactly what its fit left out
+        left_out = data.rows(250 * k, 250 * (k + 1))
+        assert not any(torch.equal(row, r) for row in left_out.cond[:20] for r in rest.cond)
+        assert torch.equal(torch.cat([rest.cond, left_out.cond]).sort(dim=0).values, data.cond.sort(dim=0).values)
+    assert cv["pairwise_accuracy"] > 0.85 and cv["regret"] < 0.5 * cv["random_pick_regret"]
+    # labels the conditioning and plan cannot predict: cross-validation says so, where the fit's own data would not
+    noise = Candidates(data.cond, data.plans, torch.rand(data.scores.shape, generator=torch.Generator().manual_seed(1)))
+    assert cross_validate(noise, 4, fit_fold, progress=False)["pairwise_accuracy"] < 0.56
+    with pytest.raises(VerifierError, match="cv_folds must be 0 \\(none\\) or 2..1000"):
+        cross_validate(data, 1001, fit_fold, progress=False)
 
 
 def test_a_centered_network_sees_what_sets_a_candidate_apart_from_the_others():
@@ -81,8 +102,12 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     assert 0.0 <= info["held_out"]["pairwise_accuracy"] <= 1.0
     verifier = load_value(out)
     assert (out / "candidates.safetensors").is_file()
-    refit = run(train_config(run_dir, refit=True, steps=5), progress=False)          # no rollouts: the same data
-    assert json.loads((refit / "verifier.json").read_text())["observations"] == info["observations"]
+    refit = run(train_config(run_dir, refit=True, steps=5, cv_folds=2), progress=False)   # no rollouts: the same data
+    refitted = json.loads((refit / "verifier.json").read_text())
+    assert refitted["observations"] == info["observations"] and info["cross_validation"] is None
+    assert refitted["cross_validation"]["folds"] == 2 and refitted["cross_validation"]["observations"] == info["observations"]
+    assert "2-fold cross-validation: pairwise accuracy" in capsys.readouterr().out
+    load_value(refit)                                           # the verifier.json with its numbers loads
     with pytest.raises(VerifierError, match="collect again"):
         run(train_config(run_dir, refit=True, episodes=5), progress=False)
 
@@ -110,7 +135,7 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     assert on_plans.model.features is None and on_plans.info["fit"]["hidden"] == 256
 
 
-def test_more_workers_than_the_memory_holds_are_refused_before_any_rollout(tiny_store, tmp_path):
+def test_more_workers_than_the_memory_holds_and_bad_settings_are_refused_before_any_rollout(tiny_store, tmp_path):
     from cadence.envs.worker_memory import WorkerMemoryError
 
     run_dir = train_tiny_run(tiny_store, tmp_path / "run")
@@ -118,6 +143,8 @@ def test_more_workers_than_the_memory_holds_are_refused_before_any_rollout(tiny_
         run(train_config(run_dir, episodes=90_000, batch_envs=90_000, async_envs=True), progress=False)
     with pytest.raises(VerifierError, match="batch_envs must be >= 1"):
         run(train_config(run_dir, batch_envs=0), progress=False)
+    with pytest.raises(VerifierError, match="cv_folds must be 0 \\(none\\) or >= 2"):
+        run(train_config(run_dir, cv_folds=1), progress=False)
     assert not (run_dir / "verifier").exists()
 
 
