@@ -253,6 +253,7 @@ class VerifierTrainApp:
     weight_decay: Optional[float] = None     # default: 0.1 on denoiser features, 1e-4 on plans
     centered: bool = False                   # plan: also give each candidate minus the mean of the K
     steps: Optional[int] = None              # optimizer steps (default: 1500 on denoiser features, 3000 on plans)
+    members: Optional[int] = None            # an ensemble of this many MLPs, their scores averaged (default 1)
     batch_size: int = 256                    # observations per step (each with its K candidates)
     lr: float = 1e-3
     device: str = "auto"

@@ -45,7 +45,7 @@ from cadence.envs.worker_memory import check_worker_memory
 from cadence.policies.action_chunk import ActionChunk
 from cadence.policies.search import CandidateSampler, continuation
 from cadence.policies.denoiser_features import DenoiserFeatures
-from cadence.policies.value_verifier import ChunkValue, VerifierError, save_value
+from cadence.policies.value_verifier import MAX_MEMBERS, ChunkValue, VerifierError, save_value
 
 log = logging.getLogger(__name__)
 
@@ -157,51 +157,63 @@ def ranking_numbers(values: torch.Tensor, scores: torch.Tensor) -> dict:
 
 def fit(train: Candidates, hidden: int, steps: int, batch_size: int, lr: float, seed: int,
         action_low: list[float], action_high: list[float], progress: bool, centered: bool = False,
-        features: DenoiserFeatures | None = None, dropout: float = 0.0, weight_decay: float = 1e-4) -> ChunkValue:
+        features: DenoiserFeatures | None = None, dropout: float = 0.0, weight_decay: float = 1e-4,
+        members: int = 1, raw: torch.Tensor | None = None) -> ChunkValue:
     """A :class:`ChunkValue` fitted to ``train``. Its input is computed once for every candidate
-    (``features``: the policy's denoiser run on each, standardized over them), then the MLP alone
-    is trained."""
+    (``features``: the policy's denoiser run on each, standardized over them; ``raw``: those
+    features of ``train`` already computed, left as they are), then the MLPs alone are trained,
+    each of the ``members`` from its own start and on its own batches."""
     torch.manual_seed(seed)
     n, _, p, da = train.plans.shape
+    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high, centered, features, dropout, members)
     if features is not None:
-        x = in_batches(features.raw, train, features.mean.device, "denoiser features", progress)
+        x = raw if raw is not None else in_batches(features.raw, train, features.mean.device, "denoiser features", progress)
         features.cpu()
         flat = x.flatten(0, 1)
         features.mean.copy_(flat.mean(dim=0))
         features.std.copy_(flat.std(dim=0) + 1e-5)
-        x.sub_(features.mean).div_(features.std)
-    model = ChunkValue(train.cond.shape[1], p, da, hidden, action_low, action_high, centered, features, dropout)
-    if features is None:
+    else:
         x = in_batches(model.inputs, train)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = torch.Generator().manual_seed(seed)
+    generators = [torch.Generator().manual_seed(seed + m) for m in range(members)]
     bar = tqdm(range(steps), desc="fit value verifier", disable=not progress)
     model.train()
     for _ in bar:
-        idx = torch.randint(n, (min(batch_size, n),), generator=generator)
-        loss = pairwise_loss(model.net(x[idx]).squeeze(-1), train.scores[idx])
+        loss = 0.0
+        for head, generator in zip(model.heads, generators):   # independent fits: the gradients do not mix
+            idx = torch.randint(n, (min(batch_size, n),), generator=generator)
+            loss = loss + pairwise_loss(head(standardized(model, x[idx])).squeeze(-1), train.scores[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item() / members:.4f}")
     return model.eval()
+
+
+def standardized(model: ChunkValue, x: torch.Tensor) -> torch.Tensor:
+    """The MLP's input from what :func:`fit` holds: raw denoiser features standardized, plan inputs as they are."""
+    return x if model.features is None else (x - model.features.mean) / model.features.std
+
+
+@torch.no_grad()
+def values_from(model: ChunkValue, x: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """``model``'s scores of candidates whose input (raw denoiser features, (N, K, width)) is computed."""
+    return torch.cat([model.net(standardized(model, x[i:i + rows])).squeeze(-1) for i in range(0, len(x), rows)])
 
 
 def cross_validate(train: Candidates, folds: int, fit_fold, progress: bool) -> dict:
     """``train`` in ``folds`` contiguous folds in collection order (the observations of a wave of
     episodes are recorded together, so a fold larger than a wave holds whole waves but at its two
-    edges); each fold scored by ``fit_fold(rest)``, a verifier fitted on the other folds; the
-    numbers over every observation so scored."""
+    edges); ``fit_fold(a, b)`` scores rows a..b by a verifier fitted on the other rows; the numbers
+    over every observation so scored."""
     n = len(train.scores)
     if not 2 <= folds <= n:
         raise VerifierError(f"cv_folds must be 0 (none) or 2..{n} (the training observations), got {folds}")
     edges = [round(i * n / folds) for i in range(folds + 1)]
-    values = []
-    for a, b in tqdm(list(zip(edges, edges[1:])), desc="cross-validation", unit="fold", disable=not progress):
-        model = fit_fold(Candidates.concat([train.rows(0, a), train.rows(b, n)]))
-        values.append(in_batches(model.eval(), train.rows(a, b)))
+    values = [fit_fold(a, b) for a, b in tqdm(list(zip(edges, edges[1:])), desc="cross-validation", unit="fold",
+                                              disable=not progress)]
     return {"folds": folds, **ranking_numbers(torch.cat(values), train.scores)}
 
 
@@ -296,8 +308,8 @@ def load_merged(folders, cfg: DictConfig, policy: str, own: list[int],
 
 
 # what the MLP is fitted with on each input unless the command line says otherwise
-FIT_DEFAULTS = {"plan": {"hidden": 256, "steps": 3000, "dropout": 0.0, "weight_decay": 1e-4},
-                "denoiser": {"hidden": 64, "steps": 1500, "dropout": 0.3, "weight_decay": 0.1}}
+FIT_DEFAULTS = {"plan": {"hidden": 256, "steps": 3000, "dropout": 0.0, "weight_decay": 1e-4, "members": 1},
+                "denoiser": {"hidden": 64, "steps": 1500, "dropout": 0.3, "weight_decay": 0.1, "members": 1}}
 
 
 def choose_features(cfg: DictConfig, policy) -> tuple[DenoiserFeatures | None, dict]:
@@ -322,8 +334,10 @@ def choose_features(cfg: DictConfig, policy) -> tuple[DenoiserFeatures | None, d
         raise VerifierError("centered applies to features=plan; the denoiser features are not centered")
     if features is None and fitting["dropout"]:
         raise VerifierError(f"dropout applies to features=denoiser; this verifier reads plans (dropout={cfg.dropout})")
-    if fitting["hidden"] < 1 or fitting["steps"] < 1 or not 0.0 <= fitting["dropout"] < 1.0 or fitting["weight_decay"] < 0:
-        raise VerifierError(f"need hidden >= 1, steps >= 1, 0 <= dropout < 1 and weight_decay >= 0, got {fitting}")
+    if fitting["hidden"] < 1 or fitting["steps"] < 1 or not 0.0 <= fitting["dropout"] < 1.0 or fitting["weight_decay"] < 0 \
+            or not 1 <= fitting["members"] <= MAX_MEMBERS:
+        raise VerifierError(f"need hidden >= 1, steps >= 1, 0 <= dropout < 1, weight_decay >= 0 and 1 <= members <= "
+                            f"{MAX_MEMBERS}, got {fitting}")
     return features, fitting
 
 
@@ -385,18 +399,28 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     low, high = (norm.unnormalize(policy.action_key, torch.full((1, policy.action_dim), v)).flatten().tolist()
                  for v in (-1.0, 1.0))
 
-    def fit_on(data: Candidates, show: bool) -> ChunkValue:   # a fresh copy of the features: fit standardizes them
+    # the denoiser features of every candidate, once: each fit (cross-validation's too) standardizes its rows of them
+    raw = in_batches(features.raw, train, device, "denoiser features", progress) if features is not None else None
+
+    def fit_on(data: Candidates, x: torch.Tensor | None, show: bool) -> ChunkValue:   # a fresh copy of the features
         return fit(data, fitting["hidden"], fitting["steps"], int(cfg.batch_size), float(cfg.lr), int(cfg.seed),
                    low, high, show, bool(cfg.centered), copy.deepcopy(features), fitting["dropout"],
-                   fitting["weight_decay"])
+                   fitting["weight_decay"], fitting["members"], x)
+
+    def fold(a: int, b: int) -> torch.Tensor:
+        rest = Candidates.concat([train.rows(0, a), train.rows(b, len(train.scores))])
+        if raw is None:
+            return in_batches(fit_on(rest, None, False), train.rows(a, b))
+        return values_from(fit_on(rest, torch.cat([raw[:a], raw[b:]]), False), raw[a:b])
     folds = int(cfg.cv_folds)
-    cv = cross_validate(train, folds, lambda rest: fit_on(rest, False), progress) if folds else None
-    model = fit_on(train, progress)
+    cv = cross_validate(train, folds, fold, progress) if folds else None
+    model = fit_on(train, raw, progress)
+    train_values = in_batches(model, train) if raw is None else values_from(model, raw)
     info = {"train_seeds": seeds, "checkpoint_step": meta["step"],
             "candidates": int(cfg.candidates), "continue_chunks": int(cfg.continue_chunks), "episodes": len(train_seeds), "val_episodes": len(val_seeds),
             "observations": len(train.scores), "fit": fitting, "policy_success_on_training_seeds": train_success,
             "collect_seconds": round(collect_s, 1), "fit_seconds": round(time.perf_counter() - started - collect_s, 1),
-            "train": ranking_metrics(model, train), "held_out": ranking_metrics(model, val) if val is not None else None,
+            "train": ranking_numbers(train_values, train.scores), "held_out": ranking_metrics(model, val) if val is not None else None,
             "cross_validation": cv}
     save_value(model, info, out)
     held = info["held_out"] or info["train"]

@@ -28,10 +28,22 @@ from cadence.policies.denoiser_features import DenoiserFeatures
 from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_number, load_safetensors, read_json
 
 FORMAT = "cadence-chunk-value-1"
+MAX_MEMBERS = 64                # networks in an ensemble
 
 
 class VerifierError(CadenceError, ValueError):
     """A value verifier that cannot be trained or used as asked (e.g. on evaluation seeds)."""
+
+
+class MeanOfHeads(nn.Module):
+    """An ensemble: the mean of its ``heads``' outputs (each fitted from its own start and batches)."""
+
+    def __init__(self, heads: list[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([head(x) for head in self.heads]).mean(dim=0)
 
 
 class ChunkValue(nn.Module):
@@ -39,23 +51,32 @@ class ChunkValue(nn.Module):
     one of two inputs. ``features=None`` ("plan"): the conditioning beside the candidate's actions
     scaled to [-1, 1] (``centered``: also each candidate minus the mean of the K, what sets it apart
     from the others). A :class:`DenoiserFeatures`: what the policy's own denoiser computes on the
-    candidate (``dropout`` before each hidden layer)."""
+    candidate (``dropout`` before each hidden layer). ``members`` > 1: that many MLPs on the same
+    input, their scores averaged (an ensemble: a candidate one of them overrates by chance is less
+    likely to top the mean)."""
 
     def __init__(self, cond_dim: int, plan_steps: int, action_dim: int, hidden: int,
                  action_low: list[float], action_high: list[float], centered: bool = False,
-                 features: DenoiserFeatures | None = None, dropout: float = 0.0):
+                 features: DenoiserFeatures | None = None, dropout: float = 0.0, members: int = 1):
         super().__init__()
         self.cond_dim, self.plan_steps, self.action_dim, self.hidden = cond_dim, plan_steps, action_dim, hidden
-        self.centered, self.features, self.dropout = centered, features, dropout
+        self.centered, self.features, self.dropout, self.members = centered, features, dropout, members
         self.register_buffer("action_low", torch.tensor(action_low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(action_high, dtype=torch.float32), persistent=False)
-        if features is None:
-            width = cond_dim + plan_steps * action_dim * (2 if centered else 1)
-            self.net = nn.Sequential(nn.Linear(width, hidden), nn.Mish(),
+
+        def mlp() -> nn.Sequential:
+            if features is None:
+                width = cond_dim + plan_steps * action_dim * (2 if centered else 1)
+                return nn.Sequential(nn.Linear(width, hidden), nn.Mish(),
                                      nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
-        else:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(features.width, hidden), nn.Mish(),
-                                     nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+            return nn.Sequential(nn.Dropout(dropout), nn.Linear(features.width, hidden), nn.Mish(),
+                                 nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, 1))
+        self.net = mlp() if members == 1 else MeanOfHeads([mlp() for _ in range(members)])
+
+    @property
+    def heads(self) -> list[nn.Module]:
+        """Its MLPs (one unless an ensemble)."""
+        return list(self.net.heads) if isinstance(self.net, MeanOfHeads) else [self.net]
 
     def inputs(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         """What the MLP reads of each candidate: (B, K, width)."""
@@ -75,7 +96,8 @@ class ChunkValue(nn.Module):
         """Its sizes as ``verifier.json`` records them."""
         out = {"cond_dim": self.cond_dim, "plan_steps": self.plan_steps, "action_dim": self.action_dim,
                "hidden": self.hidden, "centered": self.centered, "action_low": self.action_low.tolist(),
-               "action_high": self.action_high.tolist(), "features": "plan" if self.features is None else "denoiser"}
+               "action_high": self.action_high.tolist(), "features": "plan" if self.features is None else "denoiser",
+               "members": self.members}
         if self.features is not None:
             f = self.features
             out.update(unet={k: v for k, v in f.unet.spec.items() if k not in ("action_dim", "cond_dim")},
@@ -167,11 +189,12 @@ def load_value(folder: str | Path) -> ValueVerifier:
         check_int(where, "train_seeds first", first, 0, 2 ** 63)
         check_int(where, "train_seeds count", count, 1, LIMITS["episodes"])
     trunk, dropout = read_features(where, spec, sizes)
+    members = check_int(where, "members", spec.get("members", 1), 1, MAX_MEMBERS)   # verifiers before ensembles: 1
 
     def build() -> ChunkValue:
         features = DenoiserFeatures(**trunk) if trunk else None
         return ChunkValue(**sizes, action_low=bounds[0], action_high=bounds[1], centered=centered,
-                          features=features, dropout=dropout)
+                          features=features, dropout=dropout, members=members)
 
     with torch.device("meta"):              # sizes first, nothing allocated
         try:

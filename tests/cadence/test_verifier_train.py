@@ -11,7 +11,8 @@ from cadence.policies.search import SearchContext
 from cadence.policies.value_verifier import ChunkValue, VerifierError, load_value, save_value
 from cadence.sim_eval import set_search
 from cadence.untrusted import UntrustedFileError
-from cadence.verifier_train import Candidates, check_seeds, cross_validate, fit, ranking_metrics, run
+from cadence.verifier_train import (Candidates, check_seeds, cross_validate, fit, in_batches, ranking_metrics, run,
+                                    values_from)
 from tests.conftest import train_tiny_run
 
 
@@ -40,10 +41,11 @@ def test_the_value_network_learns_the_order_of_candidates():
 def test_cross_validation_scores_each_fold_by_a_verifier_that_never_saw_it():
     data, seen = synthetic(1000, 0), []
 
-    def fit_fold(rest):
+    def fit_fold(a, b, labelled=data):
+        rest = Candidates.concat([labelled.rows(0, a), labelled.rows(b, 1000)])
         seen.append(rest)
-        return fit(rest, hidden=64, steps=300, batch_size=128, lr=3e-3, seed=0,
-                   action_low=[-1.0, -1.0], action_high=[1.0, 1.0], progress=False)
+        return ranking_values(fit(rest, hidden=64, steps=300, batch_size=128, lr=3e-3, seed=0,
+                                  action_low=[-1.0, -1.0], action_high=[1.0, 1.0], progress=False), labelled.rows(a, b))
     cv = cross_validate(data, 4, fit_fold, progress=False)
     assert [len(r.scores) for r in seen] == [750] * 4 and cv["folds"] == 4 and cv["observations"] == 1000
     for k, rest in enumerate(seen):           # fold k (rows 250k..250k+249) is exactly what its fit left out
@@ -53,9 +55,48 @@ def test_cross_validation_scores_each_fold_by_a_verifier_that_never_saw_it():
     assert cv["pairwise_accuracy"] > 0.85 and cv["regret"] < 0.5 * cv["random_pick_regret"]
     # labels the conditioning and plan cannot predict: cross-validation says so, where the fit's own data would not
     noise = Candidates(data.cond, data.plans, torch.rand(data.scores.shape, generator=torch.Generator().manual_seed(1)))
-    assert cross_validate(noise, 4, fit_fold, progress=False)["pairwise_accuracy"] < 0.56
+    assert cross_validate(noise, 4, lambda a, b: fit_fold(a, b, noise), progress=False)["pairwise_accuracy"] < 0.56
     with pytest.raises(VerifierError, match="cv_folds must be 0 \\(none\\) or 2..1000"):
         cross_validate(data, 1001, fit_fold, progress=False)
+
+
+def ranking_values(model, data):
+    return in_batches(model.eval(), data)
+
+
+def test_each_member_of_an_ensemble_is_fitted_as_if_alone_and_the_ensemble_scores_their_mean():
+    data = synthetic(512, 0)
+    settings = dict(hidden=16, steps=30, batch_size=32, lr=3e-3, seed=3, action_low=[-1.0, -1.0],
+                    action_high=[1.0, 1.0], progress=False)
+    alone, ensemble = fit(data, **settings), fit(data, **settings, members=3)
+    assert len(ensemble.heads) == 3 and ensemble.spec()["members"] == 3
+    for name, value in alone.net.state_dict().items():   # member 0: the same start, batches and steps as alone
+        assert torch.equal(ensemble.heads[0].state_dict()[name], value), name
+    assert not torch.equal(ensemble.heads[1][0].weight, ensemble.heads[0][0].weight)
+    cond, plans = data.cond[:4], data.plans[:4]
+    x = ensemble.inputs(cond, plans)
+    mean = torch.stack([head(x).squeeze(-1) for head in ensemble.heads]).mean(dim=0)
+    assert torch.allclose(ensemble(cond, plans), mean, atol=1e-6)
+
+
+def test_denoiser_features_computed_once_fit_as_if_computed_by_the_fit():
+    from cadence.policies.denoiser_features import DenoiserFeatures
+    from tests.deploy.onnx_cases import make_policy
+
+    policy = make_policy("ddpm", down_dims=[16, 32])
+    g = torch.Generator().manual_seed(0)
+    data = Candidates(torch.randn(40, policy.denoiser.spec["cond_dim"], generator=g), torch.rand(40, 3, 15, 2, generator=g),
+                      torch.rand(40, 3, generator=g))
+    features = DenoiserFeatures.from_policy(policy)
+    raw = in_batches(features.raw, data)
+    settings = dict(hidden=8, steps=10, batch_size=8, lr=1e-3, seed=0, action_low=[-1.0, -1.0],
+                    action_high=[1.0, 1.0], progress=False, dropout=0.3)
+    by_fit = fit(data, **settings, features=DenoiserFeatures.from_policy(policy))
+    given = fit(data, **settings, features=features, raw=raw.clone())
+    assert torch.equal(given.features.mean, by_fit.features.mean)
+    for name, value in by_fit.net.state_dict().items():
+        assert torch.equal(given.net.state_dict()[name], value), name
+    assert torch.allclose(values_from(given, raw), ranking_values(given, data), atol=1e-5)
 
 
 def test_a_centered_network_sees_what_sets_a_candidate_apart_from_the_others():
@@ -100,14 +141,15 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     info = json.loads((out / "verifier.json").read_text())
     assert info["train_seeds"] == [0, 4] and info["held_out"]["observations"] > 0
     assert 0.0 <= info["held_out"]["pairwise_accuracy"] <= 1.0
-    verifier = load_value(out)
-    assert (out / "candidates.safetensors").is_file()
-    refit = run(train_config(run_dir, refit=True, steps=5, cv_folds=2), progress=False)   # no rollouts: the same data
+    assert load_value(out).model.features is not None and (out / "candidates.safetensors").is_file()
+    refit = run(train_config(run_dir, refit=True, steps=5, cv_folds=2, members=2), progress=False)   # no rollouts
     refitted = json.loads((refit / "verifier.json").read_text())
+    assert refitted["members"] == 2 and refitted["fit"]["members"] == 2
     assert refitted["observations"] == info["observations"] and info["cross_validation"] is None
     assert refitted["cross_validation"]["folds"] == 2 and refitted["cross_validation"]["observations"] == info["observations"]
     assert "2-fold cross-validation: pairwise accuracy" in capsys.readouterr().out
-    load_value(refit)                                           # the verifier.json with its numbers loads
+    verifier = load_value(refit)                                # the verifier.json with its numbers loads
+    assert len(verifier.model.heads) == 2
     with pytest.raises(VerifierError, match="collect again"):
         run(train_config(run_dir, refit=True, episodes=5), progress=False)
 
@@ -129,7 +171,7 @@ def test_train_save_load_and_search_with_it(tiny_store, tmp_path, capsys):
     assert torch.allclose(kept, chunks[torch.arange(2), best], atol=1e-5)
     # the default input for a UNet policy is its denoiser's features; plans on request, from the same collection
     assert info["features"] == "denoiser" and info["fit"] == {"hidden": 16, "steps": 20, "dropout": 0.3,
-                                                               "weight_decay": 0.1}
+                                                               "weight_decay": 0.1, "members": 1}
     run(train_config(run_dir, refit=True, features="plan", hidden=None), progress=False)
     on_plans = load_value(out)
     assert on_plans.model.features is None and on_plans.info["fit"]["hidden"] == 256
@@ -156,9 +198,10 @@ def test_the_verifiers_input_and_its_fit_settings_are_checked_before_any_rollout
     unet, transformer = make_policy("ddpm", down_dims=[16, 32]), make_policy("ddpm", network="transformer")
     features, fitting = choose_features(train_config("x", hidden=None, steps=None), unet)
     assert isinstance(features, DenoiserFeatures) and fitting == {"hidden": 64, "steps": 1500, "dropout": 0.3,
-                                                                  "weight_decay": 0.1}
+                                                                  "weight_decay": 0.1, "members": 1}
     features, fitting = choose_features(train_config("x", hidden=None, steps=None), transformer)    # auto: plans
-    assert features is None and fitting == {"hidden": 256, "steps": 3000, "dropout": 0.0, "weight_decay": 1e-4}
+    assert features is None and fitting == {"hidden": 256, "steps": 3000, "dropout": 0.0, "weight_decay": 1e-4,
+                                            "members": 1}
     assert choose_features(train_config("x", features="plan", weight_decay=0.5), unet)[1]["weight_decay"] == 0.5
     for overrides, policy, match in [({"features": "denoiser"}, transformer, "UNet denoiser.*TransformerDenoiser"),
                                      ({"features": "pixels"}, unet, "features must be"),
@@ -166,7 +209,9 @@ def test_the_verifiers_input_and_its_fit_settings_are_checked_before_any_rollout
                                      ({"noise": []}, unet, "noise must be fractions"),
                                      ({"centered": True}, unet, "centered applies to features=plan"),
                                      ({"features": "plan", "dropout": 0.2}, unet, "dropout applies"),
-                                     ({"dropout": 1.0}, unet, "dropout < 1")]:
+                                     ({"dropout": 1.0}, unet, "dropout < 1"),
+                                     ({"members": 0}, unet, "1 <= members <= 64"),
+                                     ({"members": 65}, unet, "1 <= members <= 64")]:
         with pytest.raises(VerifierError, match=match):
             choose_features(train_config("x", **overrides), policy)
 
@@ -262,7 +307,8 @@ def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
                               ("train_seeds", [[0, 5], [9]], "train_seeds"), ("train_seeds", [[0, 5], 9], "train_seeds"),
                               ("train_seeds", [[0, 5], [-1, 2]], "train_seeds"),
                               ("format", "pickle", "format"), ("centered", "yes", "centered"),
-                              ("centered", True, "do not match")]:      # the weights are for uncentered inputs
+                              ("centered", True, "do not match"),       # the weights are for uncentered inputs
+                              ("members", 2, "do not match"), ("members", 0, "members"), ("members", 10 ** 6, "members")]:
         (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))
         with pytest.raises(UntrustedFileError, match=match) as caught:
             load_value(folder)

@@ -20,7 +20,7 @@ LOW, HIGH = [-1.5, -1.0], [1.5, 1.5]          # the test policies' action range
 
 
 def write_verifier(folder, cond_dim: int, plan_steps: int = 15, seed: int = 0, centered: bool = False,
-                   denoiser=None) -> ChunkValue:
+                   denoiser=None, members: int = 1) -> ChunkValue:
     """``denoiser``: a policy whose UNet gives the verifier its input (standardized by made-up statistics)."""
     torch.manual_seed(seed)
     features = None
@@ -28,7 +28,8 @@ def write_verifier(folder, cond_dim: int, plan_steps: int = 15, seed: int = 0, c
         features = DenoiserFeatures.from_policy(denoiser)
         features.mean.normal_()
         features.std.uniform_(0.5, 2.0)
-    model = ChunkValue(cond_dim, plan_steps, 2, 32, LOW, HIGH, centered, features, dropout=0.3 if features else 0.0)
+    model = ChunkValue(cond_dim, plan_steps, 2, 32, LOW, HIGH, centered, features, dropout=0.3 if features else 0.0,
+                       members=members)
     save_value(model, {"train_seeds": [0, 10]}, folder)
     export_value_graph(model, folder)
     return model
@@ -39,12 +40,13 @@ def policy():
     return make_policy("ddpm", down_dims=[16, 32])
 
 
-@pytest.mark.parametrize("kind", ["plan", "centered", "denoiser"])
+@pytest.mark.parametrize("kind", ["plan", "centered", "denoiser", "ensemble"])
 def test_the_graph_scores_like_the_network_at_any_batch_and_candidate_count(tmp_path, policy, kind):
     model = write_verifier(tmp_path, policy.encoder.out_dim, centered=kind == "centered",
-                           denoiser=policy if kind == "denoiser" else None)
+                           denoiser=policy if kind in ("denoiser", "ensemble") else None,
+                           members=3 if kind == "ensemble" else 1)
     graph = load_value_graph(tmp_path, "cpu")
-    assert graph.model.centered is (kind == "centered") and graph.model.spec()["features"] == kind.replace("centered", "plan")
+    assert graph.model.centered is (kind == "centered") and graph.model.spec()["features"] == {"centered": "plan", "ensemble": "denoiser"}.get(kind, kind)
     assert isinstance(graph, OnnxValueVerifier) and graph.provider == "CPUExecutionProvider"
     for batch, k in ((1, 1), (2, 16), (5, 3)):
         cond = torch.randn(batch, model.cond_dim)
