@@ -14,7 +14,8 @@
    each pair weighted by its score gap up to 1; ties ignored), on the first ``episodes`` seeds; the last ``val_episodes`` are held out.
    Its input (``features``): the policy's denoiser run on each candidate (``denoiser``, the default
    where the policy has a UNet and a process with a clean input) or the conditioning and the
-   actions (``plan``); computed once for every candidate, then the MLP alone is trained.
+   actions (``plan``); computed once for every candidate, then the MLP alone is trained
+   (``members`` = N: an ensemble of N, scored by their mean).
 3. Write ``<run>/verifier/`` (``model.safetensors``, ``verifier.json`` with the seeds and the
    held-out numbers, ``candidates.safetensors``: what was collected, so that ``refit=true`` fits
    again without rolling out): pairwise accuracy, how often its pick is the lookahead's best, and the
