@@ -96,8 +96,9 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", blo
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{norm_path}: {exc.args[0] if exc.args else exc}") from None
     for key in normalizer.modes:
-        if not bool((normalizer.params(key)[0] != 0).all()):
-            raise CheckpointError(f"{norm_path}: the scale of {key!r} has a zero entry")
+        if not normalizer.in_range(key):
+            raise CheckpointError(f"{norm_path}: the scale and offset of {key!r} map values out of float32's range "
+                                  "(a scale of zero or nearly, or a huge offset)")
 
     def build():
         return build_policy(cfg.policy, obs_shapes, meta["action_dim"], normalizer, action_key=cfg.task.action_key)

@@ -18,13 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 from cadence.config import TrainApp
 from cadence.datasets.normalizer import MODES
 from cadence.envs.task_env import check_env_id
-from cadence.untrusted import (LIMITS, UntrustedFileError, check_int, check_shape, interpolations, read_json,
-                               read_yaml, safetensors_header)
+from cadence.untrusted import (LIMITS, UntrustedFileError, check_int, check_number, check_shape, interpolations,
+                               read_json, read_yaml, safetensors_header)
 
 
 class CheckpointError(UntrustedFileError):
     """A checkpoint is missing, incomplete, does not match its config, or fails a check."""
 
+
+MAX_POLICY_NUMBER = 1e6     # |a float of the policy config| (noise levels, scales, temperatures, dropout)
 
 # policy config fields with their own bound (LIMITS key); every other integer is a width or count
 _POLICY_BOUNDS = {"obs_horizon": "horizon", "pred_horizon": "horizon", "exec_horizon": "horizon",
@@ -63,7 +65,8 @@ def read_config(path: Path, env_id: str | None = None) -> DictConfig:
 
 
 def check_policy_sizes(policy_cfg, where: Any) -> None:
-    """Every integer of the policy config within its stated bound (``LIMITS``)."""
+    """Every integer of the policy config within its stated bound (``LIMITS``), every float finite
+    and within +-``MAX_POLICY_NUMBER`` (float32 arithmetic on it stays finite)."""
     def walk(node, prefix):
         for key, value in node.items():
             name = f"{prefix}{key}"
@@ -75,6 +78,8 @@ def check_policy_sizes(policy_cfg, where: Any) -> None:
                     check_int(where, f"policy.{name}[{i}]", v, 1, LIMITS["width"])
             elif isinstance(value, int) and not isinstance(value, bool):
                 check_int(where, f"policy.{name}", value, 0, LIMITS[_POLICY_BOUNDS.get(name, "width")])
+            elif isinstance(value, float):
+                check_number(where, f"policy.{name}", value, -MAX_POLICY_NUMBER, MAX_POLICY_NUMBER)
     walk(OmegaConf.to_container(policy_cfg), "")
 
 

@@ -54,6 +54,8 @@ def set_search(policy, search_cfg, checkpoint_dir: Path | None = None, eval_seed
         policy.search = None
         return
     verifier = resolve_verifier(str(search_cfg.verifier), search_cfg.value, checkpoint_dir, eval_seeds)
+    if callable(getattr(verifier, "check_fits", None)):
+        verifier.check_fits(policy)
     policy.search = SearchSettings(int(search_cfg.candidates), str(search_cfg.method), verifier,
                                    int(search_cfg.rounds), float(search_cfg.radius), float(search_cfg.get("trust", 1.0)),
                                    int(search_cfg.get("lookahead_chunks", 0)))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -30,6 +31,7 @@ LIMITS = {
     "safetensors_header_bytes": 16 * 2 ** 20,
     "tensors_per_file": 100_000,
     "weights_bytes": 8 * 2 ** 30,      # a weights file (a 2-billion-parameter fp32 policy)
+    "graph_elements": 2 ** 28,         # elements of all the tensors an ONNX graph computes, per batch row
     "parameters": 2 * 10 ** 9,         # parameters + buffers of the network a config builds
     "obs_elements": 2 ** 24,           # elements of one observation key at one step (a 2048x2048 RGB image is 12.6M)
     "obs_keys": 64,
@@ -56,14 +58,27 @@ def _fail(where: Any, what: str) -> UntrustedFileError:
     return UntrustedFileError(f"{where}: {what}")
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading, refused unless it is a regular file: a named pipe or a device
+    would block the reader or never end. Opening does not block (O_NONBLOCK) whatever it is."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _fail(path, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
     """The file's bytes, refused (without reading them) above ``max_bytes``."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise _fail(path, f"{size:,} bytes, more than the {max_bytes:,} this file may have")
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise _fail(path, f"{size:,} bytes, more than the {max_bytes:,} this file may have")
             return f.read(max_bytes + 1)[:max_bytes]
     except OSError as exc:
         raise _fail(path, f"cannot read ({exc.strerror or exc})") from None
@@ -165,8 +180,8 @@ def safetensors_header(path: str | os.PathLike, max_bytes: int | None = None) ->
     path = Path(path)
     max_bytes = max_bytes or LIMITS["weights_bytes"]
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _fail(path, "not a safetensors file (shorter than its 8-byte header length)")
@@ -224,6 +239,6 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu", max_bytes: in
         raise _fail(path, f"corrupt safetensors file ({_short(exc)})") from None
     if finite:
         for name, tensor in tensors.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise _fail(path, f"tensor {name!r} holds NaN or infinite values")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor.float()).all()):
+                raise _fail(path, f"tensor {name!r} holds NaN or infinite values (in float32)")
     return tensors

@@ -235,6 +235,9 @@ def save_candidates(out: Path, train: Candidates, val: Candidates | None, succes
         "policy": policy})
 
 
+MAX_SCORE = 1e6         # |a collected candidate's score| (a discounted return or success)
+
+
 def read_collection(path: Path) -> tuple[Candidates, Candidates | None, dict]:
     """A ``candidates.safetensors``: its training and held-out parts and its metadata."""
     from safetensors import safe_open
@@ -256,8 +259,40 @@ def read_collection(path: Path) -> tuple[Candidates, Candidates | None, dict]:
     return parts[0], parts[1] if parts[1].cond is not None else None, meta
 
 
-def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int,
-                    policy: str) -> tuple[Candidates, Candidates | None, float]:
+def check_collection(path: Path, train: Candidates, val: Candidates | None, sizes: tuple[int, int | None, int, int]):
+    """Each part's tensors float32, of this fit's ``sizes`` (K candidates, conditioning C (None: not
+    checked), plan steps P, action size Da), and scores within +-``MAX_SCORE``."""
+    for name, part in (("train", train), ("val", val)):
+        if part is None:
+            continue
+        fields = (part.cond, part.plans, part.scores)
+        k, c, p, da = sizes
+        if any(f.dtype != torch.float32 for f in fields):
+            raise VerifierError(f"{path}: its {name} tensors must be float32")
+        if part.plans.shape[1:] != (k, p, da) or c is not None and part.cond.shape[1] != c:
+            raise VerifierError(f"{path}: its {name} part holds conditioning {tuple(part.cond.shape[1:])} and plans "
+                                f"{tuple(part.plans.shape[1:])}, this fit needs ({c},) and {(k, p, da)}")
+        if not bool((part.scores.abs() <= MAX_SCORE).all()):
+            raise VerifierError(f"{path}: its {name} scores reach beyond +-{MAX_SCORE:g}")
+
+
+def collection_sizes(cfg: DictConfig, policy) -> tuple[int, int | None, int, int]:
+    """(K, C, P, Da) a collection for ``policy`` holds: see :func:`check_collection`."""
+    return (int(cfg.candidates), getattr(policy.encoder, "out_dim", None),
+            policy.pred_horizon - (policy.obs_horizon - 1), policy.action_dim)
+
+
+def recorded_success(meta: dict) -> float | None:
+    """The policy's success on the training seeds as a collection records it (None: not recorded)."""
+    try:
+        value = float(meta.get("success", "nan"))
+    except ValueError:
+        return None
+    return value if 0 <= value <= 1 else None
+
+
+def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int, policy: str,
+                    sizes: tuple) -> tuple[Candidates, Candidates | None, float | None]:
     path = out / CANDIDATES_FILE
     if not path.is_file():
         raise VerifierError(f"{path}: no collected candidates to refit on (run without refit=true first)")
@@ -268,11 +303,12 @@ def load_candidates(out: Path, cfg: DictConfig, n_train: int, n_val: int,
     found = {k: meta.get(k, {"continue_chunks": "0", "policy": policy}.get(k)) for k in wanted}
     if found != wanted:
         raise VerifierError(f"{path}: collected with {found}, not {wanted}; collect again (refit=false)")
-    return train, val, float(meta.get("success", "nan"))
+    check_collection(path, train, val, sizes)
+    return train, val, recorded_success(meta)
 
 
 def load_merged(folders, cfg: DictConfig, policy: str, own: list[int],
-                like: Candidates) -> tuple[list[Candidates], list[list[int]]]:
+                sizes: tuple) -> tuple[list[Candidates], list[list[int]]]:
     """The collections in ``folders`` (training and held-out parts alike) and their seeds ``[first,
     count]``, each checked against this fit: the same policy, K and continue_chunks, the same sizes,
     seeds below ``eval_seed`` and overlapping no other collection's (``own``: this one's)."""
@@ -286,16 +322,15 @@ def load_merged(folders, cfg: DictConfig, policy: str, own: list[int],
         found = {k: meta.get(k, "0" if k == "continue_chunks" else None) for k in wanted}
         if found != wanted:
             raise VerifierError(f"merge: {path} was collected with {found}, this fit needs {wanted}")
-        for part in (train, val):
-            if part is not None and (part.cond.shape[1:], part.plans.shape[1:]) != (like.cond.shape[1:], like.plans.shape[1:]):
-                raise VerifierError(f"merge: {path} holds conditioning {tuple(part.cond.shape[1:])} and plans "
-                                    f"{tuple(part.plans.shape[1:])}, this fit {tuple(like.cond.shape[1:])} and "
-                                    f"{tuple(like.plans.shape[1:])}")
+        check_collection(path, train, val, sizes)
         try:
             first = int(meta["seed"])
             seeds = [first, int(meta["episodes"]) + int(meta["val_episodes"])]
         except (KeyError, ValueError):
             raise VerifierError(f"merge: {path} does not record the seeds it was collected on") from None
+        if first < 0 or min(int(meta["episodes"]), int(meta["val_episodes"])) < 0 or seeds[1] < 1:
+            raise VerifierError(f"merge: {path} records seeds {meta['seed']!r}, episodes {meta['episodes']!r} and "
+                                f"val_episodes {meta['val_episodes']!r}: not a seed range")
         if first + seeds[1] > int(cfg.eval_seed):
             raise VerifierError(f"merge: {path} was collected on seeds {first}..{first + seeds[1] - 1}, which reach "
                                 f"the evaluation seeds (eval_seed={cfg.eval_seed})")
@@ -382,7 +417,8 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     fingerprint = weights_sha256(ckpt)         # which policy a collection came from
     started = time.perf_counter()
     if cfg.refit:
-        train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds), fingerprint)
+        train, val, train_success = load_candidates(out, cfg, len(train_seeds), len(val_seeds), fingerprint,
+                                                    collection_sizes(cfg, policy))
     else:
         with torch.no_grad():
             how = (int(cfg.candidates), int(cfg.batch_envs), bool(cfg.async_envs))
@@ -393,7 +429,7 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
         save_candidates(out, train, val, train_success, cfg, fingerprint)
     seeds = [train_seeds[0], len(train_seeds) + len(val_seeds)]
     if cfg.merge:
-        more, ranges = load_merged(list(cfg.merge), cfg, fingerprint, seeds, train)
+        more, ranges = load_merged(list(cfg.merge), cfg, fingerprint, seeds, collection_sizes(cfg, policy))
         train, seeds = Candidates.concat([train, *more]), ranges
     collect_s = time.perf_counter() - started
     norm = policy.normalizer
@@ -427,7 +463,7 @@ def run(cfg: DictConfig, progress: bool = True) -> Path:
     held = info["held_out"] or info["train"]
     merged = f" and {len(cfg.merge)} merged collection(s)" if cfg.merge else ""
     print(f"value verifier ({model.spec()['features']} features): {len(train.scores)} observations x {cfg.candidates} candidates from {len(train_seeds)} "
-          f"episodes{merged} (policy success {train_success:.2f}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
+          f"episodes{merged} (policy success {'unknown' if train_success is None else f'{train_success:.2f}'}); held out: pairwise accuracy {held['pairwise_accuracy']:.3f}, "
           f"regret {held['regret']:.3f} (random pick {held['random_pick_regret']:.3f})"
           + (f"; {folds}-fold cross-validation: pairwise accuracy {cv['pairwise_accuracy']:.3f}, regret "
              f"{cv['regret']:.3f} (random pick {cv['random_pick_regret']:.3f})" if cv else "") + f" -> {out}")

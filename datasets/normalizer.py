@@ -52,6 +52,11 @@ class Normalizer(nn.Module):
             norm.add(key, mode, torch.from_numpy(scale), torch.from_numpy(offset))
         return norm
 
+    def in_range(self, key: str) -> bool:
+        """Whether the key's scale and offset keep every normalised value within [-5, 5] finite (and
+        far from float32's limits) once unnormalised: no scale of zero or nearly, no huge offset."""
+        return float32_range(*self.params(key))
+
     def add(self, key: str, mode: str, scale: torch.Tensor, offset: torch.Tensor) -> None:
         if mode not in MODES:
             raise ValueError(f"normalizer mode for {key!r} must be one of {MODES}, got {mode!r}")
@@ -90,3 +95,16 @@ class Normalizer(nn.Module):
             except KeyError as exc:
                 raise KeyError(f"normalizer tensors lack {exc.args[0]!r} for key {key!r}") from None
         return norm
+
+
+MAX_UNNORMALIZED = 1e30     # the largest |action| an unnormalisation may reach from a value within +-5
+
+
+def float32_range(scale, offset) -> bool:
+    """Whether ``(y - offset) / scale`` stays below :data:`MAX_UNNORMALIZED` for |y| <= 5 in float32
+    (``scale``, ``offset``: tensors or sequences of the same length)."""
+    scale = torch.as_tensor(scale, dtype=torch.float64)
+    offset = torch.as_tensor(offset, dtype=torch.float64)
+    if not bool(torch.isfinite(scale.float()).all()) or bool((scale.float() == 0).any()):
+        return False
+    return bool(((5 + offset.float().double().abs()) / scale.float().double().abs() < MAX_UNNORMALIZED).all())

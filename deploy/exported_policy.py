@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import torch
 from cadence.datasets.normalizer import MODES as NORMALIZER_MODES
-from cadence.datasets.normalizer import Normalizer
+from cadence.datasets.normalizer import Normalizer, float32_range
 from cadence.policies.policy import Policy
 from cadence.policies.processes.base import ProcessBase, ProcessSpecError, process_class, process_names
 from torch import nn
@@ -100,6 +100,10 @@ _TOP_KEYS = {"format_version", "process", "obs", "obs_horizon", "pred_horizon", 
 _OPTIONAL_TOP_KEYS = {"export_check", "block_cache", "control", "film_dim", *REDUCED_KEYS}   # control: {fps, exec_horizon} the policy runs at
 class ExportFormatError(CadenceError, ValueError):
     """A policy.json (or the graphs beside it) that this version cannot run."""
+
+
+class ExportRunError(CadenceError, RuntimeError):
+    """An export's graphs failed while running, or gave actions that are not finite."""
 
 
 # --- process <-> policy.json ----------------------------------------------------------------
@@ -219,8 +223,9 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)):
             raise ExportFormatError(f"{where}: 'action_normalizer.{name}' must be {spec['action_dim']} finite numbers "
                                     f"(action_dim), got {values!r}")
-    if any(v == 0 for v in norm["scale"]):
-        raise ExportFormatError(f"{where}: 'action_normalizer.scale' has a zero entry")
+    if not float32_range(norm["scale"], norm["offset"]):
+        raise ExportFormatError(f"{where}: 'action_normalizer.scale' / 'offset' map actions out of float32's range "
+                                f"(a scale of zero or nearly, or an offset too large): {norm['scale']!r}, {norm['offset']!r}"[:400])
 
     graphs = spec["graphs"]
     loops = {name: loop_steps_of(name) for name in (graphs if isinstance(graphs, dict) else ()) if
@@ -289,7 +294,7 @@ def _validate_reduced(where: str, precision: str, entry: Any, process) -> None:
         raise ExportFormatError(f"{where}: '{precision}.last_steps' must be an object of at most "
                                 f"{LIMITS['horizon']} entries")
     for steps, count in last.items():
-        if not (isinstance(steps, str) and steps.isdigit() and len(steps) <= 6 and process.allows_steps(int(steps))):
+        if not (isinstance(steps, str) and steps.isascii() and steps.isdigit() and len(steps) <= 6 and process.allows_steps(int(steps))):
             raise ExportFormatError(f"{where}: '{precision}.last_steps' has key {steps!r}, not a step count this "
                                     "process samples with")
         if not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= int(steps)):
@@ -448,6 +453,22 @@ class ExportedPolicy(Policy):
     def compute_loss(self, batch, generator=None):
         raise NotImplementedError("an ONNX-exported policy is inference-only; train the PyTorch checkpoint")
 
+    def predict_chunk(self, *args, **kwargs):
+        """:meth:`Policy.predict_chunk`, with ONNX Runtime's own run errors (a graph that loads but
+        fails on the inputs its ``policy.json`` implies) and actions that are not finite raised as
+        :class:`ExportRunError` naming the export."""
+        try:
+            chunk = super().predict_chunk(*args, **kwargs)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise ExportRunError(f"{self.export_dir}: ONNX Runtime failed running the export's graphs "
+                                 f"({' '.join(str(exc).split())[:200]})") from None
+        if not bool(torch.isfinite(chunk.actions).all()):
+            raise ExportRunError(f"{self.export_dir}: the export's graphs gave actions that are not finite (NaN or "
+                                 "infinite); its graphs or weights are damaged")
+        return chunk
+
 
 def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                   precond: bool = False, precision: str | None = None, loop_steps: int | None = None
@@ -467,18 +488,20 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
     process = build_process(spec["process"])
     chunk = list(process.graph_chunk(Tp, Da))
     level = [Tp] if process.level_per_action else []
-    shapes = {"encoder": {**{k: [0, To, *o["shape"]] for k, o in spec["obs"].items()}, "cond": [0, cond]},
-              "denoiser": {"x": [0, *chunk], "level": [0, *level], "cond": [0, cond + process.extra_cond_dim],
-                           "out": [0, *chunk]}}
+    shapes = {"encoder": {**{k: [None, To, *o["shape"]] for k, o in spec["obs"].items()}, "cond": [None, cond]},
+              "denoiser": {"x": [None, *chunk], "level": [None, *level], "cond": [None, cond + process.extra_cond_dim],
+                           "out": [None, *chunk]}}   # None: the batch (or a count of levels), free
+    types = {"encoder": {k: {"float32": "tensor(float)", "uint8": "tensor(uint8)"}[o["dtype"]]
+                         for k, o in spec["obs"].items()}}
     names = ["encoder", "denoiser"]
     if precond:
         if "film_dim" not in spec:
             raise ExportFormatError(f"{export_dir / SPEC_FILE}: no precomputed-conditioning graphs (only UNet "
                                     "denoisers have them; an export older than them needs `cadence export` again)")
         film = spec["film_dim"]
-        shapes.update({"film_level": {"level": [0], "terms": [0, film]},
-                       "film_cond": {"cond": shapes["denoiser"]["cond"], "terms": [0, film]},
-                       "denoiser_film": {"x": [0, *chunk], "film": [0, film], "out": [0, *chunk]}})
+        shapes.update({"film_level": {"level": [None], "terms": [None, film]},
+                       "film_cond": {"cond": shapes["denoiser"]["cond"], "terms": [None, film]},
+                       "denoiser_film": {"x": [None, *chunk], "film": [None, film], "out": [None, *chunk]}})
         names = ["encoder", *PRECOND_GRAPHS]
     if precision is not None:
         if reduced_graph(precision) not in spec["graphs"]:
@@ -492,12 +515,14 @@ def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: i
             have = exported_loop_steps(spec)
             raise ExportFormatError(f"{export_dir / SPEC_FILE}: no loop graph for {loop_steps} steps (it has "
                                     f"{have or 'none'}; `cadence export loop_steps=[{loop_steps}]` writes one)")
-        shapes[loop] = {"cond": [0, cond], "noise": [0, Tp, Da], "known": [0, Tp, Da], "known_mask": [Tp],
-                        "x": [0, Tp, Da]}
+        shapes[loop] = {"cond": [None, cond], "noise": [None, Tp, Da], "known": [None, Tp, Da], "known_mask": [Tp],
+                        "x": [None, Tp, Da]}
+        types[loop] = {"known_mask": "tensor(bool)"}
         names = ["encoder", loop]
     sessions = {name: open_graph(export_dir, export_dir / SPEC_FILE, name, spec["graphs"][name], shapes[name],
                                  ExportFormatError, provider, threads, spinning=name.startswith(("denoiser", "loop_")),
-                                 precision=precision if precision and name == reduced_graph(precision) else None)
+                                 precision=precision if precision and name == reduced_graph(precision) else None,
+                                 types=types.get(name))
                 for name in names}   # only the graph run step after step spins (see create_session)
     used = sessions[names[-1]].get_providers()[0]
     outputs = spec["graphs"]["denoiser"]["outputs"]

@@ -32,7 +32,7 @@ def loop_graph_name(steps: int) -> str:
 def loop_steps_of(graph_name: str) -> int | None:
     """N for a graph named ``loop_<N>`` (N written plainly, 1..MAX_LOOP_STEPS); None for any other name."""
     digits = graph_name.removeprefix("loop_")
-    if digits == graph_name or not digits.isdigit() or digits != str(int(digits)):
+    if digits == graph_name or not (digits.isascii() and digits.isdigit()) or digits != str(int(digits)):
         return None
     steps = int(digits)
     return steps if 1 <= steps <= MAX_LOOP_STEPS else None

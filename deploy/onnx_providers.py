@@ -96,8 +96,12 @@ def _preload_cuda_dlls() -> None:
 
 
 def create_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                   spinning: bool = True, precision: str | None = None) -> ort.InferenceSession:
+                   spinning: bool = True, precision: str | None = None, data: bytes | None = None
+                   ) -> ort.InferenceSession:
     """An inference session on the resolved provider, logging errors only.
+
+    ``data``: the graph file's bytes as already read and checked (a file from elsewhere): the
+    session is built from them, never from a second read of ``path``, which names it in errors.
 
     ``spinning=False``: the session's threads sleep as soon as a run ends instead of spinning for
     the next one. Right for a graph run once per chunk (the encoder): its spinning threads would
@@ -127,9 +131,9 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
         opts.inter_op_num_threads = 1
     if name in (CUDA, TENSORRT):
         _preload_cuda_dlls()
-    trt = [(TENSORRT, _tensorrt_options(Path(path), precision))] if name == TENSORRT else []
+    trt = [(TENSORRT, _tensorrt_options(Path(path), precision, data))] if name == TENSORRT else []
     providers = {CPU: [CPU], CUDA: [CUDA, CPU], TENSORRT: [*trt, CUDA, CPU]}[name]
-    session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
+    session = ort.InferenceSession(str(Path(path)) if data is None else data, sess_options=opts, providers=providers)
     used = session.get_providers()[0]
     if provider in ("cuda", "tensorrt") and used != name:
         raise RuntimeError(f"{path}: ONNX Runtime could not start {name} (it fell back to {used}); "
@@ -137,11 +141,14 @@ def create_session(path: str | os.PathLike, provider: str = "auto", threads: int
     return session
 
 
-def _tensorrt_options(path: Path, precision: str | None) -> dict:
+def _tensorrt_options(path: Path, precision: str | None, data: bytes | None = None) -> dict:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    if data is not None:
+        digest.update(data)
+    else:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     cache = tensorrt_cache_dir() / digest.hexdigest()
     try:
         cache.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cadence.policies.value_verifier import ChunkValue, ValueVerifier, load_value
+from cadence.untrusted import UntrustedFileError, inside
 
 from .exported_policy import ExportFormatError
 from .graph_files import open_graph
@@ -57,8 +58,8 @@ def export_value_graph(model: ChunkValue, folder: str | Path, opset: int = 18) -
 class OnnxValueVerifier(ValueVerifier):
     """A :class:`ValueVerifier` whose network is an ONNX Runtime session (scores on the host, CPU tensors)."""
 
-    def __init__(self, session, info: dict, model: ChunkValue):
-        super().__init__(model, info)
+    def __init__(self, session, info: dict, model: ChunkValue, folder: str | Path | None = None):
+        super().__init__(model, info, folder)
         self.session = session
         self.provider = session.get_providers()[0]
 
@@ -81,11 +82,12 @@ def load_value_graph(folder: str | Path, provider: str = "auto", threads: int | 
     if not has_value_graph(folder):
         raise ExportFormatError(f"{folder}: no {VALUE_GRAPH} (an export older than the value graph; run "
                                 "`cadence export` again)")
-    shapes = {"cond": [0, model.cond_dim], "plans": [0, 0, model.plan_steps, model.action_dim], "scores": [0, 0]}
+    shapes = {"cond": [None, model.cond_dim], "plans": [None, None, model.plan_steps, model.action_dim],
+              "scores": [None, None]}
     graph = {"file": VALUE_GRAPH, "inputs": INPUTS, "outputs": OUTPUTS}
     session = open_graph(folder, spec_path, "value", graph, shapes, ExportFormatError, provider, threads,
                          spinning=False)
-    return OnnxValueVerifier(session, verifier.info, model)
+    return OnnxValueVerifier(session, verifier.info, model, folder)
 
 
 def for_runtime(verifier, runtime, export_dir: Path | None, threads: int | None = None):
@@ -97,7 +99,10 @@ def for_runtime(verifier, runtime, export_dir: Path | None, threads: int | None 
 
     if not isinstance(verifier, ValueVerifier) or not isinstance(runtime, OnnxRuntime) or export_dir is None:
         return verifier
-    folder = Path(export_dir) / "verifier"
+    try:
+        folder = inside(export_dir, "verifier", Path(export_dir) / "verifier", "verifier")  # not a link leading out
+    except UntrustedFileError as exc:
+        raise ExportFormatError(str(exc)) from None
     if not has_value_graph(folder):
         return verifier
     graph = load_value_graph(folder, "cpu" if runtime.provider == CPU else "cuda", threads)

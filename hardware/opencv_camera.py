@@ -45,7 +45,7 @@ def parse_source(source: Source) -> tuple[Source, str]:
     if isinstance(source, (int, np.integer)):
         return int(source), "device"
     text = str(source).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text), "device"
     if text.startswith("/dev/"):
         return text, "device"

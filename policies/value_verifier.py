@@ -18,6 +18,7 @@ it, and never unpickles.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -25,7 +26,8 @@ from torch import nn
 
 from cadence.errors import CadenceError
 from cadence.policies.denoiser_features import DenoiserFeatures
-from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_number, load_safetensors, read_json
+from cadence.untrusted import (LIMITS, UntrustedFileError, check_int, check_number, load_safetensors, read_json,
+                              safetensors_header)
 
 FORMAT = "cadence-chunk-value-1"
 MAX_MEMBERS = 64                # networks in an ensemble
@@ -111,8 +113,8 @@ class ValueVerifier:
 
     name = "value"
 
-    def __init__(self, model: ChunkValue, info: dict):
-        self.model, self.info = model.eval(), info
+    def __init__(self, model: ChunkValue, info: dict, folder: str | Path | None = None):
+        self.model, self.info, self.folder = model.eval(), info, folder
 
     @property
     def train_seeds(self) -> list[range]:
@@ -126,15 +128,29 @@ class ValueVerifier:
                 raise VerifierError(f"the value verifier was trained on seeds {seen.start}..{seen.stop - 1}, which "
                                     f"overlap the evaluation seeds {seeds.start}..{seeds.stop - 1}; evaluate on other seeds")
 
+    def check_fits(self, policy) -> None:
+        """Refuse a verifier whose sizes are not ``policy``'s (plan steps, action size, conditioning
+        size where the policy states it), before anything runs."""
+        plan_steps = policy.pred_horizon - (policy.obs_horizon - 1)
+        cond_dim = getattr(policy.encoder, "out_dim", None)
+        self._check_sizes(plan_steps, policy.action_dim, cond_dim)
+
+    def _check_sizes(self, plan_steps: int, action_dim: int, cond_dim: int | None) -> None:
+        where = self.folder or "the value verifier"
+        if (plan_steps, action_dim) != (self.model.plan_steps, self.model.action_dim):
+            raise VerifierError(f"{where}: trained on plans of {self.model.plan_steps} x {self.model.action_dim} "
+                                f"actions ('plan_steps', 'action_dim'), the policy's are {plan_steps} x {action_dim}")
+        if cond_dim is not None and cond_dim != self.model.cond_dim:
+            raise VerifierError(f"{where}: 'cond_dim' is {self.model.cond_dim}, the policy's conditioning has {cond_dim}")
+
     @torch.no_grad()
     def __call__(self, chunks: torch.Tensor, context) -> torch.Tensor:
         if context.cond is None:
             raise ValueError("the value verifier scores from the policy's conditioning; this search gave none")
         plans = chunks[:, :, context.start:]
-        if plans.shape[2:] != (self.model.plan_steps, self.model.action_dim):
-            raise ValueError(f"the value verifier was trained on plans of {self.model.plan_steps} x "
-                             f"{self.model.action_dim} actions, the policy's are {tuple(plans.shape[2:])}")
-        return self.score(context.cond.to(chunks), plans).to(chunks.dtype)
+        self._check_sizes(plans.shape[2], plans.shape[3], context.cond.shape[-1])
+        scores = self.score(context.cond.to(chunks), plans).to(chunks.dtype)
+        return scores.nan_to_num(nan=-math.inf)      # a candidate it cannot score is never preferred
 
     def score(self, cond: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         """cond (B, C), plans (B, K, P, Da) -> (B, K), on the tensors' device."""
@@ -152,9 +168,22 @@ def save_value(model: ChunkValue, info: dict, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    spec = {"format": FORMAT, **model.spec(), **info}
-    (folder / "verifier.json").write_text(json.dumps(spec, indent=2))
+    spec = {"format": FORMAT, **model.spec(), **_finite(info)}
+    (folder / "verifier.json").write_text(json.dumps(spec, indent=2, allow_nan=False))
     return folder
+
+
+MAX_VALUE = 1e6     # |any weight or statistic in a verifier file|: float32 arithmetic on them stays finite
+MIN_STD = 1e-6      # the least feature scale a verifier file may divide by
+
+
+def _finite(value):
+    """``value`` with every float that is not finite (a metric of an empty set, say) as None: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def load_value(folder: str | Path) -> ValueVerifier:
@@ -175,7 +204,9 @@ def load_value(folder: str | Path) -> ValueVerifier:
         values = spec.get(name)
         if not isinstance(values, list) or len(values) != sizes["action_dim"]:
             raise UntrustedFileError(f"{where}: '{name}' must be a list of {sizes['action_dim']} numbers")
-        bounds.append([check_number(where, f"{name}[{i}]", v) for i, v in enumerate(values)])
+        bounds.append([check_number(where, f"{name}[{i}]", v, -1e6, 1e6) for i, v in enumerate(values)])
+    if any(low > high for low, high in zip(*bounds)):
+        raise UntrustedFileError(f"{where}: 'action_low' is above 'action_high' for some action")
     centered = spec.get("centered", False)          # verifiers written before the option were not centered
     if not isinstance(centered, bool):
         raise UntrustedFileError(f"{where}: 'centered' must be true or false")
@@ -204,16 +235,25 @@ def load_value(folder: str | Path) -> ValueVerifier:
     count = sum(t.numel() for t in skeleton.state_dict().values())
     if count > LIMITS["parameters"]:
         raise UntrustedFileError(f"{where}: the sizes build {count:,} parameters, more than {LIMITS['parameters']:,}")
-    model = build()
-    tensors = load_safetensors(folder / "model.safetensors")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != got:
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    got = {k: shape for k, (_, shape) in safetensors_header(folder / "model.safetensors").items()}
+    if expected != got:                     # the header alone, before the network is built
         differ = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
         raise UntrustedFileError(f"{folder / 'model.safetensors'}: tensors do not match the sizes in verifier.json "
                                  f"({len(differ)} differ, e.g. {', '.join(f'{k} {got.get(k)} not {expected.get(k)}' for k in differ[:3])})")
+    model = build()
+    tensors = load_safetensors(folder / "model.safetensors")
+    wrong = sorted(k for k, v in model.state_dict().items() if tensors[k].dtype != v.dtype)
+    if wrong:
+        raise UntrustedFileError(f"{folder / 'model.safetensors'}: tensor {wrong[0]!r} is {tensors[wrong[0]].dtype}, "
+                                 f"not {model.state_dict()[wrong[0]].dtype}")
+    large = sorted(k for k, v in tensors.items() if v.is_floating_point() and bool((v.abs() > MAX_VALUE).any()))
+    if large:
+        raise UntrustedFileError(f"{folder / 'model.safetensors'}: tensor {large[0]!r} has values beyond +-{MAX_VALUE:g}")
     model.load_state_dict(tensors)
-    return ValueVerifier(model, spec)
+    if model.features is not None and not bool((model.features.std >= MIN_STD).all()):
+        raise UntrustedFileError(f"{folder / 'model.safetensors'}: 'features.std' has entries below {MIN_STD:g}")
+    return ValueVerifier(model, spec, folder)
 
 
 def read_features(where: Path, spec: dict, sizes: dict) -> tuple[dict | None, float]:

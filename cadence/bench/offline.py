@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def agreement(run_dir: Path) -> dict:
     and the rank correlations."""
     rows = []
     found = [(int(p.parent.name[len("eval-step"):]), p) for p in run_dir.glob("eval-step*/eval.json")
-             if p.parent.name[len("eval-step"):].isdigit()]
+             if re.fullmatch(r"[0-9]+", p.parent.name[len("eval-step"):])]
     for step, path in sorted(found):
         summary = json.loads(path.read_text())
         if "offline" not in summary or "success_rate" not in summary:

@@ -63,6 +63,8 @@ class ConditionalUnet1D(nn.Module):
     def __init__(self, action_dim: int, cond_dim: int, down_dims: Sequence[int] = (32, 64, 128),
                  kernel_size: int = 5, n_groups: int = 8, level_embed_dim: int = 64):
         super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (its padding keeps the length), got {kernel_size}")
         self.spec = {"action_dim": action_dim, "cond_dim": cond_dim, "down_dims": [int(d) for d in down_dims],
                      "kernel_size": kernel_size, "n_groups": n_groups, "level_embed_dim": level_embed_dim}
         self.down_factor = 2 ** (len(down_dims) - 1)

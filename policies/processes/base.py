@@ -102,9 +102,18 @@ class Int(Field):
         return int(value)
 
 
+POSITIVE = 1e-6         # the least a scale, temperature or noise level read from a file may be
+
+
 class Number(Field):
+    """A finite number in [low, high]: bounded, so float32 arithmetic on it stays finite."""
+
+    def __init__(self, low: float = -1e6, high: float = 1e6, attr: str | None = None):
+        super().__init__(attr)
+        self.low, self.high = low, high
+
     def check(self, where, name, value):
-        return check_number(where, name, value)
+        return check_number(where, name, value, self.low, self.high)
 
     def dump(self, value):
         return float(value)

@@ -32,7 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Choice, Flag, Int, Number, ProcessBase, register
+from .base import POSITIVE, Choice, Flag, Int, Number, ProcessBase, register
 from .known_actions import KnownActions
 
 SAMPLERS = ("ddim", "euler")
@@ -44,8 +44,8 @@ class EDMProcess(ProcessBase):
     name = "edm"
     loop_graph = True
     budget_steps = (50, 20, 10, 5, 3)
-    spec_fields = {"sample_steps": Int("sample_steps"), "sigma_min": Number(), "sigma_max": Number(),
-                   "sigma_data": Number(), "sampler": Choice(*SAMPLERS), "clip_sample": Flag()}
+    spec_fields = {"sample_steps": Int("sample_steps"), "sigma_min": Number(POSITIVE, 1e4),
+                   "sigma_max": Number(POSITIVE, 1e4), "sigma_data": Number(POSITIVE, 1e4), "sampler": Choice(*SAMPLERS), "clip_sample": Flag()}
 
     def __init__(self, sample_steps: int = 10, sigma_min: float = 1e-3, sigma_max: float = 80.0,
                  sigma_data: float = 0.5, sampler: str = "ddim", clip_sample: bool = True,
@@ -54,6 +54,8 @@ class EDMProcess(ProcessBase):
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.sample_steps = sample_steps

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .base import Int, Number, ProcessBase, register
+from .base import POSITIVE, Int, Number, ProcessBase, register
 from .known_actions import KnownActions
 
 
@@ -54,7 +54,7 @@ class RectifiedFlowProcess(ProcessBase):
     loop_graph = True
     finetune_method = "reinflow"
     budget_steps = (50, 20, 10, 5, 2, 1)
-    spec_fields = {"sample_steps": Int("sample_steps"), "level_scale": Number()}
+    spec_fields = {"sample_steps": Int("sample_steps"), "level_scale": Number(POSITIVE)}
 
     def __init__(self, sample_steps: int = 10, level_scale: float = 100.0):
         if sample_steps < 1:

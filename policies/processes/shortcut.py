@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Int, Number, ProcessBase, register
+from .base import POSITIVE, Int, Number, ProcessBase, register
 from .known_actions import KnownActions
 from .rectified_flow import sample_straight_path, scalar_tensor
 
@@ -30,7 +30,7 @@ class ShortcutProcess(ProcessBase):
     finetune_method = "reinflow"
     budget_steps = (8, 4, 2, 1)
     spec_fields = {"sample_steps": Int("sample_steps"), "max_steps": Int("sample_steps", low=2),
-                   "level_scale": Number()}
+                   "level_scale": Number(POSITIVE)}
 
     def __init__(self, sample_steps: int = 4, max_steps: int = 128, bootstrap_fraction: float = 0.25,
                  level_scale: float = 100.0):

@@ -34,7 +34,7 @@ from torch import nn
 from cadence.errors import CadenceError
 from cadence.untrusted import LIMITS, UntrustedFileError
 
-from .base import Choice, Const, Field, Int, Number, ProcessBase, register
+from .base import POSITIVE, Choice, Const, Field, Int, Number, ProcessBase, register
 from .ddim import ddim_step
 from .ddpm import cosine_alphas_cumprod
 from .focal_loss import sigmoid_focal_loss
@@ -96,7 +96,7 @@ class TruncatedAnchorProcess(ProcessBase, nn.Module):
     fits_data = True                        # k-means anchors on the training chunks
     spec_fields = {"schedule": Const("cosine"), "train_steps": Int("diffusion_steps"),
                    "trunc_steps": Int("diffusion_steps"), "start_step": Int("diffusion_steps", low=0),
-                   "sample_steps": Int("sample_steps"), "select": Choice(*SELECT), "temperature": Number(),
+                   "sample_steps": Int("sample_steps"), "select": Choice(*SELECT), "temperature": Number(POSITIVE),
                    "anchors": AnchorsField()}
 
     def __init__(self, pred_horizon: int, action_dim: int, num_anchors: int = 20, num_tasks: int = 1,

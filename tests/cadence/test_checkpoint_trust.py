@@ -95,6 +95,8 @@ def test_interpolations_in_a_saved_config_are_refused(ckpt, value):
     ("pred_horizon", 10 ** 6, "'policy.pred_horizon' is 1000000, outside"),
     ("down_dims", [65_536, 65_536], "builds .* parameters, more than"),  # within each bound, too big in all
     ("n_groups", 5, "the policy config does not build a network"),      # 16 channels in 5 groups
+    ("kernel_size", 4, "the policy config does not build a network.*kernel_size must be odd"),
+    ("crop", 1e300, r"'policy.crop' is 1e\+300, outside"),               # floats bounded too: float32 holds them
 ])
 def test_policy_sizes_are_bounded_before_anything_is_allocated(ckpt, key, value, message):
     _edit_yaml(ckpt / "config.yaml", lambda c: c["policy"].update({key: value}))
@@ -140,11 +142,31 @@ def test_non_finite_weights_and_normalizers_are_refused(ckpt, file):
         load_policy(ckpt)
 
 
-def test_zero_normalizer_scale_is_refused(ckpt):
+@pytest.mark.parametrize("scale, offset", [(0.0, 0.0), (1e-40, 0.0), (1e-3, 1e38)])   # 1e-40: float32 subnormal
+def test_a_normalizer_that_maps_out_of_float32_is_refused(ckpt, scale, offset):
     tensors = load_file(str(ckpt / "normalizer.safetensors"))
-    tensors["action__scale"] = torch.zeros_like(tensors["action__scale"])
+    tensors["action__scale"] = torch.full_like(tensors["action__scale"], scale)
+    tensors["action__offset"] = torch.full_like(tensors["action__offset"], offset)
     save_file(tensors, str(ckpt / "normalizer.safetensors"))
-    with pytest.raises(CheckpointError, match="normalizer.safetensors: the scale of 'action' has a zero entry"):
+    with pytest.raises(CheckpointError, match="normalizer.safetensors: the scale and offset of 'action' map values "
+                                              "out of float32's range"):
+        load_policy(ckpt)
+
+
+@pytest.mark.parametrize("file", ["meta.json", "normalizer.safetensors"])
+def test_a_named_pipe_in_place_of_a_file_is_refused_without_blocking(ckpt, file):
+    (ckpt / file).unlink()
+    os.mkfifo(ckpt / file)                          # nobody ever writes to it: a read would wait forever
+    with pytest.raises(CadenceError, match=f"{file}: not a regular file"):
+        load_policy(ckpt)
+
+
+def test_float64_weights_are_checked_as_the_float32_they_become(ckpt):
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].double() + 1e300                       # finite in float64, infinite in float32
+    save_file(tensors, str(ckpt / "model.safetensors"))
+    with pytest.raises(CadenceError, match=f"tensor '{name}' holds NaN or infinite values \\(in float32\\)"):
         load_policy(ckpt)
 
 

@@ -271,19 +271,25 @@ def test_merged_collections_fit_together_and_keep_every_seed_range(tiny_store, t
 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    for name, damage in (("truncated", "cut"), ("misfit", "scores")):   # a merged file from elsewhere, damaged
+    damaged = {"misfit": (lambda t, m: ({**t, "train.scores": t["train.scores"][:1]}, m), "do not fit together"),
+               "double": (lambda t, m: ({**t, "train.plans": t["train.plans"].double()}, m), "must be float32"),
+               "more": (lambda t, m: ({**t, "train.plans": t["train.plans"].repeat(1, 500, 1, 1),   # K x 500
+                                          "train.scores": t["train.scores"].repeat(1, 500)}, m), "this fit needs"),
+               "huge": (lambda t, m: ({**t, "train.scores": t["train.scores"] + 3e38}, m), "reach beyond"),
+               "unseeded": (lambda t, m: (t, {**m, "seed": "100000", "episodes": "-1"}), "not a seed range")}
+    for name in ("truncated", *damaged):               # a merged file from elsewhere, damaged
         folder = tmp_path / name
         shutil.copytree(second, folder)
         path = folder / "candidates.safetensors"
-        if damage == "cut":
+        if name == "truncated":
             path.write_bytes(path.read_bytes()[:-64])
             expected = (UntrustedFileError, "candidates.safetensors")
         else:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata()
-            tensors = load_file(str(path))
-            save_file({**tensors, "train.scores": tensors["train.scores"][:1]}, str(path), metadata=meta)
-            expected = (VerifierError, "do not fit together")
+            tensors, meta = damaged[name][0](load_file(str(path)), meta)
+            save_file(tensors, str(path), metadata=meta)
+            expected = (VerifierError, damaged[name][1])
         with pytest.raises(expected[0], match=expected[1]):
             run(train_config(run_dir, **refit, merge=[str(folder)]), progress=False)
     changed = tmp_path / "changed"                   # the same run with other weights: another policy
@@ -308,7 +314,9 @@ def test_a_tampered_verifier_is_refused_naming_the_file(tmp_path):
                               ("train_seeds", [[0, 5], [-1, 2]], "train_seeds"),
                               ("format", "pickle", "format"), ("centered", "yes", "centered"),
                               ("centered", True, "do not match"),       # the weights are for uncentered inputs
-                              ("members", 2, "do not match"), ("members", 0, "members"), ("members", 10 ** 6, "members")]:
+                              ("members", 2, "do not match"), ("members", 0, "members"), ("members", 10 ** 6, "members"),
+                              ("action_low", [2.0, 0.0], "'action_low' is above 'action_high'"),
+                              ("action_high", [1e300, 1.0], "action_high\\[0\\]' is 1e\\+300, outside")]:
         (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))
         with pytest.raises(UntrustedFileError, match=match) as caught:
             load_value(folder)
@@ -343,11 +351,43 @@ def test_a_tampered_denoiser_verifier_is_refused_before_anything_is_allocated(tm
                               ("unet", {**unet, "kernel_size": 2.5}, "kernel_size"),
                               ("pred_horizon", 8, "pred_horizon"), ("noise_points", 2, "do not match"),
                               ("noise_points", 10 ** 6, "noise_points"), ("dropout", 1.5, "dropout"),
-                              ("features", "pickle", "'features' must be")]:
+                              ("features", "pickle", "'features' must be"),
+                              ("unet", {**unet, "kernel_size": 4}, "kernel_size must be odd")]:
         (folder / "verifier.json").write_text(json.dumps({**spec, key: value}))
         with pytest.raises(UntrustedFileError, match=match) as caught:
             load_value(folder)
         assert "verifier.json" in str(caught.value) or "model.safetensors" in str(caught.value)
+    (folder / "verifier.json").write_text(json.dumps(spec))
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(folder / "model.safetensors"))
+    for name, value, match in [("features.std", torch.zeros_like(weights["features.std"]), "'features.std' has entries below"),
+                               ("features.action_scale", weights["features.action_scale"] * 1e30, "beyond \\+-1e\\+06"),
+                               ("features.std", weights["features.std"].double(), "is torch.float64, not torch.float32"),
+                               ("features.mean", weights["features.mean"].double() + 1e300, "NaN or infinite values \\(in float32\\)")]:
+        save_file({**weights, name: value}, str(folder / "model.safetensors"))
+        with pytest.raises(UntrustedFileError, match=match):
+            load_value(folder)
+
+
+def test_a_verifier_of_other_sizes_is_refused_and_a_candidate_it_cannot_score_is_never_kept():
+    from cadence.policies.value_verifier import ValueVerifier
+    from tests.deploy.onnx_cases import make_policy
+
+    policy = make_policy("ddpm", down_dims=[16, 32])           # To 2, Tp 16, Da 2: plans of 15 steps
+    cond = policy.encoder.out_dim
+    for sizes, match in [((cond, 14, 2), "trained on plans of 14 x 2"), ((cond, 15, 3), "trained on plans of 15 x 3"),
+                         ((cond + 1, 15, 2), f"'cond_dim' is {cond + 1}, the policy's conditioning has {cond}")]:
+        verifier = ValueVerifier(ChunkValue(*sizes, 8, [-1.0] * sizes[2], [1.0] * sizes[2]), {}, "theirs/verifier")
+        with pytest.raises(VerifierError, match="theirs/verifier: " + match):
+            verifier.check_fits(policy)
+    verifier = ValueVerifier(ChunkValue(cond, 15, 2, 8, [-1.0, -1.0], [1.0, 1.0]), {})
+    verifier.check_fits(policy)
+    chunks = torch.randn(2, 3, 16, 2)
+    chunks[0, 1, 5, 0] = float("nan")
+    scores = verifier(chunks, SearchContext({}, 1, cond=torch.randn(2, cond)))
+    assert scores[0, 1] == float("-inf") and torch.isfinite(scores[0, [0, 2]]).all() and torch.isfinite(scores[1]).all()
+    with pytest.raises(VerifierError, match="trained on plans of 15 x 2"):
+        verifier(chunks[:, :, :8], SearchContext({}, 1, cond=torch.randn(2, cond)))
 
 
 def test_an_export_carries_the_value_verifier_and_searches_with_it(tiny_store, tmp_path):

@@ -92,3 +92,7 @@ def test_an_onnx_runtime_searches_with_the_exports_graph_of_the_same_verifier(tm
     assert for_runtime("consensus", onnx_runtime, export_dir) == "consensus"
     assert for_runtime(None, onnx_runtime, export_dir) is None
     assert for_runtime(same, onnx_runtime, None) is same                  # no export to take a graph from
+    shutil.move(export_dir / "verifier", another / "theirs")
+    (export_dir / "verifier").symlink_to(another / "theirs")              # a link leading out of the export
+    with pytest.raises(ExportFormatError, match="'verifier' 'verifier' leads out of"):
+        for_runtime(same, onnx_runtime, export_dir)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cadence.policies.processes import KnownActions
+from cadence.policies.processes.base import ProcessSpecError
 from cadence.policies.processes.edm import EDMProcess
 
 
@@ -106,3 +107,13 @@ def test_sample_steps_override_and_bad_arguments():
         EDMProcess(sampler="heun")
     with pytest.raises(ValueError, match="sigma_min"):
         EDMProcess(sigma_min=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="sigma_data must be > 0"):
+        EDMProcess(sigma_data=-1e30)
+
+
+@pytest.mark.parametrize("key, value", [("sigma_max", 1e39), ("sigma_data", 1e300), ("sigma_data", -1e30),
+                                        ("sigma_min", 0.0)])
+def test_a_policy_json_noise_level_float32_cannot_use_is_refused_by_name(key, value):
+    spec = EDMProcess(10).spec()
+    with pytest.raises(ProcessSpecError, match=f"'process.{key}' is .*, outside \\[1e-06, 10000.0\\]"):
+        EDMProcess.from_spec({**spec, key: value})
