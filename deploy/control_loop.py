@@ -19,7 +19,7 @@ continues from what the robot is committed to (real-time chunking without guidan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -121,6 +121,8 @@ class ControlLoop:
         started = False
         # Tick on the robot's step grid (observation times), a little after each step, so the
         # action for the next step is sent almost a whole period before that step.
+        if not math.isfinite(obs.t_capture):
+            raise RobotError(f"the robot's reset observation has capture time {obs.t_capture}")
         t0 = obs.t_capture + self.cfg.tick_phase * self.period
         t0 += max(0, math.ceil((self.clock.now() - t0) / self.period)) * self.period
         k, info, failing = 0, dict(obs.info), 0
@@ -152,6 +154,11 @@ class ControlLoop:
             result = self.worker.poll()
             if result is not None:
                 tick.inference_ms = result.latency * 1e3
+                shape = self.robot.spec.action.shape
+                if result.actions is not None and (result.actions.ndim != 2 or result.actions.shape[1:] != shape):
+                    # the policy's fault, not the robot's: the robot holds, as for any failed inference
+                    result = replace(result, actions=None, error=f"actions of shape {result.actions.shape}, not "
+                                                                 f"(steps, {', '.join(map(str, shape))})")
                 if result.actions is None:
                     self.log.count("inference_errors", detail=result.error)
                 else:

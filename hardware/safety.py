@@ -17,6 +17,7 @@ and from ``estop`` callers, concurrently with the control loop's calls.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -160,6 +161,7 @@ class SafetyFilter:
                 log.info("watchdog re-armed by reset (was: %s)", self._trip_reason)
                 self._trip_reason = None
             self._last_applied, self._held = None, True
+            self._last_obs = None             # the max-delta reference is read after the reset, not before
         obs = self.robot.reset(seed)          # not under the lock: an estop must not wait for it
         if self.estopped:                     # stopped while the robot was resetting
             self.hold()
@@ -196,7 +198,12 @@ class SafetyFilter:
             if not np.all(np.isfinite(a)):
                 self._hold_locked()
                 raise RobotError(f"action must be finite, got {a.tolist()}; robot held")
-            applied = np.asarray(self.robot.send_action(self._clamp(a)))
+            command = self._clamp(a)
+            if not np.all(np.isfinite(command)):     # a NaN measured position as the max-delta reference, or
+                self._hold_locked()                  # an action beyond the robot's dtype with no limit to clip it
+                raise RobotError(f"the command for action {a.tolist()} is not finite ({command.tolist()}: the measured "
+                                 f"position is not finite, or the action is beyond {self.spec.action.dtype}); robot held")
+            applied = np.asarray(self.robot.send_action(command))
             self._last_applied, self._held = applied.astype(np.float64), False
             return applied
 
@@ -285,7 +292,8 @@ class SafetyFilter:
                 out = self._count("max_delta", out, np.clip(out, ref - lim.max_delta, ref + lim.max_delta))
         if lim.workspace_low is not None:
             out = self._count("workspace", out, np.clip(out, lim.workspace_low, lim.workspace_high))
-        return out.astype(self.spec.action.dtype)
+        with np.errstate(over="ignore"):      # beyond the dtype's range: infinite, refused by send_action
+            return out.astype(self.spec.action.dtype)
 
     def _count(self, kind: str, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         if not np.array_equal(before, after):
@@ -326,6 +334,8 @@ class SafetyFilter:
             stale = f"reading the observation failed: {obs_error!r}"
         elif obs is None:
             stale = "no observation"
+        elif not math.isfinite(obs.t_capture):
+            stale = f"observation capture time is {obs.t_capture}"
         elif now - obs.t_capture > timeout:
             stale = f"observation is {now - obs.t_capture:.3f} s old (> {timeout} s)"
         else:

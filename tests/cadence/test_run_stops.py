@@ -123,7 +123,7 @@ def test_a_tampered_export_is_refused_by_the_budget_and_never_chosen(run_dir, tm
     policy, cfg, meta = load_policy(ckpt)
     export = current_export(policy, ckpt, meta, cfg)
     spec = json.loads((export / "policy.json").read_text())
-    spec["action_normalizer"]["scale"] = [1e-300] * len(spec["action_normalizer"]["scale"])
+    spec["action_normalizer"]["scale"] = [s * 1e-3 for s in spec["action_normalizer"]["scale"]]   # valid, wrong
     (export / "policy.json").write_text(json.dumps(spec))          # the hash still matches: reused as is
     out = tmp_path / "deploy"
     proc = _cadence("run", f"checkpoint={run_dir}", "budget.runtimes=[torch-eager,onnx-cpu]", *BUDGET[1:],

@@ -176,3 +176,31 @@ def test_failed_inferences_hold_the_robot_and_count_as_misses():
     assert summary["inference_errors"] >= 3 and summary["first_errors"]["inference_errors"] == "non-finite actions"
     assert summary["deadline_misses"] >= summary["inference_errors"]
     assert not any(t.source == "chunk" for t in loop.log.ticks) and robot.held_steps > 0
+
+
+class WideRuntime:
+    """A runtime whose chunks carry one action entry more than the robot takes."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict(self, obs, **kwargs):
+        chunk = self.inner.predict(obs, **kwargs)
+        return np.concatenate([chunk, np.zeros((*chunk.shape[:-1], 1), chunk.dtype)], axis=-1)
+
+
+def test_chunks_of_another_action_size_hold_the_robot_as_failed_inferences():
+    robot = SimRobot("cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
+    robot.connect()
+    worker = InferenceWorker(WideRuntime(TorchRuntime(hovering_policy())), start=1)
+    loop = ControlLoop(robot, worker, ["state"], obs_horizon=2, chunk_length=15,
+                       cfg=LoopConfig(RATE, 8, latency_estimate_s=0.07))
+    try:
+        loop.run_episode(seed=0, max_ticks=20)          # the robot is never lost: its calls do not fail
+    finally:
+        worker.stop()
+        robot.disconnect()
+    summary = loop.log.summary(period=1 / RATE)
+    assert summary["inference_errors"] >= 3
+    assert summary["first_errors"]["inference_errors"] == "actions of shape (15, 3), not (steps, 2)"
+    assert not any(t.source == "chunk" for t in loop.log.ticks) and robot.held_steps > 0

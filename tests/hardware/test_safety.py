@@ -128,6 +128,34 @@ def test_max_delta_from_last_command_and_from_measured_position_after_hold():
     f.disconnect()
 
 
+def test_a_command_that_is_not_finite_never_reaches_the_robot():
+    f, robot = _filter(max_delta=0.1, position_obs=("state", 0, 2))
+    robot.position = np.array([np.nan, 0.0])                        # a damaged position reading
+    with pytest.raises(RobotError, match="the measured position is not finite.*robot held"):
+        f.send_action(np.array([0.05, 0.05]))                        # a finite action
+    assert robot.sends() == [] and robot.events[-1] == ("hold", None)
+    f.disconnect()
+    unlimited = PointRobot()
+    unlimited.spec = RobotSpec("point", {"state": Feature((4,))}, Feature((2,), "float32"), 50.0)   # no action limits
+    f, robot = _filter(unlimited)
+    with pytest.raises(RobotError, match="beyond float32\\); robot held"):
+        f.send_action(np.array([1e39, 0.0]))                         # finite in float64, infinite in float32
+    assert robot.sends() == [] and robot.events[-1] == ("hold", None)
+    f.disconnect()
+
+
+def test_max_delta_after_a_reset_is_measured_from_where_the_reset_left_the_robot():
+    f, robot = _filter(max_delta=0.1, position_obs=("state", 0, 2))
+    _close(f.send_action(np.array([0.9, 0.9])), [0.1, 0.1])
+    f.latest_observation()                                           # the loop (or the server) reads each tick
+    robot.live = False                                               # readings only at reset: it must be used
+    robot.reset = lambda seed=None: (setattr(robot, "position", np.array([0.9, 0.9])), robot._publish())[1]
+    f.reset()
+    _close(f.send_action(np.array([0.9, 0.9])), [0.9, 0.9])     # no jump back toward the old episode's position
+    assert f.clamp_counts["max_delta"] == 1
+    f.disconnect()
+
+
 def test_max_delta_without_position_obs_starts_unclamped_then_keeps_the_last_command_as_reference():
     f, robot = _filter(max_delta=np.array([0.1, 0.2]))
     _close(f.send_action(np.array([0.9, 0.9])), [0.9, 0.9])   # no reference yet
@@ -214,6 +242,15 @@ def test_watchdog_trips_on_a_silent_sensor_and_rearms(caplog):
     assert any("tripped" in m for m in messages) and any("re-armed" in m for m in messages)
     _close(f.send_action(np.array([-0.5, -0.5])), [-0.5, -0.5])
     _close(robot.sends()[-1][1], [-0.5, -0.5])
+    f.disconnect()
+
+
+def test_watchdog_trips_on_an_observation_without_a_capture_time():
+    f, robot = _filter(watchdog_timeout_s=TIMEOUT)
+    f.send_action(np.array([0.3, 0.3]))
+    robot.latest_observation = lambda: Observation({"state": np.zeros(4, np.float32)}, float("nan"), 0)
+    _wait_for(lambda: (f.heartbeat(), f.tripped)[1])
+    assert "capture time is nan" in f.trip_reason and robot.events[-1] == ("hold", None)
     f.disconnect()
 
 
