@@ -60,4 +60,9 @@ def held_out_episodes(cfg: DictConfig, resumed: list[int] | None = None) -> tupl
 
 def fit_normalizer(dataset: WindowDataset | ConcatWindows, mode: str) -> Normalizer:
     keys = [k for k, shape in dataset.obs_shapes.items() if not is_image_shape(shape)] + [dataset.action_key]
-    return Normalizer.from_stats({k: dataset.stats(k) for k in keys}, {k: mode for k in keys})
+    normalizer = Normalizer.from_stats({k: dataset.stats(k) for k in keys}, {k: mode for k in keys})
+    for key in keys:
+        if not normalizer.in_range(key):
+            raise StoreError(f"data/{key}: its statistics give a normaliser float32 cannot use (a range of zero "
+                             f"or nearly, or values too large): {dataset.stats(key)}"[:400])
+    return normalizer

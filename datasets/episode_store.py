@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _ENDS = "meta/episode_ends"
 STATS = ("min", "max", "mean", "std")
+MAX_VALUE = 1e30        # |a float value| a store holds: its squares (statistics) and float32 training stay finite
 
 
 class StoreError(CadenceError, ValueError):
@@ -172,10 +173,10 @@ class EpisodeStore:
             rows = _block_rows(values.shape)
             for begin in range(0, len(values), rows):
                 part = values[begin: begin + rows]
-                bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+                bad = ~(np.abs(part.reshape(len(part), -1)) <= MAX_VALUE).all(axis=1)    # NaN too
                 if bad.any():
-                    raise StoreError(f"{where}: holds NaN or infinite values (first at step "
-                                     f"{start + begin + int(np.argmax(bad))})")
+                    raise StoreError(f"{where}: holds NaN or infinite values, or beyond +-{MAX_VALUE:g} (first at "
+                                     f"step {start + begin + int(np.argmax(bad))})")
         return values
 
     # --- reading -----------------------------------------------------------------------
@@ -278,12 +279,14 @@ class EpisodeStore:
         return {"min": lo, "max": hi, "mean": mean, "std": std}
 
     # --- writing -----------------------------------------------------------------------
-    def append_episode(self, episode: Mapping[str, np.ndarray]) -> None:
-        """Append one episode (``{key: (T, ...) array}``) atomically; validates before writing."""
+    def append_episode(self, episode: Mapping[str, np.ndarray], source: str | None = None) -> None:
+        """Append one episode (``{key: (T, ...) array}``) atomically; validates before writing.
+        ``source``: where the episode comes from (an imported file's demo), named by its errors
+        instead of the store."""
         if not self.writable:
             raise StoreError(f"{self.path}: opened read-only; open with mode='a' to append")
         episode = {k: np.asarray(v) for k, v in episode.items()}
-        self._check_episode(episode)
+        self._check_episode(episode, source or self.path)
         data = self._root["data"]
         if self.n_steps == 0:   # nothing committed: arrays here are an interrupted first append's leftovers
             for key in list(data.array_keys()):
@@ -305,8 +308,7 @@ class EpisodeStore:
     def _feature_json(self) -> dict:
         return {k: spec.to_json() for k, spec in self.features.items()}
 
-    def _check_episode(self, episode: Mapping[str, np.ndarray]) -> None:
-        where = self.path
+    def _check_episode(self, episode: Mapping[str, np.ndarray], where) -> None:
         if not episode:
             raise StoreError(f"{where}: empty episode (no keys)")
         bad = [k for k in episode if not valid_key(k)]
@@ -329,10 +331,19 @@ class EpisodeStore:
                 if not np.can_cast(values.dtype, spec.dtype, casting="same_kind"):
                     raise StoreError(f"{where}: data/{key} holds {spec.dtype}, episode gives {values.dtype} "
                                      f"(convert it explicitly)")
-            if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
-                step = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
-                raise StoreError(f"{where}: episode key '{key}' holds NaN or infinite values "
-                                 f"(first at step {step}); nothing was written")
+                with np.errstate(over="ignore", invalid="ignore"):       # checked just below
+                    stored = values.astype(spec.dtype)
+                if np.issubdtype(spec.dtype, np.integer) and not np.array_equal(stored, values):
+                    raise StoreError(f"{where}: data/{key} holds {spec.dtype}, and the episode's {values.dtype} values "
+                                     f"do not fit it (from {values.min()} to {values.max()}); nothing was written")
+            else:
+                stored = values
+            if np.issubdtype(stored.dtype, np.floating):
+                bad = ~(np.abs(stored.reshape(len(stored), -1)) <= MAX_VALUE)      # NaN and inf too
+                if bad.any():
+                    step = int(np.argwhere(bad)[0, 0])
+                    raise StoreError(f"{where}: episode key '{key}' holds NaN or infinite values, or beyond "
+                                     f"+-{MAX_VALUE:g} as {stored.dtype} (first at step {step}); nothing was written")
 
     def _commit_ends(self, new_ends: np.ndarray) -> None:
         """Write the new ``episode_ends`` chunk(s), then the shape that makes them visible."""

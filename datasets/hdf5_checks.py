@@ -81,6 +81,12 @@ def member(group, name: str, path: Path, kind: type):
         wanted = " or ".join(k.__name__.lower() for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise StoreError(f"{where}: expected an HDF5 {wanted}, "
                          f"found {'nothing' if obj is None else type(obj).__name__}")
+    if isinstance(obj, h5py.Dataset):
+        with reading(where):
+            elsewhere = bool(obj.external) or obj.is_virtual
+        if elsewhere:           # its bytes would come from any path the file names (a secret, a pipe, /dev/zero)
+            raise StoreError(f"{where}: keeps its data in other files (HDF5 external storage or a virtual "
+                             "dataset), which cadence does not read")
     return obj
 
 
@@ -221,7 +227,7 @@ def _check_numeric(ds, where: str) -> None:
         raise StoreError(f"{where}: holds {ds.dtype}, not numbers")
 
 
-def _bounded_read(ds, where: str) -> np.ndarray:
+def bounded_read(ds, where: str) -> np.ndarray:
     """``ds[()]`` once its claimed bytes are known to fit what it holds on disk; finite floats."""
     nbytes = math.prod(ds.shape) * ds.dtype.itemsize
     with reading(where):
@@ -243,7 +249,7 @@ def read_steps(ds, where: str, length: int) -> np.ndarray:
     check_int(where, "steps", length, 1, LIMITS["frames"])
     if ds.ndim > 1:
         check_shape(where, "per-step shape", list(ds.shape[1:]))
-    return _bounded_read(ds, where)
+    return bounded_read(ds, where)
 
 
 def read_array(ds, where: str, max_elements: int) -> np.ndarray:
@@ -251,7 +257,7 @@ def read_array(ds, where: str, max_elements: int) -> np.ndarray:
     _check_numeric(ds, where)
     if ds.ndim > LIMITS["dims"] or math.prod(ds.shape) > max_elements:
         raise StoreError(f"{where}: has shape {ds.shape}, more than the {max_elements:,} values allowed here")
-    return _bounded_read(ds, where)
+    return bounded_read(ds, where)
 
 
 def walk(group, path: Path, prefix: tuple[str, ...] = (), depth: int = 0,

@@ -129,7 +129,6 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
     tolerance = 0.5 / info["fps"]
 
     with staged_store(out, float(fps or info["fps"])) as store:
-        tmp = store.path
         reader = _ParquetRows(columns=numeric + images + ["episode_index"])
         for ep in tqdm(chosen, desc=f"import {root.name}", disable=not progress):
             rows = reader.episode(ep)
@@ -142,10 +141,7 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
                 path, start = ep.videos[key]
                 episode[key] = read_video_frames(path, start + times, tolerance,
                                                  where=f"episode {ep.index}, key {key}", size=size)
-            try:
-                store.append_episode(episode)
-            except StoreError as exc:     # e.g. NaN values: name the source file, not the temporary store
-                raise StoreError(f"{ep.data}: episode {ep.index}: {str(exc).removeprefix(f'{tmp}: ')}") from None
+            store.append_episode(episode, source=f"{ep.data}: episode {ep.index}")   # errors name the file
         store.set_source({"format": "lerobot", "root": str(root.resolve()),
                           "codebase_version": info["codebase_version"], "info": info, "tasks": tasks,
                           "videos": bool(videos), "skipped": skipped,
@@ -236,10 +232,30 @@ class _ParquetRows:
         return {k: rows.column(k) for k in rows.column_names}
 
 
-def _spans(column, path: Path) -> dict[int, tuple[int, int]]:
+def _episode_indices(column, path: Path) -> np.ndarray:
+    """The ``episode_index`` column as integers: integer or integral float values, or lists of one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if column.null_count:
         raise StoreError(f"{path}: column 'episode_index' has missing values")
-    values = column.to_numpy()
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type):
+        flat = pc.list_flatten(column)
+        if len(flat) != len(column) or flat.null_count:
+            raise StoreError(f"{path}: column 'episode_index' holds lists of other than one index per row")
+        column = flat
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise StoreError(f"{path}: column 'episode_index' holds {column.type}, not integers")
+    values = np.asarray(column.to_numpy())
+    if values.dtype.kind == "f":
+        if not (np.isfinite(values).all() and (values == np.floor(values)).all() and (np.abs(values) < 2 ** 53).all()):
+            raise StoreError(f"{path}: column 'episode_index' holds values that are not whole numbers")
+        values = values.astype(np.int64)
+    return values
+
+
+def _spans(column, path: Path) -> dict[int, tuple[int, int]]:
+    values = _episode_indices(column, path)
     if len(values) == 0:
         return {}
     starts = np.flatnonzero(np.diff(values)) + 1
@@ -289,6 +305,13 @@ def _numeric(column, feature: dict, ep: Episode, key: str) -> np.ndarray:
         values = values.reshape(len(values), *shape)      # e.g. a flat list for a declared (H, W)
     if values.shape[1:] != shape:
         raise StoreError(f"{where}: per-step shape {values.shape[1:]} but meta/info.json declares {shape}")
+    declared = np.dtype(feature["dtype"])       # every episode stored as declared (writers vary it per file)
+    if values.dtype != declared:
+        with np.errstate(over="ignore", invalid="ignore"):     # floats out of range: refused when appended
+            cast = values.astype(declared)
+        if declared.kind in "biu" and not np.array_equal(cast, values):
+            raise StoreError(f"{where}: its {values.dtype} values do not fit the {declared} meta/info.json declares")
+        values = cast
     return values
 
 

@@ -77,7 +77,7 @@ from tqdm.auto import tqdm
 from cadence.untrusted import LIMITS, check_int
 
 from .episode_store import EpisodeStore, StoreError, valid_key
-from .hdf5_checks import (MAX_MEMBERS, SourceBudget, attr, check_source, demo_names, episodes_option,
+from .hdf5_checks import (MAX_MEMBERS, SourceBudget, attr, bounded_read, check_source, demo_names, episodes_option,
                           json_attr, kind_of, member, open_file, read_array, read_steps, reading, scalar_attrs,
                           text_attr, walk, where_of)
 from .staged_store import staged_store
@@ -87,6 +87,7 @@ SKIPPED = ("next_obs",)                 # obs shifted by one step: not copied
 DEFAULT_FPS = 20.0          # robomimic's robosuite datasets record at 20 Hz
 MAX_INITIAL_STATE = 65_536  # values of one demo's initial_state kept in the store's metadata
 MAX_MODEL_CHARS = 8 * 2 ** 20   # one demo's model_file (MJCF XML; robosuite's Lift scene: 40 kB)
+MAX_NAME_BYTES = 1024       # one demo name in a mask/<filter> list
 
 
 def store_key(names: tuple[str, ...]) -> str:
@@ -186,10 +187,11 @@ def _mask(f, path: Path) -> dict[str, list[str]]:
     masks, group = {}, member(f, "mask", path, h5py.Group)
     for key in group:
         ds = member(group, key, path, h5py.Dataset)
-        if ds.dtype.kind not in "SOU" or ds.ndim != 1 or ds.shape[0] > LIMITS["episodes"]:
-            raise StoreError(f"{path}: mask/{key}: expected a list of demo names, got {ds.dtype} {ds.shape}")
-        with reading(f"{path}: mask/{key}"):
-            names = ds[()]
+        if (ds.dtype.kind not in "SOU" or ds.ndim != 1 or ds.shape[0] > LIMITS["episodes"]
+                or ds.dtype.kind != "O" and ds.dtype.itemsize > MAX_NAME_BYTES):   # variable-length: the file's bytes
+            raise StoreError(f"{path}: mask/{key}: expected a list of demo names (strings of at most "
+                             f"{MAX_NAME_BYTES} bytes), got {ds.dtype} {ds.shape}")
+        names = bounded_read(ds, f"{path}: mask/{key}")
         if not all(isinstance(n, (bytes, str)) for n in names):
             raise StoreError(f"{path}: mask/{key}: expected a list of demo names")
         masks[key] = sorted(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names)
@@ -218,9 +220,10 @@ def import_robomimic(hdf5: str | os.PathLike, out: str | os.PathLike, fps: float
         budget = SourceBudget(hdf5, what)
         with staged_store(out, fps) as store:
             for name in tqdm(names, desc=f"import {hdf5.name}", disable=not progress):
-                episode, entry = read_demo(member(data, name, hdf5, h5py.Group), name, hdf5, model_files)
+                demo = member(data, name, hdf5, h5py.Group)
+                episode, entry = read_demo(demo, name, hdf5, model_files)
                 budget.add(entry, model_files)
-                store.append_episode(episode)
+                store.append_episode(episode, source=where_of(hdf5, demo))
                 demos.append(entry)
             source.update(demos=demos, model_files=list(model_files))
             store.set_source(check_source(source, hdf5, what))

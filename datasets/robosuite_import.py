@@ -149,7 +149,7 @@ def import_robosuite(hdf5: str | os.PathLike, out: str | os.PathLike, fps: float
                                                  f"collides with the imported key '{key}'")
                         episode.update(observed)
                     budget.add(entry, model_files)
-                    store.append_episode(episode)
+                    store.append_episode(episode, source=where_of(hdf5, demo))
                     demos.append(entry)
                 source.update(demos=demos, model_files=list(model_files),
                               replay=replayer.summary() if replayer is not None else None)

@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 
 ALIGNS = ("last", "nearest")
 MAX_STEPS_PER_MESSAGE = 100      # ticks per message of an episode's busiest topic (upsampling beyond is refused)
+FREE_REPEAT_BYTES = 64 * 2 ** 20    # a slow topic's messages may repeat over more ticks while its steps fit this
 MAX_FPS = 100_000.0
 BOOL = "std_msgs/msg/Bool"
 EMPTY = "std_msgs/msg/Empty"
@@ -129,14 +130,9 @@ def import_rosbag(source: str | os.PathLike, out: str | os.PathLike, topics: Map
     decoders = {key: TopicDecoder(key, topic, types[topic], size) for key, topic in topics.items()}
     records = []
     with staged_store(out, fps) as store:
-        tmp = store.path
         for seg in tqdm(chosen, desc=f"import {Path(source).name}", disable=not progress):
             episode = _episode(seg, decoders, align)
-            try:
-                store.append_episode(episode)
-            except StoreError as exc:        # name the bag, not the temporary store
-                raise StoreError(f"{seg.bag.where}: episode {seg.index}: "
-                                 f"{str(exc).removeprefix(f'{tmp}: ')}") from None
+            store.append_episode(episode, source=f"{seg.bag.where}: episode {seg.index}")   # errors name the bag
             records.append({"index": seg.index, "bag": seg.bag.path.name, "start_ns": int(seg.ticks[0]),
                             "end_ns": int(seg.ticks[-1]), "steps": len(seg.ticks)})
         store.set_source({
@@ -354,6 +350,12 @@ def _episode(seg: _Segment, decoders: dict[str, TopicDecoder], align: str) -> di
             with reading(where, f"not a valid {decoder.msgtype} message"):
                 msg = store.deserialize_cdr(raws[topic][time], decoder.msgtype)
             values[time] = decoder.decode(msg, where)
+        step_bytes = sum(v.nbytes for v in values[int(picked[topic][0])].values())
+        total = step_bytes * len(picked[topic])
+        if total > max(MAX_STEPS_PER_MESSAGE * step_bytes * len(values), FREE_REPEAT_BYTES):
+            raise StoreError(f"{bag.where}: episode {seg.index}, topic {topic}: {len(picked[topic]):,} steps from "
+                             f"{len(values):,} messages of {step_bytes:,} bytes make {total:,} bytes (more than "
+                             f"{MAX_STEPS_PER_MESSAGE} steps per message: check fps and the bag's log times)")
         for name in values[int(picked[topic][0])]:
             episode[name] = np.stack([values[int(t)][name] for t in picked[topic]])
     for raw_by_time in raws.values():

@@ -18,6 +18,7 @@ about 2 on small sharp textures (swscale resolves the chroma subsampling in anot
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,29 +63,22 @@ def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: s
                                      f"{width}x{height}{context}")
                 return scale(frame)
 
-            times, frames = _decode_between(container, stream, lo, hi, seek=lo > 0, convert=convert)
-            if lo > 0 and (not times or times[0] > lo + 2 * tolerance_s):
+            found = _decode_nearest(container, stream, timestamps, lo, hi, seek=lo > 0, convert=convert)
+            if lo > 0 and (found.first is None or found.first > lo + 2 * tolerance_s):
                 # the seek overshot (an odd index); decode from the start instead
-                times, frames = _decode_between(container, stream, lo, hi, seek=False, convert=convert)
+                found = _decode_nearest(container, stream, timestamps, lo, hi, seek=False, convert=convert)
     except (av.FFmpegError, OSError) as exc:
         raise StoreError(f"{path}: not a readable video{context}: {exc}") from None
-    if not times:
+    if found.first is None:
         raise StoreError(f"{path}: no frames between {max(lo, 0):.4f} s and {hi:.4f} s{context} "
                          f"(the video is shorter, or truncated)")
-    times = np.asarray(times)
-    order = np.argsort(times, kind="stable")
-    times = times[order]
-    after = np.minimum(np.searchsorted(times, timestamps), len(times) - 1)
-    before = np.maximum(after - 1, 0)
-    nearest = np.where(np.abs(times[after] - timestamps) < np.abs(times[before] - timestamps), after, before)
-    error = np.abs(times[nearest] - timestamps)
-    bad = np.flatnonzero(error > tolerance_s + 1e-9)
+    bad = np.flatnonzero(found.error > tolerance_s + 1e-9)
     if len(bad):
         t = timestamps[bad[0]]
         raise StoreError(f"{path}: no frame within {tolerance_s * 1e3:.1f} ms of timestamp {t:.4f} s{context} "
                          f"({len(bad)} of {len(timestamps)} timestamps unmatched; frames decoded here span "
-                         f"{times[0]:.4f}-{times[-1]:.4f} s)")
-    return np.stack([frames[order[i]] for i in nearest])
+                         f"{found.first:.4f}-{found.last:.4f} s)")
+    return np.stack(found.frames)
 
 
 def _converter(width: int, height: int, size: tuple[int, int] | None):
@@ -101,20 +95,39 @@ def _converter(width: int, height: int, size: tuple[int, int] | None):
     return lambda frame: frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=method)
 
 
-def _decode_between(container, stream, lo: float, hi: float, seek: bool,
-                    convert) -> tuple[list[float], list[np.ndarray]]:
+@dataclass
+class _Nearest:
+    """For each timestamp, the decoded frame nearest it so far (the earlier on a tie) and its distance;
+    the first and last frame times decoded within the window."""
+    frames: list
+    error: np.ndarray
+    first: float | None = None
+    last: float | None = None
+
+
+def _decode_nearest(container, stream, timestamps: np.ndarray, lo: float, hi: float, seek: bool,
+                    convert) -> _Nearest:
+    """Decodes the frames between ``lo`` and ``hi`` s, keeping (and converting) only those nearest a
+    timestamp: memory for one frame per timestamp, whatever the video's frame rate."""
     container.seek(int(lo / stream.time_base) if seek else 0, stream=stream, backward=True, any_frame=False)
-    times, frames = [], []
+    found = _Nearest([None] * len(timestamps), np.full(len(timestamps), np.inf))
     for frame in container.decode(stream):
         if frame.pts is None:
             continue
         t = float(frame.pts * stream.time_base)
         if t > hi:
             break
-        if t >= lo:
-            times.append(t)
-            frames.append(convert(frame))
-    return times, frames
+        if t < lo:
+            continue
+        found.first = t if found.first is None else found.first
+        found.last = t
+        distance = np.abs(timestamps - t)
+        closer = np.flatnonzero(distance < found.error)
+        if len(closer):
+            image = convert(frame)
+            for i in closer:
+                found.frames[i], found.error[i] = image, distance[i]
+    return found
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:

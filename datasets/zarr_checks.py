@@ -126,12 +126,12 @@ def check_chunks(folder: Path, meta: ArrayMeta, rows: int) -> None:
                     i.isascii() and i.isdigit() and int(i) < g for i, g in zip(index, grid)):
                 continue
             try:
-                info = path.stat()
+                info = path.lstat()         # a link is not followed: it could lead to any file on the machine
             except OSError:
                 info = None
             if info is None or not stat.S_ISREG(info.st_mode) or info.st_size > largest:
-                raise UntrustedFileError(f"{path}: not a chunk file (a chunk is a regular file of at most "
-                                         f"{largest:,} bytes here)")
+                raise UntrustedFileError(f"{path}: not a chunk file (a chunk is a regular file, not a link, of at "
+                                         f"most {largest:,} bytes here)")
             found += 1
     if found < needed:
         raise UntrustedFileError(f"{folder}: {needed - found} of the {needed} chunks holding its first {rows} "

@@ -475,3 +475,19 @@ def test_append_with_a_lossy_dtype_is_refused(tmp_path):
     reopened = EpisodeStore.open(path)
     assert reopened.n_episodes == 1
     np.testing.assert_array_equal(reopened.episode(0)["image"], first["image"])
+
+
+def test_values_that_the_store_dtype_cannot_hold_are_refused_and_the_source_is_named(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s.zarr", fps=10)
+    first = make_episode(np.random.default_rng(0), 5)
+    store.append_episode({**first, "count": np.zeros(5, np.int8)})          # the store's action: float32
+    wide = make_episode(np.random.default_rng(1), 4)
+    with pytest.raises(StoreError, match="theirs.h5: demo_1: data/count holds int8, and the episode's int64 values "
+                                         "do not fit it \\(from 0 to 300\\)"):
+        store.append_episode({**wide, "count": np.array([0, 1, 2, 300])}, source="theirs.h5: demo_1")  # would wrap
+    huge = {**wide, "count": np.zeros(4, np.int8), "action": wide["action"].astype(np.float64)}
+    huge["action"][2, 0] = 1e39                                              # finite in float64, inf in float32
+    with pytest.raises(StoreError, match="'action' holds NaN or infinite values, or beyond \\+-1e\\+30 as float32 "
+                                         "\\(first at step 2\\)"):
+        store.append_episode(huge)
+    assert EpisodeStore.open(tmp_path / "s.zarr").n_episodes == 1

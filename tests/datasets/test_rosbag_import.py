@@ -476,3 +476,17 @@ def test_cadence_import_command(tmp_path):
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines()[-1].startswith("cadence import: error: ")
     assert "demo_0.mcap: no topic /nope (key 'action')" in again.stderr
+
+
+def test_a_slow_topic_of_large_messages_is_not_copied_into_every_tick_without_bound(tmp_path):
+    """50 tiny messages set the tick count; two 128x128 images would fill 5,000 ticks (246 MB from a 30 kB bag)."""
+    image = np.full((128, 128, 3), 128, np.uint8)
+    streams = {"/cmd": ("std_msgs/msg/Float64MultiArray", [(S + k * S // 49, multiarray([0.0])) for k in range(50)]),
+               "/cam": ("sensor_msgs/msg/CompressedImage", [(t, compressed_image(t, image)) for t in (S, 2 * S)])}
+    bag = write_bag(tmp_path / "bag", streams)
+    with pytest.raises(StoreError, match="topic /cam: 4,999 steps from 2 messages of 49,152 bytes make 245,710,848 "
+                                         "bytes \\(more than 100 steps per message"):
+        import_rosbag(bag, tmp_path / "out.zarr", topics={"action": "/cmd", "image": "/cam"}, fps=4998, progress=False)
+    small = import_rosbag(bag, tmp_path / "out.zarr", topics={"action": "/cmd", "image": "/cam"}, fps=50,
+                          progress=False)              # 51 steps over the 1 s: each image about 25 times, 2.5 MB
+    assert small.n_steps == 51

@@ -66,6 +66,14 @@ def chunk_is_dev_zero(store: Path) -> None:
     (store / "data/state/0.0").symlink_to("/dev/zero")
 
 
+def link_a_chunk(store: Path) -> None:
+    chunk = store / "data/action/0.0"
+    outside = store.parent / "elsewhere"
+    outside.write_bytes(chunk.read_bytes())
+    chunk.unlink()
+    chunk.symlink_to(outside)
+
+
 ZARR_CASES = {
     "corrupt chunk": (lambda s: flip_bytes(s / "data/action/0.0"), "data/action", "cannot read"),
     "chunk claims 2 GiB": (blosc_claims_2gib, "data/state", "destination buffer too small"),
@@ -95,7 +103,10 @@ ZARR_CASES = {
     "NaN in .zattrs": (lambda s: (s / ".zattrs").write_text('{"fps": NaN}'), ".zattrs", "NaN"),
     "group format": (lambda s: edit_json(s / "data/.zgroup", zarr_format=3), "data/.zgroup", "'zarr_format'"),
     "NaN in data": (lambda s: zarr.open_group(str(s), mode="r+")["data/action"].__setitem__((7, 1), np.nan),
-                    "data/action", "NaN or infinite values (first at step 7)"),
+                    "data/action", "NaN or infinite values, or beyond +-1e+30 (first at step 7)"),
+    "linked chunk": (link_a_chunk, "data/action/0.0", "not a chunk file (a chunk is a regular file, not a link"),
+    "huge in data": (lambda s: zarr.open_group(str(s), mode="r+")["data/action"].__setitem__((7, 1), 1e35),
+                     "data/action", "NaN or infinite values, or beyond +-1e+30 (first at step 7)"),
 }
 
 
@@ -142,6 +153,15 @@ def unallocated(f):
     f["data/demo_1"].attrs["num_samples"] = 7
 
 
+def external_copy(f, name):
+    """``name`` rewritten as HDF5 external storage: its bytes in a file beside this one (any path could be named)."""
+    values = f[name][()]
+    raw = Path(f.filename).with_suffix(".raw")
+    raw.write_bytes(values.tobytes())
+    del f[name]
+    f.create_dataset(name, shape=values.shape, dtype=values.dtype, external=[(str(raw), 0, values.nbytes)])
+
+
 HDF5_CASES = {
     "demo is a dataset": (replace("data/demo_2", np.zeros(3)), "data/demo_2", "expected an HDF5 group"),
     "dangling link": (replace("data/demo_2/obs/object", h5py.SoftLink("/nowhere")),
@@ -166,6 +186,13 @@ HDF5_CASES = {
     "env_args NaN": (set_attr("data", "env_args", '{"x": NaN}'), "data", "'env_args' is not JSON"),
     "env_args a number": (set_attr("data", "env_args", 3), "data", "'env_args' must be a JSON string"),
     "mask numbers": (replace("mask/train", np.arange(3)), "mask/train", "expected a list of demo names"),
+    "mask names of a megabyte": (replace("mask/train", np.array([b"x" * 10 ** 6] * 4)), "mask/train",
+                                 "strings of at most 1024 bytes"),
+    "data in another file": (lambda f: external_copy(f, "mask/train"), "mask/train", "keeps its data in other files"),
+    "obs in another file": (lambda f: external_copy(f, "data/demo_0/obs/object"), "data/demo_0/obs/object",
+                            "keeps its data in other files"),
+    "a demo beyond 1e30": (lambda f: f["data/demo_2/actions"].__setitem__((0, 0), 1e39), "data/demo_2",
+                           "beyond +-1e+30 as float64"),
 }
 
 
@@ -223,6 +250,18 @@ def edit_episode(**values):
     return edit
 
 
+def set_column(root, name, values, kind):
+    """Episode 0's ``name`` column rewritten with ``values`` of arrow type ``kind``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"float64": pa.float64(), "string": pa.string(), "list<float64>": pa.list_(pa.float64())}
+    path = root / V2_DATA.format(episode_chunk=0, episode_index=0)
+    table = pq.read_table(path)
+    column = table.schema.get_field_index(name)
+    pq.write_table(table.set_column(column, name, pa.array(values, types[kind])), path)
+
+
 def nan_timestamp(root):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -261,6 +300,13 @@ LEROBOT_CASES = {
     "task_index a string": (lambda r: (r / "meta/tasks.jsonl").write_text('{"task_index": "0", "task": "x"}\n'),
                             "meta/tasks.jsonl: line 1", "'task_index' must be an integer"),
     "timestamp NaN": (nan_timestamp, "episode_000000.parquet", "key 'timestamp' of episode 0 must be finite"),
+    "episode_index NaN": (lambda r: set_column(r, "episode_index", [0.0, np.nan, 0.0], "float64"),
+                          "episode_000000.parquet", "column 'episode_index' holds values that are not whole numbers"),
+    "episode_index text": (lambda r: set_column(r, "episode_index", ["0", "0", "0"], "string"),
+                           "episode_000000.parquet", "column 'episode_index' holds string, not integers"),
+    "action beyond float32": (lambda r: set_column(r, "action", [[0.0, 0.0], [1e39, 0.0], [0.0, 0.0]],
+                                                   "list<float64>"),
+                              "episode_000000.parquet: episode 0", "beyond +-1e+30 as float32"),
 }
 
 
