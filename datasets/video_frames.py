@@ -132,8 +132,19 @@ def _decode_nearest(container, stream, timestamps: np.ndarray, lo: float, hi: fl
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
     """One PNG / JPEG / ... image as uint8 RGB ``(H, W, 3)``; ``where`` names it in errors."""
-    import imageio.v3 as iio
+    import io
 
+    import imageio.v3 as iio
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:         # the size alone, before any pixel is decoded
+            width, height = header.size
+    except Exception:  # noqa: BLE001  (not a format Pillow reads: imageio says below)
+        width = height = 0
+    if width * height * 4 > LIMITS["obs_elements"]:             # RGBA as decoded, before the alpha is dropped
+        raise StoreError(f"{where}: an image of {width}x{height} pixels, more than {LIMITS['obs_elements']:,} "
+                         "values")
     try:
         image = np.asarray(iio.imread(data))
     except Exception as exc:  # noqa: BLE001  (imageio / Pillow raise many types for bad bytes)
