@@ -28,6 +28,7 @@ from cadence.cache_file import attach_block_cache
 from cadence.checkpoint_checks import (CheckpointError, check_network, match_tensors,  # noqa: F401 (re-exported)
                                        read_config, read_meta)
 from cadence.datasets.normalizer import Normalizer
+from cadence.errors import CadenceError
 from cadence.policies.caching.schedule import ScheduleError
 from cadence.policies.factory import build_policy
 from cadence.policies.policy import Policy
@@ -105,12 +106,16 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", blo
     try:
         with torch.device("meta"):
             skeleton = build()
-    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError) as exc:
+    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, ArithmeticError) as exc:
         raise CheckpointError(f"{ckpt / 'config.yaml'}: the policy config does not build a network "
                               f"({' '.join(str(exc).split())[:300]})") from None
     check_network(skeleton, ckpt / "model.safetensors", ckpt / "config.yaml")
     policy = build()
     load_weights(policy, load_safetensors(ckpt / "model.safetensors"), source=ckpt / "model.safetensors")
+    try:                                    # the process's numbers within the bounds an export's policy.json has
+        type(policy.process).from_spec(policy.process.spec(), where=str(ckpt / "config.yaml"))
+    except CadenceError as exc:
+        raise CheckpointError(str(exc)) from None
     if block_cache:
         try:
             attach_block_cache(policy, ckpt)

@@ -26,6 +26,9 @@ class CheckpointError(UntrustedFileError):
     """A checkpoint is missing, incomplete, does not match its config, or fails a check."""
 
 
+# policy config integers that divide or count what must exist (any key of that name, at any depth)
+_POSITIVE = {"obs_horizon", "pred_horizon", "exec_horizon", "sample_steps", "diffusion_steps", "n_heads",
+             "n_groups", "kernel_size"}
 MAX_POLICY_NUMBER = 1e6     # |a float of the policy config| (noise levels, scales, temperatures, dropout)
 
 # policy config fields with their own bound (LIMITS key); every other integer is a width or count
@@ -77,7 +80,8 @@ def check_policy_sizes(policy_cfg, where: Any) -> None:
                 for i, v in enumerate(value):
                     check_int(where, f"policy.{name}[{i}]", v, 1, LIMITS["width"])
             elif isinstance(value, int) and not isinstance(value, bool):
-                check_int(where, f"policy.{name}", value, 0, LIMITS[_POLICY_BOUNDS.get(name, "width")])
+                low = 1 if name in _POSITIVE or name.rsplit(".", 1)[-1] in _POSITIVE else 0
+                check_int(where, f"policy.{name}", value, low, LIMITS[_POLICY_BOUNDS.get(name, "width")])
             elif isinstance(value, float):
                 check_number(where, f"policy.{name}", value, -MAX_POLICY_NUMBER, MAX_POLICY_NUMBER)
     walk(OmegaConf.to_container(policy_cfg), "")

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from cadence.datasets.normalizer import MODES as NORMALIZER_MODES
 from cadence.datasets.normalizer import Normalizer, float32_range
-from cadence.policies.policy import Policy
+from cadence.policies.policy import NonFiniteActions, Policy
 from cadence.policies.processes.base import ProcessBase, ProcessSpecError, process_class, process_names
 from torch import nn
 
@@ -458,16 +458,15 @@ class ExportedPolicy(Policy):
         fails on the inputs its ``policy.json`` implies) and actions that are not finite raised as
         :class:`ExportRunError` naming the export."""
         try:
-            chunk = super().predict_chunk(*args, **kwargs)
+            return super().predict_chunk(*args, **kwargs)
+        except NonFiniteActions:
+            raise ExportRunError(f"{self.export_dir}: the export's graphs gave actions that are not finite (NaN or "
+                                 "infinite); its graphs or weights are damaged") from None
         except Exception as exc:
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
             raise ExportRunError(f"{self.export_dir}: ONNX Runtime failed running the export's graphs "
                                  f"({' '.join(str(exc).split())[:200]})") from None
-        if not bool(torch.isfinite(chunk.actions).all()):
-            raise ExportRunError(f"{self.export_dir}: the export's graphs gave actions that are not finite (NaN or "
-                                 "infinite); its graphs or weights are damaged")
-        return chunk
 
 
 def load_exported(out_dir: str | os.PathLike, provider: str = "auto", threads: int | None = None,

@@ -12,12 +12,17 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from cadence.errors import CadenceError
 from cadence.policies.action_chunk import ActionChunk
 from cadence.datasets.normalizer import Normalizer
 from cadence.datasets.window_dataset import TASK_ID_KEY
 
 from .obs_encoder import ObsEncoder
 from .processes import KnownActions
+
+
+class NonFiniteActions(CadenceError, RuntimeError):
+    """A chunk with NaN or infinite actions: never handed to a robot or a simulator."""
 
 
 class Policy(nn.Module):
@@ -53,9 +58,14 @@ class Policy(nn.Module):
         verifier (see :class:`~cadence.policies.search.SearchContext`)."""
         if self.search is not None and self.search.candidates > 1:
             from .search import search_chunk
-            actions = search_chunk(self, obs, self.search, generator, noise, prefix, previous, lookahead)
-            return ActionChunk(actions, start=self.obs_horizon - 1)
-        return self.sample_chunk(obs, generator, noise, prefix)
+            chunk = ActionChunk(search_chunk(self, obs, self.search, generator, noise, prefix, previous, lookahead),
+                                start=self.obs_horizon - 1)
+        else:
+            chunk = self.sample_chunk(obs, generator, noise, prefix)
+        if not bool(torch.isfinite(chunk.actions).all()):
+            raise NonFiniteActions("the policy's actions are not finite (NaN or infinite): its weights or "
+                                   "normaliser send them out of float32's range")
+        return chunk
 
     @torch.no_grad()
     def sample_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,

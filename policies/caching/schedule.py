@@ -79,8 +79,8 @@ class CacheSchedule:
             raise ScheduleError(f"{where}: missing key {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ScheduleError(f"{where}: {exc}") from None
-        if "sample_steps" in data and int(data["sample_steps"]) != schedule.sample_steps:
-            raise ScheduleError(f"{where}: sample_steps {data['sample_steps']} but {schedule.sample_steps} levels")
+        if "sample_steps" in data and data["sample_steps"] != schedule.sample_steps:
+            raise ScheduleError(f"{where}: sample_steps {data['sample_steps']!r} but {schedule.sample_steps} levels"[:300])
         return schedule
 
 

@@ -34,6 +34,7 @@ of the same chunk (see :mod:`cadence.policies.caching`). Training never uses it.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,6 +46,9 @@ from .embeddings import SinusoidalEmbedding
 from .mixture_of_experts import MixtureOfExperts, SwiGLU
 
 ATTENTION = ("full", "causal")
+MAX_EXPERT_CACHE = 5 * 10 ** 8      # values of the fused per-step experts (2 GB of float32); beyond: no cache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -264,6 +268,13 @@ class TransformerDenoiser(nn.Module):
             return False
         key = (tuple(float(v) for v in levels), self._weights_key())
         if self._cache is not None and self._cache["key"] == key:
+            return False
+        size = len(key[0]) * sum(3 * layer.top_k * layer.experts[0].gate.weight.numel() for layer in self._moe_layers())
+        if size > MAX_EXPERT_CACHE:         # e.g. 100,000 steps: route at every step instead of fusing them all
+            if self._cache is not None:
+                self.clear_expert_cache()
+            log.warning("expert cache of %s values for %d steps is more than %s: experts are routed at every "
+                        "step instead", f"{size:,}", len(key[0]), f"{MAX_EXPERT_CACHE:,}")
             return False
         device = self.head.weight.device
         c = self.level_embed(torch.tensor(key[0], device=device, dtype=torch.float32))

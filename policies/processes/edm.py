@@ -56,6 +56,9 @@ class EDMProcess(ProcessBase):
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        if not math.log(sigma_max) - math.log(sigma_min) > 1e-6:      # the levels divide by it
+            raise ValueError(f"sigma_min and sigma_max must differ by more than 1e-6 in log, got {sigma_min} and "
+                             f"{sigma_max}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.sample_steps = sample_steps

@@ -96,6 +96,8 @@ def test_interpolations_in_a_saved_config_are_refused(ckpt, value):
     ("down_dims", [65_536, 65_536], "builds .* parameters, more than"),  # within each bound, too big in all
     ("n_groups", 5, "the policy config does not build a network"),      # 16 channels in 5 groups
     ("kernel_size", 4, "the policy config does not build a network.*kernel_size must be odd"),
+    ("n_groups", 0, r"'policy.n_groups' is 0, outside \[1,"),                 # a divisor: was ZeroDivisionError
+    ("exec_horizon", 0, r"'policy.exec_horizon' is 0, outside \[1,"),
     ("crop", 1e300, r"'policy.crop' is 1e\+300, outside"),               # floats bounded too: float32 holds them
 ])
 def test_policy_sizes_are_bounded_before_anything_is_allocated(ckpt, key, value, message):

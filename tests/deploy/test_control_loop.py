@@ -173,7 +173,8 @@ def test_failed_inferences_hold_the_robot_and_count_as_misses():
         worker.stop()
         robot.disconnect()
     summary = loop.log.summary(period=1 / RATE)
-    assert summary["inference_errors"] >= 3 and summary["first_errors"]["inference_errors"] == "non-finite actions"
+    assert summary["inference_errors"] >= 3
+    assert summary["first_errors"]["inference_errors"].startswith("NonFiniteActions: the policy's actions are not finite")
     assert summary["deadline_misses"] >= summary["inference_errors"]
     assert not any(t.source == "chunk" for t in loop.log.ticks) and robot.held_steps > 0
 

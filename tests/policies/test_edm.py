@@ -109,6 +109,8 @@ def test_sample_steps_override_and_bad_arguments():
         EDMProcess(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="sigma_data must be > 0"):
         EDMProcess(sigma_data=-1e30)
+    with pytest.raises(ValueError, match="differ by more than 1e-6 in log"):
+        EDMProcess(sigma_min=3.0, sigma_max=3.0000000000000004)          # levels would be 0 / 0
 
 
 @pytest.mark.parametrize("key, value", [("sigma_max", 1e39), ("sigma_data", 1e300), ("sigma_data", -1e30),

@@ -109,6 +109,20 @@ def test_cache_follows_the_schedule_and_the_weights_and_is_never_used_in_trainin
     assert not off.prepare_sampling(process.levels()) and off._cache is None
 
 
+def test_a_schedule_whose_fused_experts_would_not_fit_routes_at_every_step_instead(monkeypatch):
+    import cadence.policies.networks.transformer as transformer
+
+    net, process = _mode_net(), EDMProcess(10)
+    x, cond = torch.randn(1, 8, 2), torch.randn(1, 12)
+    with torch.no_grad():
+        uncached = [_mode_net(expert_cache=False)(x, torch.tensor([float(v)]), cond) for v in process.levels()]
+    monkeypatch.setattr(transformer, "MAX_EXPERT_CACHE", 1000)         # 10 steps of experts are far more
+    assert not net.prepare_sampling(process.levels()) and net._cache is None
+    with torch.no_grad():
+        routed = [net(x, torch.tensor([float(v)]), cond, step=k) for k, v in enumerate(process.levels())]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(routed, uncached))
+
+
 def test_expert_routing_table_matches_the_cache():
     net = _mode_net()
     process = EDMProcess(6)

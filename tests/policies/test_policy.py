@@ -90,3 +90,21 @@ def test_weights_exclude_the_normalizer():
     policy = make_policy()
     assert policy.weights() and not any(k.startswith("normalizer") for k in policy.weights())
     assert any(k.startswith("normalizer") for k in policy.state_dict())
+
+
+def test_actions_that_are_not_finite_are_raised_never_returned():
+    from cadence.errors import CadenceError
+    from cadence.policies.policy import NonFiniteActions
+    from cadence.policies.search import SearchSettings
+
+    policy = make_policy("ddpm")
+    obs = {"state": torch.randn(2, policy.obs_horizon, 6)}
+    assert torch.isfinite(policy.predict_chunk(obs).actions).all()
+    with torch.no_grad():
+        policy.denoiser.head[-1].weight.fill_(1e30)              # finite weights whose output is not
+    policy.process.clip_sample = False
+    for search in (None, SearchSettings(3, "best_of", "consensus")):
+        policy.search = search
+        with pytest.raises(NonFiniteActions, match="the policy's actions are not finite") as err:
+            policy.predict_chunk(obs)
+        assert isinstance(err.value, CadenceError)

@@ -112,4 +112,7 @@ def test_schedules_validate_and_round_trip_through_json():
         CacheSchedule("bac", levels, {}, 5)
     with pytest.raises(ScheduleError, match="missing key 'levels'"):
         CacheSchedule.from_json({"method": "bac"}, where="x.json")
+    for steps in ("abc", None, 5):
+        with pytest.raises(ScheduleError, match=f"x.json: sample_steps {steps!r} but 4 levels"):
+            CacheSchedule.from_json({**s.to_json(), "sample_steps": steps}, where="x.json")
     assert evenly_spaced_steps(100, 10) == list(range(0, 100, 10)) and evenly_spaced_steps(10, 3) == [0, 3, 6]
