@@ -67,14 +67,14 @@ def read_info(root: Path) -> dict:
 
 def _format(root: Path, template_key: str, info: dict, **fields) -> Path:
     """``root / info[template_key]`` formatted with ``fields``: the template may name only them,
-    each as ``{name}`` or ``{name:0Nd}``, and the path must stay inside ``root``."""
+    each as ``{name}``, ``{name:Nd}`` or ``{name:0Nd}`` (N up to 99), and the path must stay inside ``root``."""
     where, template = root / "meta/info.json", info.get(template_key)
     if not isinstance(template, str) or not template:
         raise StoreError(f"{where}: no '{template_key}' template")
     try:
-        if not all(name is None or (name in fields and not conversion and re.fullmatch(r"(0[1-9])?d?", spec))
+        if not all(name is None or (name in fields and not conversion and re.fullmatch(r"(0?[1-9][0-9]?)?d?", spec))
                    for _, name, spec, conversion in string.Formatter().parse(template)):
-            raise ValueError("fields may appear only as {name} or {name:0Nd}")
+            raise ValueError("fields may appear only as {name}, {name:Nd} or {name:0Nd}")
         path = root / template.format(**fields)
     except (KeyError, IndexError, ValueError) as exc:
         raise StoreError(f"{where}: '{template_key}' {template!r} does not format with {sorted(fields)} "

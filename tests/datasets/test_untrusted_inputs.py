@@ -399,3 +399,13 @@ def test_a_stream_codec_bomb_is_refused(tmp_path):
     (path / "data/action/0.0").write_bytes(bomb)
     with pytest.raises(CadenceError, match="data/action: .*zlib chunk inflates to more than a chunk's 64 bytes"):
         EpisodeStore.open(path).episode(0)
+
+
+def test_lerobot_path_templates_take_widths_up_to_two_digits(tmp_path):
+    from cadence.datasets.lerobot_meta import _format
+
+    for spec, name in (("06d", "000003"), ("010d", "0000000003"), ("6d", "     3"), ("", "3")):
+        info = {"data_path": f"data/{{episode_index:{spec}}}.parquet" if spec else "data/{episode_index}.parquet"}
+        assert _format(tmp_path, "data_path", info, episode_index=3) == tmp_path / f"data/{name}.parquet"
+    with pytest.raises(CadenceError, match="'data_path' .* does not format"):
+        _format(tmp_path, "data_path", {"data_path": "data/{episode_index:0100d}.parquet"}, episode_index=3)
