@@ -57,7 +57,7 @@ def current_export(policy, ckpt: Path, meta: dict, train_cfg, loop_steps: list[i
     (the SHA-256 of model.safetensors; an export of other weights, or one without the hash, is
     replaced), with a whole-loop graph at each of ``loop_steps`` it does not have yet."""
     from cadence.cache_file import weights_sha256
-    from cadence.deploy.exported_policy import read_spec
+    from cadence.deploy.export_spec import read_spec
     from cadence.deploy.loop_export import export_loop
     from cadence.deploy.loop_graph import exported_loop_steps
     from cadence.deploy.onnx_export import export_policy_onnx

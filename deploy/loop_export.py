@@ -19,7 +19,7 @@ from cadence.policies.policy import Policy
 from cadence.policies.processes import KnownActions
 from torch import nn
 
-from .exported_policy import read_spec, write_spec
+from .export_spec import read_spec, write_spec
 from .loop_graph import LOOP_INPUTS, LOOP_OUTPUTS, MAX_LOOP_STEPS, loop_graph_name
 from .onnx_export import CHECK_BATCH, PARITY_TOLERANCE, TRACE_BATCH, ExportError, export_graph, max_abs_err
 from .onnx_providers import create_session

@@ -7,7 +7,7 @@
                    action. Truncated anchor diffusion: ``x`` (B, K, Tp, Da), all
                    the noisy anchors; outputs ``out`` (B, K, Tp, Da) and ``logits`` (B, K). The anchors
                    themselves are in policy.json; noising, stepping and choosing the mode run on the host.
-``policy.json``    everything else the host needs (see :mod:`cadence.deploy.exported_policy`).
+``policy.json``    everything else the host needs (see :mod:`cadence.deploy.export_spec`).
 
 A block cache (BAC / uniform schedules from ``cadence cache``) is not exported: the denoiser
 graph is one stateless call, and reusing residual branches across calls needs state inside
@@ -41,7 +41,7 @@ from torch import nn
 
 from cadence.datasets.window_dataset import is_image_shape
 
-from .exported_policy import (
+from .export_spec import (
     DENOISER_FILE,
     DENOISER_INPUTS,
     ENCODER_FILE,

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from .budget import action_range
 from .convs_as_matmul import convs_as_matmul
-from .exported_policy import (DENOISER_INPUTS, ExportedPolicy, build_process, load_exported, read_spec,
-                              reduced_graph, write_spec)
+from .export_spec import DENOISER_INPUTS, build_process, read_spec, reduced_graph, write_spec
+from .exported_policy import ExportedPolicy, load_exported
 from .fp16_export import to_fp16
 from .int8_export import BITS, BLOCK, quantize_matmuls
 from .int8_qdq_export import to_int8_qdq

@@ -12,7 +12,7 @@ import torch
 from cadence.policies.search import SearchSettings
 
 from . import budget as budget_mod
-from .exported_policy import read_spec
+from .export_spec import read_spec
 from .loop_graph import exported_loop_steps
 from .runtimes import LOOP_KINDS, REDUCED_KINDS, available_runtime_kinds, build_runtime
 from .value_graph import for_runtime

@@ -40,7 +40,8 @@ from cadence.policies.policy import Policy
 from cadence.policies.processes import KnownActions
 from torch import nn
 
-from .exported_policy import ExportedPolicy, build_process, load_exported, read_spec
+from .export_spec import build_process, read_spec
+from .exported_policy import ExportedPolicy, load_exported
 from .loop_graph import LoopSampled
 from .onnx_providers import CUDA, TENSORRT, cuda_unavailable_reason, tensorrt_unavailable_reason
 

@@ -19,7 +19,7 @@ import torch
 from cadence.policies.value_verifier import ChunkValue, ValueVerifier, load_value
 from cadence.untrusted import UntrustedFileError, inside
 
-from .exported_policy import ExportFormatError
+from .export_spec import ExportFormatError
 from .graph_files import open_graph
 from .onnx_export import ExportError, export_graph
 

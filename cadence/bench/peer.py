@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> dict:
               "params": info.get("params", {}), "rounds": cfg.rounds, "chunks_per_round": cfg.chunks,
               "cases": cases, "rows": _rows(samples, list(cfg.steps)), "training": _training(samples)}
     if "onnx-cpu-int8" in runtimes:     # the fitted int8 steps: "10": 4 = int8 for the last 4 of 10
-        from cadence.deploy.exported_policy import read_spec
+        from cadence.deploy.export_spec import read_spec
         result["int8_last_steps"] = {name: read_spec(path)["int8"]["last_steps"] for name, path in exports.items()}
     write_results(out, result, format_report(result))
     return result

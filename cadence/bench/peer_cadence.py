@@ -12,7 +12,7 @@ import torch
 
 from cadence.bench.peer_cases import cadence_policy, chunks_for, observation
 from cadence.deploy.budget import action_range
-from cadence.deploy.exported_policy import read_spec
+from cadence.deploy.export_spec import read_spec
 from cadence.deploy.loop_graph import exported_loop_steps
 from cadence.deploy.runtimes import LOOP_KINDS, build_runtime
 

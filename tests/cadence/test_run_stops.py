@@ -12,7 +12,7 @@ import pytest
 
 from cadence.cache_file import weights_sha256
 from cadence.checkpoint import load_policy
-from cadence.deploy.exported_policy import read_spec
+from cadence.deploy.export_spec import read_spec
 from cadence.run import current_export
 from tests.conftest import train_tiny_run
 

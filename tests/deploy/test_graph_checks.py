@@ -9,7 +9,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from cadence.deploy.exported_policy import ExportFormatError, ExportRunError, load_exported
+from cadence.deploy.export_spec import ExportFormatError, ExportRunError
+from cadence.deploy.exported_policy import load_exported
 from cadence.deploy.graph_checks import _size, check_bounded, check_self_contained
 from cadence.deploy.loop_graph import loop_steps_of
 

@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from cadence.deploy.exported_policy import SPEC_FILE, ExportFormatError, load_exported, read_spec
+from cadence.deploy.export_spec import SPEC_FILE, ExportFormatError, read_spec
+from cadence.deploy.exported_policy import load_exported
 from cadence.deploy.loop_export import check_loop_steps, export_loop
 from cadence.deploy.loop_graph import MAX_LOOP_STEPS, LoopSampled, exported_loop_steps, loop_steps_of
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx

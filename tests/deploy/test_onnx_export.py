@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cadence.cache_file import weights_sha256
-from cadence.deploy.exported_policy import ExportFormatError, load_exported, read_spec
+from cadence.deploy.export_spec import ExportFormatError, read_spec
+from cadence.deploy.exported_policy import load_exported
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 
 from .onnx_cases import CASES, CHECKPOINT_STEP, exported, make_policy

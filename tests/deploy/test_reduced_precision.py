@@ -11,7 +11,8 @@ import onnx
 import pytest
 
 from cadence.deploy.budget import action_range
-from cadence.deploy.exported_policy import SPEC_FILE, ExportFormatError, load_exported, read_spec
+from cadence.deploy.export_spec import SPEC_FILE, ExportFormatError, read_spec
+from cadence.deploy.exported_policy import load_exported
 from cadence.deploy.onnx_export import ExportError, export_policy_onnx
 from cadence.deploy.reduced_precision import check_reduced_options, chunk_errors, export_reduced, fit_last_steps
 from cadence.deploy.runtimes import OnnxRuntime, build_runtime

@@ -289,7 +289,7 @@ def test_precomputed_conditioning_needs_a_unet_and_its_graphs(tmp_path_factory, 
     import json
     import shutil
 
-    from cadence.deploy.exported_policy import ExportFormatError
+    from cadence.deploy.export_spec import ExportFormatError
 
     mode = exported("mode", tmp_path_factory)                           # a transformer: no FiLM terms
     with pytest.raises(ValueError, match="needs a UNet denoiser, not TransformerDenoiser"):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from cadence.deploy.exported_policy import ExportFormatError
+from cadence.deploy.export_spec import ExportFormatError
 from cadence.deploy.runtimes import build_runtime
 from cadence.deploy.value_graph import OnnxValueVerifier, export_value_graph, for_runtime, load_value_graph
 from cadence.policies.denoiser_features import DenoiserFeatures

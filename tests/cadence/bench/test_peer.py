@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from cadence.bench import peer
 from cadence.bench.peer_cadence import main as cadence_worker
 from cadence.bench.peer_cases import CASES
-from cadence.deploy.exported_policy import read_spec
+from cadence.deploy.export_spec import read_spec
 
 from ..test_cli import cadence
 
