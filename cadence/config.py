@@ -533,3 +533,4 @@ class TaskInitApp:
     store: str = "???"                      # an episode store (e.g. written by `cadence import`)
     out: str = "???"                        # the task YAML to write, e.g. my_tasks/task/my_arm.yaml
     overwrite: bool = False
+    fps: Optional[float] = None             # the store's rate where it records none (Diffusion Policy's, UMI's stores)

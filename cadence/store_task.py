@@ -84,7 +84,7 @@ def resolve_task(task_cfg: DictConfig) -> DictConfig:
         raise StoreError(f"{store.path}: the task names keys {missing} that the store lacks (it has {store.keys})")
     if task.fps is None:
         if store.fps is None:
-            raise StoreError(f"{store.path}: records no fps; set task.fps=...")
+            raise StoreError(f"{store.path}: records no fps; set task.fps=... (cadence task init: fps=...)")
         task.fps = store.fps
     elif store.fps is not None and not np.isclose(task.fps, store.fps):
         log.warning("task.fps=%s but %s was recorded at %s fps: the policy is trained and run at task.fps",
@@ -121,13 +121,13 @@ def check_simulator(task_cfg: DictConfig, obs_shapes: dict, action_dim: int) -> 
                              f"{action_dim} in {member.dataset}")
 
 
-def task_yaml(store_path: str, name: str) -> str:
-    """The ``task=store`` config resolved for ``store_path`` and named ``name``, as YAML to edit
-    and pass with ``--config-dir`` (``cadence task init``)."""
+def task_yaml(store_path: str, name: str, fps: float | None = None) -> str:
+    """The ``task=store`` config resolved for ``store_path`` and named ``name`` (at ``fps``, or the
+    store's), as YAML to edit and pass with ``--config-dir`` (``cadence task init``)."""
     from cadence.task_suite import load_task_config
 
     task = load_task_config("store")
-    task.dataset, task.name = str(store_path), name
+    task.dataset, task.name, task.fps = str(store_path), name, fps
     resolved = OmegaConf.to_container(resolve_task(task), resolve=True)
     store = EpisodeStore.open(store_path)
     shapes = {k: list(store.features[k].shape) for k in [*resolved["obs_keys"], resolved["action_key"]]

@@ -47,6 +47,7 @@ LIMITS = {
     "episodes": 10 ** 8,               # episodes in a store or dataset
     "frames": 10 ** 11,                # steps in a store or dataset
     "chunk_bytes": 2 ** 28,            # one decoded chunk of a zarr array (PushT's image chunks: 18 MB)
+    "zip_directory_bytes": 2 ** 28,    # a zipped store's list of members (about 3 million chunks)
 }
 
 
@@ -90,12 +91,16 @@ def _reject_constant(name: str) -> Any:
 
 def read_json(path: str | os.PathLike, max_bytes: int | None = None, allow_nonfinite: bool = False) -> Any:
     """Parsed JSON of a bounded file. NaN / Infinity literals are refused unless allowed."""
-    data = read_bytes(path, max_bytes or LIMITS["json_bytes"])
+    return parse_json(read_bytes(path, max_bytes or LIMITS["json_bytes"]), path, allow_nonfinite)
+
+
+def parse_json(data: bytes, where: str | os.PathLike, allow_nonfinite: bool = False) -> Any:
+    """Parsed JSON of bytes already read within a bound (errors name ``where``)."""
     try:
         text = data.decode("utf-8")
         return json.loads(text) if allow_nonfinite else json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _fail(path, f"not valid JSON ({_short(exc)})") from None
+        raise _fail(where, f"not valid JSON ({_short(exc)})") from None
 
 
 def read_yaml(path: str | os.PathLike, max_bytes: int | None = None) -> Any:

@@ -1,6 +1,6 @@
 """Episode store: demonstrations on zarr, in the Diffusion Policy ReplayBuffer layout.
 
-Layout (zarr v2 directory)::
+Layout (a zarr v2 directory, or a zip of one: read only, e.g. Diffusion Policy's and UMI's ``.zarr.zip``)::
 
     data/<key>          every feature, all episodes concatenated along time (axis 0)
     meta/episode_ends   int64, cumulative end index of each episode
@@ -34,9 +34,10 @@ import numpy as np
 import zarr
 
 from cadence.errors import CadenceError
-from cadence.untrusted import LIMITS, check_number, read_json
+from cadence.untrusted import LIMITS, check_number
 
-from .zarr_checks import bounded, check_array, check_chunks, check_group, reading
+from .store_files import DirectoryFiles, is_zip_store, store_files
+from .zarr_checks import Files, bounded, check_array, check_chunks, check_group, reading
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +70,33 @@ class FeatureSpec:
 class EpisodeStore:
     """Open with :meth:`open` (existing) or :meth:`create` (new, empty)."""
 
-    def __init__(self, root: zarr.Group, path: Path, writable: bool):
+    def __init__(self, root: zarr.Group, path: Path, writable: bool, files: Files | None = None):
         self._root = root
         self.path = path
         self.writable = writable
+        self._files = files or DirectoryFiles(path)
         self._arrays: dict[str, zarr.Array] = {}
         self._validate()
 
     # --- construction ------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> "EpisodeStore":
-        """Open an existing store; ``mode="a"`` to append. Raises :class:`StoreError`."""
+        """Open an existing store (a directory, or a zip of one: read only); ``mode="a"`` to
+        append. Raises :class:`StoreError`."""
         path = Path(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if not path.exists():
             raise StoreError(f"{path}: no episode store here")
-        if not (path / ".zgroup").is_file():
+        if mode == "a" and is_zip_store(path):
+            raise StoreError(f"{path}: a zipped store is read only (append to a directory store)")
+        files = store_files(path)
+        if not files.is_file(".zgroup"):
             raise StoreError(f"{path}: not a zarr group (no .zgroup)")
-        check_group(path)
+        check_group(files, "")
         with reading(path):
-            root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
-        return cls(root, path, writable=(mode == "a"))
+            root = zarr.open_group(files.zarr_store(), mode="r" if mode == "r" else "r+")
+        return cls(root, path, writable=(mode == "a"), files=files)
 
     @classmethod
     def create(cls, path: str | os.PathLike, fps: float, overwrite: bool = False) -> "EpisodeStore":
@@ -106,18 +112,18 @@ class EpisodeStore:
 
     # --- validation --------------------------------------------------------------------
     def _validate(self) -> None:
-        where = self.path
+        where, files = self.path, self._files
         for name, kind, marker in (("data", "group", ".zgroup"), ("meta", "group", ".zgroup"),
                                    (_ENDS, "array", ".zarray")):
-            if not (where / name / marker).is_file():
+            if not files.is_file(f"{name}/{marker}"):
                 raise StoreError(f"{where}: missing {kind} '{name}'")
             if kind == "group":
-                check_group(where / name)
+                check_group(files, name)
         self._check_attrs()
-        meta = check_array(where / _ENDS, LIMITS["episodes"])
+        meta = check_array(files, _ENDS, LIMITS["episodes"])
         if len(meta.shape) != 1 or meta.dtype[-2] not in "iu":
             raise StoreError(f"{where / _ENDS}: must be a 1-D integer array, got {meta.dtype} {list(meta.shape)}")
-        check_chunks(where / _ENDS, meta, meta.shape[0])
+        check_chunks(files, _ENDS, meta, meta.shape[0])
         with reading(where / _ENDS):
             ends = self._array(_ENDS)[:]
         if len(ends) and ends.max() > LIMITS["frames"]:
@@ -131,14 +137,14 @@ class EpisodeStore:
         self._ends = ends
         n = self.n_steps
         for key in self.keys:
-            meta = check_array(where / "data" / key, LIMITS["frames"])
+            meta = check_array(files, f"data/{key}", LIMITS["frames"])
             if meta.shape[0] < n:
                 raise StoreError(f"{where}: data/{key} has {meta.shape[0]} steps but '{_ENDS}' says "
                                  f"the episodes end at step {n}")
             if meta.shape[0] > n:
                 log.warning("%s: data/%s has %d steps past the last episode end (an interrupted "
                             "append); they are ignored", where, key, meta.shape[0] - n)
-            check_chunks(where / "data" / key, meta, n)
+            check_chunks(files, f"data/{key}", meta, n)
         declared = self._root.attrs.get("features", {})
         missing = sorted(set(declared) - set(self.keys))
         if missing and n > 0:
@@ -147,8 +153,8 @@ class EpisodeStore:
     def _check_attrs(self) -> None:
         """The root ``.zattrs`` (bounded JSON): ``fps`` a number, ``features``, ``stats`` and
         ``source`` objects, where present."""
-        where = self.path / ".zattrs"
-        attrs = read_json(where) if where.exists() else {}
+        where = self._files.where(".zattrs")
+        attrs = self._files.json(".zattrs") if self._files.is_file(".zattrs") else {}
         if not isinstance(attrs, dict):
             raise StoreError(f"{where}: expected a JSON object")
         if attrs.get("fps") is not None:

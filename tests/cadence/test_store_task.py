@@ -144,3 +144,23 @@ def test_a_resumed_run_keeps_its_held_out_episodes_when_the_store_grows(tmp_path
     assert meta["step"] == 4 and meta["val_episodes"] == first
     offline = json.loads((tmp_path / "run/eval-step4/eval.json").read_text())["offline"]
     assert offline["episodes"] == first
+
+
+def test_task_init_gives_a_rate_to_a_store_that_records_none(tmp_path, monkeypatch, capsys):
+    """Diffusion Policy's and UMI's stores (here zipped, with JPEG XL images) record no fps."""
+    from cadence.cli import main
+
+    from ..datasets.image_stores import image_store
+
+    image_store(tmp_path / "umi.zarr.zip", "jpegxl")
+    monkeypatch.setattr("sys.argv", ["cadence"])
+    out = tmp_path / "cfg" / "task" / "umi.yaml"
+    with pytest.raises(SystemExit):
+        main(["task", "init", f"store={tmp_path}/umi.zarr.zip", f"out={out}"])
+    assert "umi.zarr.zip: records no fps" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        main(["task", "init", f"store={tmp_path}/umi.zarr.zip", f"out={out}", "fps=-1"])
+    assert main(["task", "init", f"store={tmp_path}/umi.zarr.zip", f"out={out}", "fps=10"]) == 0
+    task = OmegaConf.load(out)
+    assert task.fps == 10.0 and task.dataset == f"{tmp_path}/umi.zarr.zip"
+    assert task.action_key == "action" and list(task.obs_keys) == ["img", "state"]

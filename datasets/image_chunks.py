@@ -1,0 +1,157 @@
+"""zarr chunks that are one compressed image each: Diffusion Policy's ``Jpeg2k`` and UMI's ``JpegXl``.
+
+Diffusion Policy caches image datasets, and UMI ships its datasets, as zarr arrays of uint8
+images ``(T, H, W[, C])`` chunked one image per chunk, each chunk an image file written by
+``imagecodecs`` (compressor ids ``imagecodecs_jpeg2k`` and ``imagecodecs_jpegxl``, from their
+``imagecodecs_numcodecs`` modules). cadence decodes them with ``imagecodecs`` itself, its own
+classes registered under those ids (the writers' own code is never imported), and only into the
+chunk's image:
+
+- JPEG 2000: the image's size, components, bit depth and tiles are read from the codestream's
+  SIZ marker (inside the JP2 boxes, if any) here, before OpenJPEG sees the data (it decodes the
+  whole image a header claims before anything can compare it: a 2.6 kB file claiming 6000x6000
+  took 460 MB);
+- JPEG XL: libjxl reads the header first and imagecodecs refuses an image of another shape
+  than the chunk's before decoding (checked: a header claiming 6000x6000 costs nothing).
+
+Either way an image of another size or channel count, or not 8-bit, is refused naming the array.
+"""
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+from numcodecs.abc import Codec
+from numcodecs.compat import ensure_bytes, ndarray_copy
+from numcodecs.registry import codec_registry, register_codec
+
+JPEG2K, JPEGXL = "imagecodecs_jpeg2k", "imagecodecs_jpegxl"
+IMAGE_CODECS = (JPEG2K, JPEGXL)
+MAX_TILES = 4096                 # OpenJPEG allocates a few kB per tile when it reads the header
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_MAX_BOXES = 256
+
+
+class ImageChunkError(ValueError):
+    """A chunk that is not the one image its array declares."""
+
+
+def image_shape(chunks: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The image one chunk holds, or None where the chunks are not one uint8 image each:
+    ``(1, H, W)`` -> ``(H, W)``, ``(1, H, W, C)`` with C <= 4 -> ``(H, W, C)``."""
+    if len(chunks) not in (3, 4) or chunks[0] != 1 or (len(chunks) == 4 and not 1 <= chunks[3] <= 4):
+        return None
+    return tuple(chunks[1:])
+
+
+def jpeg2k_size(data: bytes) -> tuple[int, int, int]:
+    """(height, width, components) of a JPEG 2000 file (JP2 or a bare codestream), from its SIZ
+    marker; refuses what is not 8-bit unsigned, subsampled, or in more than :data:`MAX_TILES` tiles."""
+    stream = _codestream(data)
+    if stream[:4] != b"\xff\x4f\xff\x51" or len(stream) < 42:
+        raise ImageChunkError("not a JPEG 2000 codestream (no SOC + SIZ markers)")
+    (_, _, xsiz, ysiz, xo, yo, xt, yt, xto, yto, components) = struct.unpack_from(">HHIIIIIIIIH", stream, 4)
+    width, height = xsiz - xo, ysiz - yo
+    if width <= 0 or height <= 0 or xt == 0 or yt == 0 or xto > xo or yto > yo:
+        raise ImageChunkError(f"a JPEG 2000 header with an empty image or tiles ({xsiz}x{ysiz} at {xo},{yo})")
+    tiles = math.ceil((xsiz - xto) / xt) * math.ceil((ysiz - yto) / yt)
+    if tiles > MAX_TILES:
+        raise ImageChunkError(f"a JPEG 2000 image in {tiles:,} tiles (at most {MAX_TILES})")
+    if not 1 <= components <= 4 or len(stream) < 42 + 3 * components:
+        raise ImageChunkError(f"a JPEG 2000 image of {components} components (1 to 4 read here)")
+    for c in range(components):
+        depth, dx, dy = struct.unpack_from(">BBB", stream, 42 + 3 * c)
+        if depth != 7 or dx != 1 or dy != 1:      # Ssiz 7: 8-bit unsigned
+            raise ImageChunkError(f"a JPEG 2000 component {c} of {(depth & 0x7F) + 1} bits"
+                                  f"{' signed' if depth & 0x80 else ''}, subsampled {dx}x{dy} "
+                                  "(8-bit unsigned, full size read here)")
+    return height, width, components
+
+
+def _codestream(data: bytes) -> bytes:
+    """The codestream of a JP2 file (its ``jp2c`` box), or ``data`` itself if it is one."""
+    if not data.startswith(_JP2_SIGNATURE):
+        return data
+    at = len(_JP2_SIGNATURE)
+    for _ in range(_MAX_BOXES):
+        if at + 8 > len(data):
+            break
+        length, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if length == 1:
+            if at + 16 > len(data):
+                break
+            length, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif length == 0:
+            length = len(data) - at
+        if length < header:
+            break
+        if kind == b"jp2c":
+            return data[at + header: at + length]
+        at += length
+    raise ImageChunkError("a JP2 file without a codestream box")
+
+
+class ImageChunk(Codec):
+    """Decodes a chunk of one image (``codec_id`` one of :data:`IMAGE_CODECS`) into exactly the
+    chunk's image; refuses anything else before the decoder allocates it."""
+
+    def __init__(self, codec_id: str, chunks: tuple[int, ...]):
+        shape = image_shape(chunks)
+        if codec_id not in IMAGE_CODECS or shape is None:
+            raise ImageChunkError(f"{codec_id} chunks of shape {chunks}: not one image each")
+        self.codec_id, self.chunks, self.shape = codec_id, chunks, shape
+
+    def decode(self, buf, out=None):
+        import imagecodecs
+
+        data = ensure_bytes(buf)
+        height, width = self.shape[:2]
+        channels = self.shape[2] if len(self.shape) == 3 else 1
+        image = np.zeros((height, width, channels) if channels > 1 else (height, width), np.uint8)
+        if self.codec_id == JPEG2K:
+            size = jpeg2k_size(data)
+            if size != (height, width, channels):
+                raise ImageChunkError(f"a {size[1]}x{size[0]} JPEG 2000 image of {size[2]} components in a "
+                                      f"chunk of {width}x{height}x{channels}")
+            imagecodecs.jpeg2k_decode(data, out=image, numthreads=1)
+        else:
+            try:
+                imagecodecs.jpegxl_decode(data, out=image, numthreads=1)
+            except ValueError as exc:     # imagecodecs compares the header's shape with out's first
+                raise ImageChunkError(f"a JPEG XL image not of the chunk's shape {self.shape} ({exc})") from None
+        return ndarray_copy(image.reshape(self.chunks), out)
+
+    def encode(self, buf):
+        raise ImageChunkError("cadence reads image chunks; it does not write them")
+
+    def get_config(self):
+        return {"id": self.codec_id}
+
+
+class _Registered(Codec):
+    """What numcodecs' registry builds from a ``.zarray`` naming an image codec (any settings):
+    zarr needs it to open the array; :func:`cadence.datasets.zarr_checks.bounded` then puts an
+    :class:`ImageChunk` in its place before any chunk is read, so this never decodes."""
+
+    def __init__(self, **config):
+        self.config = config
+
+    def decode(self, buf, out=None):
+        raise ImageChunkError(f"{self.codec_id} chunks are decoded only through an array opened by cadence")
+
+    def encode(self, buf):
+        raise ImageChunkError("cadence reads image chunks; it does not write them")
+
+    def get_config(self):
+        return {"id": self.codec_id, **self.config}
+
+
+def register() -> None:
+    """Register the image codecs' ids with numcodecs, unless something else (the writers' own
+    classes, in a process that imported them) already did: those are replaced by
+    :class:`ImageChunk` too before any chunk is read."""
+    for codec_id in IMAGE_CODECS:
+        if codec_id not in codec_registry:
+            register_codec(type(f"_Registered_{codec_id}", (_Registered,), {"codec_id": codec_id}))

@@ -1,0 +1,123 @@
+"""Image chunks (Diffusion Policy's Jpeg2k, UMI's JpegXl): read exactly, and only into the chunk's image."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import imagecodecs
+import numpy as np
+import pytest
+from PIL import Image
+
+from cadence.datasets.episode_store import EpisodeStore
+from cadence.datasets.image_chunks import ImageChunkError, jpeg2k_size
+from cadence.untrusted import UntrustedFileError
+
+from .image_stores import image_store
+
+
+@pytest.mark.parametrize("codec", ["jpeg2k", "jpegxl"])
+@pytest.mark.parametrize("name", ["images.zarr", "images.zarr.zip"])
+def test_image_stores_read_exactly_what_was_written(tmp_path, codec, name):
+    written = image_store(tmp_path / name, codec)
+    store = EpisodeStore.open(tmp_path / name)
+    assert store.n_episodes == 2 and store.features["img"].shape == (24, 32, 3)
+    loaded = store.load()
+    for key, values in written.items():
+        np.testing.assert_array_equal(loaded[key], values)
+    np.testing.assert_array_equal(store.episode(1, ["img"])["img"], written["img"][4:])
+
+
+def test_grayscale_images_read_too(tmp_path):
+    written = image_store(tmp_path / "gray.zarr", "jpeg2k", image=(16, 20))
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "gray.zarr").load(["img"])["img"], written["img"])
+
+
+def _swap_chunk(store, data: bytes, chunk="data/img/3.0.0.0"):
+    (store / chunk).write_bytes(data)
+
+
+# A header claiming 6000x6000: 2.6 kB as JPEG 2000, 9 kB as JPEG XL; OpenJPEG decodes it whole (460 MB)
+# before imagecodecs compares it with the buffer it was given.
+PEAK = """
+import resource, sys
+from cadence.datasets.episode_store import EpisodeStore
+from cadence.untrusted import UntrustedFileError
+store = EpisodeStore.open(sys.argv[1])
+store.load(["state"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    store.load(["img"])
+    print("read")
+except UntrustedFileError as exc:
+    print(str(exc))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("codec, encode, match", [
+    ("jpeg2k", imagecodecs.jpeg2k_encode, "a 6000x6000 JPEG 2000 image of 3 components in a chunk of 32x24x3"),
+    ("jpegxl", imagecodecs.jpegxl_encode, r"JPEG XL image not of the chunk's shape \(24, 32, 3\)"),
+])
+def test_an_image_larger_than_its_chunk_is_refused_before_it_is_decoded(tmp_path, codec, encode, match):
+    image_store(tmp_path / "s.zarr", codec)
+    _swap_chunk(tmp_path / "s.zarr", encode(np.zeros((6000, 6000, 3), np.uint8), level=10))
+    with pytest.raises(UntrustedFileError, match=f"s.zarr/data/img: cannot read.*{match}"):
+        EpisodeStore.open(tmp_path / "s.zarr").load(["img"])
+    done = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "s.zarr")], capture_output=True, text=True,
+                          timeout=120, check=True)
+    message, grown_kib = done.stdout.strip().splitlines()
+    assert "cannot read" in message and int(grown_kib) < 50 * 1024     # the image alone would be 105 MB
+
+
+@pytest.mark.parametrize("image, kwargs, match", [
+    (np.zeros((24, 32), np.uint8), {}, "of 1 components"),                        # a channel short
+    (np.zeros((24, 32, 3), np.uint16), {}, "of 16 bits"),
+    (np.zeros((24, 40, 3), np.uint8), {}, "a 40x24 JPEG 2000 image"),
+])
+def test_a_jpeg2k_image_of_another_kind_is_refused(tmp_path, image, kwargs, match):
+    image_store(tmp_path / "s.zarr", "jpeg2k")
+    _swap_chunk(tmp_path / "s.zarr", imagecodecs.jpeg2k_encode(image, **kwargs))
+    with pytest.raises(UntrustedFileError, match=match):
+        EpisodeStore.open(tmp_path / "s.zarr").load(["img"])
+
+
+def test_jpeg2k_size_reads_jp2_files_and_bare_codestreams():
+    image = np.zeros((30, 50, 3), np.uint8)
+    for codecformat in ("jp2", "j2k"):
+        data = imagecodecs.jpeg2k_encode(image, codecformat=codecformat)
+        assert jpeg2k_size(data) == (30, 50, 3)
+        with pytest.raises(ImageChunkError):
+            jpeg2k_size(data[:40])
+    assert jpeg2k_size(_pillow_jpeg2k(np.zeros((256, 256), np.uint8), tile_size=(64, 64))) == (256, 256, 1)
+    for junk in (b"", b"\x00" * 64, b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 30):
+        with pytest.raises(ImageChunkError):
+            jpeg2k_size(junk)
+
+
+def _pillow_jpeg2k(image: np.ndarray, **options) -> bytes:
+    """A JPEG 2000 file as Pillow writes it (it writes tiles; imagecodecs does not)."""
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, "JPEG2000", **options)
+    return out.getvalue()
+
+
+def test_jpeg2k_in_too_many_tiles_is_refused():
+    data = _pillow_jpeg2k(np.zeros((640, 640), np.uint8), tile_size=(8, 8))       # 6,400 tiles
+    with pytest.raises(ImageChunkError, match="6,400 tiles"):
+        jpeg2k_size(data)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"chunks": [2, 24, 32, 3]}, "one uint8 image each"),
+    ({"dtype": "<f4"}, "one uint8 image each"),
+    ({"chunks": [1, 12, 32, 3]}, "one uint8 image each"),
+])
+def test_an_image_codec_needs_one_uint8_image_per_chunk(tmp_path, change, match):
+    image_store(tmp_path / "s.zarr", "jpeg2k")
+    meta = tmp_path / "s.zarr" / "data" / "img" / ".zarray"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), **change}))
+    with pytest.raises(UntrustedFileError, match=f"s.zarr/data/img/.zarray: 'chunks'.*{match}"):
+        EpisodeStore.open(tmp_path / "s.zarr")
