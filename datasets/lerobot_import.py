@@ -44,6 +44,8 @@ Options:
   logs one warning line listing them and records them in ``source["skipped_episodes"]``
   (``{episode_index: reason}``); all of them missing is refused. Only a *missing* file is
   skipped: a truncated or unreadable one is still an error.
+* Episodes of length 0 (a recording stopped at once) are left out with one warning line and
+  recorded in ``source["skipped_episodes"]`` too.
 * ``image_size=[H, W]``: video and image features are stored at ``(T, H, W, 3)``. Video frames are
   scaled by FFmpeg's swscale as PyAV converts them to RGB (area averaging when shrinking,
   bilinear otherwise, full chroma resolution), so full-size RGB frames are never held; image
@@ -124,7 +126,9 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
         raise StoreError(f"{root / 'meta/info.json'}: video features need the 'timestamp' feature")
     wanted_videos = video_keys if videos else []
     chosen = select_episodes(read_episodes(root, info, wanted_videos), wanted, episodes_file(root, info))
+    chosen, empty = _with_frames(chosen, episodes_file(root, info))
     chosen, skipped_episodes = _missing_videos(chosen, wanted_videos, missing_videos, root)
+    skipped_episodes.update(empty)
     tasks = read_tasks(root, info)
     tolerance = 0.5 / info["fps"]
 
@@ -168,6 +172,20 @@ def _episode_option(value) -> list[int] | None:
     if twice:
         raise StoreError(f"episodes lists episode {twice[0]} more than once")
     return indices
+
+
+def _with_frames(episodes: list[Episode], where: Path) -> tuple[list[Episode], dict[str, str]]:
+    """The episodes that have frames, and ``{episode_index: reason}`` of those without (a recording
+    stopped at once): they are left out with one warning, a store episode needs a step."""
+    empty = [ep.index for ep in episodes if ep.length == 0]
+    if not empty:
+        return episodes, {}
+    kept = [ep for ep in episodes if ep.length > 0]
+    if not kept:
+        raise StoreError(f"{where}: the selected episodes {empty[:5]} have no frames: nothing to import")
+    log.warning("%s: skipping %d episode(s) with no frames (length 0): episode_index %s", where, len(empty),
+                empty[:50])
+    return kept, {str(i): "no frames (length 0)" for i in empty}
 
 
 def _missing_videos(episodes: list[Episode], video_keys: list[str], policy: str,

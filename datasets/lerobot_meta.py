@@ -195,9 +195,6 @@ def _checked(episodes: list[Episode], info: dict, root: Path) -> list[Episode]:
     dupes = sorted(i for i, n in Counter(e.index for e in episodes).items() if n > 1)
     if dupes:
         raise StoreError(f"{where}: episodes {dupes[:5]} are listed more than once")
-    bad = [e.index for e in episodes if e.length <= 0]
-    if bad:
-        raise StoreError(f"{where}: episodes {bad[:5]} have no frames")
     frames = sum(e.length for e in episodes)
     if frames > LIMITS["frames"]:
         raise StoreError(f"{where}: the episodes hold {frames:,} frames, more than {LIMITS['frames']:,}")

@@ -409,3 +409,17 @@ def test_lerobot_path_templates_take_widths_up_to_two_digits(tmp_path):
         assert _format(tmp_path, "data_path", info, episode_index=3) == tmp_path / f"data/{name}.parquet"
     with pytest.raises(CadenceError, match="'data_path' .* does not format"):
         _format(tmp_path, "data_path", {"data_path": "data/{episode_index:0100d}.parquet"}, episode_index=3)
+
+
+def test_episodes_with_no_frames_are_left_out_with_a_warning(tmp_path, caplog):
+    import logging
+
+    root = write_v30(tmp_path / "v30", lengths=(6, 0, 8))
+    with caplog.at_level(logging.WARNING):
+        store = import_lerobot(root, tmp_path / "out.zarr", progress=False)
+    assert list(store.episode_lengths()) == [6, 8] and store.source["episodes"] == [0, 2]
+    assert store.source["skipped_episodes"] == {"1": "no frames (length 0)"}
+    assert "skipping 1 episode(s) with no frames (length 0): episode_index [1]" in caplog.text
+    with pytest.raises(CadenceError, match=r"the selected episodes \[1\] have no frames: nothing to import"):
+        import_lerobot(root, tmp_path / "none.zarr", progress=False, episodes=[1])
+    assert not (tmp_path / "none.zarr").exists()
