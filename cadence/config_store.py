@@ -13,15 +13,11 @@ from cadence.config import (
     ExportApp,
     FinetuneApp,
     ImportApp,
-    RecordApp,
-    RobotCalibrateApp,
-    RobotCheckApp,
-    RobotServeApp,
-    RunApp,
     TaskInitApp,
     TrainApp,
     VerifierTrainApp,
 )
+from cadence.robot_schema import RecordApp, RobotCalibrateApp, RobotCheckApp, RobotServeApp, RunApp
 
 
 def register() -> None:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from cadence.choices import Blend, CacheMetric, Precision
-from cadence.config import BudgetConfig, CollectConfig, EvalConfig, FinetuneConfig, TaskConfig
+from cadence.config import CollectConfig, EvalConfig, FinetuneConfig, TaskConfig
+from cadence.robot_schema import BudgetConfig
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cadence.checkpoint import load_policy, resolve_checkpoint_dir
-from cadence.config import EvalConfig, RunApp
+from cadence.config import EvalConfig
+from cadence.robot_schema import RunApp
 from cadence.sim_eval import evaluate_policy, set_sample_steps
 from cadence.run import run as run_loop
 from cadence.bench.served_robot import start_server, stop_server

@@ -132,7 +132,7 @@ def test_the_budget_searches_the_most_candidates_that_fit_with_the_accuracy_of_i
 def test_a_run_never_searches_with_the_oracle(tmp_path):
     from omegaconf import OmegaConf
 
-    from cadence.config import BudgetConfig
+    from cadence.robot_schema import BudgetConfig
     from cadence.policies.value_verifier import VerifierError
     from cadence.run import deployable_verifier
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cadence.config import RobotConfig, TaskConfig
+from cadence.config import TaskConfig
+from cadence.robot_schema import RobotConfig
 from cadence.envs import DEFAULT_TASK_ID
 from cadence.hardware.camera_robot import WithCameras, cameras_from_config
 from cadence.hardware.opencv_camera import OpenCVCamera

@@ -98,7 +98,8 @@ def test_derived_keys_are_served_sliced_and_the_action_lead_picks_the_step(store
 def test_the_held_out_episodes_are_the_default_only_on_the_store_they_index(store, tmp_path):
     from omegaconf import OmegaConf
 
-    from cadence.config import RobotConfig, TaskConfig
+    from cadence.config import TaskConfig
+    from cadence.robot_schema import RobotConfig
     from cadence.hardware.robot_factory import make_robot
 
     task = OmegaConf.merge(OmegaConf.structured(TaskConfig), {"dataset": str(store), "obs_keys": ["state"]})

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cadence.config import RobotConfig, TaskConfig
+from cadence.config import TaskConfig
+from cadence.robot_schema import RobotConfig
 from cadence.hardware.robot import RobotError
 from cadence.hardware.robot_factory import make_robot
 
