@@ -9,7 +9,7 @@ import yaml
 
 from cadence.cli import main
 
-from ..datasets.test_lerobot_import import FPS, write_v21
+from ..datasets.lerobot_datasets import FPS, write_v21
 
 SMALL_POLICY = ["policy.pred_horizon=8", "policy.exec_horizon=4", "policy.down_dims=[16,32]",
                 "policy.obs_feature_dim=16", "policy.level_embed_dim=16", "policy.image_feature_dim=16",

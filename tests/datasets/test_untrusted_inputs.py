@@ -20,7 +20,7 @@ from cadence.datasets.episode_store import EpisodeStore
 from cadence.datasets.lerobot_import import import_lerobot
 from cadence.datasets.robomimic_import import import_robomimic
 from cadence.errors import CadenceError
-from tests.datasets.test_lerobot_import import V2_DATA, write_v21, write_v30
+from tests.datasets.lerobot_datasets import V2_DATA, write_v21, write_v30
 from tests.datasets.test_robomimic_import import write_robomimic
 from tests.datasets.test_store_fuzz import build_store, read_like_training
 
