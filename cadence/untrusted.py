@@ -48,6 +48,7 @@ LIMITS = {
     "frames": 10 ** 11,                # steps in a store or dataset
     "chunk_bytes": 2 ** 28,            # one decoded chunk of a zarr array (PushT's image chunks: 18 MB)
     "zip_directory_bytes": 2 ** 28,    # a zipped store's list of members (about 3 million chunks)
+    "store_keys": 1024,                # arrays under a store's data/
 }
 
 
@@ -144,8 +145,12 @@ def check_int(where: Any, name: str, value: Any, low: int, high: int) -> int:
 
 def check_number(where: Any, name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
     """``value`` as a finite number in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(where, f"'{name}' must be a finite number, got {value!r}"[:300])
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:             # an integer of hundreds of digits
+        finite = False
+    if not finite:
+        raise _fail(where, f"'{name}' must be a finite number, got {str(value)[:100]}")
     if not low <= value <= high:
         raise _fail(where, f"'{name}' is {value}, outside [{low}, {high}]")
     return float(value)

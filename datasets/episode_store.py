@@ -37,7 +37,7 @@ from cadence.errors import CadenceError
 from cadence.untrusted import LIMITS, check_number
 
 from .store_files import DirectoryFiles, is_zip_store, store_files
-from .zarr_checks import Files, bounded, check_array, check_chunks, check_group, reading
+from .zarr_checks import ArrayMeta, Files, bounded, check_array, check_chunks, check_group, reading
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class EpisodeStore:
         self.writable = writable
         self._files = files or DirectoryFiles(path)
         self._arrays: dict[str, zarr.Array] = {}
+        self._checked: dict[str, ArrayMeta] = {}       # what the checks read of each array's .zarray
         self._validate()
 
     # --- construction ------------------------------------------------------------------
@@ -124,6 +125,7 @@ class EpisodeStore:
         if len(meta.shape) != 1 or meta.dtype[-2] not in "iu":
             raise StoreError(f"{where / _ENDS}: must be a 1-D integer array, got {meta.dtype} {list(meta.shape)}")
         check_chunks(files, _ENDS, meta, meta.shape[0])
+        self._checked[_ENDS] = meta
         with reading(where / _ENDS):
             ends = self._array(_ENDS)[:]
         if len(ends) and ends.max() > LIMITS["frames"]:
@@ -136,7 +138,13 @@ class EpisodeStore:
                              f"(episode {bad} ends at {ends[bad]})")
         self._ends = ends
         n = self.n_steps
-        for key in self.keys:
+        keys = self.keys
+        if len(keys) > LIMITS["store_keys"]:
+            raise StoreError(f"{where}: {len(keys):,} arrays under data/, more than {LIMITS['store_keys']:,}")
+        for key in keys:
+            if not valid_key(key):       # zarr reads "a\\b" as "a/b": the checks must see the name zarr opens
+                raise StoreError(f"{where}: data/{key!r} is not an array name cadence reads (a printable file "
+                                 "name without path separators)"[:300])
             meta = check_array(files, f"data/{key}", LIMITS["frames"])
             if meta.shape[0] < n:
                 raise StoreError(f"{where}: data/{key} has {meta.shape[0]} steps but '{_ENDS}' says "
@@ -145,6 +153,7 @@ class EpisodeStore:
                 log.warning("%s: data/%s has %d steps past the last episode end (an interrupted "
                             "append); they are ignored", where, key, meta.shape[0] - n)
             check_chunks(files, f"data/{key}", meta, n)
+            self._checked[f"data/{key}"] = meta
         declared = self._root.attrs.get("features", {})
         missing = sorted(set(declared) - set(self.keys))
         if missing and n > 0:
@@ -167,7 +176,12 @@ class EpisodeStore:
         """The (checked) array ``name``, opened once, decoding into chunk-sized buffers."""
         if name not in self._arrays:
             with reading(self.path / name):
-                self._arrays[name] = bounded(self._root[name])
+                array = self._root[name]
+            checked = self._checked.get(name)
+            if checked is not None and not checked.describes(array):
+                raise StoreError(f"{self.path / name}: zarr opened another array than the one checked "
+                                 f"({array.shape} {array.dtype} in {array.chunks} against {checked})"[:400])
+            self._arrays[name] = bounded(array)
         return self._arrays[name]
 
     def _read(self, key: str, start: int, stop: int) -> np.ndarray:
@@ -227,10 +241,11 @@ class EpisodeStore:
 
     def load(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """All committed steps of ``keys`` (default: every key), as numpy arrays."""
-        keys = self.keys if keys is None else list(keys)
+        have = self.keys
+        keys = have if keys is None else list(keys)
         for key in keys:
-            if key not in self.keys:
-                raise StoreError(f"{self.path}: no key data/{key} (have {self.keys})")
+            if key not in have:
+                raise StoreError(f"{self.path}: no key data/{key} (have {have})")
         return {k: self._read(k, 0, self.n_steps) for k in keys}
 
     def episode(self, index: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -263,7 +278,7 @@ class EpisodeStore:
             return None
         try:
             stats = {s: np.asarray(entry[s], dtype=np.float64) for s in STATS}
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
         shape = self.features[key].shape
         return stats if all(v.shape == shape and np.isfinite(v).all() for v in stats.values()) else None
@@ -298,6 +313,7 @@ class EpisodeStore:
             for key in list(data.array_keys()):
                 del data[key]
                 self._arrays.pop(f"data/{key}", None)
+                self._checked.pop(f"data/{key}", None)
         for key, values in episode.items():
             if key not in data:
                 chunk_steps = max(1, min(1024, (1 << 20) // max(1, values[0].nbytes)))

@@ -8,9 +8,11 @@ classes registered under those ids (the writers' own code is never imported), an
 chunk's image:
 
 - JPEG 2000: the image's size, components, bit depth and tiles are read from the codestream's
-  SIZ marker (inside the JP2 boxes, if any) here, before OpenJPEG sees the data (it decodes the
-  whole image a header claims before anything can compare it: a 2.6 kB file claiming 6000x6000
-  took 460 MB);
+  SIZ marker (inside the JP2 boxes, if any) here, and its code-block and precinct sizes from the
+  COD / COC markers of every header, before OpenJPEG sees the data (it decodes the whole image
+  a header claims before anything can compare it: a 2.6 kB file claiming 6000x6000 took 460 MB;
+  2x2 precincts of 4x4 code-blocks cost it 550 bytes a pixel). OpenJPEG is given the codestream
+  alone: a JP2 palette box made it build 255 components out of one;
 - JPEG XL: libjxl reads the header first and imagecodecs refuses an image of another shape
   than the chunk's before decoding (checked: a header claiming 6000x6000 costs nothing).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 from numcodecs.abc import Codec
@@ -29,6 +32,11 @@ from numcodecs.registry import codec_registry, register_codec
 JPEG2K, JPEGXL = "imagecodecs_jpeg2k", "imagecodecs_jpegxl"
 IMAGE_CODECS = (JPEG2K, JPEGXL)
 MAX_TILES = 4096                 # OpenJPEG allocates a few kB per tile when it reads the header
+MAX_TILE_PARTS = 4 * MAX_TILES
+MAX_MARKERS = 1024               # marker segments in one header
+PIXELS_PER_PARTITION = 16        # precincts + code-blocks per component: at most pixels / 16 + FREE_PARTITIONS
+FREE_PARTITIONS = 4096           # (encoders write 64x64 code-blocks: a few per 4096 pixels; OpenJPEG keeps ~700 bytes each)
+SOT, SOD, COD, COC = b"\xff\x90", b"\xff\x93", b"\xff\x52", b"\xff\x53"
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _MAX_BOXES = 256
 
@@ -46,8 +54,17 @@ def image_shape(chunks: tuple[int, ...]) -> tuple[int, ...] | None:
 
 
 def jpeg2k_size(data: bytes) -> tuple[int, int, int]:
-    """(height, width, components) of a JPEG 2000 file (JP2 or a bare codestream), from its SIZ
-    marker; refuses what is not 8-bit unsigned, subsampled, or in more than :data:`MAX_TILES` tiles."""
+    """(height, width, components) of a JPEG 2000 file (JP2 or a bare codestream), once its
+    codestream has passed :func:`jpeg2k_codestream`'s checks."""
+    return jpeg2k_codestream(data)[1]
+
+
+def jpeg2k_codestream(data: bytes) -> tuple[bytes, tuple[int, int, int]]:
+    """The codestream of a JPEG 2000 file and its (height, width, components), read from its SIZ
+    marker; refuses what is not 8-bit unsigned, subsampled, in more than :data:`MAX_TILES` tiles,
+    or coded in so many precincts and code-blocks that the decoder's bookkeeping outgrows the
+    image (COD / COC markers of the main header and of every tile-part: 4x4 code-blocks in 2x2
+    precincts cost OpenJPEG about 550 bytes a pixel)."""
     stream = _codestream(data)
     if stream[:4] != b"\xff\x4f\xff\x51" or len(stream) < 42:
         raise ImageChunkError("not a JPEG 2000 codestream (no SOC + SIZ markers)")
@@ -66,7 +83,76 @@ def jpeg2k_size(data: bytes) -> tuple[int, int, int]:
             raise ImageChunkError(f"a JPEG 2000 component {c} of {(depth & 0x7F) + 1} bits"
                                   f"{' signed' if depth & 0x80 else ''}, subsampled {dx}x{dy} "
                                   "(8-bit unsigned, full size read here)")
-    return height, width, components
+    _check_coding(stream, 2, _Grid(min(xt, xsiz - xto), min(yt, ysiz - yto), tiles, components))
+    return stream, (height, width, components)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """What the coding style's partitions are counted over: the tiles and the components."""
+    tile_w: int
+    tile_h: int
+    tiles: int
+    components: int
+
+    @property
+    def allowed(self) -> int:
+        return self.tiles * self.tile_w * self.tile_h // PIXELS_PER_PARTITION + FREE_PARTITIONS
+
+
+def _check_coding(stream: bytes, at: int, grid: _Grid) -> None:
+    """The coding style markers (COD, COC) of the main header from ``at`` and of every tile-part."""
+    at = _header(stream, at, grid)
+    for _ in range(MAX_TILE_PARTS):
+        if at + 12 > len(stream) or stream[at:at + 2] != SOT:
+            return                                          # EOC, or the end of the data
+        length = struct.unpack_from(">I", stream, at + 6)[0]        # Psot: 0 = up to the end
+        _header(stream, at + 12, grid)
+        if length == 0:
+            return
+        at += length
+    raise ImageChunkError(f"a JPEG 2000 codestream of more than {MAX_TILE_PARTS:,} tile-parts")
+
+
+def _header(stream: bytes, at: int, grid: _Grid) -> int:
+    """Checks the marker segments from ``at`` up to the next SOT or SOD; returns where that is."""
+    for _ in range(MAX_MARKERS):
+        if at + 4 > len(stream) or stream[at:at + 2] in (SOT, SOD):
+            return at
+        marker, length = stream[at:at + 2], struct.unpack_from(">H", stream, at + 2)[0]
+        segment = stream[at + 4: at + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            raise ImageChunkError("a JPEG 2000 marker segment past the end of the data")
+        if marker == COD:
+            _check_style(segment[0], segment[5:], grid)
+        elif marker == COC:
+            _check_style(segment[1], segment[2:], grid)      # Ccoc: one byte with at most 4 components
+        at += 2 + length
+    raise ImageChunkError(f"a JPEG 2000 header of more than {MAX_MARKERS} markers")
+
+
+def _check_style(scod: int, spcod: bytes, grid: _Grid) -> None:
+    """SPcod / SPcoc: the precincts and code-blocks their sizes make, counted over every
+    resolution of every tile, within :attr:`_Grid.allowed` per component."""
+    if len(spcod) < 5:
+        raise ImageChunkError("a JPEG 2000 coding style marker too short")
+    levels, xcb, ycb = spcod[0], spcod[1] + 2, spcod[2] + 2
+    if levels > 32:
+        raise ImageChunkError(f"a JPEG 2000 image over {levels} decomposition levels (at most 32)")
+    sizes = [(b & 0xF, b >> 4) for b in spcod[5: 5 + levels + 1]] if scod & 1 else [(15, 15)] * (levels + 1)
+    if len(sizes) != levels + 1:
+        raise ImageChunkError("a JPEG 2000 coding style marker too short for its precinct sizes")
+    count = 0
+    for r, (ppx, ppy) in enumerate(sizes):
+        w, h = math.ceil(grid.tile_w / 2 ** (levels - r)), math.ceil(grid.tile_h / 2 ** (levels - r))
+        count += math.ceil(w / 2 ** ppx) * math.ceil(h / 2 ** ppy)                  # precincts
+        band_w, band_h = (w, h) if r == 0 else (math.ceil(w / 2), math.ceil(h / 2))
+        block_w, block_h = min(xcb, ppx - (r > 0)), min(ycb, ppy - (r > 0))        # code-blocks fit the precincts
+        count += (1 if r == 0 else 3) * math.ceil(band_w / 2 ** max(block_w, 0)) * math.ceil(band_h / 2 ** max(block_h, 0))
+    if count * grid.tiles > grid.allowed:
+        raise ImageChunkError(f"a JPEG 2000 image coded in {count * grid.tiles:,} precincts and code-blocks per "
+                              f"component, more than {grid.allowed:,} for its size ({2 ** xcb}x{2 ** ycb} "
+                              f"code-blocks, precincts down to {2 ** min(min(p) for p in sizes)})")
 
 
 def _codestream(data: bytes) -> bytes:
@@ -111,11 +197,13 @@ class ImageChunk(Codec):
         channels = self.shape[2] if len(self.shape) == 3 else 1
         image = np.zeros((height, width, channels) if channels > 1 else (height, width), np.uint8)
         if self.codec_id == JPEG2K:
-            size = jpeg2k_size(data)
+            stream, size = jpeg2k_codestream(data)
             if size != (height, width, channels):
                 raise ImageChunkError(f"a {size[1]}x{size[0]} JPEG 2000 image of {size[2]} components in a "
                                       f"chunk of {width}x{height}x{channels}")
-            imagecodecs.jpeg2k_decode(data, out=image, numthreads=1)
+            # the codestream alone: a JP2 file's palette or channel boxes would make OpenJPEG build
+            # more components than SIZ declares
+            imagecodecs.jpeg2k_decode(stream, out=image, numthreads=1)
         else:
             try:
                 imagecodecs.jpegxl_decode(data, out=image, numthreads=1)

@@ -3,20 +3,29 @@
 
 Both give: whether a metadata file is there, its JSON (read within a bound), the chunk files
 under an array (name relative to the array, size, and whether it is a plain file), and the
-store zarr opens. A zip is read in place, never extracted, and only ever read:
+store zarr opens.
 
-- its central directory is at most ``LIMITS["zip_directory_bytes"]`` (read from the end record
-  before :mod:`zipfile` parses it: each entry becomes a Python object ten times its size);
-- a member's size is the one the directory declares, and :mod:`zipfile` never reads or inflates
-  past it, so the checks on sizes hold for what is read;
-- a member whose file mode says link is refused as a chunk like a link in a directory.
+A directory's files are read only below it: no part of a path below the store's folder may be
+a link (a ``data/<key>`` linked to a folder elsewhere would be read as the store's).
+
+A zip is read in place, never extracted, and only ever read:
+
+- its central directory is at most ``LIMITS["zip_directory_bytes"]``, found as :mod:`zipfile`
+  finds it (zip64 records included) before zipfile parses it (each entry becomes a Python
+  object ten times its size);
+- members are stored or deflated (bzip2 and LZMA members inflate whole, whatever size they
+  declare), not encrypted, their names without backslashes (zarr reads ``a\\b`` as ``a/b``);
+- every read takes at most the size the member declares (zipfile inflates a whole member in
+  one call when asked for all of it: a 1 kB member declaring 18 bytes inflated to 2 GB), so the
+  checks on declared sizes hold for what is read;
+- a member whose file mode says link is refused as a chunk, like a link in a directory.
 """
 from __future__ import annotations
 
 import os
 import stat
-import struct
 import zipfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,7 +34,7 @@ import zarr
 from cadence.untrusted import LIMITS, UntrustedFileError, open_regular, parse_json, read_json
 
 ZIP_SUFFIX = ".zip"
-_END, _END64_LOCATOR = b"PK\x05\x06", b"PK\x06\x07"
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 def is_zip_store(path: Path) -> bool:
@@ -42,16 +51,26 @@ class DirectoryFiles:
     def where(self, key: str) -> Path:
         return self.root / key
 
+    def _below(self, key: str) -> Path:
+        """``root/key``, refused if any part of it below the root is a link."""
+        path = self.root
+        for part in Path(key).parts:
+            path = path / part
+            if path.is_symlink():
+                raise UntrustedFileError(f"{path}: a link inside the store (the store's files are read only "
+                                         "below its folder)")
+        return path
+
     def is_file(self, key: str) -> bool:
-        return (self.root / key).is_file()
+        return self._below(key).is_file()
 
     def json(self, key: str) -> Any:
-        return read_json(self.root / key)
+        return read_json(self._below(key))
 
     def members(self, prefix: str) -> Iterator[tuple[tuple[str, ...], int, bool]]:
         """Every file under ``prefix``: its path parts relative to it, its size, whether it is a
         regular file (a link is not followed: it could lead to any file on the machine)."""
-        folder = self.root / prefix
+        folder = self._below(prefix)
         for parent, _, files in os.walk(folder):
             for name in files:
                 path = Path(parent, name)
@@ -66,17 +85,38 @@ class DirectoryFiles:
         return str(self.root)
 
 
+class _BoundedZipStore(zarr.ZipStore):
+    """zarr's ZipStore reading each member only up to the size it declares."""
+
+    def __getitem__(self, key):
+        with self.mutex:
+            info = self.zf.getinfo(key)           # KeyError: zarr's "no such key"
+            with self.zf.open(info) as f:
+                return f.read(info.file_size)
+
+
 class ZipFiles:
-    """A zarr store zipped (read only): zarr's own :class:`zarr.ZipStore`, checked first."""
+    """A zarr store zipped (read only): zarr's ZipStore, its members checked first."""
 
     def __init__(self, path: Path):
         self.root = path
         _check_directory_size(path)
         try:
-            self._store = zarr.ZipStore(str(path), mode="r")
+            self._store = _BoundedZipStore(str(path), mode="r")
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise UntrustedFileError(f"{path}: not a readable zip ({type(exc).__name__}: {exc})"[:300]) from None
-        self._infos = {info.filename: info for info in self._store.zf.infolist()}
+        self._infos = {}
+        self._arrays: dict[str, list[zipfile.ZipInfo]] = defaultdict(list)   # "data/<key>" -> its members
+        for info in self._store.zf.infolist():
+            name = info.filename
+            if "\\" in name or info.compress_type not in ZIP_METHODS or info.flag_bits & 0x1:
+                raise UntrustedFileError(f"{path}:{name[:200]}: a member zarr cannot read as written here "
+                                         "(a backslash in its name, encrypted, or compressed other than "
+                                         "stored / deflated)")
+            self._infos[name] = info
+            parts = name.split("/")
+            if len(parts) > 2 and not info.is_dir():
+                self._arrays["/".join(parts[:2])].append(info)
 
     def where(self, key: str) -> str:
         return f"{self.root}:{key}"
@@ -93,17 +133,17 @@ class ZipFiles:
             raise UntrustedFileError(f"{where}: {info.file_size:,} bytes, more than the {LIMITS['json_bytes']:,} "
                                      "this file may have")
         try:
-            data = self._store.zf.read(info)
+            data = self._store[key]
         except Exception as exc:     # zipfile raises many types for a corrupt member
             raise UntrustedFileError(f"{where}: cannot read ({type(exc).__name__}: {exc})"[:300]) from None
         return parse_json(data, where)
 
     def members(self, prefix: str) -> Iterator[tuple[tuple[str, ...], int, bool]]:
+        """The members under ``prefix`` (an array: ``data/<key>`` or ``meta/<name>``)."""
         start = prefix.rstrip("/") + "/"
-        for name, info in self._infos.items():
-            if name.startswith(start) and not info.is_dir():
-                kind = stat.S_IFMT(info.external_attr >> 16)       # none recorded, or a regular file
-                yield tuple(name[len(start):].split("/")), info.file_size, kind in (0, stat.S_IFREG)
+        for info in self._arrays.get(prefix.rstrip("/"), ()):
+            kind = stat.S_IFMT(info.external_attr >> 16)       # none recorded, or a regular file
+            yield tuple(info.filename[len(start):].split("/")), info.file_size, kind in (0, stat.S_IFREG)
 
     def zarr_store(self):
         return self._store
@@ -114,23 +154,16 @@ def store_files(path: Path) -> DirectoryFiles | ZipFiles:
 
 
 def _check_directory_size(path: Path) -> None:
-    """The zip's central directory, read from its end record, within ``LIMITS["zip_directory_bytes"]``."""
+    """The zip's central directory within ``LIMITS["zip_directory_bytes"]``, read from the end
+    records exactly as :mod:`zipfile` reads them (so that it parses what was checked)."""
     with open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        tail_at = max(0, size - (22 + 65535))
-        f.seek(tail_at)
-        tail = f.read()
-        at = tail.rfind(_END)
-        if at < 0 or len(tail) - at < 22:
-            raise UntrustedFileError(f"{path}: not a zip (no end of central directory record)")
-        directory = struct.unpack_from("<I", tail, at + 12)[0]
-        if directory == 0xFFFFFFFF and at >= 20 and tail[at - 20: at - 16] == _END64_LOCATOR:
-            end64 = struct.unpack_from("<Q", tail, at - 20 + 8)[0]
-            f.seek(end64)
-            record = f.read(56)
-            if len(record) < 56 or record[:4] != b"PK\x06\x06":
-                raise UntrustedFileError(f"{path}: not a zip (bad zip64 end of central directory record)")
-            directory = struct.unpack_from("<Q", record, 40)[0]
-    if directory > LIMITS["zip_directory_bytes"]:
-        raise UntrustedFileError(f"{path}: its central directory is {directory:,} bytes, more than "
+        try:
+            end = zipfile._EndRecData(f)
+        except OSError as exc:
+            raise UntrustedFileError(f"{path}: not a zip ({exc})") from None
+    if end is None:
+        raise UntrustedFileError(f"{path}: not a zip (no end of central directory record)")
+    size = end[zipfile._ECD_SIZE]
+    if size > LIMITS["zip_directory_bytes"]:
+        raise UntrustedFileError(f"{path}: its central directory is {size:,} bytes, more than "
                                  f"{LIMITS['zip_directory_bytes']:,}")

@@ -62,6 +62,13 @@ class ArrayMeta:
     def chunk_bytes(self) -> int:
         return math.prod(self.chunks) * int(self.dtype[-1])
 
+    def describes(self, array: zarr.Array) -> bool:
+        """Whether the array zarr opened is the one these checks read (the same metadata; its
+        length may have grown since, by an append)."""
+        compressor = array.compressor.codec_id if array.compressor is not None else None
+        return (tuple(array.shape[1:]) == self.shape[1:] and tuple(array.chunks) == self.chunks
+                and array.dtype == np.dtype(self.dtype) and compressor == self.compressor and not array.filters)
+
 
 def check_group(files: Files, key: str) -> None:
     """``key/.zgroup`` is a bounded JSON object with ``zarr_format`` 2."""
@@ -111,6 +118,8 @@ def check_array(files: Files, key: str, max_rows: int) -> ArrayMeta:
                                                or checked.chunks[1:] != checked.shape[1:]):
         raise fail("chunks", f"with {checked.compressor} must be one uint8 image each, (1, H, W) or (1, H, W, C) "
                    f"with C <= 4, of the array's per-step shape {list(checked.shape[1:])} (dtype {dtype})")
+    if checked.compressor in IMAGE_CODECS and meta.get("order") != "C":
+        raise fail("order", f"with {checked.compressor} must be 'C' (an image is stored row by row)")
     if meta.get("filters") not in (None, []):
         raise fail("filters", "must be null (cadence reads no filters)")
     fill = meta["fill_value"]
@@ -128,19 +137,21 @@ def check_chunks(files: Files, key: str, meta: ArrayMeta, rows: int) -> None:
     larger than a chunk compresses to (a missing one would be read as fill values: memory
     that no data on disk backs)."""
     grid = (math.ceil(rows / meta.chunks[0]), *(math.ceil(s / c) for s, c in zip(meta.shape[1:], meta.chunks[1:])))
-    needed, found = math.prod(grid), 0
+    needed = math.prod(grid)
     largest = meta.chunk_bytes + meta.chunk_bytes // 64 + 1024      # any of the codecs' worst case
     if meta.compressor in IMAGE_CODECS:         # an image file's headers and a lossless noisy image's growth
         largest = 2 * meta.chunk_bytes + 65536
+    seen: set[tuple[str, ...]] = set()
     for parts, size, regular in files.members(key):
-        index = parts if meta.separator == "/" else parts[0].split(".") if len(parts) == 1 else ()
-        if len(index) != len(grid) or not all(
-                i.isascii() and i.isdigit() and int(i) < g for i, g in zip(index, grid)):
+        index = parts if meta.separator == "/" else tuple(parts[0].split(".")) if len(parts) == 1 else ()
+        if len(index) != len(grid) or not all(          # zarr's own names only: "0", never "00"
+                i.isascii() and i.isdigit() and str(int(i)) == i and int(i) < g for i, g in zip(index, grid)):
             continue
         if not regular or size > largest:
             raise UntrustedFileError(f"{files.where(_join(key, *parts))}: not a chunk file (a chunk is a regular "
                                      f"file, not a link, of at most {largest:,} bytes here)")
-        found += 1
+        seen.add(tuple(index))
+    found = len(seen)
     if found < needed:
         raise UntrustedFileError(f"{files.where(key)}: {needed - found} of the {needed} chunks holding its first "
                                  f"{rows} rows are missing")

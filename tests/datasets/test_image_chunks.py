@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
 
@@ -120,4 +121,57 @@ def test_an_image_codec_needs_one_uint8_image_per_chunk(tmp_path, change, match)
     meta = tmp_path / "s.zarr" / "data" / "img" / ".zarray"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), **change}))
     with pytest.raises(UntrustedFileError, match=f"s.zarr/data/img/.zarray: 'chunks'.*{match}"):
+        EpisodeStore.open(tmp_path / "s.zarr")
+
+
+def _with_palette(jp2: bytes, columns: int = 255) -> bytes:
+    """``jp2`` with palette (pclr) and component mapping (cmap) boxes added to its header box: each
+    of the codestream's values mapped to ``columns`` components."""
+    def box(kind, payload):
+        return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+    at, out = 12, [jp2[:12]]
+    while at < len(jp2):
+        length, kind = struct.unpack_from(">I4s", jp2, at)
+        if kind == b"jp2h":
+            palette = struct.pack(">HB", 256, columns) + bytes([7] * columns) + bytes(256 * columns)
+            mapping = b"".join(struct.pack(">HBB", 0, 1, c) for c in range(columns))
+            out.append(box(b"jp2h", jp2[at + 8: at + length] + box(b"pclr", palette) + box(b"cmap", mapping)))
+        else:
+            out.append(jp2[at: at + length])
+        at += length
+    return b"".join(out)
+
+
+def test_a_jp2_palette_does_not_multiply_the_components(tmp_path):
+    """OpenJPEG applied the palette before imagecodecs compared shapes: 1 component became 255
+    int32 planes (a 67 kB chunk of 1024x1024 took 1 GB). The codestream alone is decoded."""
+    written = image_store(tmp_path / "p.zarr", "jpeg2k", image=(512, 512))
+    _swap_chunk(tmp_path / "p.zarr", _with_palette(imagecodecs.jpeg2k_encode(written["img"][3], level=0,
+                                                                             reversible=True)), "data/img/3.0.0")
+    done = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "p.zarr")], capture_output=True, text=True,
+                          timeout=120, check=True)
+    message, grown_kib = done.stdout.strip().splitlines()
+    assert message == "read" and int(grown_kib) < 100 * 1024        # 255 planes of 512x512 int32: 267 MB
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "p.zarr").load(["img"])["img"], written["img"])
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"codeblock_size": (4, 4), "precinct_size": (8, 8)}, "precincts and code-blocks per component, more than"),
+    ({"precinct_size": (8, 8)}, "precincts down to 1"),
+])
+def test_jpeg2k_in_too_many_precincts_or_code_blocks_is_refused(options, match):
+    """OpenJPEG keeps hundreds of bytes for every precinct and code-block: 2x2 precincts of 4x4
+    code-blocks took it 2.3 GB for a 2048x2048 image."""
+    with pytest.raises(ImageChunkError, match=match):
+        jpeg2k_size(_pillow_jpeg2k(np.zeros((1024, 1024), np.uint8), **options))
+    assert jpeg2k_size(_pillow_jpeg2k(np.zeros((1024, 1024), np.uint8), codeblock_size=(16, 16),
+                                      precinct_size=(128, 128))) == (1024, 1024, 1)
+
+
+def test_an_image_codec_needs_images_stored_row_by_row(tmp_path):
+    image_store(tmp_path / "s.zarr", "jpegxl")
+    meta = tmp_path / "s.zarr" / "data" / "img" / ".zarray"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "order": "F"}))
+    with pytest.raises(UntrustedFileError, match="'order' with imagecodecs_jpegxl must be 'C'"):
         EpisodeStore.open(tmp_path / "s.zarr")

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
+import struct
+import subprocess
+import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -122,3 +127,130 @@ def test_train_on_a_zipped_store_through_the_command_line(tmp_path, monkeypatch)
                  *small, f"run_dir={run_dir}"]) == 0
     offline = json.loads((run_dir / "eval-step2" / "eval.json").read_text())["offline"]
     assert np.isfinite(offline["l1"])
+
+
+def raw_zip(path, members: dict):
+    """A zip written byte by byte: ``members`` name -> (data as stored, method, declared size, crc)."""
+    body, directory = bytearray(), bytearray()
+    for name, (data, method, size, crc) in members.items():
+        encoded, at = name.encode(), len(body)
+        body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc, len(data), size,
+                            len(encoded), 0) + encoded + data
+        directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0x0314, 20, 0, method, 0, 0, crc, len(data), size,
+                                 len(encoded), 0, 0, 0, 0, 0o100644 << 16, at) + encoded
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), len(body), 0)
+    path.write_bytes(bytes(body) + bytes(directory) + end)
+    return path
+
+
+def stored(path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: (z.read(i), zipfile.ZIP_STORED, i.file_size, i.CRC) for i in z.infolist()}
+
+
+PEAK_OPEN = """
+import resource, sys
+from cadence.datasets.episode_store import EpisodeStore
+from cadence.errors import CadenceError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    EpisodeStore.open(sys.argv[1]).load()
+    print("read")
+except CadenceError as exc:
+    print(str(exc))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_a_member_is_never_inflated_past_the_size_it_declares(tmp_path):
+    image_store(tmp_path / "s.zarr.zip")
+    members = stored(tmp_path / "s.zarr.zip")
+    group = members[".zgroup"][0]
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)        # what follows the group: 256 MiB of spaces
+    bomb = deflate.compress(group) + b"".join(deflate.compress(b" " * 2 ** 20) for _ in range(256)) + deflate.flush()
+    members[".zgroup"] = (bomb, zipfile.ZIP_DEFLATED, len(group), zlib.crc32(group))
+    raw_zip(tmp_path / "bomb.zarr.zip", members)
+    assert (tmp_path / "bomb.zarr.zip").stat().st_size < 2 ** 20
+    done = subprocess.run([sys.executable, "-c", PEAK_OPEN, str(tmp_path / "bomb.zarr.zip")], capture_output=True,
+                          text=True, timeout=120, check=True)
+    message, grown_kib = done.stdout.strip().splitlines()
+    assert int(grown_kib) < 32 * 1024, message          # zipfile's read() inflated all 256 MiB
+
+
+def test_members_compressed_other_than_stored_or_deflated_are_refused(tmp_path):
+    image_store(tmp_path / "s.zarr")
+    with zipfile.ZipFile(tmp_path / "bz.zarr.zip", "w", zipfile.ZIP_BZIP2) as z:   # bzip2 inflates whole
+        for path in sorted((tmp_path / "s.zarr").rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(tmp_path / "s.zarr").as_posix())
+    with pytest.raises(UntrustedFileError, match="bz.zarr.zip:.*compressed other than stored / deflated"):
+        EpisodeStore.open(tmp_path / "bz.zarr.zip")
+
+
+def test_a_zip64_directory_is_bounded_as_zipfile_reads_it(tmp_path, monkeypatch):
+    """The 32-bit end record says 46 bytes; the zip64 record zipfile reads says the real size."""
+    image_store(tmp_path / "s.zarr.zip")
+    members = stored(tmp_path / "s.zarr.zip")
+    members.update({f"x/{i}": (b"", 0, 0, 0) for i in range(300)})
+    raw = raw_zip(tmp_path / "plain.zip", members).read_bytes()
+    end = raw.rfind(b"PK\x05\x06")
+    _, _, _, disk, total, size, offset, _ = struct.unpack_from("<IHHHHIIH", raw, end)
+    z64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, total, total, size, offset)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, end, 1)
+    (tmp_path / "z64.zarr.zip").write_bytes(raw[:end] + z64 + locator
+                                            + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, disk, total, 46, offset, 0))
+    assert EpisodeStore.open(tmp_path / "z64.zarr.zip").n_episodes == 2          # zipfile reads it
+    monkeypatch.setitem(LIMITS, "zip_directory_bytes", size - 1)
+    with pytest.raises(UntrustedFileError, match=f"its central directory is {size:,} bytes"):
+        EpisodeStore.open(tmp_path / "z64.zarr.zip")
+
+
+def test_an_array_name_zarr_reads_as_another_path_is_refused(tmp_path):
+    """zarr reads data/x\\y as data/x/y: the checks would see one array, zarr open another."""
+    image_store(tmp_path / "s.zarr")
+    shutil.copytree(tmp_path / "s.zarr" / "data" / "state", tmp_path / "s.zarr" / "data" / "x\\y")   # checked
+    shutil.copytree(tmp_path / "s.zarr" / "data" / "img", tmp_path / "s.zarr" / "data" / "x" / "y")   # opened
+    with pytest.raises(StoreError, match=r"data/'x\\\\y' is not an array name"):
+        EpisodeStore.open(tmp_path / "s.zarr")
+    image_store(tmp_path / "z.zarr.zip")
+    members = stored(tmp_path / "z.zarr.zip")
+    members["data/x\\y/.zarray"] = members["data/state/.zarray"]
+    with pytest.raises(UntrustedFileError, match="a backslash in its name"):
+        EpisodeStore.open(raw_zip(tmp_path / "b.zarr.zip", members))
+
+
+def test_a_link_inside_a_directory_store_is_refused(tmp_path):
+    image_store(tmp_path / "s.zarr")
+    image_store(tmp_path / "elsewhere.zarr", seed=1)
+    (tmp_path / "s.zarr" / "data" / "outside").symlink_to(tmp_path / "elsewhere.zarr" / "data" / "state")
+    with pytest.raises(UntrustedFileError, match=r"s.zarr/data/outside: a link inside the store"):
+        EpisodeStore.open(tmp_path / "s.zarr")
+
+
+def test_chunk_names_count_once_in_zarr_spelling(tmp_path):
+    """"0", "00" and "000" are one chunk index spelled three ways; zarr reads only "0"."""
+    image_store(tmp_path / "s.zarr")
+    chunk = tmp_path / "s.zarr" / "data" / "state" / "0.0"
+    for alias in ("00.0", "000.0", "0.00"):
+        shutil.copy(chunk, chunk.with_name(alias))
+    chunk.unlink()
+    with pytest.raises(UntrustedFileError, match=r"data/state: 1 of the 1 chunks holding its first 10 rows"):
+        EpisodeStore.open(tmp_path / "s.zarr")
+
+
+def test_more_arrays_than_the_limit_are_refused(tmp_path, monkeypatch):
+    image_store(tmp_path / "s.zarr.zip")
+    monkeypatch.setitem(LIMITS, "store_keys", 2)
+    with pytest.raises(StoreError, match=r"s.zarr.zip: 3 arrays under data/, more than 2"):
+        EpisodeStore.open(tmp_path / "s.zarr.zip")
+
+
+def test_an_integer_too_large_for_a_float_is_one_line(tmp_path):
+    image_store(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / ".zattrs").write_text('{"fps": 1' + "0" * 400 + "}")
+    with pytest.raises(UntrustedFileError, match=r"'fps' must be a finite number"):
+        EpisodeStore.open(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / ".zattrs").write_text(json.dumps({"stats": {"state": {
+        "n_steps": 10, **{s: [1e10] * 3 for s in ("min", "max", "mean")}, "std": [int("9" * 400)] * 3}}}))
+    store = EpisodeStore.open(tmp_path / "s.zarr")          # a cached statistic it cannot read is recomputed
+    assert np.isfinite(store.stats("state")["std"]).all()
