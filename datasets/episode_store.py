@@ -118,6 +118,8 @@ class EpisodeStore:
                                    (_ENDS, "array", ".zarray")):
             if not files.is_file(f"{name}/{marker}"):
                 raise StoreError(f"{where}: missing {kind} '{name}'")
+            if kind == "group" and files.is_file(f"{name}/.zarray"):     # zarr would open it as an array, unchecked
+                raise StoreError(f"{where}: '{name}' is both a group and an array (a .zarray beside its .zgroup)")
             if kind == "group":
                 check_group(files, name)
         self._check_attrs()

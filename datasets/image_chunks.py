@@ -36,7 +36,11 @@ MAX_TILE_PARTS = 4 * MAX_TILES
 MAX_MARKERS = 1024               # marker segments in one header
 PIXELS_PER_PARTITION = 16        # precincts + code-blocks per component: at most pixels / 16 + FREE_PARTITIONS
 FREE_PARTITIONS = 4096           # (encoders write 64x64 code-blocks: a few per 4096 pixels; OpenJPEG keeps ~700 bytes each)
-SOT, SOD, COD, COC = b"\xff\x90", b"\xff\x93", b"\xff\x52", b"\xff\x53"
+SOT, SOD, EOC, COD, COC = b"\xff\x90", b"\xff\x93", b"\xff\xd9", b"\xff\x52", b"\xff\x53"
+# The header markers OpenJPEG reads by their length: CAP SIZ COD COC TLM PLM PLT CPF QCD QCC RGN
+# POC PPM PPT CRG COM MCT MCC MCO CBD
+HEADER_MARKERS = frozenset(bytes([0xFF, m]) for m in (0x50, 0x51, 0x52, 0x53, 0x55, 0x57, 0x58, 0x59, 0x5C, 0x5D,
+                                                      0x5E, 0x5F, 0x60, 0x61, 0x63, 0x64, 0x74, 0x75, 0x77, 0x78))
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _MAX_BOXES = 256
 
@@ -101,39 +105,57 @@ class _Grid:
 
 
 def _check_coding(stream: bytes, at: int, grid: _Grid) -> None:
-    """The coding style markers (COD, COC) of the main header from ``at`` and of every tile-part."""
-    at = _header(stream, at, grid)
+    """The main header from ``at`` and every tile-part's header: only markers OpenJPEG reads by
+    their length (it scans an unknown one for the next marker it knows: a COD hidden in one went
+    unchecked), and their coding styles (COD, COC) and quality layers within bounds."""
+    at, main = _header(stream, at, grid, (1, 1))
     for _ in range(MAX_TILE_PARTS):
+        if at + 2 > len(stream) or stream[at:at + 2] == EOC:
+            return
         if at + 12 > len(stream) or stream[at:at + 2] != SOT:
-            return                                          # EOC, or the end of the data
+            raise ImageChunkError(f"a JPEG 2000 codestream with marker {stream[at:at + 2].hex()} where a tile-part "
+                                  "starts")
         length = struct.unpack_from(">I", stream, at + 6)[0]        # Psot: 0 = up to the end
-        _header(stream, at + 12, grid)
+        _header(stream, at + 12, grid, main)
         if length == 0:
             return
+        if length < 14:
+            raise ImageChunkError(f"a JPEG 2000 tile-part of {length} bytes")
         at += length
     raise ImageChunkError(f"a JPEG 2000 codestream of more than {MAX_TILE_PARTS:,} tile-parts")
 
 
-def _header(stream: bytes, at: int, grid: _Grid) -> int:
-    """Checks the marker segments from ``at`` up to the next SOT or SOD; returns where that is."""
+def _header(stream: bytes, at: int, grid: _Grid, defaults: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+    """Checks the marker segments from ``at`` up to the next SOT or SOD; returns where that is and
+    the header's (quality layers, precincts per tile and component), ``defaults`` where it sets none."""
+    layers, precincts = defaults
     for _ in range(MAX_MARKERS):
         if at + 4 > len(stream) or stream[at:at + 2] in (SOT, SOD):
-            return at
+            if layers * precincts * grid.tiles > grid.allowed:      # OpenJPEG visits every packet
+                raise ImageChunkError(f"a JPEG 2000 image of {layers:,} quality layers over {precincts * grid.tiles:,} "
+                                      f"precincts per component, more packets than {grid.allowed:,} for its size")
+            return at, (layers, precincts)
         marker, length = stream[at:at + 2], struct.unpack_from(">H", stream, at + 2)[0]
+        if marker not in HEADER_MARKERS:
+            raise ImageChunkError(f"a JPEG 2000 header with marker {marker.hex()} (not one read here)")
         segment = stream[at + 4: at + 2 + length]
         if length < 2 or len(segment) != length - 2:
             raise ImageChunkError("a JPEG 2000 marker segment past the end of the data")
         if marker == COD:
-            _check_style(segment[0], segment[5:], grid)
+            if len(segment) < 5:
+                raise ImageChunkError("a JPEG 2000 coding style marker too short")
+            layers = struct.unpack_from(">H", segment, 2)[0]
+            precincts = max(precincts, _check_style(segment[0], segment[5:], grid))
         elif marker == COC:
-            _check_style(segment[1], segment[2:], grid)      # Ccoc: one byte with at most 4 components
+            precincts = max(precincts, _check_style(segment[1], segment[2:], grid))   # Ccoc: one byte (<= 4 components)
         at += 2 + length
     raise ImageChunkError(f"a JPEG 2000 header of more than {MAX_MARKERS} markers")
 
 
-def _check_style(scod: int, spcod: bytes, grid: _Grid) -> None:
+def _check_style(scod: int, spcod: bytes, grid: _Grid) -> int:
     """SPcod / SPcoc: the precincts and code-blocks their sizes make, counted over every
-    resolution of every tile, within :attr:`_Grid.allowed` per component."""
+    resolution of every tile, within :attr:`_Grid.allowed` per component; returns the precincts
+    of one tile and component."""
     if len(spcod) < 5:
         raise ImageChunkError("a JPEG 2000 coding style marker too short")
     levels, xcb, ycb = spcod[0], spcod[1] + 2, spcod[2] + 2
@@ -142,17 +164,18 @@ def _check_style(scod: int, spcod: bytes, grid: _Grid) -> None:
     sizes = [(b & 0xF, b >> 4) for b in spcod[5: 5 + levels + 1]] if scod & 1 else [(15, 15)] * (levels + 1)
     if len(sizes) != levels + 1:
         raise ImageChunkError("a JPEG 2000 coding style marker too short for its precinct sizes")
-    count = 0
+    precincts = blocks = 0
     for r, (ppx, ppy) in enumerate(sizes):
         w, h = math.ceil(grid.tile_w / 2 ** (levels - r)), math.ceil(grid.tile_h / 2 ** (levels - r))
-        count += math.ceil(w / 2 ** ppx) * math.ceil(h / 2 ** ppy)                  # precincts
+        precincts += math.ceil(w / 2 ** ppx) * math.ceil(h / 2 ** ppy)
         band_w, band_h = (w, h) if r == 0 else (math.ceil(w / 2), math.ceil(h / 2))
         block_w, block_h = min(xcb, ppx - (r > 0)), min(ycb, ppy - (r > 0))        # code-blocks fit the precincts
-        count += (1 if r == 0 else 3) * math.ceil(band_w / 2 ** max(block_w, 0)) * math.ceil(band_h / 2 ** max(block_h, 0))
-    if count * grid.tiles > grid.allowed:
-        raise ImageChunkError(f"a JPEG 2000 image coded in {count * grid.tiles:,} precincts and code-blocks per "
-                              f"component, more than {grid.allowed:,} for its size ({2 ** xcb}x{2 ** ycb} "
+        blocks += (1 if r == 0 else 3) * math.ceil(band_w / 2 ** max(block_w, 0)) * math.ceil(band_h / 2 ** max(block_h, 0))
+    if (precincts + blocks) * grid.tiles > grid.allowed:
+        raise ImageChunkError(f"a JPEG 2000 image coded in {(precincts + blocks) * grid.tiles:,} precincts and "
+                              f"code-blocks per component, more than {grid.allowed:,} for its size ({2 ** xcb}x{2 ** ycb} "
                               f"code-blocks, precincts down to {2 ** min(min(p) for p in sizes)})")
+    return precincts
 
 
 def _codestream(data: bytes) -> bytes:

@@ -175,3 +175,31 @@ def test_an_image_codec_needs_images_stored_row_by_row(tmp_path):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "order": "F"}))
     with pytest.raises(UntrustedFileError, match="'order' with imagecodecs_jpegxl must be 'C'"):
         EpisodeStore.open(tmp_path / "s.zarr")
+
+
+def _main_header_marker(stream: bytes, marker: bytes) -> int:
+    """Where ``marker`` starts in a codestream's main header (after SOC)."""
+    at = 2
+    while stream[at:at + 2] != marker:
+        at += 2 + struct.unpack_from(">H", stream, at + 2)[0]
+    return at
+
+
+def test_a_marker_openjpeg_would_scan_past_is_refused():
+    """OpenJPEG skips an unknown marker by scanning for the next one it knows, so a COD hidden
+    inside one would be decoded unchecked: only markers it reads by their length pass."""
+    stream = imagecodecs.jpeg2k_encode(np.zeros((64, 64), np.uint8), codecformat="j2k")
+    cod = _main_header_marker(stream, b"\xff\x52")
+    hidden = b"\xff\x6e" + struct.pack(">H", 6) + b"\x00" * 4
+    with pytest.raises(ImageChunkError, match="marker ff6e"):
+        jpeg2k_size(stream[:cod] + hidden + stream[cod:])
+
+
+def test_quality_layers_count_as_packets():
+    """OpenJPEG visits every packet (layers x precincts): 65,535 layers took it 14 s and 1.8 GB."""
+    stream = bytearray(imagecodecs.jpeg2k_encode(np.zeros((64, 64), np.uint8), codecformat="j2k"))
+    cod = _main_header_marker(bytes(stream), b"\xff\x52")
+    assert jpeg2k_size(bytes(stream)) == (64, 64, 1)
+    struct.pack_into(">H", stream, cod + 4 + 2, 65535)          # Scod, progression, then the layer count
+    with pytest.raises(ImageChunkError, match="65,535 quality layers"):
+        jpeg2k_size(bytes(stream))

@@ -254,3 +254,13 @@ def test_an_integer_too_large_for_a_float_is_one_line(tmp_path):
         "n_steps": 10, **{s: [1e10] * 3 for s in ("min", "max", "mean")}, "std": [int("9" * 400)] * 3}}}))
     store = EpisodeStore.open(tmp_path / "s.zarr")          # a cached statistic it cannot read is recomputed
     assert np.isfinite(store.stats("state")["std"]).all()
+
+
+@pytest.mark.parametrize("layout", ["s.zarr", "s.zarr.zip"])
+def test_a_group_that_is_also_an_array_is_refused(tmp_path, layout):
+    """zarr opens data/ as an array when it holds a .zarray: unchecked, of any size."""
+    image_store(tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / "data" / ".zarray").write_text((tmp_path / "s.zarr" / "data" / "state" / ".zarray").read_text())
+    path = tmp_path / "s.zarr" if layout == "s.zarr" else zipped(tmp_path / "s.zarr", tmp_path / layout)
+    with pytest.raises(StoreError, match="'data' is both a group and an array"):
+        EpisodeStore.open(path)
