@@ -8,7 +8,9 @@ server refuses it after that, and refuses an act whose id (its sequence number) 
 the last one it accepted from this connection, so a command never runs late or twice.
 An ``error`` reply raises :class:`RobotError` with the server's reason. The socket only queues
 requests on a live connection (``ZMQ_IMMEDIATE``), so commands are not stored up while the
-server is unreachable and replayed when it comes back.
+server is unreachable and replayed when it comes back. The connection is encrypted and
+authenticated with CURVE keys derived from the token (:mod:`cadence.hardware.wire_keys`): with a
+wrong token the handshake fails and ``connect`` times out.
 
 One round trip per control tick: every ``act`` reply carries the robot's newest observation,
 which is cached. :meth:`latest_observation` answers from the cache while the cached reply is
@@ -33,6 +35,7 @@ import zmq
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Observation, RobotError, RobotSpec, RobotTimeout
 from cadence.hardware.wire import MAX_ARRAY_BYTES, Message, WireError, check_token, decode, encode, observation_from
+from cadence.hardware.wire_keys import FRAME_OVERHEAD, connect_curve, curve_keys
 
 _HWM = 64          # messages queued per direction at most
 
@@ -77,8 +80,9 @@ class RemoteRobot:
             return
         socket = zmq.Context.instance().socket(zmq.DEALER)
         for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, _HWM),
-                              (zmq.RCVHWM, _HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES)):   # per frame
+                              (zmq.RCVHWM, _HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES + FRAME_OVERHEAD)):   # per frame
             socket.setsockopt(option, value)
+        connect_curve(socket, curve_keys(check_token(self._token)))
         if "[" in self.endpoint:
             socket.setsockopt(zmq.IPV6, 1)
         try:
@@ -215,8 +219,9 @@ class RemoteRobot:
                     remaining = deadline - self.clock.now()
                     if remaining <= 0:
                         self.timeouts += 1
-                        raise RobotTimeout(f"{self.endpoint}: cannot send {kind} "
-                                           f"(no connection) within {timeout_s * 1e3:.0f} ms") from None
+                        raise RobotTimeout(f"{self.endpoint}: cannot send {kind} (no connection) within "
+                                           f"{timeout_s * 1e3:.0f} ms: is the server running there, with "
+                                           "the same token? (connections are authenticated by it)") from None
                     socket.poll(max(1, math.ceil(remaining * 1e3)), zmq.POLLOUT)
             while True:
                 remaining = deadline - self.clock.now()

@@ -4,6 +4,8 @@ A ROUTER socket answers each request (see :mod:`cadence.hardware.wire`) in order
 that runs :meth:`RobotServer.serve`. A request passes these checks, cheapest first, before the
 robot is touched:
 
+0. Handshake. Connections are encrypted and authenticated with CURVE keys derived from the token
+   (:mod:`cadence.hardware.wire_keys`): a peer without the token never gets a message through.
 1. Transport. ZeroMQ drops the connection of a peer that sends a frame larger than any request
    has (``ZMQ_MAXMSGSIZE``: a request header or the robot's action, whichever is larger; libzmq
    applies it per frame) and queues at most ``PEER_HWM`` requests per peer (``REPLY_HWM``
@@ -22,9 +24,9 @@ robot is touched:
 A refused request gets an ``error`` reply with the reason, is counted in ``rejections[reason]``
 and logged at most once per ``log_interval_s`` (the line counts the refusals not logged since).
 
-The token is an access check against mistakes and stray peers on a trusted network, not
-encryption: it travels in the clear. It is never logged. Binding to anything but loopback / ipc
-needs ``allow_remote=True``.
+The token is the one secret: the CURVE keys come from it, and requests carry it too (encrypted,
+checked again). It is never logged. Binding to anything but loopback / ipc needs
+``allow_remote=True``.
 
 Typical use::
 
@@ -48,6 +50,7 @@ import numpy as np
 import zmq
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Robot, RobotError
+from cadence.hardware.wire_keys import FRAME_OVERHEAD, curve_keys, serve_curve
 from cadence.hardware.wire import (
     MAX_REQUEST_HEADER_BYTES,
     REQUEST_KINDS,
@@ -130,8 +133,10 @@ class RobotServer:
         self._serving = threading.Lock()
         self._closed = False
         self._robot_connected = False
-        socket = zmq.Context.instance().socket(zmq.ROUTER)
-        max_frame = max(MAX_REQUEST_HEADER_BYTES, self._payload_limits["act"])   # a bigger frame drops its peer
+        self._context = zmq.Context()                  # its own: the ZAP handler is per context
+        socket = self._context.socket(zmq.ROUTER)
+        self._auth = serve_curve(socket, self._context, curve_keys(self._token))
+        max_frame = max(MAX_REQUEST_HEADER_BYTES, self._payload_limits["act"]) + FRAME_OVERHEAD   # a bigger one drops its peer
         for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, PEER_HWM), (zmq.SNDHWM, REPLY_HWM),
                               (zmq.MAXMSGSIZE, max_frame)):
             socket.setsockopt(option, value)
@@ -141,6 +146,8 @@ class RobotServer:
             socket.bind(endpoint)
         except zmq.ZMQError as e:
             socket.close(linger=0)
+            self._auth.stop()
+            self._context.term()
             raise OSError(f"cannot bind robot server to {endpoint!r}: {e}") from e
         self._socket = socket
         self.endpoint: str = socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -189,6 +196,8 @@ class RobotServer:
                 return
             self._closed = True
             self._socket.close(linger=0)
+            self._auth.stop()
+            self._context.term()
             if self.manage_robot and self._robot_connected:
                 self._robot_connected = False
                 try:

@@ -5,10 +5,14 @@ makes round trips, ``observe`` and ``act`` in turn, one every ``period_ms``, eac
 ``timeout_ms``, through three scenarios in a row:
 
 - ``baseline``: nothing else;
-- ``large unauthenticated``: ``big_messages`` other sockets send one ``act`` of ``big_mb`` MB
+- ``large, without the token``: ``big_messages`` other sockets send one ``act`` of ``big_mb`` MB
   each, with a wrong token;
-- ``wrong-token flood``: ``flood`` small requests with a wrong token from ``flood_sockets``
-  other sockets, sent as fast as the server takes them.
+- ``flood without the token``: ``flood`` small requests with a wrong token from ``flood_sockets``
+  other sockets, sent as fast as they go.
+
+The attackers hold CURVE keys of the wrong token (:mod:`cadence.hardware.wire_keys`): their
+handshakes fail, so what they send never reaches the server's request handling (the server sees
+failed handshakes, a few a second per socket as ZeroMQ reconnects).
 
 Each scenario lasts at least ``requests`` round trips and until its attack is over. Reported per
 scenario: the client's round-trip p50 / p99 / max, its timeouts and refused requests, the
@@ -34,6 +38,7 @@ from cadence.bench.served_robot import start_server, stop_server
 from cadence.hardware.remote_robot import RemoteRobot
 from cadence.hardware.robot import RobotError, RobotTimeout
 from cadence.hardware.wire import encode
+from cadence.hardware.wire_keys import connect_curve, curve_keys
 from cadence.markdown_table import markdown_table
 
 
@@ -42,11 +47,11 @@ def _status_mb(pid: int, key: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 
 
-def _sockets(endpoint: str, n: int) -> list[zmq.Socket]:
+def _sockets(endpoint: str, n: int, token: str) -> list[zmq.Socket]:
     sockets = [zmq.Context.instance().socket(zmq.DEALER) for _ in range(n)]
     for s in sockets:
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDTIMEO, 10_000)
+        connect_curve(s, curve_keys(token.encode()))
         s.connect(endpoint)
     return sockets
 
@@ -70,19 +75,22 @@ def large_messages(endpoint: str, count: int, mb: float, token: str) -> int:
     payload = bytes(int(mb * 1e6))
     head = json.dumps({"v": 1, "kind": "act", "id": 1, "token": token, "expires": time.monotonic() + 60,
                        "arrays": {"action": {"dtype": "uint8", "shape": [len(payload)]}}}).encode()
-    sockets = _sockets(endpoint, count)
+    sockets = _sockets(endpoint, count, token)
     for s in sockets:
-        s.send_multipart([head, payload], copy=False)
+        s.send_multipart([head, payload], copy=False)         # queued: the handshake never completes
     return _replies(sockets, quiet_s=2.0)
 
 
 def flood(endpoint: str, count: int, n_sockets: int, token: str) -> int:
     """``count`` ``observe`` requests with ``token``, spread over ``n_sockets`` sending threads."""
-    sockets = _sockets(endpoint, n_sockets)
+    sockets = _sockets(endpoint, n_sockets, token)
 
     def send(s: zmq.Socket, n: int) -> None:
         for i in range(n):
-            s.send_multipart(encode("observe", {}, None, i, token))
+            try:
+                s.send_multipart(encode("observe", {}, None, i, token), zmq.NOBLOCK)
+            except zmq.Again:               # its queue is full: nothing is delivered without the token
+                pass
 
     with ThreadPoolExecutor(n_sockets) as pool:
         list(pool.map(send, sockets, [count // n_sockets + (i < count % n_sockets) for i in range(n_sockets)]))
@@ -126,9 +134,9 @@ def run(cfg: DictConfig) -> dict:
         with RemoteRobot(endpoint, token, timeout_s=cfg.timeout_ms / 1e3, obs_max_age_s=0.0) as robot:
             robot.reset(seed=0)
             attacks = {"baseline": lambda: 0,
-                       f"{cfg.big_messages} x {cfg.big_mb:g} MB unauthenticated":
+                       f"{cfg.big_messages} x {cfg.big_mb:g} MB without the token":
                            lambda: large_messages(endpoint, cfg.big_messages, cfg.big_mb, wrong),
-                       f"{cfg.flood} wrong-token requests":
+                       f"{cfg.flood} requests without the token":
                            lambda: flood(endpoint, cfg.flood, cfg.flood_sockets, wrong)}
             rows = [scenario(name, attack, robot, server.pid, cfg) for name, attack in attacks.items()]
     finally:

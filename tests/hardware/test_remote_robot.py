@@ -20,6 +20,7 @@ from cadence.hardware.remote_robot import RemoteRobot
 from cadence.hardware.robot import Robot, RobotError, RobotTimeout
 from cadence.hardware.robot_server import RobotServer, is_loopback_endpoint
 from cadence.hardware.wire import decode, encode
+from cadence.hardware.wire_keys import connect_curve, curve_keys
 
 TASK = "cadence/BimodalReach-v0"
 TOKEN = "test-token-7f3a-5c1e"
@@ -119,16 +120,19 @@ def remote(server):
 
 
 class RawPeer:
-    """A raw DEALER socket: sends any frames, returns the decoded reply."""
+    """A raw DEALER socket through the CURVE handshake of ``token`` (None: without CURVE): sends
+    any frames, returns the decoded reply."""
 
-    def __init__(self, endpoint):
+    def __init__(self, endpoint, token=TOKEN):
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if token is not None:
+            connect_curve(self.socket, curve_keys(token.encode()))
         self.socket.connect(endpoint)
 
-    def ask(self, frames):
+    def ask(self, frames, timeout_ms=10_000):
         self.socket.send_multipart(frames)
-        assert self.socket.poll(10_000), "no reply within 10 s"
+        assert self.socket.poll(timeout_ms), f"no reply within {timeout_ms} ms"
         return decode(self.socket.recv_multipart())
 
     def close(self):
@@ -228,8 +232,8 @@ def test_rejected_requests_get_a_reason_and_never_reach_the_robot(server, remote
     position = remote.latest_observation().values["state"][:2]
     assert np.linalg.norm(position - target) < 0.05 and np.linalg.norm(position - bogus) > 1.0
 
-    with pytest.raises(RobotError, match="bad token"):       # a RemoteRobot with the wrong token
-        RemoteRobot(server.endpoint, "wrong-token-0123456789", connect_timeout_s=2.0).connect()
+    with pytest.raises(RobotTimeout, match="with the same token"):    # the wrong token: no handshake
+        RemoteRobot(server.endpoint, "wrong-token-0123456789", connect_timeout_s=0.5).connect()
     trips = remote.round_trips                               # refused locally, nothing sent
     with pytest.raises(RobotError, match="non-finite"):
         remote.send_action([np.nan, 0.0])

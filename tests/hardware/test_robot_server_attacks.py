@@ -4,6 +4,7 @@ messages, replayed, reordered and expired commands, short tokens; and a real
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from cadence.hardware.remote_robot import RemoteRobot
 from cadence.hardware.robot import RobotError
 from cadence.hardware.robot_server import RobotServer
 from cadence.hardware.wire import MAX_REQUEST_HEADER_BYTES, encode
+from cadence.hardware.wire_keys import connect_curve, curve_keys
 
 from .test_remote_robot import RATE_HZ, TASK, TOKEN, RawPeer, ServerProcess, _Recording
 
@@ -91,8 +93,9 @@ def test_oversized_frames_drop_the_peer_before_anything_is_read(served):
     try:
         for socket in attackers:
             socket.setsockopt(zmq.LINGER, 0)
+            connect_curve(socket, curve_keys(TOKEN.encode()))       # even through the handshake
             socket.connect(server.endpoint)
-            socket.send_multipart([head, big], copy=False)       # even with the right token
+            socket.send_multipart([head, big], copy=False)       # and with the right token
         with RemoteRobot(server.endpoint, TOKEN, timeout_s=1.0) as remote:
             for _ in range(10):
                 remote.latest_observation()
@@ -164,6 +167,71 @@ def test_a_replayed_or_reordered_act_is_refused(served):
     finally:
         other.close()
     assert len(_sends(robot)) == 4 and server.rejections["act #10 is not after act #10: replayed or out of order"] == 1
+
+
+@pytest.mark.parametrize("token", [None, WRONG], ids=["no-curve", "another-token"])
+def test_a_peer_without_the_token_never_gets_a_message_through(served, token):
+    """The CURVE handshake needs keys only the token gives: nothing such a peer sends is read."""
+    server, robot, decodes = served
+    peer = RawPeer(server.endpoint, token=token)
+    peer.socket.setsockopt(zmq.SNDTIMEO, 1000)           # a send waits for a connection that never comes
+    try:
+        for frames in (encode("hello", {}, None, 1, TOKEN), [b""] * 100_000):   # the token inside; 100,000 frames
+            try:
+                peer.socket.send_multipart(frames)
+            except zmq.Again:
+                pass
+            assert not peer.socket.poll(500)
+    finally:
+        peer.close()
+    assert server.requests == 0 and dict(server.rejections) == {} and decodes == []
+    assert [call for call in robot.calls if call[0] != "connect"] == []          # only serving connected it
+
+
+def _relay(upstream_port: int, recorded: bytearray) -> int:
+    """A TCP relay to ``upstream_port`` on loopback for one connection, recording what the client
+    sends; returns its own port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(src, dst, record):
+        try:
+            while data := src.recv(65536):
+                if record:
+                    recorded.extend(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def accept():
+        client, _ = listener.accept()
+        listener.close()
+        upstream = socket.create_connection(("127.0.0.1", upstream_port))
+        threading.Thread(target=pump, args=(client, upstream, True), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client, False), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def test_a_recorded_connection_replayed_moves_nothing_and_shows_no_token(served):
+    """Every message is encrypted with the connection's session keys: the bytes of a whole session
+    (handshake, reset, acts) sent again on a new connection are not read as requests."""
+    server, robot, decodes = served
+    port = int(server.endpoint.rsplit(":", 1)[1])
+    recorded = bytearray()
+    with RemoteRobot(f"tcp://127.0.0.1:{_relay(port, recorded)}", TOKEN, timeout_s=1.0) as remote:
+        remote.reset(seed=1)
+        for i in range(3):
+            remote.send_action([0.1 * i, 0.0])
+    assert len(_sends(robot)) == 3 and len(recorded) > 1000
+    assert TOKEN.encode() not in recorded and b'"kind"' not in recorded          # nothing in the clear
+    requests = server.requests
+    with socket.create_connection(("127.0.0.1", port)) as replay:
+        replay.sendall(bytes(recorded))
+        time.sleep(0.5)
+    assert server.requests == requests and len(_sends(robot)) == 3 and dict(server.rejections) == {}
 
 
 @pytest.mark.parametrize("expires, reason", [

@@ -13,15 +13,13 @@ def test_bench_server_writes_a_row_per_scenario_and_stops_the_server_cleanly(tmp
                    "flood=60", "flood_sockets=2", "out_dir=bench", cwd=tmp_path)
     report = json.loads((tmp_path / "bench" / "results.json").read_text())
     rows = {r["scenario"]: r for r in report["scenarios"]}
-    assert list(rows) == ["baseline", "3 x 2 MB unauthenticated", "60 wrong-token requests"]
+    assert list(rows) == ["baseline", "3 x 2 MB without the token", "60 requests without the token"]
     for r in rows.values():
         assert r["requests"] >= 20 and r["timeouts"] == 0 and r["refused"] == 0
         assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] < 2000
         assert r["server_peak_rss_mb"] >= 0.9 * report["server_idle_rss_mb"] > 0    # the server's, after the reset
-    assert rows["baseline"]["attack_replies"] == 0
-    assert rows["3 x 2 MB unauthenticated"]["attack_replies"] == 0        # dropped by the transport, unanswered
-    assert 0 < rows["60 wrong-token requests"]["attack_replies"] <= 60     # "bad token" (some replies dropped)
-    assert report["server_rejected"] == 60                                 # the flood; the large ones never got in
+    assert all(r["attack_replies"] == 0 for r in rows.values())          # no handshake, no reply
+    assert report["server_rejected"] == 0                                  # nothing reached the request checks
     assert report["server_stop"] == "cadence robot serve: stopped by SIGTERM; robot held"
     assert report["settings"]["flood"] == 60 and report["command"].startswith("cadence bench server requests=20")
     assert "| baseline" in proc.stdout and "server peak RSS MB" in proc.stdout
