@@ -2,7 +2,8 @@
 composed (``policy.network=unet2`` names the key and the allowed values), not somewhere inside a
 run.
 
-Each enum is made from the tuple the code that acts on the value keeps, so the two cannot drift.
+Each enum is made from a tuple written here, checked by a test to be the one the code that
+acts on the value keeps.
 A member is its own name and compares, hashes, formats and serialises as that string
 (``cfg.policy.blend == "freeze"``, ``f"{cfg.policy.network}"``, ``json.dumps``), so code reading
 a config needs no conversion. Open choices stay strings, checked against their registries when a
@@ -13,23 +14,45 @@ from __future__ import annotations
 
 from enum import Enum
 
-from cadence.datasets.lerobot_import import MISSING_VIDEOS
-from cadence.datasets.normalizer import MODES as NORMALIZERS
-from cadence.datasets.rosbag_import import ALIGNS
-from cadence.deploy.control_loop import BLENDS
-from cadence.envs.video import VIDEO_FORMATS
-from cadence.policies.caching.calibration import METRICS
-from cadence.policies.caching.schedule import METHODS as SCHEDULE_METHODS
-from cadence.policies.factory import NETWORKS
-from cadence.policies.networks.transformer import ATTENTION
-from cadence.policies.obs_encoder import IMAGE_ENCODERS
-from cadence.policies.processes.edm import SAMPLERS
-from cadence.policies.processes.truncated_anchor import SELECT
-from cadence.policies.rl.exploration_noise import SCHEDULES
-from cadence.policies.rl.reinflow import REDUCTIONS
-from cadence.policies.search import METHODS as SEARCH_METHODS
-from cadence.policies.search import VERIFIERS
-from cadence.tracking import MODES as TRACKING_MODES
+# The values, written out here: importing them from the code that acts on them would import
+# torch, zarr and the simulators into every command, `cadence robot serve` included (its own
+# process is kept light for a robot's onboard computer). tests/cadence/test_choices.py checks
+# that each tuple is the one of the code it names, so the two cannot drift.
+NETWORKS = ("unet", "transformer", "mlp", "anchor_decoder")         # cadence.policies.factory.NETWORKS
+NORMALIZERS = ("limits", "gaussian")                               # cadence.datasets.normalizer.MODES
+IMAGE_ENCODERS = ("conv", "resnet18")                              # cadence.policies.obs_encoder.IMAGE_ENCODERS
+ATTENTION = ("full", "causal")                                     # cadence.policies.networks.transformer.ATTENTION
+SAMPLERS = ("ddim", "euler")                                       # cadence.policies.processes.edm.SAMPLERS
+SELECT = ("argmax", "sample")                                      # cadence.policies.processes.truncated_anchor.SELECT
+VIDEO_FORMATS = ("gif", "mp4")                                     # cadence.envs.video.VIDEO_FORMATS
+TRACKING_MODES = ("none", "offline", "online")                     # cadence.tracking.MODES
+BLENDS = ("replace", "ensemble", "freeze")                         # cadence.deploy.control_loop.BLENDS
+SCHEDULE_METHODS = ("bac", "shared", "uniform", "none")            # cadence.policies.caching.schedule.METHODS
+METRICS = ("cosine", "l1", "mse")                                  # cadence.policies.caching.calibration.METRICS
+SCHEDULES = ("fixed", "decay", "learn", "learn_decay")             # cadence.policies.rl.exploration_noise.SCHEDULES
+REDUCTIONS = ("mean", "sum")                                       # cadence.policies.rl.reinflow.REDUCTIONS
+MISSING_VIDEOS = ("error", "skip")                                 # cadence.datasets.lerobot_import.MISSING_VIDEOS
+ALIGNS = ("last", "nearest")                                       # cadence.datasets.rosbag_import.ALIGNS
+SEARCH_METHODS = ("best_of", "zero_order")                         # cadence.policies.search.METHODS
+VERIFIERS = ("consensus", "coherence", "oracle", "confidence")     # cadence.policies.search.VERIFIERS (its keys)
+# where each tuple comes from: module, name (the test imports them)
+SOURCES = {"NETWORKS": ("cadence.policies.factory", "NETWORKS"),
+           "NORMALIZERS": ("cadence.datasets.normalizer", "MODES"),
+           "IMAGE_ENCODERS": ("cadence.policies.obs_encoder", "IMAGE_ENCODERS"),
+           "ATTENTION": ("cadence.policies.networks.transformer", "ATTENTION"),
+           "SAMPLERS": ("cadence.policies.processes.edm", "SAMPLERS"),
+           "SELECT": ("cadence.policies.processes.truncated_anchor", "SELECT"),
+           "VIDEO_FORMATS": ("cadence.envs.video", "VIDEO_FORMATS"),
+           "TRACKING_MODES": ("cadence.tracking", "MODES"),
+           "BLENDS": ("cadence.deploy.control_loop", "BLENDS"),
+           "SCHEDULE_METHODS": ("cadence.policies.caching.schedule", "METHODS"),
+           "METRICS": ("cadence.policies.caching.calibration", "METRICS"),
+           "SCHEDULES": ("cadence.policies.rl.exploration_noise", "SCHEDULES"),
+           "REDUCTIONS": ("cadence.policies.rl.reinflow", "REDUCTIONS"),
+           "MISSING_VIDEOS": ("cadence.datasets.lerobot_import", "MISSING_VIDEOS"),
+           "ALIGNS": ("cadence.datasets.rosbag_import", "ALIGNS"),
+           "SEARCH_METHODS": ("cadence.policies.search", "METHODS"),
+           "VERIFIERS": ("cadence.policies.search", "VERIFIERS")}
 
 
 class Choice(str, Enum):
