@@ -49,10 +49,6 @@ def curve_keys(token: bytes) -> CurveKeys:
     return CurveKeys(server_public, server_secret, client_public, client_secret)
 
 
-def curve_available() -> bool:
-    return bool(zmq.has("curve"))
-
-
 class _OneClient:
     """ZAP's CURVE check: the one client public key the token gives."""
 

@@ -87,7 +87,7 @@ def test_run_drives_a_remote_robot_and_refuses_an_impossible_budget(trained):
     # The server's own watchdog held the robot once its controller went quiet; it exited cleanly.
     assert "watchdog tripped, holding" in served and server.returncode == 0
     rejected = int(served.split("rejected ")[-1].split()[0])
-    assert rejected >= 1                                            # the wrong token's hello
+    assert rejected == 0                       # the wrong token never completes the CURVE handshake
 
 
 def test_run_drives_the_simulated_robot_in_process(trained):
