@@ -87,17 +87,16 @@ def jpeg2k_codestream(data: bytes) -> tuple[bytes, tuple[int, int, int]]:
             raise ImageChunkError(f"a JPEG 2000 component {c} of {(depth & 0x7F) + 1} bits"
                                   f"{' signed' if depth & 0x80 else ''}, subsampled {dx}x{dy} "
                                   "(8-bit unsigned, full size read here)")
-    _check_coding(stream, 2, _Grid(min(xt, xsiz - xto), min(yt, ysiz - yto), tiles, components))
+    _check_coding(stream, 2, _Grid(min(xt, xsiz - xto), min(yt, ysiz - yto), tiles))
     return stream, (height, width, components)
 
 
 @dataclass(frozen=True)
 class _Grid:
-    """What the coding style's partitions are counted over: the tiles and the components."""
+    """What the coding style's partitions are counted over (per component): the tiles."""
     tile_w: int
     tile_h: int
     tiles: int
-    components: int
 
     @property
     def allowed(self) -> int:
