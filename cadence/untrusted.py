@@ -49,6 +49,7 @@ LIMITS = {
     "chunk_bytes": 2 ** 28,            # one decoded chunk of a zarr array (PushT's image chunks: 18 MB)
     "zip_directory_bytes": 2 ** 28,    # a zipped store's list of members (about 3 million chunks)
     "store_keys": 1024,                # arrays under a store's data/
+    "episode_bytes": 2 ** 32,          # one imported episode as decoded (3,000 frames of 480x640 RGB: 2.8 GB)
 }
 
 

@@ -82,13 +82,15 @@ from tqdm.auto import tqdm
 
 from cadence.untrusted import LIMITS, check_int
 
+from .episode_budget import EpisodeBudget, fits_in_memory
 from .episode_store import EpisodeStore, StoreError, valid_key
+from .image_decode import decode_image
 from .image_resize import image_size as checked_size
 from .image_resize import resize_frames
 from .lerobot_meta import (NUMERIC, Episode, episodes_file, read_episodes, read_info, read_parquet, read_tasks,
                            select_episodes)
 from .staged_store import staged_store
-from .video_frames import decode_image, read_video_frames
+from .video_frames import read_video_frames
 
 log = logging.getLogger(__name__)
 
@@ -130,22 +132,14 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
     chosen, skipped_episodes = _missing_videos(chosen, wanted_videos, missing_videos, root)
     skipped_episodes.update(empty)
     tasks = read_tasks(root, info)
-    tolerance = 0.5 / info["fps"]
 
     with staged_store(out, float(fps or info["fps"])) as store:
         reader = _ParquetRows(columns=numeric + images + ["episode_index"])
         for ep in tqdm(chosen, desc=f"import {root.name}", disable=not progress):
-            rows = reader.episode(ep)
-            episode = {key: _numeric(rows[key], features[key], ep, key) for key in numeric}
-            for key in images:
-                episode[key] = _images(rows[key], ep, key, size)
-            if wanted_videos:
-                times = _timestamps(episode["timestamp"], ep, info["fps"])
-            for key in wanted_videos:
-                path, start = ep.videos[key]
-                episode[key] = read_video_frames(path, start + times, tolerance,
-                                                 where=f"episode {ep.index}, key {key}", size=size)
-            store.append_episode(episode, source=f"{ep.data}: episode {ep.index}")   # errors name the file
+            with fits_in_memory(f"{ep.data}: episode {ep.index}"):
+                episode = _read_episode(ep, reader.episode(ep), features, numeric, images, wanted_videos,
+                                        info["fps"], size)
+                store.append_episode(episode, source=f"{ep.data}: episode {ep.index}")   # errors name the file
         store.set_source({"format": "lerobot", "root": str(root.resolve()),
                           "codebase_version": info["codebase_version"], "info": info, "tasks": tasks,
                           "videos": bool(videos), "skipped": skipped,
@@ -154,6 +148,25 @@ def import_lerobot(source: str | os.PathLike, out: str | os.PathLike, fps: float
                           "missing_videos": missing_videos, "skipped_episodes": skipped_episodes,
                           "image_size": list(size) if size else None})
     return EpisodeStore.open(out)
+
+
+def _read_episode(ep: Episode, rows, features: dict, numeric: list[str], images: list[str], videos: list[str],
+                  fps: float, size: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """One episode's keys, every array taken from the episode's budget before it is decoded."""
+    budget = EpisodeBudget(f"{ep.data}: episode {ep.index}")
+    episode = {}
+    for key in numeric:
+        episode[key] = _numeric(rows[key], features[key], ep, key)
+        budget.take(episode[key].nbytes, f"key '{key}'")
+    for key in images:
+        episode[key] = _images(rows[key], ep, key, size, budget)
+    if videos:
+        times = _timestamps(episode["timestamp"], ep, fps)
+    for key in videos:
+        path, start = ep.videos[key]
+        episode[key] = read_video_frames(path, start + times, 0.5 / fps, where=f"episode {ep.index}, key {key}",
+                                         size=size, budget=budget)
+    return episode
 
 
 # --- options ----------------------------------------------------------------------------
@@ -296,6 +309,8 @@ def _numeric(column, feature: dict, ep: Episode, key: str) -> np.ndarray:
     dims = []
     while pa.types.is_list(array.type) or pa.types.is_large_list(array.type) or \
             pa.types.is_fixed_size_list(array.type):
+        if len(dims) == LIMITS["dims"]:
+            raise StoreError(f"{where}: lists nested more than {LIMITS['dims']} deep")
         if array.null_count:
             raise StoreError(f"{where}: has missing values")
         if pa.types.is_fixed_size_list(array.type):
@@ -333,25 +348,29 @@ def _numeric(column, feature: dict, ep: Episode, key: str) -> np.ndarray:
     return values
 
 
-def _images(column, ep: Episode, key: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Image bytes decoded to ``(T, H, W, 3)`` uint8, each resized to ``size`` as it is decoded."""
+def _images(column, ep: Episode, key: str, size: tuple[int, int] | None, budget: EpisodeBudget) -> np.ndarray:
+    """Image bytes decoded to ``(T, H, W, 3)`` uint8, each resized to ``size`` as it is decoded; the
+    episode's frames are taken from ``budget`` once the first gives their size."""
     import pyarrow as pa
 
     where = f"{ep.data}: key '{key}' of episode {ep.index}"
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_struct(array.type) and array.type.get_field_index("bytes") >= 0:
-        blobs = array.field("bytes").to_pylist()
-    elif pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
-        blobs = array.to_pylist()
-    else:
-        raise StoreError(f"{where}: expected image bytes (struct<bytes, path>), got {array.type}")
-    frames, shapes = [], set()
-    for step, blob in enumerate(blobs):
+        array = array.field("bytes")
+    if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+        raise StoreError(f"{where}: expected image bytes (struct<bytes: binary, path>), got {column.type}")
+    frames = None
+    for step in range(len(array)):
+        blob = array[step].as_py()
         if blob is None:
             raise StoreError(f"{where}: step {step} has no image bytes")
-        image = decode_image(blob, f"{where}, step {step}")
-        shapes.add(image.shape)
-        frames.append(resize_frames(image[None], size)[0])
-    if len(shapes) != 1:
-        raise StoreError(f"{where}: images of different sizes {sorted(shapes)[:3]}")
-    return np.stack(frames)
+        image = resize_frames(decode_image(blob, f"{where}, step {step}")[None], size)[0]
+        if frames is None:
+            budget.take(len(array) * image.nbytes, f"key '{key}'")
+            frames = np.empty((len(array), *image.shape), np.uint8)
+        elif image.shape != frames.shape[1:]:
+            raise StoreError(f"{where}: images of different sizes {sorted({image.shape, frames.shape[1:]})}")
+        frames[step] = image
+    if frames is None:
+        raise StoreError(f"{where}: no images")
+    return frames

@@ -9,7 +9,9 @@ and mp4 files worked out from the path templates; :func:`select_episodes` keeps 
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 import string
 from collections import Counter
@@ -34,6 +36,9 @@ class Episode:
     videos: dict = field(default_factory=dict)   # video key -> (mp4 path, from_timestamp)
 
 
+SUFFIXES = {"data_path": ".parquet", "video_path": ".mp4"}
+
+
 # --- info.json --------------------------------------------------------------------------
 def read_info(root: Path) -> dict:
     path = root / "meta" / "info.json"
@@ -41,7 +46,7 @@ def read_info(root: Path) -> dict:
         raise StoreError(f"{root}: no such directory (a LeRobot dataset is a directory with meta/info.json)")
     if not path.is_file():
         raise StoreError(f"{path}: missing: {root} is not a LeRobot dataset")
-    info = read_json(path)
+    info = read_json(inside_root(root, path, path, "the file"))
     if not isinstance(info, dict):
         raise StoreError(f"{path}: expected a JSON object")
     version = info.get("codebase_version")
@@ -62,12 +67,17 @@ def read_info(root: Path) -> dict:
             raise StoreError(f"{path}: 'features.{key}' must be an object with a 'dtype' string")
         if feature["dtype"] in NUMERIC | {"image", "video"}:
             check_shape(path, f"features.{key}.shape", feature.get("shape"))
+    timestamp = info["features"].get("timestamp")
+    if timestamp is not None and timestamp.get("dtype") in NUMERIC and math.prod(timestamp["shape"]) != 1:
+        raise StoreError(f"{path}: 'features.timestamp.shape' must be [1] (one time per frame), got "
+                         f"{timestamp['shape']}")
     return info
 
 
 def _format(root: Path, template_key: str, info: dict, **fields) -> Path:
     """``root / info[template_key]`` formatted with ``fields``: the template may name only them,
-    each as ``{name}``, ``{name:Nd}`` or ``{name:0Nd}`` (N up to 99), and the path must stay inside ``root``."""
+    each as ``{name}``, ``{name:Nd}`` or ``{name:0Nd}`` (N up to 99), the path must stay inside ``root``
+    and end as its kind does (``.parquet``, ``.mp4``)."""
     where, template = root / "meta/info.json", info.get(template_key)
     if not isinstance(template, str) or not template:
         raise StoreError(f"{where}: no '{template_key}' template")
@@ -79,9 +89,29 @@ def _format(root: Path, template_key: str, info: dict, **fields) -> Path:
     except (KeyError, IndexError, ValueError) as exc:
         raise StoreError(f"{where}: '{template_key}' {template!r} does not format with {sorted(fields)} "
                          f"({exc})"[:400]) from None
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise StoreError(f"{where}: '{template_key}' {template!r} leads out of {root}")
+    if path.suffix != SUFFIXES[template_key]:
+        raise StoreError(f"{where}: '{template_key}' {template!r} must name {SUFFIXES[template_key]} files")
+    return inside_root(root, path, where, f"'{template_key}' {template[:100]!r}")
+
+
+def inside_root(root: Path, path: Path, where, what: str) -> Path:
+    """``path``, refused (naming ``what``) when it, or a link on the way, leads out of ``root``;
+    each directory is resolved once (an episode list names the same few thousand times)."""
+    try:
+        real = _resolved(path.parent) / path.name
+        if path.is_symlink():
+            real = path.resolve()
+        inside = real.is_relative_to(_resolved(root))
+    except (OSError, RuntimeError, ValueError) as exc:     # a loop of links, a NUL, a name too long
+        raise StoreError(f"{where}: {what} gives an unusable path ({type(exc).__name__}: {exc})"[:400]) from None
+    if not inside:
+        raise StoreError(f"{where}: {what} leads out of {root}")
     return path
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved(path: Path) -> Path:
+    return path.resolve()
 
 
 # --- episodes ---------------------------------------------------------------------------
@@ -111,12 +141,15 @@ def select_episodes(episodes: list[Episode], wanted: list[int] | None, where: Pa
     return [by_index[i] for i in sorted(wanted)]
 
 
-def _jsonl(path: Path) -> list[tuple[str, dict]]:
-    """``(where, record)`` for each line of a bounded JSON-lines file; ``where`` names the line."""
+def _jsonl(root: Path, path: Path, expected: int | None = None) -> list[tuple[str, dict]]:
+    """``(where, record)`` for each line of a bounded JSON-lines file inside ``root``; ``where``
+    names the line. More lines than ``expected`` are refused before any is parsed."""
     if not path.is_file():
         raise StoreError(f"{path}: missing")
+    lines = read_bytes(inside_root(root, path, path, "the file"), LIMITS["json_bytes"]).splitlines()
+    _check_count(path, sum(1 for line in lines if line.strip()), expected, "lines")
     records = []
-    for n, line in enumerate(read_bytes(path, LIMITS["json_bytes"]).splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if line.strip():
             try:
                 record = json.loads(line)
@@ -128,6 +161,15 @@ def _jsonl(path: Path) -> list[tuple[str, dict]]:
     return records
 
 
+def _check_count(path: Path, count: int, expected: int | None, what: str) -> None:
+    """At most ``expected`` (info.json's total_episodes, else ``LIMITS["episodes"]``) records."""
+    high = LIMITS["episodes"] if expected is None else expected
+    if count > high:
+        raise StoreError(f"{path}: holds {count:,} {what}, more than the {high:,} episodes meta/info.json "
+                         "declares (total_episodes)" if expected is not None else
+                         f"{path}: holds {count:,} {what}, more than {high:,}")
+
+
 def _task_list(value, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise StoreError(f"{where}: 'tasks' must be a list of strings, got {value!r}"[:300])
@@ -137,7 +179,7 @@ def _task_list(value, where: str) -> list[str]:
 def _episodes_v2(root: Path, info: dict, video_keys: list[str]) -> list[Episode]:
     chunks = info.get("chunks_size") or 1000
     episodes = []
-    for where, record in _jsonl(episodes_file(root, info)):
+    for where, record in _jsonl(root, episodes_file(root, info), info.get("total_episodes")):
         if "episode_index" not in record or "length" not in record:
             raise StoreError(f"{where} lacks 'episode_index' or 'length'")
         index = check_int(where, "episode_index", record["episode_index"], 0, LIMITS["episodes"])
@@ -158,6 +200,10 @@ def _episodes_v3(root: Path, info: dict, video_keys: list[str]) -> list[Episode]
             "dataset_from_index", "dataset_to_index"]
     for key in video_keys:
         need += [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+    rows = 0
+    for path in files:
+        rows += parquet_rows(inside_root(root, path, path, "the file"))
+        _check_count(episodes_file(root, info), rows, info.get("total_episodes"), "episode rows")
     episodes = []
     for path in files:
         table = read_parquet(path, need, "tasks")
@@ -218,7 +264,7 @@ def read_tasks(root: Path, info: dict) -> dict[str, str]:
 def _tasks_v2(root: Path) -> dict[str, str]:
     path = root / "meta" / "tasks.jsonl"
     tasks = {}
-    for where, record in _jsonl(path):
+    for where, record in _jsonl(root, path):
         if "task_index" not in record or "task" not in record:
             raise StoreError(f"{where} lacks 'task_index' or 'task'")
         tasks[str(check_int(where, "task_index", record["task_index"], 0, LIMITS["episodes"]))] = str(record["task"])
@@ -226,7 +272,7 @@ def _tasks_v2(root: Path) -> dict[str, str]:
 
 
 def _tasks_v3(root: Path) -> dict[str, str]:
-    path = root / "meta" / "tasks.parquet"
+    path = inside_root(root, root / "meta" / "tasks.parquet", root / "meta" / "tasks.parquet", "the file")
     table = read_parquet(path, ["task_index"], "task", "__index_level_0__")
     name = "task" if "task" in table.column_names else "__index_level_0__"
     if name not in table.column_names:
@@ -237,6 +283,19 @@ def _tasks_v3(root: Path) -> dict[str, str]:
 
 
 # --- parquet ----------------------------------------------------------------------------
+def parquet_rows(path: Path) -> int:
+    """The rows ``path``'s footer declares (nothing else is read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise StoreError(f"{path}: missing parquet file")
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise StoreError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+
+
 def read_parquet(path: Path, need: list[str], *optional: str):
     """The columns ``need`` (each required) and ``optional`` (where present) of ``path``."""
     import pyarrow as pa

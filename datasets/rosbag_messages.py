@@ -33,7 +33,6 @@ decoded. Each refusal is a :class:`StoreError` naming the bag, the topic and the
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Callable
 
 import numpy as np
@@ -41,11 +40,11 @@ import numpy as np
 from cadence.untrusted import LIMITS
 
 from .episode_store import StoreError
+from .image_decode import check_pixels, decode_image
 from .image_resize import resize_frames
 
 IMAGE_ENCODINGS = {"rgb8": (3, None), "bgr8": (3, [2, 1, 0]), "mono8": (1, None), "8UC1": (1, None),
                    "rgba8": (4, [0, 1, 2]), "bgra8": (4, [2, 1, 0])}   # channels, RGB order of the first three
-PIL_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr"}   # 8-bit colour / grey: converted to RGB
 
 
 def _floats(values, where: str, what: str) -> np.ndarray:
@@ -162,19 +161,13 @@ class TopicDecoder:
         return resize_frames(frame[None], self.image_size)[0] if self.image_size else frame
 
 
-def _check_pixels(height: int, width: int, where: str) -> None:
-    if height < 1 or width < 1 or height * width * 3 > LIMITS["obs_elements"]:
-        raise StoreError(f"{where}: an image of {width}x{height} pixels (at most {LIMITS['obs_elements']:,} "
-                         f"values per RGB frame)")
-
-
 def _raw_image(msg, where: str) -> np.ndarray:
     encoding, height, width, step = msg.encoding, int(msg.height), int(msg.width), int(msg.step)
     if encoding not in IMAGE_ENCODINGS:
         raise StoreError(f"{where}: image encoding {encoding!r}"[:200] +
                          f" is not one cadence imports ({', '.join(IMAGE_ENCODINGS)})")
     channels, order = IMAGE_ENCODINGS[encoding]
-    _check_pixels(height, width, where)
+    check_pixels(height, width, where)
     data = np.asarray(msg.data)
     if data.dtype != np.uint8 or data.ndim != 1:
         raise StoreError(f"{where}: image data is not bytes")
@@ -188,24 +181,7 @@ def _raw_image(msg, where: str) -> np.ndarray:
 
 
 def _compressed_image(msg, where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     data = np.asarray(msg.data)
     if data.dtype != np.uint8 or data.ndim != 1:
         raise StoreError(f"{where}: image data is not bytes")
-    try:
-        with Image.open(io.BytesIO(data.tobytes()), formats=("JPEG", "PNG")) as image:
-            width, height = image.size          # from the header: checked before anything is decoded
-            _check_pixels(height, width, where)
-            if image.mode not in PIL_MODES:
-                raise StoreError(f"{where}: a {image.format} image of mode {image.mode} (format "
-                                 f"{msg.format!r}); cadence imports 8-bit colour or grey images"[:400])
-            rgb = np.asarray(image.convert("RGB"))
-    except StoreError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise StoreError(f"{where}: not a decodable JPEG / PNG image (format {msg.format!r}: "
-                         f"{type(exc).__name__}: {exc})"[:400]) from None
-    if rgb.shape != (height, width, 3) or rgb.dtype != np.uint8:
-        raise StoreError(f"{where}: decoded to {rgb.dtype} {rgb.shape}, not {height}x{width} RGB")
-    return rgb
+    return decode_image(data.tobytes(), where, f"format {msg.format!r}")

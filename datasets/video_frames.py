@@ -1,13 +1,14 @@
-"""Frames out of mp4 files and images out of encoded bytes, for the dataset importers.
+"""Frames out of mp4 files, for the dataset importers.
 
 :func:`read_video_frames` decodes a video with PyAV and returns, for each requested timestamp
 (seconds, on the video's own clock: ``pts * time_base``), the frame nearest to it, refusing a
 timestamp with no frame within the tolerance. It seeks to the keyframe before the first
 timestamp and decodes only up to the last one, so a slice of a long video (LeRobot v3.0 puts
-many episodes in one file) costs about what the slice does. :func:`decode_image` decodes one
-PNG / JPEG (LeRobot's image features). Both return uint8 RGB ``(H, W, 3)`` frames and raise
-:class:`StoreError` naming the file and what was being read; a video whose frames hold more
-than ``LIMITS["obs_elements"]`` values is refused before a frame is decoded.
+many episodes in one file) costs about what the slice does. It returns uint8 RGB
+``(H, W, 3)`` frames and raises :class:`StoreError` naming the file and what was being read. The
+file is opened as MP4 whatever its bytes (a playlist or another container could make FFmpeg read
+other files), and a video whose frames hold more than ``LIMITS["obs_elements"]`` values is
+refused before a frame is decoded.
 
 ``read_video_frames(..., size=(h, w))`` has swscale scale each frame as it converts it to RGB
 (area averaging when shrinking, bilinear otherwise, chroma at full resolution), so full-size RGB
@@ -18,6 +19,7 @@ about 2 on small sharp textures (swscale resolves the chroma subsampling in anot
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +27,20 @@ import numpy as np
 
 from cadence.untrusted import LIMITS
 
+from .episode_budget import EpisodeBudget
 from .episode_store import StoreError
+
+MAX_SECONDS = 10 ** 7        # about 116 days: later timestamps overflow FFmpeg's seek in microseconds
 
 
 def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: str = "",
-                      size: tuple[int, int] | None = None) -> np.ndarray:
+                      size: tuple[int, int] | None = None, budget: EpisodeBudget | None = None) -> np.ndarray:
     """``(len(timestamps), H, W, 3)`` uint8: the frame nearest each timestamp (seconds).
 
     ``where`` says what the frames are for (e.g. ``"episode 3, key observation.images.top"``);
     errors name it together with ``path``. ``size=(h, w)`` gives ``(len(timestamps), h, w, 3)``
-    (checked by :func:`~cadence.datasets.image_resize.image_size` beforehand).
+    (checked by :func:`~cadence.datasets.image_resize.image_size` beforehand). The result's bytes
+    are taken from ``budget`` before a frame is decoded.
     """
     import av
 
@@ -46,16 +52,22 @@ def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: s
     if len(timestamps) == 0:
         raise StoreError(f"{path}: no timestamps to read{context}")
     lo, hi = float(timestamps.min()) - tolerance_s, float(timestamps.max()) + tolerance_s
+    if not (np.isfinite(timestamps).all() and 0 <= hi < MAX_SECONDS):
+        raise StoreError(f"{path}: timestamps from {lo:.4g} to {hi:.4g} s, outside a video's 0 .. {MAX_SECONDS:,} s"
+                         f"{context}")
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise StoreError(f"{path}: holds no video stream{context}")
+        with av.open(str(path), format="mp4") as container:
+            if not container.streams.video or container.streams.video[0].codec_context is None:
+                raise StoreError(f"{path}: holds no video stream FFmpeg decodes{context}")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height * 3 > LIMITS["obs_elements"]:
                 raise StoreError(f"{path}: frames of {width}x{height} pixels, more than "
                                  f"{LIMITS['obs_elements']:,} values each{context}")
             scale = _converter(width, height, size)
+            shape = (len(timestamps), *(size or (height, width)), 3)
+            if budget is not None:
+                budget.take(math.prod(shape), f"{path}{context}")
 
             def convert(frame) -> np.ndarray:
                 if (frame.width, frame.height) != (width, height):
@@ -63,10 +75,14 @@ def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: s
                                      f"{width}x{height}{context}")
                 return scale(frame)
 
-            found = _decode_nearest(container, stream, timestamps, lo, hi, seek=lo > 0, convert=convert)
+            frames = np.empty(shape, np.uint8)
+            found = _decode_nearest(container, stream, timestamps, lo, hi, seek=lo > 0, convert=convert, out=frames)
             if lo > 0 and (found.first is None or found.first > lo + 2 * tolerance_s):
                 # the seek overshot (an odd index); decode from the start instead
-                found = _decode_nearest(container, stream, timestamps, lo, hi, seek=False, convert=convert)
+                found = _decode_nearest(container, stream, timestamps, lo, hi, seek=False, convert=convert,
+                                        out=frames)
+    except MemoryError:
+        raise StoreError(f"{path}: its frames do not fit in memory{context}") from None
     except (av.FFmpegError, OSError) as exc:
         raise StoreError(f"{path}: not a readable video{context}: {exc}") from None
     if found.first is None:
@@ -78,7 +94,7 @@ def read_video_frames(path: str | Path, timestamps, tolerance_s: float, where: s
         raise StoreError(f"{path}: no frame within {tolerance_s * 1e3:.1f} ms of timestamp {t:.4f} s{context} "
                          f"({len(bad)} of {len(timestamps)} timestamps unmatched; frames decoded here span "
                          f"{found.first:.4f}-{found.last:.4f} s)")
-    return np.stack(found.frames)
+    return frames
 
 
 def _converter(width: int, height: int, size: tuple[int, int] | None):
@@ -97,20 +113,19 @@ def _converter(width: int, height: int, size: tuple[int, int] | None):
 
 @dataclass
 class _Nearest:
-    """For each timestamp, the decoded frame nearest it so far (the earlier on a tie) and its distance;
+    """For each timestamp, the distance of the decoded frame nearest it so far (the earlier on a tie);
     the first and last frame times decoded within the window."""
-    frames: list
     error: np.ndarray
     first: float | None = None
     last: float | None = None
 
 
 def _decode_nearest(container, stream, timestamps: np.ndarray, lo: float, hi: float, seek: bool,
-                    convert) -> _Nearest:
-    """Decodes the frames between ``lo`` and ``hi`` s, keeping (and converting) only those nearest a
-    timestamp: memory for one frame per timestamp, whatever the video's frame rate."""
+                    convert, out: np.ndarray) -> _Nearest:
+    """Decodes the frames between ``lo`` and ``hi`` s, converting only those nearest a timestamp into
+    its row of ``out``: memory for one frame per timestamp, whatever the video's frame rate."""
     container.seek(int(lo / stream.time_base) if seek else 0, stream=stream, backward=True, any_frame=False)
-    found = _Nearest([None] * len(timestamps), np.full(len(timestamps), np.inf))
+    found = _Nearest(np.full(len(timestamps), np.inf))
     for frame in container.decode(stream):
         if frame.pts is None:
             continue
@@ -125,36 +140,6 @@ def _decode_nearest(container, stream, timestamps: np.ndarray, lo: float, hi: fl
         closer = np.flatnonzero(distance < found.error)
         if len(closer):
             image = convert(frame)
-            for i in closer:
-                found.frames[i], found.error[i] = image, distance[i]
+            out[closer] = image
+            found.error[closer] = distance[closer]
     return found
-
-
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """One PNG / JPEG / ... image as uint8 RGB ``(H, W, 3)``; ``where`` names it in errors."""
-    import io
-
-    import imageio.v3 as iio
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as header:         # the size alone, before any pixel is decoded
-            width, height = header.size
-    except Exception:  # noqa: BLE001  (not a format Pillow reads: imageio says below)
-        width = height = 0
-    if width * height * 4 > LIMITS["obs_elements"]:             # RGBA as decoded, before the alpha is dropped
-        raise StoreError(f"{where}: an image of {width}x{height} pixels, more than {LIMITS['obs_elements']:,} "
-                         "values")
-    try:
-        image = np.asarray(iio.imread(data))
-    except Exception as exc:  # noqa: BLE001  (imageio / Pillow raise many types for bad bytes)
-        raise StoreError(f"{where}: not a decodable image ({type(exc).__name__}: {exc})") from None
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise StoreError(f"{where}: expected an RGB image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise StoreError(f"{where}: expected an 8-bit image, got {image.dtype}")
-    return image

@@ -420,7 +420,7 @@ def test_refuses_bad_messages(tmp_path):
         ({"/cam": ("sensor_msgs/msg/Image", [(t, odd)])}, {"cam": "/cam"},
          r"topic /cam, message at \d+ ns: image encoding '32FC1' is not one cadence imports \(rgb8, bgr8, "),
         ({"/cam": ("sensor_msgs/msg/CompressedImage", [(t, garbage)])}, {"cam": "/cam"},
-         r"topic /cam, message at \d+ ns: not a decodable JPEG / PNG image \(format 'jpeg'"),
+         r"topic /cam, message at \d+ ns: not a decodable PNG / JPEG / WEBP image \(format 'jpeg'\)"),
         ({"/joint_states": ("sensor_msgs/msg/JointState", renamed)}, {"state": "/joint_states"},
          r"topic /joint_states, message at \d+ ns: joint names \['a', 'b', 'c'\] differ"),
     ]

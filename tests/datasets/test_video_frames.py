@@ -1,16 +1,15 @@
 """Frames from real video files (H.264, LeRobot's AV1) and images: the frame nearest each timestamp,
-in memory for the frames asked for, not for every frame between them; images bounded by their header."""
-import io
+in memory for the frames asked for, not for every frame between them; only MP4 opened."""
 import subprocess
 import sys
 
 import av
 import numpy as np
 import pytest
-from PIL import Image
 
+from cadence.datasets.episode_budget import EpisodeBudget
 from cadence.datasets.episode_store import StoreError
-from cadence.datasets.video_frames import decode_image, read_video_frames
+from cadence.datasets.video_frames import read_video_frames
 
 RATE, SIZE, SECONDS = 300, 256, 2
 
@@ -81,11 +80,45 @@ def test_av1_as_lerobot_encodes_its_videos_reads_the_nearest_frames(tmp_path):
     assert np.abs(frames.reshape(30, -1).mean(axis=1) - 2 * np.arange(30, 60)).max() < 3
 
 
-def test_an_image_too_large_is_refused_from_its_header_before_decoding():
-    small, huge = io.BytesIO(), io.BytesIO()
-    Image.new("RGB", (64, 48), (1, 2, 3)).save(small, format="PNG")
-    Image.new("L", (4096, 4096)).save(huge, format="PNG")          # 16.8M pixels in a few kB
-    assert len(huge.getvalue()) < 100_000
-    assert decode_image(small.getvalue(), "small").shape == (48, 64, 3)
-    with pytest.raises(StoreError, match="big: an image of 4096x4096 pixels, more than 16,777,216 values"):
-        decode_image(huge.getvalue(), "big")
+def write_small_video(path, frames=10, fps=10):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(frames):
+            frame = np.full((48, 64, 3), 20 * k, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_a_playlist_or_another_container_is_not_opened_as_video(tmp_path):
+    """FFmpeg guessing the format would follow an HLS playlist to any file or URL it names."""
+    outside = tmp_path / "outside.mp4"
+    write_small_video(outside)
+    playlist = tmp_path / "episode_000000.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n"
+                        f"{outside}\n#EXT-X-ENDLIST\n")
+    with av.open(str(playlist)) as guessed:                 # what FFmpeg makes of it when it guesses
+        assert guessed.format.name == "hls" and guessed.streams.video
+    with pytest.raises(StoreError, match="episode_000000.m3u8: not a readable video"):
+        read_video_frames(playlist, np.arange(3) / 10, tolerance_s=0.05)
+    assert read_video_frames(outside, np.arange(3) / 10, tolerance_s=0.05).shape == (3, 48, 64, 3)
+
+
+def test_the_frames_are_taken_from_the_episode_budget_before_decoding(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_small_video(path)
+    budget = EpisodeBudget("ep 3", limit=10 * 48 * 64 * 3 - 1)
+    with pytest.raises(StoreError, match="ep 3: .*v.mp4.* brings the episode to 92,160 bytes as decoded, more than"):
+        read_video_frames(path, np.arange(10) / 10, tolerance_s=0.05, budget=budget)
+    budget = EpisodeBudget("ep 3", limit=10 * 48 * 64 * 3)
+    frames = read_video_frames(path, np.arange(10) / 10, tolerance_s=0.05, budget=budget)
+    assert frames.shape == (10, 48, 64, 3) and budget.used == frames.nbytes
+    assert np.abs(frames.reshape(10, -1).mean(axis=1) - 20 * np.arange(10)).max() < 3
+
+
+@pytest.mark.parametrize("t", [1e20, 1e300, float("inf")])
+def test_timestamps_beyond_any_video_are_refused_in_one_line(tmp_path, t):
+    path = tmp_path / "v.mp4"
+    write_small_video(path)
+    with pytest.raises(StoreError, match="v.mp4: timestamps from .* outside a video's 0 .. 10,000,000 s"):
+        read_video_frames(path, np.array([0.0, t]), tolerance_s=0.05)
