@@ -7,14 +7,16 @@ file and the object:
 * :func:`member`: a group or dataset that exists, is readable, is of the expected kind and is
   not an external link to another file.
 * :func:`read_steps` / :func:`read_array`: a numeric dataset whose size is within ``LIMITS``
-  and whose claimed bytes fit what it holds on disk (at most ``MAX_RATIO`` times, deflate's
-  largest ratio), read only then; float values must be finite.
+  and whose claimed bytes fit what it holds in the file (at most ``MAX_RATIO`` times, deflate's
+  largest ratio, of the bytes its chunks occupy: each inside the file, none shared), read only
+  then and taken from the episode's budget; float values must be finite.
+* :func:`attr`: one number or string, checked by its HDF5 shape before it is read.
 * :func:`scalar_attrs`: an object's scalar attributes (numbers, bools, short strings), each
   checked by its HDF5 shape and size before it is read; anything else is named, not read.
 * :func:`json_attr`: an attribute holding a bounded, strict JSON string.
 * :func:`demo_names`: ``demo_<N>`` groups in numeric order, ``episodes=[N, ...]`` picking some.
 * :func:`walk`: the datasets under a group, nested groups included, each with its path, the
-  walk bounded in depth and count.
+  walk bounded in depth, datasets and links followed.
 * :func:`check_source`: the store's ``source`` metadata built from the file fits in the
   store's ``.zattrs`` (which readers bound by ``LIMITS["json_bytes"]``).
 """
@@ -34,6 +36,7 @@ import numpy as np
 from cadence.errors import CadenceError
 from cadence.untrusted import LIMITS, check_int, check_shape
 
+from .episode_budget import EpisodeBudget
 from .episode_store import StoreError
 
 MAX_RATIO = 1032            # deflate's largest decompression ratio (lzf and szip compress less)
@@ -41,6 +44,8 @@ HDF5_ERRORS = (KeyError, OSError, RuntimeError, TypeError, ValueError)   # what 
 MAX_ATTRS = 1024            # attributes of one object
 MAX_ATTR_CHARS = 4096       # a string attribute kept in the store's metadata (longer ones are named, not kept)
 MAX_MEMBERS = 1024          # datasets under one demonstration, nested groups included
+MAX_CHUNKS = 2 ** 20       # chunks of one dataset (h5py's default chunking makes a few per megabyte)
+MAX_VISITS = 4 * MAX_MEMBERS   # links followed by one walk
 MAX_DEPTH = 16              # nesting of groups under a demonstration (also ends a cycle of hard links)
 SOURCE_BYTES = LIMITS["json_bytes"] // 2    # the store's source metadata, as zarr writes it to .zattrs
 
@@ -52,6 +57,8 @@ def reading(where: str) -> Iterator[None]:
         yield
     except CadenceError:
         raise
+    except MemoryError:
+        raise StoreError(f"{where}: does not fit in this machine's free memory") from None
     except HDF5_ERRORS as exc:
         raise StoreError(f"{where}: unreadable ({exc})") from None
 
@@ -97,9 +104,19 @@ def kind_of(group, name: str, path: Path) -> type:
 
 
 def attr(obj, name: str, where: str):
-    """``obj.attrs[name]`` (None if absent) as a Python value; numpy scalars become Python's."""
+    """``obj.attrs[name]`` (None if absent) as a Python value; numpy scalars become Python's. It
+    must be one number or string, checked by its HDF5 shape before it is read (N variable-length
+    strings can all point at one long string of the file: N times its size once read)."""
     with reading(f"{where}: attribute '{name}'"):
+        if name not in obj.attrs:
+            return None
+        aid = obj.attrs.get_id(name)
+        if aid.shape not in ((), (1,)) or not (aid.dtype.kind in "biuf" or h5py.check_string_dtype(aid.dtype)):
+            raise StoreError(f"{where}: attribute '{name}' must be one number or string, got {aid.dtype} "
+                             f"{aid.shape}"[:300])
         value = obj.attrs.get(name)
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0]
     return value.item() if isinstance(value, np.generic) else value
 
 
@@ -159,9 +176,6 @@ def scalar_attrs(obj, where: str, skip: tuple[str, ...] = ()) -> tuple[dict[str,
             dropped.append(name)
             continue
         value = attr(obj, name, where)
-        if isinstance(value, np.ndarray):
-            value = value.reshape(-1)[0]
-            value = value.item() if isinstance(value, np.generic) else value
         if isinstance(value, bytes):
             value = value.decode("utf-8", errors="replace")
         if isinstance(value, str) and len(value) <= MAX_ATTR_CHARS:
@@ -227,29 +241,61 @@ def _check_numeric(ds, where: str) -> None:
         raise StoreError(f"{where}: holds {ds.dtype}, not numbers")
 
 
-def bounded_read(ds, where: str) -> np.ndarray:
-    """``ds[()]`` once its claimed bytes are known to fit what it holds on disk; finite floats."""
+def bounded_read(ds, where: str, budget: EpisodeBudget | None = None) -> np.ndarray:
+    """``ds[()]`` once its claimed bytes are known to fit what it holds in the file
+    (:func:`stored_bytes`) and, with ``budget``, taken from the episode's; finite floats."""
     nbytes = math.prod(ds.shape) * ds.dtype.itemsize
     with reading(where):
-        stored = ds.id.get_storage_size()
+        stored = stored_bytes(ds, where)
         if nbytes > MAX_RATIO * stored:
-            raise StoreError(f"{where}: claims {nbytes:,} bytes but holds {stored:,} on disk")
+            raise StoreError(f"{where}: claims {nbytes:,} bytes but holds {stored:,} in the file")
+        if budget is not None:
+            budget.take(nbytes, where)
         values = ds[()]
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise StoreError(f"{where}: holds NaN or infinite values")
     return values
 
 
-def read_steps(ds, where: str, length: int) -> np.ndarray:
+def stored_bytes(ds, where: str) -> int:
+    """The bytes ``ds`` holds in its file, counted from where they lie: each chunk inside the file
+    and no two sharing bytes (a chunk index can name one stored chunk thousands of times, which
+    HDF5's own storage size counts each time)."""
+    dsid = ds.id
+    size = ds.file.id.get_filesize()
+    layout = dsid.get_create_plist().get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset, stored = dsid.get_offset(), dsid.get_storage_size()
+        if offset is not None and offset + stored > size:
+            raise StoreError(f"{where}: its data lies past the end of the file")
+        return stored if offset is not None else 0
+    if layout != h5py.h5d.CHUNKED:
+        return dsid.get_storage_size()                # compact: inside the object's header
+    count = dsid.get_num_chunks()
+    if count > MAX_CHUNKS:
+        raise StoreError(f"{where}: stored in {count:,} chunks, more than {MAX_CHUNKS:,}")
+    found: list[tuple[int, int]] = []
+    dsid.chunk_iter(lambda info: found.append((-1 if info.byte_offset is None else info.byte_offset, info.size)))
+    extents = np.array(found, np.int64).reshape(-1, 2)
+    extents = extents[np.argsort(extents[:, 0], kind="stable")]
+    starts, ends = extents[:, 0], extents[:, 0] + extents[:, 1]
+    if count and (starts[0] < 0 or ends.max() > size):
+        raise StoreError(f"{where}: a chunk lies outside the file")
+    if (starts[1:] < np.maximum.accumulate(ends)[:-1]).any():
+        raise StoreError(f"{where}: chunks that share bytes in the file (one stored chunk named many times)")
+    return int(extents[:, 1].sum())
+
+
+def read_steps(ds, where: str, length: int, budget: EpisodeBudget | None = None) -> np.ndarray:
     """A numeric dataset of ``length`` steps, each within the limits, read once it is known
-    to fit the bytes it holds on disk; floating-point values must be finite."""
+    to fit the bytes it holds on disk (and taken from ``budget``); floating-point values must be finite."""
     _check_numeric(ds, where)
     if ds.ndim == 0 or ds.shape[0] != length:
         raise StoreError(f"{where}: has shape {ds.shape}, not {length} steps like the demo's 'actions'")
     check_int(where, "steps", length, 1, LIMITS["frames"])
     if ds.ndim > 1:
         check_shape(where, "per-step shape", list(ds.shape[1:]))
-    return bounded_read(ds, where)
+    return bounded_read(ds, where, budget)
 
 
 def read_array(ds, where: str, max_elements: int) -> np.ndarray:
@@ -261,17 +307,24 @@ def read_array(ds, where: str, max_elements: int) -> np.ndarray:
 
 
 def walk(group, path: Path, prefix: tuple[str, ...] = (), depth: int = 0,
-         found: list | None = None) -> list[tuple[tuple[str, ...], h5py.Dataset]]:
+         found: list | None = None, visits: list[int] | None = None) -> list[tuple[tuple[str, ...], h5py.Dataset]]:
     """``[(names, dataset)]`` for every dataset under ``group``, ``names`` its path below it
-    (``("articulation", "robot", "joint_position")``), in name order, nested groups included."""
+    (``("articulation", "robot", "joint_position")``), in name order, nested groups included. At
+    most ``MAX_VISITS`` links are followed in all: groups linking the next one several times
+    over would make the paths to walk grow as a power of the depth."""
     found = [] if found is None else found
+    visits = [0] if visits is None else visits
     if depth > MAX_DEPTH:
         raise StoreError(f"{where_of(path, group)}: groups nested more than {MAX_DEPTH} deep")
     with reading(where_of(path, group)):
         names = sorted(group.keys())
     for name in names:
+        visits[0] += 1
+        if visits[0] > MAX_VISITS:
+            raise StoreError(f"{where_of(path, group)}: more than {MAX_VISITS:,} groups and datasets to walk "
+                             "(counting every link to one)")
         if kind_of(group, name, path) is h5py.Group:
-            walk(member(group, name, path, h5py.Group), path, (*prefix, name), depth + 1, found)
+            walk(member(group, name, path, h5py.Group), path, (*prefix, name), depth + 1, found, visits)
         else:
             found.append(((*prefix, name), member(group, name, path, h5py.Dataset)))
         if len(found) > MAX_MEMBERS:
@@ -288,8 +341,13 @@ class SourceBudget:
     """A running count of the metadata kept per demo, so that a file whose ``source`` would not
     fit is refused at the demo that overflows it, not after every demo was imported."""
 
-    def __init__(self, path: Path, what: str):
+    def __init__(self, path: Path, what: str, base: dict | None = None):
+        """``base``: the source metadata kept whatever the demos (refused here if it alone is too large)."""
         self.path, self.what, self.used, self.seen = path, what, 0, 0
+        if base is not None:
+            self.used = zattrs_bytes(base)
+            if self.used > SOURCE_BYTES:
+                _too_large(path, "the file's own attributes", self.used)
 
     def add(self, entry: dict, model_files: dict[str, int]) -> None:
         new = list(model_files)[self.seen:]

@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 from cadence.untrusted import LIMITS, check_int
 
 from .episode_store import EpisodeStore, StoreError, valid_key
+from .episode_budget import EpisodeBudget
 from .hdf5_checks import (MAX_MEMBERS, SourceBudget, attr, bounded_read, check_source, demo_names, episodes_option,
                           json_attr, kind_of, member, open_file, read_array, read_steps, reading, scalar_attrs,
                           text_attr, walk, where_of)
@@ -165,9 +166,9 @@ def read_demo(demo, name: str, path: Path, model_files: dict[str, int],
     samples = attr(demo, "num_samples", where)
     if samples is not None and check_int(where, "num_samples", samples, 0, LIMITS["frames"]) != length:
         raise StoreError(f"{where}: 'num_samples' is {samples} but 'actions' has {length} steps")
-    episode = {}
+    episode, budget = {}, EpisodeBudget(where)
     for key, ds in datasets.items():
-        values = read_steps(ds, where_of(path, ds), length)
+        values = read_steps(ds, where_of(path, ds), length, budget)
         episode[key] = values[:, None] if values.ndim == 1 and key not in ("reward", "done") else values
     attrs, dropped = scalar_attrs(demo, where, skip=("model_file",))
     entry: dict = {"name": name, "attrs": attrs}
@@ -187,14 +188,21 @@ def _mask(f, path: Path) -> dict[str, list[str]]:
     masks, group = {}, member(f, "mask", path, h5py.Group)
     for key in group:
         ds = member(group, key, path, h5py.Dataset)
+        where = f"{path}: mask/{key}"
         if (ds.dtype.kind not in "SOU" or ds.ndim != 1 or ds.shape[0] > LIMITS["episodes"]
-                or ds.dtype.kind != "O" and ds.dtype.itemsize > MAX_NAME_BYTES):   # variable-length: the file's bytes
-            raise StoreError(f"{path}: mask/{key}: expected a list of demo names (strings of at most "
+                or ds.dtype.kind != "O" and ds.dtype.itemsize > MAX_NAME_BYTES):
+            raise StoreError(f"{where}: expected a list of demo names (strings of at most "
                              f"{MAX_NAME_BYTES} bytes), got {ds.dtype} {ds.shape}")
-        names = bounded_read(ds, f"{path}: mask/{key}")
-        if not all(isinstance(n, (bytes, str)) for n in names):
-            raise StoreError(f"{path}: mask/{key}: expected a list of demo names")
-        masks[key] = sorted(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names)
+        if ds.dtype.kind == "O":     # variable-length: each read alone (all may point at one long string)
+            names = []
+            with reading(where):
+                for i in range(ds.shape[0]):
+                    names.append(ds[i])
+                    if not isinstance(names[-1], (bytes, str)) or len(names[-1]) > MAX_NAME_BYTES:
+                        raise StoreError(f"{where}: entry {i} is not a demo name of at most {MAX_NAME_BYTES} bytes")
+        else:
+            names = bounded_read(ds, where)
+        masks[key] = sorted(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else str(n) for n in names)
     return masks
 
 
@@ -217,7 +225,7 @@ def import_robomimic(hdf5: str | os.PathLike, out: str | os.PathLike, fps: float
                   "data_attrs": scalar_attrs(data, f"{hdf5}: data", skip=("env_args",))[0]}
         demos, model_files = [], {}
         what = "demos' attributes, initial_state and model_file"
-        budget = SourceBudget(hdf5, what)
+        budget = SourceBudget(hdf5, what, base=source)
         with staged_store(out, fps) as store:
             for name in tqdm(names, desc=f"import {hdf5.name}", disable=not progress):
                 demo = member(data, name, hdf5, h5py.Group)

@@ -130,7 +130,7 @@ def import_robosuite(hdf5: str | os.PathLike, out: str | os.PathLike, fps: float
         try:
             demos, model_files = [], {}
             what = "env_info, demos' attributes and model_file"
-            budget = SourceBudget(hdf5, what)
+            budget = SourceBudget(hdf5, what, base=source)
             with staged_store(out, fps) as store:
                 for name in tqdm(names, desc=f"import {hdf5.name}", disable=not progress):
                     demo = member(data, name, hdf5, h5py.Group)

@@ -12,7 +12,9 @@ and checked: a mapping ``rosbag2_bagfile_information`` with a known ``storage_id
 leading out), and no zstd *file* or *message* compression (those ``rosbags`` would inflate
 without a bound: decompress the bag first, e.g. ``ros2 bag convert``). MCAP's own chunk
 compression (zstd, lz4: the default of ``ros2 bag record -s mcap``) is read, inflating each
-chunk into at most the size its index states, itself at most ``LIMITS["chunk_bytes"]``. Any
+chunk into at most the size its index states, and the chunks held at once (those whose time
+ranges overlap) into at most ``LIMITS["chunk_bytes"]`` together. ``metadata.yaml`` may be at most
+``METADATA_BYTES``. Any
 error ``rosbags`` raises on a corrupt file becomes one :class:`StoreError` line naming the bag.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ STORAGES = {"sqlite3": ".db3", "mcap": ".mcap"}
 DISTROS = ("foxy", "galactic", "humble", "iron", "jazzy", "kilted", "lyrical")   # rosbags' typestores
 DEFAULT_DISTRO = "humble"      # bags that do not name a known distribution (e.g. written by rosbags)
 MAX_MESSAGE_BYTES = 4 * LIMITS["obs_elements"] + 2 ** 20   # one serialised message (a max-size RGBA image + header)
+METADATA_BYTES = 2 ** 18       # metadata.yaml (a few kB usually; parsing YAML costs seconds per 100 kB of lists)
 
 
 @dataclass
@@ -73,7 +76,7 @@ def find_bags(source: str | Path) -> list[Bag]:
 def read_metadata(path: Path) -> Bag:
     """The checked ``metadata.yaml`` of the bag directory ``path``."""
     where = path / "metadata.yaml"
-    data = read_yaml(where)
+    data = read_yaml(where, METADATA_BYTES)
     info = data.get("rosbag2_bagfile_information") if isinstance(data, dict) else None
     if not isinstance(info, dict):
         raise StoreError(f"{where}: no 'rosbag2_bagfile_information' mapping: not a rosbag2 bag")
@@ -146,8 +149,12 @@ def open_bag(bag: Bag) -> Iterator[Any]:
         reader.open()
     try:
         with reading(str(bag.path)):
+            _check_chunks_held(bag, reader)
             topics: dict[str, set[str]] = {}
             for conn in reader.connections:
+                if not (isinstance(conn.topic, str) and isinstance(conn.msgtype, str)):
+                    raise StoreError(f"{bag.where}: a topic whose name or type is not a string "
+                                     f"({conn.topic!r}: {conn.msgtype!r})"[:300])
                 topics.setdefault(conn.topic, set()).add(conn.msgtype)
         several = {t: sorted(types) for t, types in topics.items() if len(types) > 1}
         if several:
@@ -169,6 +176,9 @@ def messages(bag: Bag, reader, topics: list[str], start: int | None = None,
         return
     with reading(bag.where):
         for conn, time, raw in reader.messages(conns, start=start, stop=stop):
+            if not isinstance(raw, (bytes, bytearray, memoryview)) or not isinstance(time, int):
+                raise StoreError(f"{bag.where}: topic {conn.topic}: a message stored as {type(raw).__name__} at "
+                                 f"{type(time).__name__} {str(time)[:40]}, not bytes at an integer log time")
             if not 0 <= time < 2 ** 63:
                 raise StoreError(f"{bag.where}: topic {conn.topic}: a message at log time {time} ns")
             if len(raw) > MAX_MESSAGE_BYTES:
@@ -184,6 +194,26 @@ def digests(reader) -> dict[str, set[str]]:
         if isinstance(conn.digest, str) and conn.digest.startswith("RIHS01_"):
             found.setdefault(conn.topic, set()).add(conn.digest)
     return found
+
+
+def _check_chunks_held(bag: Bag, reader) -> None:
+    """MCAP chunks whose time ranges overlap are inflated together: ``rosbags`` merges them in time
+    order, each held whole until its last message (a 27 kB file of overlapping chunks took 1.5 GB).
+    The bytes held at any time are at most ``LIMITS["chunk_bytes"]``."""
+    storages = getattr(reader.storage, "storages", [reader.storage])
+    for storage in storages:
+        events = []                             # (time, 0 ends / 1 starts, bytes): at equal times ends first
+        for chunk in getattr(storage, "chunks", None) or []:
+            events += [(chunk.message_start_time, 1, chunk.uncompressed_size),
+                       (chunk.message_end_time + 1, 0, chunk.uncompressed_size)]
+        held = chunks = 0
+        for _, starts, size in sorted(events):
+            sign = 1 if starts else -1
+            held, chunks = held + sign * size, chunks + sign
+            if held > LIMITS["chunk_bytes"] and chunks > 1:     # one chunk alone: refused as it is inflated
+                raise StoreError(f"{getattr(storage, 'path', bag.where)}: MCAP chunks overlapping in time hold "
+                                 f"{held:,} bytes uncompressed at once, more than {LIMITS['chunk_bytes']:,} "
+                                 "(rosbags inflates them together; `ros2 bag convert` rewrites them in order)")
 
 
 # --- MCAP chunk compression, bounded -----------------------------------------------------

@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 
 from cadence.untrusted import LIMITS, check_int
 
+from .episode_budget import EpisodeBudget, fits_in_memory
 from .episode_store import EpisodeStore, StoreError, valid_key
 from .image_resize import image_size as checked_image_size
 from .rosbag_files import Bag, digests, find_bags, messages, open_bag, reading, typestore, typestore_name
@@ -131,8 +132,9 @@ def import_rosbag(source: str | os.PathLike, out: str | os.PathLike, topics: Map
     records = []
     with staged_store(out, fps) as store:
         for seg in tqdm(chosen, desc=f"import {Path(source).name}", disable=not progress):
-            episode = _episode(seg, decoders, align)
-            store.append_episode(episode, source=f"{seg.bag.where}: episode {seg.index}")   # errors name the bag
+            with fits_in_memory(f"{seg.bag.where}: episode {seg.index}"):
+                episode = _episode(seg, decoders, align)
+                store.append_episode(episode, source=f"{seg.bag.where}: episode {seg.index}")   # errors name the bag
             records.append({"index": seg.index, "bag": seg.bag.path.name, "start_ns": int(seg.ticks[0]),
                             "end_ns": int(seg.ticks[-1]), "steps": len(seg.ticks)})
         store.set_source({
@@ -334,9 +336,12 @@ def _episode(seg: _Segment, decoders: dict[str, TopicDecoder], align: str) -> di
     picked = {d.topic: pick(seg.times[d.topic], seg.ticks, align) for d in decoders.values()}
     needed = {topic: set(times.tolist()) for topic, times in picked.items()}
     raws: dict[str, dict[int, bytes]] = {topic: {} for topic in picked}
+    budget = EpisodeBudget(f"{bag.where}: episode {seg.index}")
     with open_bag(bag) as reader:
         for topic, time, raw in messages(bag, reader, list(picked), seg.start, seg.stop):
             if time in needed[topic]:
+                if time not in raws[topic]:
+                    budget.take(len(raw), f"topic {topic}'s messages")
                 raws[topic][time] = bytes(raw)            # the last read of equal times
     store = typestore(typestore_name(bag))
     episode: dict[str, np.ndarray] = {}
@@ -350,12 +355,14 @@ def _episode(seg: _Segment, decoders: dict[str, TopicDecoder], align: str) -> di
             with reading(where, f"not a valid {decoder.msgtype} message"):
                 msg = store.deserialize_cdr(raws[topic][time], decoder.msgtype)
             values[time] = decoder.decode(msg, where)
+            budget.take(sum(v.nbytes for v in values[time].values()), f"topic {topic}, decoded")
         step_bytes = sum(v.nbytes for v in values[int(picked[topic][0])].values())
         total = step_bytes * len(picked[topic])
         if total > max(MAX_STEPS_PER_MESSAGE * step_bytes * len(values), FREE_REPEAT_BYTES):
             raise StoreError(f"{bag.where}: episode {seg.index}, topic {topic}: {len(picked[topic]):,} steps from "
                              f"{len(values):,} messages of {step_bytes:,} bytes make {total:,} bytes (more than "
                              f"{MAX_STEPS_PER_MESSAGE} steps per message: check fps and the bag's log times)")
+        budget.take(total, f"topic {topic}, {len(picked[topic]):,} steps")
         for name in values[int(picked[topic][0])]:
             episode[name] = np.stack([values[int(t)][name] for t in picked[topic]])
     for raw_by_time in raws.values():

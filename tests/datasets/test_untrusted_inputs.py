@@ -181,7 +181,7 @@ HDF5_CASES = {
     "per-step shape": (lambda f: f["data/demo_0/obs"].create_dataset("big", shape=(5, 10 ** 8), dtype="u1",
                                                                       chunks=(1, 1024)),
                        "data/demo_0/obs/big", "'per-step shape[0]' is 100000000"),
-    "no data on disk": (unallocated, "data/demo_1/actions", "claims 56,000,000 bytes but holds 0 on disk"),
+    "no data on disk": (unallocated, "data/demo_1/actions", "claims 56,000,000 bytes but holds 0 in the file"),
     "env_args not JSON": (set_attr("data", "env_args", "{not json"), "data", "'env_args' is not JSON"),
     "env_args NaN": (set_attr("data", "env_args", '{"x": NaN}'), "data", "'env_args' is not JSON"),
     "env_args a number": (set_attr("data", "env_args", 3), "data", "'env_args' must be a JSON string"),
