@@ -267,7 +267,10 @@ def _tasks_v2(root: Path) -> dict[str, str]:
     for where, record in _jsonl(root, path):
         if "task_index" not in record or "task" not in record:
             raise StoreError(f"{where} lacks 'task_index' or 'task'")
-        tasks[str(check_int(where, "task_index", record["task_index"], 0, LIMITS["episodes"]))] = str(record["task"])
+        index = str(check_int(where, "task_index", record["task_index"], 0, LIMITS["episodes"]))
+        if index in tasks:
+            raise StoreError(f"{where}: task_index {index} is listed more than once")
+        tasks[index] = str(record["task"])
     return dict(sorted(tasks.items(), key=lambda kv: int(kv[0])))
 
 
@@ -278,6 +281,9 @@ def _tasks_v3(root: Path) -> dict[str, str]:
     if name not in table.column_names:
         raise StoreError(f"{path}: no column 'task' (has {table.column_names})")
     indices = [check_int(path, "task_index", i, 0, LIMITS["episodes"]) for i in table.column("task_index").to_pylist()]
+    twice = sorted(i for i, n in Counter(indices).items() if n > 1)
+    if twice:
+        raise StoreError(f"{path}: task_index {twice[0]} is listed more than once")
     pairs = zip(indices, table.column(name).to_pylist(), strict=True)
     return {str(i): str(t) for i, t in sorted(pairs, key=lambda p: p[0])}
 

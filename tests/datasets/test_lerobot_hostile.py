@@ -14,7 +14,7 @@ from cadence.datasets.episode_store import StoreError
 from cadence.datasets.lerobot_import import import_lerobot
 from cadence.untrusted import LIMITS
 
-from .lerobot_datasets import V2_DATA, WRIST, edit_info, write_v21
+from .lerobot_datasets import V2_DATA, WRIST, edit_info, write_v21, write_v30
 
 
 def data_file(root, ep=0):
@@ -113,3 +113,13 @@ def test_an_episode_of_images_decoding_past_the_budget_is_refused_before_it_is_d
     monkeypatch.setitem(LIMITS, "episode_bytes", 2 ** 32)
     store = import_lerobot(root, tmp_path / "ok.zarr", videos=False, progress=False)
     assert store.episode(0)[WRIST].shape == (3, 512, 512, 3)
+
+
+def test_a_task_index_listed_twice_is_refused_not_overwritten(tmp_path):
+    root = write_v21(tmp_path / "ds", lengths=(2,))
+    path = root / "meta" / "tasks.jsonl"
+    path.write_text(path.read_text() + json.dumps({"task_index": 0, "task": "another"}) + "\n")
+    refused(root, tmp_path, r"tasks.jsonl: line 3: task_index 0 is listed more than once")
+    root = write_v30(tmp_path / "v30", lengths=(2, 3))
+    pq.write_table(pa.table({"task_index": [0, 1, 1], "task": ["a", "b", "c"]}), root / "meta" / "tasks.parquet")
+    refused(root, tmp_path, r"tasks.parquet: task_index 1 is listed more than once")
