@@ -22,6 +22,12 @@ one robot step older than the server's newest; pass ``obs_max_age_s=0`` to alway
 ``t_capture`` is returned on this process's monotonic clock: :meth:`connect` estimates
 ``clock_offset_s`` (server clock minus local clock) from the hello exchange with the smallest
 round trip (its midpoint). On one machine it is ~0.
+
+The server's replies are checked too: the spec in its hello (:func:`~cadence.hardware.wire.check_spec`:
+dtypes, sizes, a finite positive rate, finite action bounds), finite times, observations against
+the spec. Only the token's holder can act as the server (its CURVE key comes from the token), so
+what is not bounded is left to it: a reply of very many frames (libzmq caps each frame, not their
+number; at most ``_RECV_HWM`` replies are queued).
 """
 from __future__ import annotations
 
@@ -34,10 +40,12 @@ import numpy as np
 import zmq
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Observation, RobotError, RobotSpec, RobotTimeout
-from cadence.hardware.wire import MAX_ARRAY_BYTES, Message, WireError, check_token, decode, encode, observation_from
+from cadence.hardware.wire import (MAX_ARRAY_BYTES, Message, WireError, check_spec, check_token, decode, encode,
+                                   finite_number, observation_from)
 from cadence.hardware.wire_keys import FRAME_OVERHEAD, connect_curve, curve_keys
 
-_HWM = 64          # messages queued per direction at most
+_SEND_HWM = 64     # requests queued at most
+_RECV_HWM = 4      # replies queued at most (one request is outstanding at a time; late replies are dropped)
 
 
 class RemoteRobot:
@@ -79,8 +87,8 @@ class RemoteRobot:
         if self._socket is not None:
             return
         socket = zmq.Context.instance().socket(zmq.DEALER)
-        for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, _HWM),
-                              (zmq.RCVHWM, _HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES + FRAME_OVERHEAD)):   # per frame
+        for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, _SEND_HWM),
+                              (zmq.RCVHWM, _RECV_HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES + FRAME_OVERHEAD)):   # per frame
             socket.setsockopt(option, value)
         connect_curve(socket, curve_keys(check_token(self._token)))
         if "[" in self.endpoint:
@@ -97,17 +105,19 @@ class RemoteRobot:
                 t0 = self.clock.now()
                 reply = self._request("hello", timeout_s=self.connect_timeout_s)
                 t1 = self.clock.now()
-                t_server = reply.fields.get("t_server")
-                if not isinstance(t_server, (int, float)) or isinstance(t_server, bool):
-                    raise RobotError(f"{self.endpoint}: hello reply without t_server")
+                t_server = finite_number(reply.fields.get("t_server"))
+                if t_server is None or not math.isfinite(t_server - (t0 + t1) / 2):
+                    raise RobotError(f"{self.endpoint}: hello reply without a finite t_server")
                 if best is None or t1 - t0 < best[0]:
-                    best = (t1 - t0, float(t_server) - (t0 + t1) / 2, reply)
+                    best = (t1 - t0, t_server - (t0 + t1) / 2, reply)
             assert best is not None
             self.rtt_s, self.clock_offset_s = best[0], best[1]
             try:
-                self.spec = RobotSpec.from_json(best[2].fields["spec"])
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise RobotError(f"{self.endpoint}: bad spec in hello reply: {e!r}") from e
+                self.spec = check_spec(RobotSpec.from_json(best[2].fields["spec"]))
+            except WireError as e:
+                raise RobotError(f"{self.endpoint}: bad spec in hello reply: {e.reason}") from None
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+                raise RobotError(f"{self.endpoint}: bad spec in hello reply: {e!r}"[:300]) from None
             if self.obs_max_age_s is None:
                 self.obs_max_age_s = 1.0 / self.spec.rate_hz
         except BaseException:

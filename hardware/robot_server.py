@@ -6,6 +6,9 @@ robot is touched:
 
 0. Handshake. Connections are encrypted and authenticated with CURVE keys derived from the token
    (:mod:`cadence.hardware.wire_keys`): a peer without the token never gets a message through.
+   A connection that has not finished its handshake within ``HANDSHAKE_MS`` is dropped, and the
+   process may open as many files as its hard limit allows (idle connections from a peer without
+   the token filled the common 1,024 and locked new clients out for ZeroMQ's default 30 s).
 1. Transport. ZeroMQ drops the connection of a peer that sends a frame larger than any request
    has (``ZMQ_MAXMSGSIZE``: a request header or the robot's action, whichever is larger; libzmq
    applies it per frame) and queues at most ``PEER_HWM`` requests per peer (``REPLY_HWM``
@@ -18,7 +21,8 @@ robot is touched:
    carry no arrays.
 4. Payload. The arrays are built and checked against the robot's spec (shape, dtype, finite).
 5. Commands. An ``act``'s id is its sequence number: it must be greater than the id of the last
-   act accepted on this connection (a replayed or reordered command is refused). Its ``expires``
+   act accepted on this connection (a replayed or reordered command is refused; the last
+   ``MAX_PEERS`` connections to act are remembered). Its ``expires``
    (server clock) is required, must not have passed and may be at most ``MAX_EXPIRY_S`` ahead.
 
 A refused request gets an ``error`` reply with the reason, is counted in ``rejections[reason]``
@@ -38,6 +42,7 @@ Typical use::
 from __future__ import annotations
 
 import collections
+import resource
 import hmac
 import ipaddress
 import logging
@@ -70,6 +75,20 @@ PEER_HWM = 16            # requests queued per peer at most
 REPLY_HWM = 1000         # replies queued per peer at most (a peer that never reads them; ZeroMQ's default)
 MAX_EXPIRY_S = 10.0      # an act may be valid for at most this long
 MAX_REASONS = 100        # distinct rejection reasons counted; further ones count as "other"
+MAX_PEERS = 1024         # peers whose last act id is remembered (the least recent forgotten first)
+HANDSHAKE_MS = 2000      # a connection that has not finished its CURVE handshake by then is dropped
+
+
+def raise_fd_limit() -> None:
+    """Let this process open as many files as its hard limit allows: every connection, one that
+    never finishes its handshake included, holds a descriptor until ``HANDSHAKE_MS``, and the
+    common soft limit of 1,024 is what a peer without the token could otherwise fill."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 ** 20), hard))
+    except (ValueError, OSError) as e:          # a platform or a sandbox that refuses: serve with what there is
+        logger.warning("robot server: cannot raise the open-file limit: %s", e)
 
 
 class _Stoppable(Protocol):
@@ -125,7 +144,7 @@ class RobotServer:
         action = robot.spec.action
         self._payload_limits = {**dict.fromkeys(REQUEST_KINDS, 0),       # array bytes per request kind
                                 "act": math.prod(action.shape) * np.dtype(action.dtype).itemsize}
-        self._last_act: dict[bytes, int] = {}          # peer -> id of its last accepted act
+        self._last_act: collections.OrderedDict[bytes, int] = collections.OrderedDict()   # peer -> its last act id
         self.rejections: collections.Counter[str] = collections.Counter()
         self.requests = 0
         self.robot_errors = 0
@@ -137,8 +156,9 @@ class RobotServer:
         socket = self._context.socket(zmq.ROUTER)
         self._auth = serve_curve(socket, self._context, curve_keys(self._token))
         max_frame = max(MAX_REQUEST_HEADER_BYTES, self._payload_limits["act"]) + FRAME_OVERHEAD   # a bigger one drops its peer
+        raise_fd_limit()
         for option, value in ((zmq.LINGER, 0), (zmq.RCVHWM, PEER_HWM), (zmq.SNDHWM, REPLY_HWM),
-                              (zmq.MAXMSGSIZE, max_frame)):
+                              (zmq.MAXMSGSIZE, max_frame), (zmq.HANDSHAKE_IVL, HANDSHAKE_MS)):
             socket.setsockopt(option, value)
         if "[" in endpoint or endpoint.startswith("tcp://::"):
             socket.setsockopt(zmq.IPV6, 1)
@@ -275,6 +295,9 @@ class RobotServer:
             if expires > now + MAX_EXPIRY_S:
                 raise WireError(f"expires more than {MAX_EXPIRY_S:g} s ahead")
             self._last_act[identity] = request.id
+            self._last_act.move_to_end(identity)
+            if len(self._last_act) > MAX_PEERS:
+                self._last_act.popitem(last=False)
         if request.kind == "reset":
             seed = request.fields.get("seed")
             if seed is not None and not (type(seed) is int and 0 <= seed < 2 ** 63):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cadence.hardware.robot import Feature, Observation, RobotError
+from cadence.hardware.robot import Feature, Observation, RobotError, RobotSpec
 from cadence.errors import CadenceError
 
 VERSION = 1
@@ -105,6 +105,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):                # 1e400 parses to inf
+        raise ValueError(f"{text[:20]} is not a finite float")
+    return value
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None if it is not a number (bool included) or not finite
+    (an int of 400 digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def encode(kind: str, fields: Mapping[str, Any] | None = None,
            arrays: Mapping[str, np.ndarray] | None = None, msg_id: int = 0,
            token: str | None = None) -> list[bytes]:
@@ -177,6 +196,8 @@ def decode_header(frames: Sequence[Any], max_header_bytes: int = MAX_HEADER_BYTE
         raise WireError("frames must be a list")
     if not frames:
         raise WireError("empty message")
+    if len(frames) > MAX_ARRAYS + 1:               # before a view of each is made
+        raise WireError(f"{len(frames):,} frames: more than a header and {MAX_ARRAYS} arrays")
     bufs = []
     for f in frames:
         if isinstance(f, (bytes, bytearray)):
@@ -195,7 +216,7 @@ def decode_header(frames: Sequence[Any], max_header_bytes: int = MAX_HEADER_BYTE
     except UnicodeDecodeError:
         raise WireError("header not UTF-8") from None
     try:
-        header = json.loads(text, parse_constant=_reject_constant)
+        header = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise WireError("header not JSON") from None
     if not isinstance(header, dict):
@@ -279,6 +300,38 @@ def check_against(arrays: Mapping[str, np.ndarray], features: Mapping[str, Featu
             raise WireError(f"{name}: dtype {a.dtype.name} != {feature.dtype}")
 
 
+MAX_RATE_HZ = 10_000.0
+
+
+def check_spec(spec: RobotSpec) -> RobotSpec:
+    """``spec`` (from a hello reply) if a robot could send and take what it describes: dtypes on
+    the whitelist, shapes within ``MAX_NDIM`` / ``MAX_ARRAY_BYTES`` (observation and action each),
+    at most ``MAX_ARRAYS`` observation keys, a finite rate in (0, ``MAX_RATE_HZ``], finite action
+    bounds of the action's size with low <= high; raises :class:`WireError` naming what is not."""
+    if not 0 < spec.rate_hz <= MAX_RATE_HZ:
+        raise WireError(f"spec: rate_hz {spec.rate_hz!r} not in (0, {MAX_RATE_HZ:g}]"[:120])
+    if len(spec.observation) > MAX_ARRAYS:
+        raise WireError(f"spec: {len(spec.observation)} observation keys, more than {MAX_ARRAYS}")
+    total = 0
+    for name, feature in [*spec.observation.items(), ("action", spec.action)]:
+        if feature.dtype not in DTYPES:
+            raise WireError(f"spec: {name}: dtype {feature.dtype!r} not allowed"[:120])
+        if len(feature.shape) > MAX_NDIM or not all(s >= 1 for s in feature.shape):
+            raise WireError(f"spec: {name}: bad shape {list(feature.shape)}"[:120])
+        nbytes = math.prod(feature.shape) * np.dtype(feature.dtype).itemsize
+        total = nbytes if name == "action" else total + nbytes
+        if total > MAX_ARRAY_BYTES:
+            raise WireError(f"spec: {name}: more than {MAX_ARRAY_BYTES:,} bytes")
+    size = math.prod(spec.action.shape)
+    for bound in (spec.action.low, spec.action.high):
+        if bound is not None and (len(bound) != size or not all(math.isfinite(v) for v in bound)):
+            raise WireError(f"spec: action bounds must be {size} finite numbers")
+    if spec.action.low is not None and spec.action.high is not None and \
+            any(lo > hi for lo, hi in zip(spec.action.low, spec.action.high)):
+        raise WireError("spec: an action bound with low > high")
+    return spec
+
+
 def observation_payload(obs: Observation | None) -> tuple[dict, dict[str, np.ndarray]]:
     """Header fields and arrays that carry ``obs`` (``{"obs": None}`` for no observation)."""
     if obs is None:
@@ -296,8 +349,8 @@ def observation_from(message: Message, features: Mapping[str, Feature] | None = 
         return None
     if not isinstance(meta, dict):
         raise WireError("obs: not an object")
-    t_capture, seq, info = meta.get("t_capture"), meta.get("seq"), meta.get("info", {})
-    if not isinstance(t_capture, (int, float)) or isinstance(t_capture, bool):
+    t_capture, seq, info = finite_number(meta.get("t_capture")), meta.get("seq"), meta.get("info", {})
+    if t_capture is None or not math.isfinite(t_capture - clock_offset_s):
         raise WireError("obs: bad t_capture")
     if not _is_int(seq):
         raise WireError("obs: bad seq")
@@ -306,4 +359,4 @@ def observation_from(message: Message, features: Mapping[str, Feature] | None = 
     values = {k[len(OBS_PREFIX):]: a for k, a in message.arrays.items() if k.startswith(OBS_PREFIX)}
     if features is not None:
         check_against(values, features, "observation")
-    return Observation(values, float(t_capture) - clock_offset_s, seq, info)
+    return Observation(values, t_capture - clock_offset_s, seq, info)

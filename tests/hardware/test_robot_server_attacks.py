@@ -320,3 +320,52 @@ def test_robot_serve_stops_cleanly_on_sigterm_and_sighup(serve_processes):
         text = out.read_text()
         assert f"cadence robot serve: stopped by {sig.name}; robot held" in text, text
         assert "served " in text and "Traceback" not in text and TOKEN not in text
+
+
+def _serve_limited(tmp_path, nofile: str):
+    """``cadence robot serve`` under ``prlimit --nofile=SOFT:HARD``; (process, endpoint)."""
+    out = tmp_path / f"serve-{nofile.replace(':', '-')}.log"
+    proc = subprocess.Popen(["prlimit", f"--nofile={nofile}", sys.executable, "-m", "cadence.cli", "robot", "serve",
+                             "robot.endpoint=tcp://127.0.0.1:*", "max_seconds=120"],
+                            env={**os.environ, "CADENCE_ROBOT_TOKEN": TOKEN}, stdout=open(out, "w"),
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in out.read_text().splitlines():
+            if line.startswith("serving "):
+                return proc, line.split(" on ")[1].split()[0]
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the server did not start:\n{out.read_text()}")
+
+
+@pytest.mark.timeout(120)
+def test_idle_connections_without_the_token_cannot_lock_new_clients_out(tmp_path):
+    """Plain TCP connections that never start a handshake held a descriptor each for ZeroMQ's
+    default 30 s: 260 of them filled a server limited to 200 files. Now each is dropped after
+    HANDSHAKE_MS, and the server raises its soft limit to the hard one."""
+    proc, endpoint = _serve_limited(tmp_path, "200:4096")
+    try:
+        limits = open(f"/proc/{proc.pid}/limits").read()
+        assert any(line.startswith("Max open files") and line.split()[3:5] == ["4096", "4096"]
+                   for line in limits.splitlines()), limits
+    finally:
+        proc.kill()
+        proc.wait()
+    proc, endpoint = _serve_limited(tmp_path, "200:200")            # a hard limit it cannot raise
+    port = int(endpoint.rsplit(":", 1)[1])
+    idle = []
+    try:
+        for _ in range(260):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) >= 190            # the server's files are full now
+        t0 = time.monotonic()
+        with RemoteRobot(endpoint, TOKEN, timeout_s=1.0, connect_timeout_s=15.0) as remote:
+            remote.reset(seed=0)
+        assert time.monotonic() - t0 < 15
+    finally:
+        for s in idle:
+            s.close()
+        proc.kill()
+        proc.wait()
