@@ -46,6 +46,7 @@ def read_info(root: Path) -> dict:
         raise StoreError(f"{root}: no such directory (a LeRobot dataset is a directory with meta/info.json)")
     if not path.is_file():
         raise StoreError(f"{path}: missing: {root} is not a LeRobot dataset")
+    _resolved.cache_clear()                 # directories are resolved once per dataset read
     info = read_json(inside_root(root, path, path, "the file"))
     if not isinstance(info, dict):
         raise StoreError(f"{path}: expected a JSON object")
@@ -96,7 +97,8 @@ def _format(root: Path, template_key: str, info: dict, **fields) -> Path:
 
 def inside_root(root: Path, path: Path, where, what: str) -> Path:
     """``path``, refused (naming ``what``) when it, or a link on the way, leads out of ``root``;
-    each directory is resolved once (an episode list names the same few thousand times)."""
+    each directory is resolved once per :func:`read_info` (an episode list names the same few
+    thousand times)."""
     try:
         real = _resolved(path.parent) / path.name
         if path.is_symlink():
@@ -163,11 +165,11 @@ def _jsonl(root: Path, path: Path, expected: int | None = None) -> list[tuple[st
 
 def _check_count(path: Path, count: int, expected: int | None, what: str) -> None:
     """At most ``expected`` (info.json's total_episodes, else ``LIMITS["episodes"]``) records."""
-    high = LIMITS["episodes"] if expected is None else expected
-    if count > high:
-        raise StoreError(f"{path}: holds {count:,} {what}, more than the {high:,} episodes meta/info.json "
-                         "declares (total_episodes)" if expected is not None else
-                         f"{path}: holds {count:,} {what}, more than {high:,}")
+    if expected is None and count > LIMITS["episodes"]:
+        raise StoreError(f"{path}: holds {count:,} {what}, more than {LIMITS['episodes']:,}")
+    if expected is not None and count > expected:
+        raise StoreError(f"{path}: holds {count:,} {what}, more than the {expected:,} episodes meta/info.json "
+                         "declares (total_episodes)")
 
 
 def _task_list(value, where: str) -> list[str]:
