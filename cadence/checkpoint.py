@@ -106,7 +106,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", blo
     try:
         with torch.device("meta"):
             skeleton = build()
-    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, ArithmeticError) as exc:
+    except (ValueError, TypeError, AssertionError, RuntimeError, LookupError, ArithmeticError) as exc:
         raise CheckpointError(f"{ckpt / 'config.yaml'}: the policy config does not build a network "
                               f"({' '.join(str(exc).split())[:300]})") from None
     check_network(skeleton, ckpt / "model.safetensors", ckpt / "config.yaml")

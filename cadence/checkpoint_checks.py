@@ -59,6 +59,8 @@ def read_config(path: Path, env_id: str | None = None) -> DictConfig:
         cfg.task.env_id = env_id
     elif cfg.task.env_id is not None:          # null: a policy trained without a simulator
         check_env_id(cfg.task.env_id, f"{path}: 'task.env_id'")
+    if cfg.task.fps is not None:               # a rate the loop and the simulated robot run at
+        check_number(path, "task.fps", cfg.task.fps, low=1e-3, high=1e4)
     members = cfg.task.members
     check_int(path, "task.members (count)", len(members), 0, LIMITS["tasks"])
     for i, name in enumerate(members):

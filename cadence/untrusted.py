@@ -82,13 +82,23 @@ def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
             size = os.fstat(f.fileno()).st_size
             if size > max_bytes:
                 raise _fail(path, f"{size:,} bytes, more than the {max_bytes:,} this file may have")
-            return f.read(max_bytes + 1)[:max_bytes]
+            data = f.read(size + 1)        # what the file holds (never the limit: that would allocate it)
+            if len(data) > max_bytes:
+                raise _fail(path, f"more than the {max_bytes:,} bytes this file may have")
+            return data
     except OSError as exc:
         raise _fail(path, f"cannot read ({exc.strerror or exc})") from None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a float")
+    return value
 
 
 def read_json(path: str | os.PathLike, max_bytes: int | None = None, allow_nonfinite: bool = False) -> Any:
@@ -100,17 +110,32 @@ def parse_json(data: bytes, where: str | os.PathLike, allow_nonfinite: bool = Fa
     """Parsed JSON of bytes already read within a bound (errors name ``where``)."""
     try:
         text = data.decode("utf-8")
-        return json.loads(text) if allow_nonfinite else json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text) if allow_nonfinite else json.loads(text, parse_constant=_reject_constant,
+                                                                  parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _fail(where, f"not valid JSON ({_short(exc)})") from None
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: nine nested levels of nine aliases are 9^9 paths in a
+    few hundred bytes, which walking the result (for interpolations, for checks) would take
+    forever; the files cadence reads (saved configs, rosbag2 metadata) never use them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}): aliases are not read",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
-    """Parsed YAML (safe loader: plain data only, no tags that build objects) of a bounded file."""
+    """Parsed YAML (safe loader: plain data only, no tags that build objects, no aliases) of a
+    bounded file."""
     data = read_bytes(path, max_bytes or LIMITS["json_bytes"])
     try:
-        return yaml.safe_load(data.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        return yaml.load(data.decode("utf-8"), Loader=_PlainLoader)
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
         raise _fail(path, f"not valid YAML ({_short(exc)})") from None
 
 

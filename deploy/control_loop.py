@@ -51,7 +51,7 @@ class LoopConfig:
             raise ValueError(f"control.blend must be one of {BLENDS}, got {self.blend!r}")
         if self.max_robot_errors < 1:
             raise ValueError(f"control.max_robot_errors must be >= 1, got {self.max_robot_errors}")
-        if self.rate_hz <= 0 or self.exec_horizon < 1:
+        if not self.rate_hz > 0 or not math.isfinite(self.rate_hz) or self.exec_horizon < 1:   # NaN too
             raise ValueError(f"need rate_hz > 0 and exec_horizon >= 1, got {self.rate_hz} and {self.exec_horizon}")
 
 

@@ -67,6 +67,8 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 def check_self_contained(model: onnx.ModelProto, path: Path, error: type[Exception]) -> None:
     if any(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data for t in _all_tensors(model)):
         raise error(f"{path}: the graph keeps tensors in external files; an export's graphs must hold their own")
+    if model.graph.sparse_initializer:      # ONNX Runtime expands them whole on opening (exports never write one)
+        raise error(f"{path}: the graph holds sparse initializers (a few bytes can claim gigabytes once expanded)")
 
 
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -77,7 +77,7 @@ class CacheSchedule:
             schedule = cls(str(data["method"]), levels, steps, int(data["budget"]), dict(data.get("info", {})))
         except KeyError as exc:
             raise ScheduleError(f"{where}: missing key {exc}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise ScheduleError(f"{where}: {exc}") from None
         if "sample_steps" in data and data["sample_steps"] != schedule.sample_steps:
             raise ScheduleError(f"{where}: sample_steps {data['sample_steps']!r} but {schedule.sample_steps} levels"[:300])

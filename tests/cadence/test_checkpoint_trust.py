@@ -133,6 +133,26 @@ def test_malformed_meta_and_config_files_are_one_line(ckpt):
         load_policy(ckpt)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n", r"an alias \(\*a\)"),
+    ("a: &a [*a]\n", r"an alias \(\*a\)"),                      # recursive: a RecursionError before
+    ("seed: " + "1" * 5000 + "\n", "value has 5000 digits"),       # Python refuses ints of 5000 digits
+    ("day: 2001-13-45\n", "month must be in 1..12"),
+])
+def test_yaml_aliases_and_values_python_refuses_are_one_line(ckpt, text, message):
+    """Nine nested levels of nine aliases are 9^9 paths from a few hundred bytes."""
+    (ckpt / "config.yaml").write_text(text)
+    with pytest.raises(CadenceError, match=f"config.yaml: not valid YAML .*{message}"):
+        load_policy(ckpt)
+
+
+@pytest.mark.parametrize("fps", [float("nan"), float("inf"), -1.0, 0.0])
+def test_a_task_rate_that_is_not_a_positive_number_is_refused(ckpt, fps):
+    _edit_yaml(ckpt / "config.yaml", lambda cfg: cfg["task"].update(fps=fps))
+    with pytest.raises(CadenceError, match="config.yaml.*'task.fps'"):
+        load_policy(ckpt)
+
+
 @pytest.mark.parametrize("file", ["model.safetensors", "normalizer.safetensors"])
 def test_non_finite_weights_and_normalizers_are_refused(ckpt, file):
     tensors = load_file(str(ckpt / file))

@@ -155,6 +155,7 @@ _DELETE = object()
     ("process.type", "gan", "'process.type' must be one of"),
     ("process.sample_steps", 500, "'process':.*sample_steps"),
     ("action_normalizer.scale", [1.0], "'action_normalizer.scale' must be 2"),
+    ("action_normalizer.offset", [10 ** 400, 0], "'action_normalizer.offset' must be 2 finite numbers"),
     ("obs.state.dtype", "float64", "'obs.state.dtype'"),
     ("graphs.encoder.inputs", ["image"], "'graphs.encoder.inputs' must be"),
     ("pred_horizon", "16", "'pred_horizon' must be an integer"),
