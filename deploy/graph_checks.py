@@ -143,12 +143,45 @@ _OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult
 _FUNCTIONS = {"floor": math.floor, "ceiling": math.ceil, "Max": max, "Min": min}
 
 
+MAX_SHAPE_TERMS = 256      # terms of a size the graph computes from its inputs' sizes (exports: 1)
+_SUMS = frozenset({"Add", "Sub", "Max", "Min", "Sum", "Mean", "Mod"})
+_PRODUCTS = frozenset({"Mul", "Div", "Pow"})
+
+
+def shape_terms(model: onnx.ModelProto) -> int:
+    """The most terms an expression of the graph's sizes can have once multiplied out: ``Shape``
+    gives one, sums add their inputs' terms, products multiply them, other ops pass them on.
+    Symbolic shape inference multiplies them out: ``s = s * s + s`` seven times over took it
+    minutes (a graph of 1.4 kB)."""
+    constants = {t.name for t in model.graph.initializer}
+    terms: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            continue
+        inputs = [name for name in node.input if name and name not in constants]
+        if node.op_type in ("Shape", "Size"):
+            count = 1
+        elif inputs and all(name in terms for name in inputs):
+            counts = [terms[name] for name in inputs]
+            count = sum(counts) if node.op_type in _SUMS else math.prod(counts) if node.op_type in _PRODUCTS \
+                else max(counts)
+        else:
+            continue
+        for name in node.output:
+            terms[name] = min(count, MAX_SHAPE_TERMS + 1)
+    return max(terms.values(), default=0)
+
+
 def check_bounded(model: onnx.ModelProto, path: Path, error: type[Exception]) -> None:
     """Refuses a graph whose computed tensors are not known to fit (see the module's docstring)."""
     for node in model.graph.node:
         if any(True for _ in _subgraphs(node)):
             raise error(f"{path}: node {node.name or node.op_type!r} ({node.op_type}) holds a subgraph; an export's "
                         "graphs have no control flow")
+    if shape_terms(model) > MAX_SHAPE_TERMS:
+        raise error(f"{path}: the graph computes sizes of more than {MAX_SHAPE_TERMS} terms from its inputs' sizes "
+                    "(working them out would take the shape inference without bound)")
     free = {d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
     try:

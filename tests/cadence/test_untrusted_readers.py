@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from cadence.untrusted import UntrustedFileError, read_json
-from deploy.graph_checks import check_self_contained
-from policies.caching.schedule import CacheSchedule, ScheduleError
+from cadence.deploy.graph_checks import check_self_contained
+from cadence.policies.caching.schedule import CacheSchedule, ScheduleError
 
 
 def test_reading_a_small_file_allocates_the_file_not_the_limit(tmp_path):

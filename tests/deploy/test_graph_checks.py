@@ -3,6 +3,7 @@ and refused at run time when they fail or give actions that are not finite."""
 import json
 import resource
 import shutil
+import time
 
 import onnx
 import pytest
@@ -154,3 +155,24 @@ def test_a_normaliser_that_float32_cannot_hold_is_refused(ddpm, tmp_path, scale,
 def test_only_ascii_digits_name_a_loop_graph():
     assert loop_steps_of("loop_3") == 3
     assert [loop_steps_of(n) for n in ("loop_³", "loop_３", "loop_03", "loop_0", "loop_33")] == [None] * 5
+
+
+def _size_arithmetic(rounds: int) -> onnx.ModelProto:
+    """The batch size, then ``s = s * s + s`` ``rounds`` times: sizes of 1, 2, 6, 42, 1806, ... terms."""
+    nodes = [helper.make_node("Shape", ["x"], ["s0"], start=0, end=1)]
+    for i in range(rounds):
+        nodes += [helper.make_node("Mul", [f"s{i}", f"s{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"s{i}"], [f"s{i + 1}"])]
+    nodes.append(helper.make_node("Max", [f"s{rounds}", f"s{rounds}"], ["y"]))
+    graph = helper.make_graph(nodes, "sizes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_size_arithmetic_that_would_take_the_shape_inference_forever_is_refused_first(tmp_path):
+    """Seven rounds of ``s * s + s`` on the batch size (1.4 kB) kept the inference busy for minutes."""
+    check_bounded(_size_arithmetic(2), tmp_path / "ok.onnx", ExportFormatError)
+    start = time.perf_counter()
+    with pytest.raises(ExportFormatError, match="sizes.onnx: the graph computes sizes of more than 256 terms"):
+        check_bounded(_size_arithmetic(7), tmp_path / "sizes.onnx", ExportFormatError)
+    assert time.perf_counter() - start < 5
