@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
@@ -80,6 +81,28 @@ def load_config(ckpt: Path, env_id: str | None = None) -> DictConfig:
     return read_config(path, env_id)
 
 
+def _check_normalizer_fits(normalizer: Normalizer, obs_shapes: dict[str, tuple], action_key: str, action_dim: int,
+                           where: Path) -> None:
+    """The normaliser has the action (``action_dim`` values) and only observation keys meta.json
+    lists, each scale and offset of a shape that applies to its key's values (a scale of 5 values
+    for an action of 2 failed at the first prediction)."""
+    if action_key not in normalizer:
+        raise CheckpointError(f"{where}: no scale and offset for the action key {action_key!r} (task.action_key)")
+    for key in normalizer.modes:
+        shape = (action_dim,) if key == action_key else obs_shapes.get(key)
+        if shape is None:
+            raise CheckpointError(f"{where}: key {key!r} is neither the action ({action_key!r}) nor an observation "
+                                  f"meta.json lists {sorted(obs_shapes)}"[:300])
+        scale, offset = normalizer.params(key)
+        try:
+            fits = scale.shape == offset.shape and np.broadcast_shapes(tuple(scale.shape), shape) == tuple(shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise CheckpointError(f"{where}: the scale and offset of {key!r} have shapes {list(scale.shape)} and "
+                                  f"{list(offset.shape)}, which do not apply to its values of shape {list(shape)}")
+
+
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", block_cache: bool = True,
                 env_id: str | None = None) -> tuple[Policy, DictConfig, dict]:
     """Rebuild the policy from config + meta, load its weights strictly; never unpickles.
@@ -100,6 +123,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu", blo
         if not normalizer.in_range(key):
             raise CheckpointError(f"{norm_path}: the scale and offset of {key!r} map values out of float32's range "
                                   "(a scale of zero or nearly, or a huge offset)")
+    _check_normalizer_fits(normalizer, obs_shapes, cfg.task.action_key, meta["action_dim"], norm_path)
 
     def build():
         return build_policy(cfg.policy, obs_shapes, meta["action_dim"], normalizer, action_key=cfg.task.action_key)

@@ -113,7 +113,7 @@ def test_policy_sizes_are_bounded_before_anything_is_allocated(ckpt, key, value,
     (lambda m: m.update(step=1.5), "'step' must be an integer"),
     (lambda m: m.pop("normalizer_modes"), "missing key 'normalizer_modes'"),
     (lambda m: m.update(normalizer_modes={"state": "exec", "action": "limits"}), "'normalizer_modes' must map"),
-    (lambda m: m.update(obs_shapes={"state": [7]}), r"tensor 'encoder.* has shape"),
+    (lambda m: m.update(obs_shapes={"state": [7]}), r"the scale and offset of 'state' have shapes \[6\] and \[6\]"),
 ])
 def test_meta_json_is_checked_key_by_key(ckpt, edit, message):
     _edit_json(ckpt / "meta.json", edit)
@@ -214,4 +214,23 @@ def test_a_header_longer_than_the_file_is_refused_without_reading(ckpt):
     path = ckpt / "model.safetensors"
     path.write_bytes(struct.pack("<Q", 2 ** 62) + b"{}")
     with pytest.raises(CadenceError, match=r"header length 4,611,686,018,427,387,904 for a file of 10 bytes"):
+        load_policy(ckpt)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.update(action__scale=torch.ones(5), action__offset=torch.zeros(5)),
+     r"'action' have shapes \[5\] and \[5\], which do not apply to its values of shape \[2\]"),
+    (lambda t: t.update(action__scale=torch.ones(2, 2), action__offset=torch.zeros(2, 2)), "'action' have shapes \\[2, 2\\]"),
+])
+def test_a_normalizer_that_does_not_fit_the_policys_keys_is_refused_at_load(ckpt, edit, message):
+    tensors = load_file(str(ckpt / "normalizer.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(ckpt / "normalizer.safetensors"))
+    with pytest.raises(CheckpointError, match=f"normalizer.safetensors: the scale and offset of {message}"):
+        load_policy(ckpt)
+
+
+def test_a_normalizer_without_the_action_or_with_a_key_meta_lacks_is_refused(ckpt):
+    _edit_json(ckpt / "meta.json", lambda meta: meta["normalizer_modes"].pop("action"))
+    with pytest.raises(CheckpointError, match="no scale and offset for the action key 'action'"):
         load_policy(ckpt)
