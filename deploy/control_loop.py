@@ -133,7 +133,9 @@ class ControlLoop:
             if t_start - t_sched > self.period:      # fell a whole period behind: skip, never catch up
                 self.log.count("skipped_ticks")
                 self._heartbeat()
-                self.robot.hold()
+                failing = 0 if self._hold() else failing + 1
+                if failing >= self.cfg.max_robot_errors:
+                    raise RobotError(f"lost the robot: {failing} ticks in a row failed (hold)")
                 continue
             tick = Tick(self._episode, k, t_sched, t_start, t_start, "hold")
             self._heartbeat()
@@ -189,5 +191,18 @@ class ControlLoop:
                 self.worker.submit(self._request(t_start))
             tick.t_end = self.clock.now()
             self.log.add(tick)
-        self.robot.hold()
+        for _ in range(self.cfg.max_robot_errors):     # the episode ends held: a lost reply is asked again
+            if self._hold():
+                break
+        else:
+            raise RobotError(f"could not hold the robot at the end of the episode ({self.cfg.max_robot_errors} tries)")
         return EpisodeResult(seed, k + 1, bool(info.get("is_success", False)), info)
+
+    def _hold(self) -> bool:
+        """Hold the robot; a failed request is counted (``robot_error:...``) and False returned."""
+        try:
+            self.robot.hold()
+        except RobotError as exc:
+            self.log.count(f"robot_error:{type(exc).__name__}", detail=str(exc))
+            return False
+        return True

@@ -27,7 +27,7 @@ The server's replies are checked too: the spec in its hello (:func:`~cadence.har
 dtypes, sizes, a finite positive rate, finite action bounds), finite times, observations against
 the spec. Only the token's holder can act as the server (its CURVE key comes from the token), so
 what is not bounded is left to it: a reply of very many frames (libzmq caps each frame, not their
-number; at most ``_RECV_HWM`` replies are queued).
+number; at most ``_HWM`` replies are queued).
 """
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ from cadence.hardware.wire import (MAX_ARRAY_BYTES, Message, WireError, check_sp
                                    finite_number, observation_from)
 from cadence.hardware.wire_keys import FRAME_OVERHEAD, connect_curve, curve_keys
 
-_SEND_HWM = 64     # requests queued at most
-_RECV_HWM = 4      # replies queued at most (one request is outstanding at a time; late replies are dropped)
+_HWM = 64          # messages queued per direction at most (fewer replies delayed them: libzmq's credit lags)
 
 
 class RemoteRobot:
@@ -87,8 +86,8 @@ class RemoteRobot:
         if self._socket is not None:
             return
         socket = zmq.Context.instance().socket(zmq.DEALER)
-        for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, _SEND_HWM),
-                              (zmq.RCVHWM, _RECV_HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES + FRAME_OVERHEAD)):   # per frame
+        for option, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.SNDHWM, _HWM),
+                              (zmq.RCVHWM, _HWM), (zmq.MAXMSGSIZE, MAX_ARRAY_BYTES + FRAME_OVERHEAD)):   # per frame
             socket.setsockopt(option, value)
         connect_curve(socket, curve_keys(check_token(self._token)))
         if "[" in self.endpoint:

@@ -7,6 +7,7 @@ from cadence.deploy.control_loop import ControlLoop, LoopConfig
 from cadence.deploy.inference_worker import InferenceWorker
 from cadence.deploy.runtimes import TorchRuntime
 from cadence.hardware.clock import MonotonicClock
+from cadence.hardware.robot import RobotError, RobotTimeout
 from cadence.hardware.sim_robot import SimRobot
 from cadence.policies.search import SearchSettings
 
@@ -205,3 +206,39 @@ def test_chunks_of_another_action_size_hold_the_robot_as_failed_inferences():
     assert summary["inference_errors"] >= 3
     assert summary["first_errors"]["inference_errors"] == "actions of shape (15, 3), not (steps, 2)"
     assert not any(t.source == "chunk" for t in loop.log.ticks) and robot.held_steps > 0
+
+
+class LosingHolds(SimRobot):
+    """A robot whose hold requests fail (a lost reply) the first ``failures`` times."""
+
+    def __init__(self, failures, **kwargs):
+        super().__init__(**kwargs)
+        self.failures, self.holds = failures, 0
+
+    def hold(self):
+        self.holds += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise RobotTimeout("no reply to hold")
+        super().hold()
+
+
+@pytest.mark.parametrize("failures", [2, 10])
+def test_the_hold_ending_an_episode_is_asked_again_when_a_reply_is_lost(failures):
+    """A lost reply to the last hold ended `cadence run` under load; it is retried up to
+    ``max_robot_errors`` times, then the robot counts as lost."""
+    robot = LosingHolds(failures, env_id="cadence/BimodalReach-v0", rate_hz=RATE, obs_keys=["state"])
+    robot.connect()
+    worker = InferenceWorker(TorchRuntime(hovering_policy()), start=1, inject_delay_s=(0.0, 0.0))
+    loop = ControlLoop(robot, worker, ["state"], obs_horizon=2, chunk_length=15,
+                       cfg=LoopConfig(RATE, 8, "freeze", latency_estimate_s=0.05, max_robot_errors=3))
+    try:
+        if failures < 10:          # the tick may hold too (and fail): at most 2 lost replies in a row
+            assert loop.run_episode(seed=0, max_ticks=1).ticks == 1
+            assert robot.holds >= failures + 1
+        else:
+            with pytest.raises(RobotError, match="could not hold the robot at the end of the episode"):
+                loop.run_episode(seed=0, max_ticks=1)
+    finally:
+        worker.stop()
+        robot.disconnect()
