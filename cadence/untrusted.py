@@ -94,11 +94,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """A JSON float literal as a float, refused (ValueError) where it overflows (``1e400``)."""
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"{text[:20]} overflows a float")
     return value
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None if it is not a number (bool included) or not finite
+    (an int of 400 digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def read_json(path: str | os.PathLike, max_bytes: int | None = None, allow_nonfinite: bool = False) -> Any:
@@ -111,7 +124,7 @@ def parse_json(data: bytes, where: str | os.PathLike, allow_nonfinite: bool = Fa
     try:
         text = data.decode("utf-8")
         return json.loads(text) if allow_nonfinite else json.loads(text, parse_constant=_reject_constant,
-                                                                  parse_float=_finite_float)
+                                                                  parse_float=finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _fail(where, f"not valid JSON ({_short(exc)})") from None
 

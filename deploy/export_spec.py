@@ -61,7 +61,7 @@ from cadence.datasets.normalizer import MODES as NORMALIZER_MODES
 from cadence.datasets.normalizer import float32_range
 from cadence.errors import CadenceError
 from cadence.policies.processes.base import ProcessBase, ProcessSpecError, process_class, process_names
-from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_shape, read_json
+from cadence.untrusted import LIMITS, UntrustedFileError, check_int, check_shape, finite_number, read_json
 
 from .loop_graph import LOOP_INPUTS, LOOP_OUTPUTS, loop_steps_of
 
@@ -124,16 +124,6 @@ def denoiser_outputs(process_type: str) -> list[str]:
 
 
 # --- policy.json validation -------------------------------------------------------------------
-
-def finite_number(value) -> bool:
-    """A JSON number (not a bool) that is finite as a float (an integer of 400 digits is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
 
 def _keys(where: str, obj: Any, name: str, required: set[str], optional: set[str] = frozenset()) -> None:
     label = f"'{name}'" if name else "the top level"
@@ -219,7 +209,7 @@ def validate_spec(spec: Any, where: str | os.PathLike = SPEC_FILE) -> dict[str, 
     for name in ("scale", "offset"):
         values = norm[name]
         if (not isinstance(values, list) or len(values) != spec["action_dim"]
-                or not all(finite_number(v) for v in values)):
+                or not all(finite_number(v) is not None for v in values)):
             raise ExportFormatError(f"{where}: 'action_normalizer.{name}' must be {spec['action_dim']} finite numbers "
                                     f"(action_dim), got {values!r}")
     if not float32_range(norm["scale"], norm["offset"]):

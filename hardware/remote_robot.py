@@ -41,7 +41,8 @@ import zmq
 from cadence.hardware.clock import MonotonicClock
 from cadence.hardware.robot import Observation, RobotError, RobotSpec, RobotTimeout
 from cadence.hardware.wire import (MAX_ARRAY_BYTES, Message, WireError, check_spec, check_token, decode, encode,
-                                   finite_number, observation_from)
+                                   observation_from)
+from cadence.untrusted import finite_number
 from cadence.hardware.wire_keys import FRAME_OVERHEAD, connect_curve, curve_keys
 
 _HWM = 64          # messages queued per direction at most (fewer replies delayed them: libzmq's credit lags)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from cadence.hardware.robot import Feature, Observation, RobotError, RobotSpec
 from cadence.errors import CadenceError
+from cadence.untrusted import finite_float, finite_number
 
 VERSION = 1
 REQUEST_KINDS = frozenset({"hello", "reset", "observe", "act", "hold", "bye"})
@@ -103,25 +104,6 @@ def _json_default(value: Any) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):                # 1e400 parses to inf
-        raise ValueError(f"{text[:20]} is not a finite float")
-    return value
-
-
-def finite_number(value: Any) -> float | None:
-    """``value`` as a finite float, or None if it is not a number (bool included) or not finite
-    (an int of 400 digits)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def encode(kind: str, fields: Mapping[str, Any] | None = None,
@@ -216,7 +198,7 @@ def decode_header(frames: Sequence[Any], max_header_bytes: int = MAX_HEADER_BYTE
     except UnicodeDecodeError:
         raise WireError("header not UTF-8") from None
     try:
-        header = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        header = json.loads(text, parse_constant=_reject_constant, parse_float=finite_float)
     except (ValueError, RecursionError):
         raise WireError("header not JSON") from None
     if not isinstance(header, dict):
